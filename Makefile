@@ -1,0 +1,42 @@
+# khook's two everyday commands are `make run` and `make test`; see README.md.
+GO       ?= go
+BIN      := bin
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+
+.PHONY: all build run test test-short bench fuzz lint fmt vet clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/khook ./cmd/khook
+
+# run starts the demo A2A agent and the whole pipeline with an embedded NATS server.
+# In another terminal: see README.md for the curl that makes the agent print a task.
+run: build
+	@$(BIN)/khook agent --addr 127.0.0.1:8083 & agent=$$!; \
+	trap 'kill $$agent 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/khook run --config examples/local/khook.yaml
+
+# test runs every test, including the multi-process and crash tests, with the race detector.
+test: vet
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-short:
+	$(GO) test -count=1 -short ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./streams/cloudevent/
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt needed'; exit 1; }
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf $(BIN) data

@@ -1,0 +1,117 @@
+// Command khook is every khook component in one binary: `khook run` runs the whole pipeline
+// with an embedded NATS server, and `khook producer|mapper|dispatcher` run one stage each
+// against an external NATS JetStream, so that stages scale separately.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+type command struct {
+	summary string
+	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
+
+func commands() map[string]command {
+	return map[string]command{
+		"run":        {"run the whole pipeline in one process (embedded NATS unless --nats-url)", runAll},
+		"producer":   {"run the enabled producer plugins of plugins.yaml", runProducer},
+		"mapper":     {"run the mapping consumer", runMapper},
+		"dispatcher": {"run the dispatch consumer", runDispatcher},
+		"streams":    {"streams apply: create or update streams, consumers and buckets", runStreams},
+		"agent":      {"run a local A2A demo agent that prints every task it receives", runAgent},
+		"version":    {"print the version", runVersion},
+	}
+}
+
+func main() {
+	os.Exit(execute(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// execute runs one subcommand and returns the process exit code.
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cmds := commands()
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stderr, cmds)
+		return 2
+	}
+	cmd, ok := cmds[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "khook: unknown command %q\n\n", args[0])
+		usage(stderr, cmds)
+		return 2
+	}
+	if err := cmd.run(ctx, args[1:], stdout, stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 2
+		}
+		fmt.Fprintf(stderr, "khook %s: %v\n", args[0], err)
+		return 1
+	}
+	return 0
+}
+
+func usage(w io.Writer, cmds map[string]command) {
+	fmt.Fprintln(w, "usage: khook <command> [flags]\n\ncommands:")
+	names := make([]string, 0, len(cmds))
+	for n := range cmds {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-11s %s\n", n, cmds[n].summary)
+	}
+	fmt.Fprintln(w, "\nrun 'khook <command> -h' for a command's flags")
+}
+
+func runVersion(_ context.Context, _ []string, stdout, _ io.Writer) error {
+	fmt.Fprintf(stdout, "khook %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return nil
+}
+
+// commonFlags are the flags every pipeline command takes.
+type commonFlags struct {
+	config  string
+	natsURL string
+}
+
+func newFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *commonFlags) {
+	fs := flag.NewFlagSet("khook "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c := &commonFlags{}
+	fs.StringVar(&c.config, "config", "", "path to khook.yaml")
+	fs.StringVar(&c.natsURL, "nats-url", "", "NATS server URL (overrides nats.url)")
+	return fs, c
+}
+
+// overrides turns the flags that were set into config keys.
+func (c *commonFlags) overrides() map[string]any {
+	o := map[string]any{}
+	if c.natsURL != "" {
+		o["nats.url"] = c.natsURL
+	}
+	return o
+}
+
+func environ() []string {
+	// Only variables that are khook's settings are passed on; the rest of the environment is
+	// none of the config loader's business.
+	var out []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "KHOOK_") || strings.HasPrefix(kv, "KAGENT_") || strings.HasPrefix(kv, "LOG_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}

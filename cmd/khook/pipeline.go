@@ -1,0 +1,394 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/run"
+	"go.uber.org/zap"
+
+	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/consumers/mapper"
+	"github.com/khook/khook/internal/config"
+	"github.com/khook/khook/internal/telemetry"
+	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/producers"
+	"github.com/khook/khook/producers/builtin"
+	"github.com/khook/khook/streams"
+)
+
+// stages says which components one process runs.
+type stages struct {
+	producers  bool
+	plugin     string // with producers: only this plugin
+	mapper     bool
+	dispatcher bool
+	embedded   bool // start an embedded NATS server when nats.url is empty
+}
+
+func runAll(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs, common := newFlagSet("run", stderr)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return runPipeline(ctx, common, stages{producers: true, mapper: true, dispatcher: true, embedded: true})
+}
+
+func runProducer(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs, common := newFlagSet("producer", stderr)
+	plugin := fs.String("plugin", "", "run only this plugin (one plugin per process)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return runPipeline(ctx, common, stages{producers: true, plugin: *plugin})
+}
+
+func runMapper(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs, common := newFlagSet("mapper", stderr)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return runPipeline(ctx, common, stages{mapper: true})
+}
+
+func runDispatcher(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs, common := newFlagSet("dispatcher", stderr)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return runPipeline(ctx, common, stages{dispatcher: true})
+}
+
+func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "apply" {
+		return errors.New("usage: khook streams apply [--config FILE] [--nats-url URL]")
+	}
+	fs, common := newFlagSet("streams apply", stderr)
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	cfg, err := config.Load(common.config, environ(), common.overrides())
+	if err != nil {
+		return err
+	}
+	nc, err := connect(cfg)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	changes, err := streams.Apply(ctx, js, cfg.Streams)
+	for _, c := range changes {
+		fmt.Fprintln(stdout, c)
+	}
+	return err
+}
+
+// runPipeline runs the chosen stages until SIGINT or SIGTERM, then drains and returns nil.
+func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
+	cfg, err := config.Load(common.config, environ(), common.overrides())
+	if err != nil {
+		return err
+	}
+	logger, err := telemetry.NewLogger(cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = logger.Sync() }()
+
+	// Load every file before connecting, so a broken file fails fast with its line.
+	var plugins []producers.Plugin
+	if st.producers {
+		if plugins, err = loadPlugins(cfg.Files.Plugins, st.plugin, logger); err != nil {
+			return err
+		}
+	}
+	var rules *mapping.Rules
+	if st.mapper {
+		if rules, err = loadRules(cfg.Files.Mappings); err != nil {
+			return err
+		}
+	}
+	var hooks *dispatch.Index
+	if st.dispatcher {
+		if hooks, err = loadHooks(cfg.Files.Hooks); err != nil {
+			return err
+		}
+	}
+
+	var ns *server.Server
+	if st.embedded && cfg.NATS.URL == "" {
+		if ns, err = streams.StartEmbedded(cfg.NATS.Embedded); err != nil {
+			return err
+		}
+		defer func() {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+		}()
+		logger.Info("embedded nats started", zap.String("store_dir", cfg.NATS.Embedded.StoreDir),
+			zap.String("listen", cfg.NATS.Embedded.Listen))
+	} else if cfg.NATS.URL == "" {
+		cfg.NATS.URL = config.DefaultNATSURL
+	}
+	nc, err := connectTo(cfg, ns)
+	if err != nil {
+		return err
+	}
+	// Closed last, after every actor has stopped, so draining stages can still ack.
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if err := applyWithRetry(ctx, js, cfg.Streams, logger); err != nil {
+		return err
+	}
+
+	reg := telemetry.NewRegistry()
+	probes := telemetry.NewProbes()
+	probes.Set("nats", func(context.Context) error {
+		if s := nc.Status(); s != nats.CONNECTED {
+			return fmt.Errorf("nats connection %s", s)
+		}
+		return nil
+	})
+	probes.Set("streams", func(ctx context.Context) error {
+		for _, name := range []string{cfg.Streams.Raw.Name, cfg.Streams.Events.Name, cfg.Streams.DLQ.Name} {
+			if _, err := js.Stream(ctx, name); err != nil {
+				return fmt.Errorf("stream %s: %w", name, err)
+			}
+		}
+		return nil
+	})
+
+	var g run.Group
+	addActor := func(name string, fn func(ctx context.Context) error) {
+		actx, cancel := context.WithCancel(ctx)
+		g.Add(func() error {
+			err := fn(actx)
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			return nil
+		}, func(error) { cancel() })
+	}
+	if st.producers {
+		m := producers.NewMetrics(reg)
+		pub := producers.NewPublisher(js, cfg.Streams.Subjects(), m)
+		for _, p := range plugins {
+			m.Init(p.Name())
+			addActor("plugin "+p.Name(), func(ctx context.Context) error {
+				m.SetActive(p.Name(), true)
+				defer m.SetActive(p.Name(), false)
+				logger.Info("plugin started", zap.String("plugin", p.Name()))
+				return p.Run(ctx, pub.Emitter(p.Name()))
+			})
+		}
+	}
+	if st.mapper {
+		mp := mapper.New(js, cfg.Streams, rules, reg, logger.Named("mapper"))
+		addActor("mapper", mp.Run)
+		logger.Info("mapper started", zap.Int("rules", rules.Len()))
+	}
+	if st.dispatcher {
+		target, err := newTarget(cfg, logger)
+		if err != nil {
+			return err
+		}
+		d := dispatch.New(js, cfg.Streams, hooks, target, cfg.Dispatcher.Workers, reg, logger.Named("dispatcher"))
+		addActor("dispatcher", d.Run)
+		logger.Info("dispatcher started", zap.Int("hooks", hooks.Len()), zap.String("target", target.Name()))
+	}
+	for _, s := range []*telemetry.HTTPServer{
+		{Name: "metrics", Addr: cfg.Server.MetricsAddr, Handler: telemetry.MetricsHandler(reg), Logger: logger},
+		{Name: "probes", Addr: cfg.Server.ProbesAddr, Handler: probes.Handler(), Logger: logger},
+	} {
+		addActor(s.Name+" server", s.Run)
+	}
+	g.Add(run.SignalHandler(ctx, os.Interrupt, syscall.SIGTERM))
+
+	err = g.Run()
+	if errors.Is(err, run.ErrSignal) {
+		logger.Info("stopped", zap.String("reason", err.Error()))
+		return nil
+	}
+	return err
+}
+
+func newTarget(cfg config.Config, logger *zap.Logger) (dispatch.Target, error) {
+	switch cfg.Dispatcher.Target {
+	case "log":
+		return dispatch.LogTarget{Logger: logger.Named("agent")}, nil
+	default:
+		return dispatch.NewKagent(dispatch.KagentConfig{
+			URL: cfg.Kagent.URL, UserID: cfg.Kagent.UserID, Timeout: cfg.Kagent.Timeout, TokenFile: cfg.Kagent.TokenFile,
+		}), nil
+	}
+}
+
+func loadPlugins(path, only string, logger *zap.Logger) ([]producers.Plugin, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("plugins: %w", err)
+	}
+	specs, err := producers.ParseSpecs(b, os.LookupEnv)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	table := builtin.Table()
+	var plugins []producers.Plugin
+	for _, s := range specs {
+		build, ok := table[s.Name]
+		if !ok {
+			return nil, fmt.Errorf("%s: plugin %q is not a built-in plugin (built-in: %s)", path, s.Name, builtin.Names())
+		}
+		if only != "" && s.Name != only {
+			continue
+		}
+		p, err := build(s, logger.Named(s.Name))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if !s.IsEnabled() && only != s.Name {
+			logger.Info("plugin disabled", zap.String("plugin", s.Name))
+			continue
+		}
+		plugins = append(plugins, p)
+	}
+	if only != "" && len(plugins) == 0 {
+		return nil, fmt.Errorf("%s: plugin %q is not listed", path, only)
+	}
+	return plugins, nil
+}
+
+func loadRules(path string) (*mapping.Rules, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("event mappings: %w", err)
+	}
+	rules, err := mapping.Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return rules, nil
+}
+
+func loadHooks(path string) (*dispatch.Index, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("hooks: %w", err)
+	}
+	hooks, err := dispatch.ParseHooks(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return dispatch.NewIndex(hooks), nil
+}
+
+// applyWithRetry applies the stream topology, retrying while the server is still starting
+// (a JetStream cluster electing its meta leader answers with errors for a few seconds).
+func applyWithRetry(ctx context.Context, js jetstream.JetStream, topo streams.Config, logger *zap.Logger) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		changes, err := streams.Apply(actx, js, topo)
+		cancel()
+		if err == nil {
+			for _, c := range changes {
+				if c.Action != streams.Unchanged {
+					logger.Info("topology applied", zap.String("kind", c.Kind), zap.String("name", c.Name), zap.String("action", string(c.Action)))
+				}
+			}
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("streams apply: %w", err)
+		}
+		logger.Warn("streams apply failed, retrying", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func connect(cfg config.Config) (*nats.Conn, error) {
+	if cfg.NATS.URL == "" {
+		cfg.NATS.URL = config.DefaultNATSURL
+	}
+	return connectTo(cfg, nil)
+}
+
+// connectTo connects to the embedded server ns in-process when given, else to nats.url.
+// Reconnects never give up: a stage outlives NATS restarts.
+func connectTo(cfg config.Config, ns *server.Server) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name("khook"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.Timeout(cfg.NATS.ConnectTimeout),
+	}
+	if ns != nil {
+		opts = append(opts, nats.InProcessServer(ns))
+	}
+	if cfg.NATS.CredentialsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.NATS.CredentialsFile))
+	}
+	if t := cfg.NATS.TLS; t.CAFile != "" || t.CertFile != "" {
+		tc, err := tlsConfig(t)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.Secure(tc))
+	}
+	url := cfg.NATS.URL
+	deadline := time.Now().Add(cfg.NATS.ConnectTimeout)
+	for {
+		nc, err := nats.Connect(url, opts...)
+		if err == nil {
+			return nc, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("nats connect %s: %w", url, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func tlsConfig(t config.TLS) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats.tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("nats.tls.ca_file: no certificates in %s", t.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats.tls: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+

@@ -1,0 +1,199 @@
+package dispatch
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/khook/khook/internal/strictyaml"
+	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/streams/subject"
+)
+
+// APIVersion and Kind identify a Hook, the same resource kagent's khook defines, so existing
+// Hook objects work unchanged.
+const (
+	APIVersion = "kagent.dev/v1alpha2"
+	Kind       = "Hook"
+)
+
+// Hook is the kagent.dev/v1alpha2 Hook resource.
+type Hook struct {
+	APIVersion string     `yaml:"apiVersion" json:"apiVersion"`
+	Kind       string     `yaml:"kind" json:"kind"`
+	Metadata   ObjectMeta `yaml:"metadata" json:"metadata"`
+	Spec       HookSpec   `yaml:"spec" json:"spec"`
+	// Status is accepted so that `kubectl get -o yaml` output loads; it is not read.
+	Status map[string]any `yaml:"status,omitempty" json:"status,omitempty"`
+}
+
+// ObjectMeta holds the metadata khook reads; other Kubernetes metadata is accepted and ignored.
+type ObjectMeta struct {
+	Name      string         `yaml:"name" json:"name"`
+	Namespace string         `yaml:"namespace" json:"namespace,omitempty"`
+	Other     map[string]any `yaml:",inline" json:"-"`
+}
+
+// HookSpec lists which events call which agents with which prompt.
+type HookSpec struct {
+	EventConfigurations []EventConfiguration `yaml:"eventConfigurations" json:"eventConfigurations"`
+}
+
+// EventConfiguration fires its agent for every event of EventType in the hook's namespace.
+type EventConfiguration struct {
+	EventType string   `yaml:"eventType" json:"eventType"`
+	AgentRef  AgentRef `yaml:"agentRef" json:"agentRef"`
+	Prompt    string   `yaml:"prompt" json:"prompt"`
+}
+
+// AgentRef names a kagent agent. An empty namespace means the hook's namespace.
+type AgentRef struct {
+	Name      string `yaml:"name" json:"name"`
+	Namespace string `yaml:"namespace,omitempty" json:"namespace,omitempty"`
+}
+
+// Key returns the hook's namespace/name.
+func (h *Hook) Key() string { return h.Metadata.Namespace + "/" + h.Metadata.Name }
+
+// Validate reports every problem with the hook, naming the field.
+func (h *Hook) Validate() error {
+	var errs []error
+	if h.APIVersion != APIVersion || h.Kind != Kind {
+		errs = append(errs, fmt.Errorf("apiVersion/kind: want %s %s, got %q %q", APIVersion, Kind, h.APIVersion, h.Kind))
+	}
+	if h.Metadata.Name == "" {
+		errs = append(errs, errors.New("metadata.name: required"))
+	}
+	if len(h.Spec.EventConfigurations) == 0 {
+		errs = append(errs, errors.New("spec.eventConfigurations: at least one is required"))
+	}
+	for i, ec := range h.Spec.EventConfigurations {
+		if err := subject.CheckToken("eventType", ec.EventType); err != nil {
+			errs = append(errs, fmt.Errorf("spec.eventConfigurations[%d].%w", i, err))
+		}
+		if ec.AgentRef.Name == "" {
+			errs = append(errs, fmt.Errorf("spec.eventConfigurations[%d].agentRef.name: required", i))
+		}
+		if ec.Prompt == "" {
+			errs = append(errs, fmt.Errorf("spec.eventConfigurations[%d].prompt: required", i))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ParseHooks reads hooks.yaml: Hook objects as a YAML list, as documents separated by ---,
+// or as a Kubernetes List with items. A hook without a namespace is in "default", as
+// kubectl would put it.
+func ParseHooks(b []byte) ([]Hook, error) {
+	var hooks []Hook
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	for doc := 0; ; doc++ {
+		var n yaml.Node
+		err := dec.Decode(&n)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("hooks: document %d: %w", doc, err)
+		}
+		items, err := hookNodes(&n)
+		if err != nil {
+			return nil, fmt.Errorf("hooks: document %d: %w", doc, err)
+		}
+		for _, item := range items {
+			var h Hook
+			if err := strictyaml.Decode(item, &h); err != nil {
+				return nil, fmt.Errorf("hooks: line %d: %w", item.Line, err)
+			}
+			if h.Metadata.Namespace == "" {
+				h.Metadata.Namespace = "default"
+			}
+			if err := h.Validate(); err != nil {
+				return nil, fmt.Errorf("hooks: %s (line %d): %w", h.Key(), item.Line, err)
+			}
+			hooks = append(hooks, h)
+		}
+	}
+	seen := map[string]bool{}
+	for _, h := range hooks {
+		if seen[h.Key()] {
+			return nil, fmt.Errorf("hooks: %s is defined twice", h.Key())
+		}
+		seen[h.Key()] = true
+	}
+	return hooks, nil
+}
+
+func hookNodes(doc *yaml.Node) ([]*yaml.Node, error) {
+	n := doc
+	if n.Kind == yaml.DocumentNode {
+		if len(n.Content) == 0 {
+			return nil, nil
+		}
+		n = n.Content[0]
+	}
+	switch n.Kind {
+	case yaml.SequenceNode:
+		return n.Content, nil
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == "items" && n.Content[i+1].Kind == yaml.SequenceNode {
+				return n.Content[i+1].Content, nil
+			}
+		}
+		return []*yaml.Node{n}, nil
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			return nil, nil
+		}
+	}
+	return nil, fmt.Errorf("line %d: expected a Hook, a list of Hooks or a List", n.Line)
+}
+
+// Match is one event configuration of one hook that an event fires.
+type Match struct {
+	Hook  *Hook
+	Index int // which eventConfigurations entry
+	Agent AgentRef
+}
+
+// Config returns the matched event configuration.
+func (m Match) Config() EventConfiguration { return m.Hook.Spec.EventConfigurations[m.Index] }
+
+// Index finds the hooks an event fires. It is immutable and safe for concurrent use; a new
+// set of hooks means a new Index.
+type Index struct {
+	byKey map[indexKey][]Match
+	count int
+}
+
+type indexKey struct{ namespace, eventType string }
+
+// NewIndex indexes hooks by namespace and event type.
+func NewIndex(hooks []Hook) *Index {
+	idx := &Index{byKey: map[indexKey][]Match{}, count: len(hooks)}
+	for i := range hooks {
+		h := &hooks[i]
+		for j, ec := range h.Spec.EventConfigurations {
+			agent := ec.AgentRef
+			if agent.Namespace == "" {
+				agent.Namespace = h.Metadata.Namespace
+			}
+			k := indexKey{h.Metadata.Namespace, ec.EventType}
+			idx.byKey[k] = append(idx.byKey[k], Match{Hook: h, Index: j, Agent: agent})
+		}
+	}
+	return idx
+}
+
+// Match returns every event configuration, of every hook in the event's namespace, whose
+// event type is the event's internal type (khook's matching rule).
+func (idx *Index) Match(ev *mapping.Event) []Match {
+	return idx.byKey[indexKey{ev.Namespace, ev.Type}]
+}
+
+// Len returns the number of hooks indexed.
+func (idx *Index) Len() int { return idx.count }

@@ -1,0 +1,245 @@
+// Package mapper is the mapping consumer: it pulls raw events from the raw stream, normalizes
+// them with the mapping rules, and publishes the results to the events stream.
+//
+// A raw message is acknowledged only after its normalized event is durably stored (or after
+// it is counted as unmapped, disabled or dead-lettered), so a crash at any point redelivers
+// it. The normalized event keeps the raw event's id as its Nats-Msg-Id, so a redelivered raw
+// event that was already mapped is dropped by the events stream's duplicate window.
+package mapper
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/streams"
+	"github.com/khook/khook/streams/cloudevent"
+	"github.com/khook/khook/streams/deadletter"
+)
+
+// Stage is the mapper's name in dead-letter subjects and metrics.
+const Stage = "mapper"
+
+// Mapper is the mapping stage. Several replicas share one durable consumer.
+type Mapper struct {
+	js      jetstream.JetStream
+	topo    streams.Config
+	rules   atomic.Pointer[mapping.Rules]
+	logger  *zap.Logger
+	metrics *metrics
+}
+
+// New returns a mapper using rules. It starts nothing; call Run.
+func New(js jetstream.JetStream, topo streams.Config, rules *mapping.Rules, reg prometheus.Registerer, logger *zap.Logger) *Mapper {
+	m := &Mapper{js: js, topo: topo, logger: logger, metrics: newMetrics(reg)}
+	m.rules.Store(rules)
+	return m
+}
+
+// SetRules replaces the rules used for every message handled from now on.
+func (m *Mapper) SetRules(r *mapping.Rules) { m.rules.Store(r) }
+
+// pending is a raw message waiting for its normalized event's publish acknowledgement.
+type pending struct {
+	msg jetstream.Msg
+	ack jetstream.PubAckFuture
+}
+
+// Run consumes until ctx ends, then stops pulling, waits for outstanding publishes and acks
+// or naks their inputs, and returns nil.
+func (m *Mapper) Run(ctx context.Context) error {
+	cons, err := m.js.Consumer(ctx, m.topo.Raw.Name, m.topo.Mapper.Durable)
+	if err != nil {
+		return fmt.Errorf("mapper: consumer %s on %s: %w", m.topo.Mapper.Durable, m.topo.Raw.Name, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(256))
+	if err != nil {
+		return fmt.Errorf("mapper: %w", err)
+	}
+	go func() {
+		<-ctx.Done()
+		it.Stop()
+	}()
+
+	// Publish acks arrive roughly in publish order, so one goroutine settling them in FIFO
+	// order keeps up while bounding the work in flight to the channel's capacity.
+	inflight := make(chan pending, m.topo.Mapper.MaxAckPending)
+	var settler sync.WaitGroup
+	settler.Add(1)
+	go func() {
+		defer settler.Done()
+		for p := range inflight {
+			m.settle(p)
+		}
+	}()
+	defer func() {
+		close(inflight)
+		settler.Wait()
+	}()
+
+	for {
+		msg, err := it.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return nil
+		}
+		if err != nil {
+			// Transient pull errors (a leader change, a reconnect) are retried by the iterator.
+			m.logger.Debug("pull", zap.Error(err))
+			continue
+		}
+		if p, ok := m.handle(ctx, msg); ok {
+			inflight <- p
+		}
+	}
+}
+
+// handle maps one raw message. It returns a pending publish when the message must wait for
+// one; otherwise it has already settled the message.
+func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) {
+	start := time.Now()
+	ce, err := cloudevent.Decode(msg.Data())
+	if err != nil {
+		m.deadLetter(ctx, msg, "invalid-envelope", err)
+		return pending{}, false
+	}
+	raw := mapping.Raw{ID: ce.ID, Source: ce.Source, Type: ce.Type, Subject: ce.Subject, Time: ce.Time, Data: ce.Data}
+	ev, outcome := mapping.Map(m.rules.Load(), raw)
+	m.metrics.events.WithLabelValues(string(outcome)).Inc()
+	if outcome != mapping.Mapped {
+		// Counted above; logged so an operator can see which rule is missing.
+		m.logger.Info("event not mapped", zap.String("event_id", ce.ID), zap.String("source", ce.Source),
+			zap.String("type", ce.Type), zap.String("outcome", string(outcome)))
+		ackOrLog(m.logger, msg)
+		return pending{}, false
+	}
+	out, err := m.encode(ev, msg.Headers())
+	if err != nil {
+		m.deadLetter(ctx, msg, "invalid-event", err)
+		return pending{}, false
+	}
+	fut, err := m.js.PublishMsgAsync(out)
+	if err != nil {
+		m.metrics.publishErrors.Inc()
+		m.logger.Warn("publish normalized event", zap.String("event_id", ev.ID), zap.Error(err))
+		nakOrLog(m.logger, msg)
+		return pending{}, false
+	}
+	m.metrics.duration.Observe(time.Since(start).Seconds())
+	return pending{msg: msg, ack: fut}, true
+}
+
+func (m *Mapper) encode(ev mapping.Event, in nats.Header) (*nats.Msg, error) {
+	subj, err := m.topo.Subjects().Events(ev.Type)
+	if err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return nil, err
+	}
+	body, err := cloudevent.Encode(&cloudevent.Event{
+		ID: ev.ID, Source: ev.Source, Type: ev.Type, Time: ev.Time,
+		Subject:         subjectOf(ev),
+		DataContentType: "application/json",
+		Data:            data,
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := nats.NewMsg(subj)
+	out.Data = body
+	out.Header.Set(jetstream.MsgIDHeader, ev.ID)
+	out.Header.Set("Content-Type", cloudevent.ContentType)
+	if tp := in.Get("traceparent"); tp != "" {
+		out.Header.Set("traceparent", tp)
+	}
+	return out, nil
+}
+
+func subjectOf(ev mapping.Event) string {
+	if ev.Namespace == "" && ev.Resource.Name == "" {
+		return ""
+	}
+	return ev.Namespace + "/" + ev.Resource.Kind + "/" + ev.Resource.Name
+}
+
+// settle acks a raw message once its output is stored, or naks it for redelivery.
+func (m *Mapper) settle(p pending) {
+	select {
+	case <-p.ack.Ok():
+		ackOrLog(m.logger, p.msg)
+	case err := <-p.ack.Err():
+		m.metrics.publishErrors.Inc()
+		m.logger.Warn("normalized event not stored, will redeliver", zap.String("subject", p.ack.Msg().Subject), zap.Error(err))
+		nakOrLog(m.logger, p.msg)
+	}
+}
+
+// deadLetter stores msg in the dead-letter stream and terminates it only once the dead letter
+// is stored; if that fails, the message is redelivered instead of lost.
+func (m *Mapper) deadLetter(ctx context.Context, msg jetstream.Msg, reason string, cause error) {
+	m.metrics.events.WithLabelValues("deadletter").Inc()
+	m.logger.Warn("dead-lettering raw event", zap.String("subject", msg.Subject()), zap.String("reason", reason), zap.Error(cause))
+	if err := deadletter.Publish(ctx, m.js, m.topo.Subjects(), deadletter.Letter{
+		Stage: Stage, Reason: reason, Err: cause, Msg: msg,
+	}); err != nil {
+		m.logger.Warn("dead letter not stored, will redeliver", zap.Error(err))
+		nakOrLog(m.logger, msg)
+		return
+	}
+	if err := msg.Term(); err != nil {
+		m.logger.Warn("term", zap.Error(err))
+	}
+}
+
+func ackOrLog(l *zap.Logger, msg jetstream.Msg) {
+	if err := msg.Ack(); err != nil {
+		l.Warn("ack", zap.String("subject", msg.Subject()), zap.Error(err))
+	}
+}
+
+func nakOrLog(l *zap.Logger, msg jetstream.Msg) {
+	if err := msg.NakWithDelay(time.Second); err != nil {
+		l.Warn("nak", zap.String("subject", msg.Subject()), zap.Error(err))
+	}
+}
+
+type metrics struct {
+	events        *prometheus.CounterVec
+	publishErrors prometheus.Counter
+	duration      prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "khook_mapper_events_total",
+			Help: "Raw events handled by the mapper, by outcome (mapped, unmapped, disabled, deadletter).",
+		}, []string{"outcome"}),
+		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "khook_mapper_publish_errors_total",
+			Help: "Normalized events JetStream did not store; their raw events are redelivered.",
+		}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "khook_mapper_map_duration_seconds",
+			Help:    "Time to decode, map and hand one event to the publisher.",
+			Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10),
+		}),
+	}
+	for _, o := range mapping.Outcomes {
+		m.events.WithLabelValues(string(o))
+	}
+	m.events.WithLabelValues("deadletter")
+	reg.MustRegister(m.events, m.publishErrors, m.duration)
+	return m
+}

@@ -1,0 +1,146 @@
+// Package config is khook.yaml: the one struct tree every subcommand reads, its defaults, and
+// its validation.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/khook/khook/streams"
+)
+
+// Config is khook.yaml.
+type Config struct {
+	NATS       NATS           `koanf:"nats"`
+	Streams    streams.Config `koanf:"streams"`
+	Files      Files          `koanf:"files"`
+	Dispatcher Dispatcher     `koanf:"dispatcher"`
+	Kagent     Kagent         `koanf:"kagent"`
+	Server     Server         `koanf:"server"`
+	Log        Log            `koanf:"log"`
+}
+
+// NATS says how to reach NATS. With an empty URL, `khook run` starts an embedded server.
+type NATS struct {
+	URL             string                 `koanf:"url"`
+	Embedded        streams.EmbeddedConfig `koanf:"embedded"`
+	CredentialsFile string                 `koanf:"credentials_file"`
+	TLS             TLS                    `koanf:"tls"`
+	ConnectTimeout  time.Duration          `koanf:"connect_timeout"`
+}
+
+// TLS configures a TLS client connection. Files only: secrets never live in khook.yaml.
+type TLS struct {
+	CAFile   string `koanf:"ca_file"`
+	CertFile string `koanf:"cert_file"`
+	KeyFile  string `koanf:"key_file"`
+}
+
+// Files names the other configuration files. Relative paths are relative to khook.yaml.
+type Files struct {
+	Plugins  string `koanf:"plugins"`
+	Mappings string `koanf:"mappings"`
+	Hooks    string `koanf:"hooks"`
+}
+
+// Dispatcher configures delivery to agents.
+type Dispatcher struct {
+	// Target is where tasks go: kagent (A2A) or log (print only, for local runs).
+	Target  string `koanf:"target"`
+	Workers int    `koanf:"workers"`
+}
+
+// Kagent configures the kagent A2A endpoint. The environment variables khook has always
+// read (KAGENT_API_URL, KAGENT_USER_ID, KAGENT_API_TIMEOUT) set these too.
+type Kagent struct {
+	URL       string        `koanf:"url"`
+	UserID    string        `koanf:"user_id"`
+	Timeout   time.Duration `koanf:"timeout"`
+	TokenFile string        `koanf:"token_file"`
+}
+
+// Server configures the operational HTTP endpoints.
+type Server struct {
+	MetricsAddr string `koanf:"metrics_addr"` // /metrics
+	ProbesAddr  string `koanf:"probes_addr"`  // /healthz and /readyz
+}
+
+// Log configures zap. LOG_LEVEL and LOG_FORMAT set these too.
+type Log struct {
+	Level  string `koanf:"level"`  // debug, info, warn, error
+	Format string `koanf:"format"` // json or console
+}
+
+// DefaultNATSURL is where the separate stage commands connect when nothing else is said.
+const DefaultNATSURL = "nats://127.0.0.1:4222"
+
+// Default returns the configuration of a local installation.
+func Default() Config {
+	return Config{
+		NATS: NATS{
+			Embedded:       streams.EmbeddedConfig{StoreDir: "./data", Listen: "127.0.0.1:4222"},
+			ConnectTimeout: 10 * time.Second,
+		},
+		Streams:    streams.Default(),
+		Files:      Files{Plugins: "plugins.yaml", Mappings: "event-mappings.yaml", Hooks: "hooks.yaml"},
+		Dispatcher: Dispatcher{Target: "kagent", Workers: 16},
+		Kagent: Kagent{
+			URL:     "http://kagent-controller.kagent:8083",
+			UserID:  "admin@kagent.dev",
+			Timeout: 120 * time.Second,
+		},
+		Server: Server{MetricsAddr: ":8080", ProbesAddr: ":8081"},
+		Log:    Log{Level: "info", Format: "console"},
+	}
+}
+
+// Validate reports every invalid setting at once, each naming its key.
+func (c Config) Validate() error {
+	errs := []error{c.Streams.Validate("streams")}
+	if c.NATS.URL != "" {
+		if u, err := url.Parse(c.NATS.URL); err != nil || u.Host == "" {
+			errs = append(errs, fmt.Errorf("nats.url: %q is not a URL like nats://host:4222", c.NATS.URL))
+		}
+	}
+	if (c.NATS.TLS.CertFile == "") != (c.NATS.TLS.KeyFile == "") {
+		errs = append(errs, errors.New("nats.tls: cert_file and key_file must be set together"))
+	}
+	if c.NATS.ConnectTimeout <= 0 {
+		errs = append(errs, errors.New("nats.connect_timeout: must be positive"))
+	}
+	switch c.Dispatcher.Target {
+	case "kagent", "log":
+	default:
+		errs = append(errs, fmt.Errorf("dispatcher.target: must be kagent or log, got %q", c.Dispatcher.Target))
+	}
+	if c.Dispatcher.Workers < 1 || c.Dispatcher.Workers > 1024 {
+		errs = append(errs, fmt.Errorf("dispatcher.workers: must be 1 to 1024, got %d", c.Dispatcher.Workers))
+	}
+	if u, err := url.Parse(c.Kagent.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("kagent.url: %q must be an http:// or https:// URL", c.Kagent.URL))
+	}
+	if c.Kagent.UserID == "" {
+		errs = append(errs, errors.New("kagent.user_id: required"))
+	}
+	// khook has always capped agent calls at 300s; longer calls hold a consumer slot too long.
+	if c.Kagent.Timeout < time.Second || c.Kagent.Timeout > 300*time.Second {
+		errs = append(errs, fmt.Errorf("kagent.timeout: must be 1s to 300s, got %s", c.Kagent.Timeout))
+	}
+	if c.Streams.Dispatcher.AckWait <= c.Kagent.Timeout {
+		errs = append(errs, fmt.Errorf("streams.dispatcher.ack_wait: must exceed kagent.timeout (%s), got %s",
+			c.Kagent.Timeout, c.Streams.Dispatcher.AckWait))
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log.level: must be debug, info, warn or error, got %q", c.Log.Level))
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		errs = append(errs, fmt.Errorf("log.format: must be json or console, got %q", c.Log.Format))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,133 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "khook.yaml")
+	require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
+	return p
+}
+
+func TestLoadDefaultsAreValid(t *testing.T) {
+	cfg, err := Load("", nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, Default(), cfg)
+}
+
+func TestLoadPrecedence(t *testing.T) {
+	p := writeFile(t, `
+nats:
+  url: nats://file:4222
+kagent:
+  url: http://from-file:8083
+  user_id: file@example.com
+log:
+  level: debug
+files:
+  hooks: hooks/local.yaml
+`)
+	env := []string{
+		"KAGENT_API_URL=http://legacy:8083", // overrides the file
+		"KAGENT_API_TIMEOUT=30s",
+		"KHOOK_KAGENT_URL=http://khook-env:8083", // overrides the legacy variable
+		"LOG_FORMAT=json",
+		"PATH=/usr/bin", // not ours: ignored
+	}
+	cfg, err := Load(p, env, map[string]any{"nats.url": "nats://flag:4222"})
+	require.NoError(t, err)
+	require.Equal(t, "nats://flag:4222", cfg.NATS.URL)
+	require.Equal(t, "http://khook-env:8083", cfg.Kagent.URL)
+	require.Equal(t, "file@example.com", cfg.Kagent.UserID)
+	require.Equal(t, 30*time.Second, cfg.Kagent.Timeout)
+	require.Equal(t, "debug", cfg.Log.Level)
+	require.Equal(t, "json", cfg.Log.Format)
+	// Relative file names are relative to khook.yaml; unset ones keep the default name there.
+	require.Equal(t, filepath.Join(filepath.Dir(p), "hooks/local.yaml"), cfg.Files.Hooks)
+	require.Equal(t, filepath.Join(filepath.Dir(p), "plugins.yaml"), cfg.Files.Plugins)
+}
+
+func TestLoadErrors(t *testing.T) {
+	tests := []struct {
+		name  string
+		file  string
+		env   []string
+		wants []string
+	}{
+		{
+			name:  "unknown key names line",
+			file:  "nats:\n  url: nats://x:4222\n  urll: nats://y:4222\n",
+			wants: []string{"line 3", "unknown key nats.urll"},
+		},
+		{
+			name:  "unknown section",
+			file:  "kagnet:\n  url: http://x\n",
+			wants: []string{"line 1", "unknown key kagnet"},
+		},
+		{
+			name:  "invalid value names key and line",
+			file:  "log:\n  level: loud\n",
+			wants: []string{"line 2", "log.level", `"loud"`},
+		},
+		{
+			name:  "bad duration names key and line",
+			file:  "streams:\n  raw:\n    max_age: forever\n",
+			wants: []string{"line 3", "streams.raw.max_age"},
+		},
+		{
+			name:  "every problem at once",
+			file:  "dispatcher:\n  target: pager\n  workers: 0\nkagent:\n  timeout: 10m\n",
+			wants: []string{"line 2: dispatcher.target", "line 3: dispatcher.workers", "line 5: kagent.timeout"},
+		},
+		{
+			name:  "section given a scalar",
+			file:  "nats: nats://x:4222\n",
+			wants: []string{"line 1", "nats"},
+		},
+		{
+			name:  "unknown environment variable",
+			env:   []string{"KHOOK_NATS_URLL=nats://x"},
+			wants: []string{"KHOOK_NATS_URLL", "no such setting"},
+		},
+		{
+			name:  "invalid environment value",
+			env:   []string{"KAGENT_API_URL=ftp://x"},
+			wants: []string{"kagent.url", "ftp://x"},
+		},
+		{
+			name:  "not yaml",
+			file:  "nats: [\n",
+			wants: []string{"khook.yaml", "yaml"},
+		},
+		{
+			name:  "ack wait shorter than the agent timeout",
+			file:  "streams:\n  dispatcher:\n    ack_wait: 60s\n",
+			wants: []string{"line 3", "streams.dispatcher.ack_wait", "must exceed kagent.timeout"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := ""
+			if tt.file != "" {
+				path = writeFile(t, tt.file)
+			}
+			_, err := Load(path, tt.env, nil)
+			require.Error(t, err)
+			for _, w := range tt.wants {
+				require.Contains(t, err.Error(), w)
+			}
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"), nil, nil)
+	require.ErrorContains(t, err, "nope.yaml")
+}

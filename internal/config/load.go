@@ -1,0 +1,216 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/knadh/koanf/providers/confmap"
+	"github.com/knadh/koanf/providers/structs"
+	"github.com/knadh/koanf/v2"
+	"gopkg.in/yaml.v3"
+)
+
+// EnvPrefix prefixes every environment variable that sets a khook.yaml key: the key in upper
+// case with dots as underscores, e.g. KHOOK_KAGENT_USER_ID sets kagent.user_id.
+const EnvPrefix = "KHOOK_"
+
+// legacyEnv are the environment variables khook read before khook.yaml existed.
+var legacyEnv = map[string]string{
+	"KAGENT_API_URL":     "kagent.url",
+	"KAGENT_USER_ID":     "kagent.user_id",
+	"KAGENT_API_TIMEOUT": "kagent.timeout",
+	"LOG_LEVEL":          "log.level",
+	"LOG_FORMAT":         "log.format",
+}
+
+// Load builds the configuration from, in increasing precedence: defaults, the file at path
+// (skipped when path is empty), the legacy environment variables, KHOOK_ environment variables,
+// and overrides (flags, by key). environ is os.Environ() in production.
+//
+// Unknown keys, in the file or the environment, are errors, and so is every invalid value;
+// each error names the key and, for the file, its line.
+func Load(path string, environ []string, overrides map[string]any) (Config, error) {
+	known := knownKeys(reflect.TypeOf(Config{}), "")
+	k := koanf.New(".")
+	if err := k.Load(structs.Provider(Default(), "koanf"), nil); err != nil {
+		return Config{}, fmt.Errorf("config defaults: %w", err)
+	}
+
+	lines := map[string]int{}
+	if path != "" {
+		m, l, err := readFile(path, known)
+		if err != nil {
+			return Config{}, err
+		}
+		lines = l
+		if err := k.Load(confmap.Provider(m, "."), nil); err != nil {
+			return Config{}, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+
+	var errs []error
+	for _, kv := range environ {
+		name, value, _ := strings.Cut(kv, "=")
+		if key, ok := legacyEnv[name]; ok {
+			errs = append(errs, k.Set(key, value))
+		}
+	}
+	envKeys := map[string]string{}
+	for key := range known {
+		envKeys[EnvPrefix+strings.ToUpper(strings.ReplaceAll(key, ".", "_"))] = key
+	}
+	for _, kv := range environ {
+		name, value, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, EnvPrefix) {
+			continue
+		}
+		key, ok := envKeys[name]
+		if !ok {
+			errs = append(errs, fmt.Errorf("environment %s: no such setting", name))
+			continue
+		}
+		errs = append(errs, k.Set(key, value))
+	}
+	for key, v := range overrides {
+		if !known[key] {
+			errs = append(errs, fmt.Errorf("override %s: no such setting", key))
+			continue
+		}
+		errs = append(errs, k.Set(key, v))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, err
+	}
+
+	var cfg Config
+	if err := k.UnmarshalWithConf("", &cfg, koanf.UnmarshalConf{Tag: "koanf"}); err != nil {
+		return Config{}, withLines(path, lines, err)
+	}
+	if path != "" {
+		dir := filepath.Dir(path)
+		for _, p := range []*string{&cfg.Files.Plugins, &cfg.Files.Mappings, &cfg.Files.Hooks} {
+			if *p != "" && !filepath.IsAbs(*p) {
+				*p = filepath.Join(dir, *p)
+			}
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, withLines(path, lines, err)
+	}
+	return cfg, nil
+}
+
+// readFile parses khook.yaml, rejects unknown keys, and returns the values and the line of
+// every key.
+func readFile(path string, known map[string]bool) (map[string]any, map[string]int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("config: %w", err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	m := map[string]any{}
+	lines := map[string]int{}
+	if doc.Kind == 0 {
+		return m, lines, nil
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return nil, nil, fmt.Errorf("%s line %d: the file must be a mapping of settings", path, root.Line)
+	}
+	var errs []error
+	var walk func(n *yaml.Node, prefix string)
+	walk = func(n *yaml.Node, prefix string) {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key := prefix + n.Content[i].Value
+			v := n.Content[i+1]
+			lines[key] = n.Content[i].Line
+			switch {
+			case known[key]:
+				if v.Kind == yaml.MappingNode || v.Kind == yaml.SequenceNode {
+					errs = append(errs, fmt.Errorf("%s line %d: %s: expected a single value", path, v.Line, key))
+				}
+			case v.Kind == yaml.MappingNode && hasPrefix(known, key+"."):
+				walk(v, key+".")
+			default:
+				errs = append(errs, fmt.Errorf("%s line %d: unknown key %s", path, n.Content[i].Line, key))
+			}
+		}
+	}
+	walk(root, "")
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, err
+	}
+	if err := doc.Decode(&m); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, lines, nil
+}
+
+func hasPrefix(known map[string]bool, prefix string) bool {
+	for k := range known {
+		if strings.HasPrefix(k, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// knownKeys lists the dotted keys of every leaf setting of t, by koanf tag.
+func knownKeys(t reflect.Type, prefix string) map[string]bool {
+	keys := map[string]bool{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag := f.Tag.Get("koanf")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		key := prefix + tag
+		if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Time{}) {
+			for k := range knownKeys(f.Type, key+".") {
+				keys[k] = true
+			}
+			continue
+		}
+		keys[key] = true
+	}
+	return keys
+}
+
+// keyInError finds the setting an error is about: validation errors start with the key,
+// decoding errors quote it.
+var keyInError = regexp.MustCompile(`^'?([a-z0-9_]+(?:\.[a-z0-9_]+)+)'?[: ]|'([a-z0-9_]+(?:\.[a-z0-9_]+)+)'`)
+
+// withLines prefixes each line of err that names a key set in the file with that key's line.
+func withLines(path string, lines map[string]int, err error) error {
+	var out []string
+	for _, msg := range strings.Split(err.Error(), "\n") {
+		if m := keyInError.FindStringSubmatch(msg); m != nil {
+			key := m[1] + m[2]
+			for k := key; k != ""; k = parent(k) {
+				if line, ok := lines[k]; ok {
+					msg = fmt.Sprintf("%s line %d: %s", path, line, msg)
+					break
+				}
+			}
+		}
+		out = append(out, msg)
+	}
+	return errors.New(strings.Join(out, "\n"))
+}
+
+func parent(key string) string {
+	i := strings.LastIndex(key, ".")
+	if i < 0 {
+		return ""
+	}
+	return key[:i]
+}

@@ -1,0 +1,129 @@
+// Package demoagent is a small A2A agent server built on a2a-go: it answers every message at
+// /api/a2a/{namespace}/{agent}/ (kagent's layout) and records what it received. `khook agent`
+// runs it for local demos, and tests use it as the real agent at the other end of khook.
+package demoagent
+
+import (
+	"context"
+	"iter"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/a2aproject/a2a-go/v2/a2a"
+	"github.com/a2aproject/a2a-go/v2/a2asrv"
+)
+
+// Received is one message an agent received.
+type Received struct {
+	Agent       string // namespace/name
+	MessageID   string
+	ContextID   string
+	Text        string
+	UserID      string
+	Traceparent string
+	At          time.Time
+}
+
+// Server serves any number of agents and records their messages.
+type Server struct {
+	// OnMessage, when set, is called for every message before it is answered; an error it
+	// returns fails the call as the A2A server would report an agent error.
+	OnMessage func(Received) error
+
+	mu       sync.Mutex
+	received []Received
+	handlers map[string]http.Handler
+	notify   chan struct{}
+}
+
+// New returns a server with no messages recorded.
+func New() *Server {
+	return &Server{handlers: map[string]http.Handler{}, notify: make(chan struct{})}
+}
+
+// Handler serves A2A JSON-RPC at /api/a2a/{namespace}/{agent}/.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/api/a2a/{namespace}/{agent}/", func(w http.ResponseWriter, r *http.Request) {
+		s.agent(r.PathValue("namespace") + "/" + r.PathValue("agent")).ServeHTTP(w, r)
+	})
+	return mux
+}
+
+func (s *Server) agent(name string) http.Handler {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h, ok := s.handlers[name]
+	if !ok {
+		h = a2asrv.NewJSONRPCHandler(a2asrv.NewHandler(&executor{server: s, agent: name}))
+		s.handlers[name] = h
+	}
+	return h
+}
+
+// Received returns a copy of every message received so far, in arrival order.
+func (s *Server) Received() []Received {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Received(nil), s.received...)
+}
+
+// Changed returns a channel closed at the next received message, for waiting without polling.
+func (s *Server) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.notify
+}
+
+func (s *Server) record(r Received) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.received = append(s.received, r)
+	close(s.notify)
+	s.notify = make(chan struct{})
+}
+
+type executor struct {
+	server *Server
+	agent  string
+}
+
+func (e *executor) Execute(_ context.Context, ec *a2asrv.ExecutorContext) iter.Seq2[a2a.Event, error] {
+	return func(yield func(a2a.Event, error) bool) {
+		r := Received{Agent: e.agent, ContextID: ec.ContextID, At: time.Now()}
+		if m := ec.Message; m != nil {
+			r.MessageID = m.ID
+			for _, p := range m.Parts {
+				if t, ok := p.Content.(a2a.Text); ok {
+					r.Text += string(t)
+				}
+			}
+		}
+		if ec.ServiceParams != nil {
+			r.UserID = first(ec.ServiceParams.Get("x-user-id"))
+			r.Traceparent = first(ec.ServiceParams.Get("traceparent"))
+		}
+		if hook := e.server.OnMessage; hook != nil {
+			if err := hook(r); err != nil {
+				yield(nil, err)
+				return
+			}
+		}
+		e.server.record(r)
+		yield(a2a.NewMessage(a2a.MessageRoleAgent, a2a.NewTextPart("received")), nil)
+	}
+}
+
+func (e *executor) Cancel(_ context.Context, ec *a2asrv.ExecutorContext) iter.Seq2[a2a.Event, error] {
+	return func(yield func(a2a.Event, error) bool) {
+		yield(a2a.NewStatusUpdateEvent(ec, a2a.TaskStateCanceled, nil), nil)
+	}
+}
+
+func first(vals []string, _ bool) string {
+	if len(vals) == 0 {
+		return ""
+	}
+	return vals[0]
+}

@@ -1,0 +1,34 @@
+// Package builtin is the one explicit table of the plugins compiled into khook. Adding a
+// built-in plugin is one package and one line here; there is no init() registration.
+package builtin
+
+import (
+	"slices"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/khook/khook/producers"
+	"github.com/khook/khook/producers/webhook"
+)
+
+// Constructor builds a plugin from its plugins.yaml entry, validating its config. It starts
+// nothing.
+type Constructor func(spec producers.Spec, logger *zap.Logger) (producers.Plugin, error)
+
+// Table maps each built-in plugin's name to its constructor.
+func Table() map[string]Constructor {
+	return map[string]Constructor{
+		webhook.Name: webhook.FromSpec,
+	}
+}
+
+// Names lists the built-in plugins, for error messages.
+func Names() string {
+	var names []string
+	for n := range Table() {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}

@@ -1,0 +1,58 @@
+// Package producers is the runtime every event-source plugin runs in.
+//
+// A plugin sees only an Emit function: it never touches NATS, metrics or retries. Emit
+// returns only after JetStream has durably stored the event, so a plugin that reports
+// success to its caller (a webhook's 202) after Emit returns never acknowledges an event that
+// could be lost.
+package producers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// Event is what a plugin emits: one raw event from its source.
+type Event struct {
+	// ID identifies the event deterministically from the source (an idempotency key, a
+	// Kubernetes UID and count, a hash of the body), so that a repeat inside the raw
+	// stream's duplicate window is stored once.
+	ID string
+	// Type is the plugin's event type, a subject token ([a-z0-9-_]).
+	Type string
+	// Subject is the CloudEvents subject, "namespace/kind/name" when known.
+	Subject string
+	// Time is when the event happened; zero means now.
+	Time time.Time
+	// Data is the event payload as JSON.
+	Data json.RawMessage
+	// Traceparent is the W3C trace context to continue, if the source carried one.
+	Traceparent string
+}
+
+// Result is what JetStream said about an emitted event.
+type Result struct {
+	ID string
+	// Duplicate is true when the stream already held an event with this id inside its
+	// duplicate window, so nothing new was stored.
+	Duplicate bool
+}
+
+// Emit publishes one event and returns after JetStream acknowledged it.
+type Emit func(ctx context.Context, ev Event) (Result, error)
+
+// Plugin is an event source. Run blocks until ctx ends, emitting events as they happen, and
+// returns nil on a clean stop.
+type Plugin interface {
+	Name() string
+	Run(ctx context.Context, emit Emit) error
+}
+
+// ErrInvalidEvent wraps every error about an event a plugin built wrongly; a plugin should
+// report it to its source as the source's fault (a webhook answers 400).
+var ErrInvalidEvent = errors.New("invalid event")
+
+// ErrUnavailable wraps every error that means JetStream could not store the event now; a
+// plugin should ask its source to retry later (a webhook answers 503).
+var ErrUnavailable = errors.New("event store unavailable")

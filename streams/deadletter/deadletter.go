@@ -1,0 +1,77 @@
+// Package deadletter stores what a stage could not handle in the dead-letter stream, with the
+// reason in headers and the original message unchanged, so that it can be inspected and
+// retried.
+package deadletter
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/khook/khook/streams/subject"
+)
+
+// Headers set on every dead letter.
+const (
+	HeaderStage           = "Khook-Stage"
+	HeaderReason          = "Khook-Reason"
+	HeaderError           = "Khook-Error"
+	HeaderAttempts        = "Khook-Attempts"
+	HeaderOriginalSubject = "Khook-Original-Subject"
+	HeaderHook            = "Khook-Hook"
+	HeaderTarget          = "Khook-Target"
+)
+
+// Letter is one message a stage gives up on.
+type Letter struct {
+	Stage  string // mapper or dispatcher
+	Reason string // a short, stable token: invalid-envelope, permanent, max-deliver
+	Err    error
+	Msg    jetstream.Msg
+	Hook   string // namespace/name, for the dispatcher
+	Target string // the agent or URL, for the dispatcher
+}
+
+// Publish stores l in the dead-letter stream and returns after JetStream acknowledged it.
+// The dead letter's id is derived from the original's stream sequence, so a stage that
+// crashes after storing it and before terminating the original stores it only once.
+func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Builder, l Letter) error {
+	subj, err := subjects.DLQ(l.Stage)
+	if err != nil {
+		return err
+	}
+	out := nats.NewMsg(subj)
+	out.Data = l.Msg.Data()
+	for k, v := range l.Msg.Headers() {
+		if k != jetstream.MsgIDHeader {
+			out.Header[k] = v
+		}
+	}
+	out.Header.Set(HeaderStage, l.Stage)
+	out.Header.Set(HeaderReason, l.Reason)
+	if l.Err != nil {
+		out.Header.Set(HeaderError, l.Err.Error())
+	}
+	out.Header.Set(HeaderOriginalSubject, l.Msg.Subject())
+	if l.Hook != "" {
+		out.Header.Set(HeaderHook, l.Hook)
+	}
+	if l.Target != "" {
+		out.Header.Set(HeaderTarget, l.Target)
+	}
+	if md, err := l.Msg.Metadata(); err == nil {
+		out.Header.Set(HeaderAttempts, strconv.FormatUint(md.NumDelivered, 10))
+		id := fmt.Sprintf("dlq-%s-%s-%d", l.Stage, md.Stream, md.Sequence.Stream)
+		if l.Hook != "" {
+			id += "-" + l.Hook
+		}
+		out.Header.Set(jetstream.MsgIDHeader, id)
+	}
+	if _, err := js.PublishMsg(ctx, out); err != nil {
+		return fmt.Errorf("dead letter to %s: %w", subj, err)
+	}
+	return nil
+}
