@@ -391,4 +391,3 @@ func tlsConfig(t config.TLS) (*tls.Config, error) {
 	}
 	return tc, nil
 }
-

@@ -46,7 +46,7 @@ func New() *Server {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/a2a/{namespace}/{agent}/", func(w http.ResponseWriter, r *http.Request) {
-		s.agent(r.PathValue("namespace") + "/" + r.PathValue("agent")).ServeHTTP(w, r)
+		s.agent(r.PathValue("namespace")+"/"+r.PathValue("agent")).ServeHTTP(w, r)
 	})
 	return mux
 }
