@@ -1,0 +1,236 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/consumers/mapper"
+	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/producers"
+	"github.com/khook/khook/producers/webhook"
+	"github.com/khook/khook/streams"
+	"github.com/khook/khook/streams/streamstest"
+)
+
+// TestEndToEndInProcess wires every stage in this process: a JetStream server, the webhook
+// HTTP server, the mapper, the dispatcher, and a real A2A agent from a2a-go.
+func TestEndToEndInProcess(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, js := streamstest.Connect(t, streamstest.RunServer(t))
+	topo := streams.Default()
+	_, err := streams.Apply(ctx, js, topo)
+	require.NoError(t, err)
+	agent, agentURL := startAgent(t)
+	logger := zaptest.NewLogger(t)
+	reg := prometheus.NewRegistry()
+
+	rules, err := mapping.Parse([]byte("mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n"))
+	require.NoError(t, err)
+	hooks, err := dispatch.ParseHooks([]byte(hooksYAML))
+	require.NoError(t, err)
+
+	wh, err := webhook.New(webhook.Config{Address: "127.0.0.1", Port: 0, Path: "/webhook", Timeout: 5 * time.Second, MaxBodyBytes: 1 << 20}, logger)
+	require.NoError(t, err)
+	addr := make(chan net.Addr, 1)
+	wh.OnListen = func(a net.Addr) { addr <- a }
+	pub := producers.NewPublisher(js, topo.Subjects(), producers.NewMetrics(reg))
+	target := dispatch.NewKagent(dispatch.KagentConfig{URL: agentURL, UserID: "tester@example.com", Timeout: 5 * time.Second})
+	d := dispatch.New(js, topo, dispatch.NewIndex(hooks), target, 4, reg, logger)
+	m := mapper.New(js, topo, rules, reg, logger)
+
+	errc := make(chan error, 3)
+	go func() { errc <- wh.Run(ctx, pub.Emitter(webhook.Name)) }()
+	go func() { errc <- m.Run(ctx) }()
+	go func() { errc <- d.Run(ctx) }()
+	port := (<-addr).(*net.TCPAddr).Port
+
+	sent := time.Now()
+	code, body := postEvent(t, port, "cart", "rollout stuck")
+	require.Equal(t, 202, code, body)
+	got := waitReceived(t, agent, 1, 10*time.Second)
+	t.Logf("POST to agent call: %s (in one process)", got[0].At.Sub(sent))
+
+	var accepted struct{ ID string }
+	require.NoError(t, json.Unmarshal([]byte(body), &accepted))
+	// Exactly one call, once every stage has settled the event.
+	waitSettled(t, js, topo.Events.Name, topo.Dispatcher.Durable, 1)
+	got = agent.Received()
+	require.Len(t, got, 1)
+	r := got[0]
+	require.Equal(t, "kagent/sre-agent", r.Agent)
+	require.Equal(t, wantText("cart", "rollout stuck"), stripTime(r.Text))
+	require.Equal(t, "tester@example.com", r.UserID)
+	require.NotEmpty(t, r.MessageID)
+	require.NotEmpty(t, r.ContextID)
+	require.NotEmpty(t, accepted.ID)
+
+	cancel()
+	for range 3 {
+		require.NoError(t, <-errc)
+	}
+}
+
+// TestKhookRun runs the README's main command: one `khook run` process with its embedded
+// NATS server, then SIGTERM, which must drain and exit 0.
+func TestKhookRun(t *testing.T) {
+	agent, agentURL := startAgent(t)
+	files := pipelineFiles{
+		dir: t.TempDir(), agentURL: agentURL,
+		webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
+		embeddedListen: "127.0.0.1:" + strconv.Itoa(freePort(t)),
+	}
+	files.storeDir = files.dir + "/data"
+	p := start(t, "khook run", bins.khook, "run", "--config", files.write(t))
+	waitReady(t, p, files.probes)
+
+	sent := time.Now()
+	code, body := postEvent(t, files.webhook, "cart", "rollout stuck")
+	require.Equal(t, 202, code, body)
+	got := waitReceived(t, agent, 1, 10*time.Second)
+	t.Logf("POST to agent call: %s (khook run)", got[0].At.Sub(sent))
+	require.Equal(t, wantText("cart", "rollout stuck"), stripTime(got[0].Text))
+	require.NoError(t, p.stop(t), "khook run exits 0 on SIGTERM")
+	require.Len(t, agent.Received(), 1)
+}
+
+// TestSeparateProcesses runs each stage as its own process against a standalone NATS server,
+// as docker-compose and the Helm chart do.
+func TestSeparateProcesses(t *testing.T) {
+	dir := t.TempDir()
+	_, natsURL := startNATS(t, dir+"/nats", freePort(t))
+	agent, agentURL := startAgent(t)
+	base := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t)}
+
+	// streams apply creates the topology once and is a no-op the second time.
+	cfgPath := base.write(t)
+	out := runOnce(t, "streams", "apply", "--config", cfgPath)
+	require.Contains(t, out, "stream KHOOK_RAW created")
+	out = runOnce(t, "streams", "apply", "--config", cfgPath)
+	require.Equal(t, 6, strings.Count(out, "unchanged"), out)
+
+	var procs []*proc
+	for _, stage := range []string{"producer", "mapper", "dispatcher"} {
+		f := base
+		f.dir = t.TempDir()
+		f.metrics, f.probes = freePort(t), freePort(t)
+		p := start(t, "khook "+stage, bins.khook, stage, "--config", f.write(t))
+		waitReady(t, p, f.probes)
+		procs = append(procs, p)
+	}
+
+	sent := time.Now()
+	code, body := postEvent(t, base.webhook, "cart", "rollout stuck")
+	require.Equal(t, 202, code, body)
+	got := waitReceived(t, agent, 1, 10*time.Second)
+	t.Logf("POST to agent call: %s (three processes)", got[0].At.Sub(sent))
+	require.Equal(t, wantText("cart", "rollout stuck"), stripTime(got[0].Text))
+
+	for _, p := range procs {
+		require.NoError(t, p.stop(t), "%s exits 0 on SIGTERM", p.name)
+	}
+	require.Len(t, agent.Received(), 1)
+}
+
+// TestMapperCrashRedelivers kills the mapper with SIGKILL while it is part-way through a
+// backlog, restarts it, and checks that every event reaches the agent exactly once.
+func TestMapperCrashRedelivers(t *testing.T) {
+	const total = 5000
+	ctx := context.Background()
+	dir := t.TempDir()
+	_, natsURL := startNATS(t, dir+"/nats", freePort(t))
+	agent, agentURL := startAgent(t)
+	base := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), mapperAckWait: "2s"}
+	cfgPath := base.write(t)
+	runOnce(t, "streams", "apply", "--config", cfgPath)
+
+	nc, err := nats.Connect(natsURL)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	topo := streams.Default()
+
+	// The backlog, published exactly as the webhook producer publishes.
+	emit := producers.NewPublisher(js, topo.Subjects(), producers.NewMetrics(prometheus.NewRegistry())).Emitter(webhook.Name)
+	for i := range total {
+		data := fmt.Sprintf(`{"type":"deploy-failed","namespace":"shop","resourceName":"svc-%d","message":"m"}`, i)
+		_, err := emit(ctx, producers.Event{ID: fmt.Sprintf("ev-%d", i), Type: "deploy-failed", Data: json.RawMessage(data)})
+		require.NoError(t, err)
+	}
+
+	dispatcher := base
+	dispatcher.dir, dispatcher.metrics, dispatcher.probes = t.TempDir(), freePort(t), freePort(t)
+	dp := start(t, "khook dispatcher", bins.khook, "dispatcher", "--config", dispatcher.write(t))
+	waitReady(t, dp, dispatcher.probes)
+
+	mapperFiles := base
+	mapperFiles.dir, mapperFiles.metrics, mapperFiles.probes = t.TempDir(), freePort(t), freePort(t)
+	mapperCfg := mapperFiles.write(t)
+	mp := start(t, "khook mapper (first)", bins.khook, "mapper", "--config", mapperCfg)
+
+	cons, err := js.Consumer(ctx, topo.Raw.Name, topo.Mapper.Durable)
+	require.NoError(t, err)
+	var floor uint64
+	require.Eventually(t, func() bool {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return false
+		}
+		floor = info.AckFloor.Stream
+		return floor > 0
+	}, 30*time.Second, time.Millisecond, "the mapper starts acknowledging")
+	mp.kill()
+	info, err := cons.Info(ctx)
+	require.NoError(t, err)
+	t.Logf("killed the mapper with SIGKILL after %d of %d raw events were acknowledged (%d delivered and unacknowledged)",
+		info.AckFloor.Stream, total, info.NumAckPending)
+	require.Less(t, info.AckFloor.Stream, uint64(total), "the kill must land mid-backlog")
+
+	start(t, "khook mapper (restarted)", bins.khook, "mapper", "--config", mapperCfg)
+	waitReceived(t, agent, total, 2*time.Minute)
+	waitSettled(t, js, topo.Events.Name, topo.Dispatcher.Durable, total)
+
+	got := agent.Received()
+	seen := map[string]int{}
+	for _, r := range got {
+		seen[r.MessageID]++
+	}
+	require.Len(t, seen, total, "every event reached the agent")
+	require.Len(t, got, total, "no event reached the agent twice")
+
+}
+
+// runOnce runs a short khook command and returns its output.
+func runOnce(t *testing.T, args ...string) string {
+	t.Helper()
+	p := start(t, "khook "+strings.Join(args, " "), bins.khook, args...)
+	<-p.done
+	require.NoError(t, p.err, p.out.String())
+	return p.out.String()
+}
+
+// waitSettled waits until a durable consumer has acknowledged n messages and holds none
+// unacknowledged, so that nothing more can happen downstream.
+func waitSettled(t *testing.T, js jetstream.JetStream, stream, durable string, n uint64) {
+	t.Helper()
+	cons, err := js.Consumer(context.Background(), stream, durable)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := cons.Info(context.Background())
+		return err == nil && info.AckFloor.Stream >= n && info.NumAckPending == 0 && info.NumPending == 0
+	}, 2*time.Minute, 10*time.Millisecond)
+}

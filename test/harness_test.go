@@ -1,0 +1,280 @@
+// Package test holds khook's end-to-end tests: real JetStream, real khook processes, and a
+// real A2A agent server, wired as a user would wire them.
+package test
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/khook/khook/internal/demoagent"
+)
+
+// bins holds the binaries built once for the whole package.
+var bins struct {
+	dir        string
+	khook      string
+	natsServer string
+}
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "khook-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bins.dir = dir
+	bins.khook = filepath.Join(dir, "khook")
+	bins.natsServer = filepath.Join(dir, "nats-server")
+	for _, b := range [][]string{
+		{"-o", bins.khook, "github.com/khook/khook/cmd/khook"},
+		// The standalone server is built from the same module khook embeds, so the tests need
+		// nothing beyond the Go module proxy.
+		{"-o", bins.natsServer, "github.com/nats-io/nats-server/v2"},
+	} {
+		cmd := exec.Command("go", append([]string{"build"}, b...)...)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n", b[len(b)-1], err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// proc is a child process whose output is kept for the failure report.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs a process that is killed when the test ends; its output is logged if the test
+// fails.
+func start(t *testing.T, name string, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.Env = append(os.Environ(), "LOG_FORMAT=console")
+	require.NoError(t, p.cmd.Start(), name)
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("---- %s output ----\n%s", p.name, p.out.String())
+		}
+	})
+	return p
+}
+
+// kill sends SIGKILL and waits for the process to exit.
+func (p *proc) kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// stop sends SIGTERM and returns the exit error (nil for exit 0).
+func (p *proc) stop(t *testing.T) error {
+	t.Helper()
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s did not stop within 30s of SIGTERM", p.name)
+		return nil
+	}
+}
+
+// waitReady waits until a khook process answers 200 on /readyz, failing early if it exits.
+func waitReady(t *testing.T, p *proc, probesPort int) {
+	t.Helper()
+	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", probesPort)
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited before it was ready: %v\n%s", p.name, p.err, p.out.String())
+		default:
+		}
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s not ready after 60s\n%s", p.name, p.out.String())
+}
+
+// startNATS runs a standalone JetStream server process and returns its URL.
+func startNATS(t *testing.T, storeDir string, port int) (*proc, string) {
+	t.Helper()
+	p := start(t, "nats-server", bins.natsServer, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-sd", storeDir)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			c.Close()
+			return p, url
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("nats-server not listening\n%s", p.out.String())
+	return nil, ""
+}
+
+// agent is a real a2a-go server on 127.0.0.1 that records every message.
+func startAgent(t *testing.T) (*demoagent.Server, string) {
+	t.Helper()
+	a := demoagent.New()
+	srv := httptest.NewServer(a.Handler())
+	t.Cleanup(srv.Close)
+	return a, srv.URL
+}
+
+// waitReceived waits until the agent has received at least n messages and returns them.
+func waitReceived(t *testing.T, a *demoagent.Server, n int, timeout time.Duration) []demoagent.Received {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		changed := a.Changed()
+		if got := a.Received(); len(got) >= n {
+			return got
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("agent received %d of %d messages within %s", len(a.Received()), n, timeout)
+		}
+	}
+}
+
+// pipelineFiles writes khook.yaml and its companion files for a test and returns the path
+// of khook.yaml. ports: webhook, metrics, probes.
+type pipelineFiles struct {
+	dir                      string
+	natsURL, agentURL        string
+	webhook, metrics, probes int
+	embeddedListen, storeDir string
+	// mapperAckWait, when set, shortens how long a crashed mapper's messages wait for
+	// redelivery.
+	mapperAckWait string
+}
+
+func (p pipelineFiles) write(t *testing.T) string {
+	t.Helper()
+	natsBlock := "nats:\n  url: " + p.natsURL + "\n"
+	if p.natsURL == "" {
+		natsBlock = fmt.Sprintf("nats:\n  embedded:\n    store_dir: %s\n    listen: %s\n", p.storeDir, p.embeddedListen)
+	}
+	if p.mapperAckWait != "" {
+		natsBlock += "streams:\n  mapper:\n    ack_wait: " + p.mapperAckWait + "\n"
+	}
+	files := map[string]string{
+		"khook.yaml": natsBlock + fmt.Sprintf(`kagent:
+  url: %s
+  user_id: tester@example.com
+  timeout: 10s
+server:
+  metrics_addr: 127.0.0.1:%d
+  probes_addr: 127.0.0.1:%d
+`, p.agentURL, p.metrics, p.probes),
+		"plugins.yaml":        fmt.Sprintf("plugins:\n  - name: webhook\n    enabled: true\n    config:\n      address: 127.0.0.1\n      port: %d\n      path: /webhook\n", p.webhook),
+		"event-mappings.yaml": "mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n",
+		"hooks.yaml":          hooksYAML,
+	}
+	for name, body := range files {
+		require.NoError(t, os.WriteFile(filepath.Join(p.dir, name), []byte(body), 0o600))
+	}
+	return filepath.Join(p.dir, "khook.yaml")
+}
+
+const hooksYAML = `- apiVersion: kagent.dev/v1alpha2
+  kind: Hook
+  metadata:
+    name: shop-deployments
+    namespace: shop
+  spec:
+    eventConfigurations:
+      - eventType: deploy-failed
+        agentRef:
+          name: sre-agent
+          namespace: kagent
+        prompt: "Deployment {{.ResourceName}} in {{ .Namespace }} failed: {{.Message}}"
+`
+
+// wantText is the message an agent receives for a deploy-failed event on resource with msg.
+func wantText(resource, msg string) string {
+	return "Deployment " + resource + " in shop failed: " + msg +
+		"\nNamespace: shop\nMessage: " + msg + "\nResource: " + resource + "\nSource: webhook (deploy-failed)"
+}
+
+// postEvent POSTs a deploy-failed event and returns the status code and response body.
+func postEvent(t *testing.T, port int, resource, msg string) (int, string) {
+	t.Helper()
+	body := fmt.Sprintf(`{"type":"deploy-failed","namespace":"shop","resourceName":%q,"message":%q}`, resource, msg)
+	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/webhook", port), "application/json", strings.NewReader(body))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	return resp.StatusCode, b.String()
+}
+
+// stripTime removes the trailing Time line, which depends on when the event was received.
+func stripTime(text string) string {
+	if i := strings.LastIndex(text, "\nTime: "); i >= 0 {
+		return text[:i]
+	}
+	return text
+}
