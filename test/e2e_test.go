@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -233,4 +234,32 @@ func waitSettled(t *testing.T, js jetstream.JetStream, stream, durable string, n
 		info, err := cons.Info(context.Background())
 		return err == nil && info.AckFloor.Stream >= n && info.NumAckPending == 0 && info.NumPending == 0
 	}, 2*time.Minute, 10*time.Millisecond)
+}
+
+// TestReadinessFollowsNATS stops the NATS server under a running stage: /readyz must turn
+// unready, and ready again once the server is back, without restarting the stage.
+func TestReadinessFollowsNATS(t *testing.T) {
+	dir := t.TempDir()
+	natsPort := freePort(t)
+	nats1, natsURL := startNATS(t, dir+"/nats", natsPort)
+	_, agentURL := startAgent(t)
+	f := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t)}
+	p := start(t, "khook mapper", bins.khook, "mapper", "--config", f.write(t))
+	waitReady(t, p, f.probes)
+
+	nats1.kill()
+	require.Eventually(t, func() bool { return readyz(f.probes) == 503 }, 30*time.Second, 20*time.Millisecond,
+		"unready while NATS is down")
+
+	startNATS(t, dir+"/nats", natsPort)
+	waitReady(t, p, f.probes)
+}
+
+func readyz(port int) int {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", port))
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

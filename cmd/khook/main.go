@@ -53,7 +53,9 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if err := cmd.run(ctx, args[1:], stdout, stderr); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+		var ue usageError
+		if errors.As(err, &ue) {
+			// The flag package has already printed the problem and the flags.
 			return 2
 		}
 		fmt.Fprintf(stderr, "khook %s: %v\n", args[0], err)
@@ -77,6 +79,17 @@ func usage(w io.Writer, cmds map[string]command) {
 
 func runVersion(_ context.Context, _ []string, stdout, _ io.Writer) error {
 	fmt.Fprintf(stdout, "khook %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return nil
+}
+
+// usageError is a command line the command cannot parse; it exits 2.
+type usageError struct{ error }
+
+// parseFlags parses args, marking failures as usage errors.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
 	return nil
 }
 

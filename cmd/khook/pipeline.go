@@ -38,7 +38,7 @@ type stages struct {
 
 func runAll(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs, common := newFlagSet("run", stderr)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	return runPipeline(ctx, common, stages{producers: true, mapper: true, dispatcher: true, embedded: true})
@@ -47,7 +47,7 @@ func runAll(ctx context.Context, args []string, _, stderr io.Writer) error {
 func runProducer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs, common := newFlagSet("producer", stderr)
 	plugin := fs.String("plugin", "", "run only this plugin (one plugin per process)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	return runPipeline(ctx, common, stages{producers: true, plugin: *plugin})
@@ -55,7 +55,7 @@ func runProducer(ctx context.Context, args []string, _, stderr io.Writer) error 
 
 func runMapper(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs, common := newFlagSet("mapper", stderr)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	return runPipeline(ctx, common, stages{mapper: true})
@@ -63,7 +63,7 @@ func runMapper(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 func runDispatcher(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs, common := newFlagSet("dispatcher", stderr)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	return runPipeline(ctx, common, stages{dispatcher: true})
@@ -74,7 +74,7 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return errors.New("usage: khook streams apply [--config FILE] [--nats-url URL]")
 	}
 	fs, common := newFlagSet("streams apply", stderr)
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
 	cfg, err := config.Load(common.config, environ(), common.overrides())

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestExecute(t *testing.T) {
+	dir := t.TempDir()
+	broken := filepath.Join(dir, "khook.yaml")
+	require.NoError(t, os.WriteFile(broken, []byte("log:\n  level: loud\nkagnet:\n  url: x\n"), 0o600))
+	badHooks := filepath.Join(dir, "bad-hooks.yaml")
+	require.NoError(t, os.WriteFile(badHooks, []byte("files:\n  hooks: hooks.yaml\n"), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "hooks.yaml"), []byte("- apiVersion: kagent.dev/v1alpha2\n  kind: Hook\n  metadata: {name: h}\n  spec: {eventConfigurations: [{eventType: X, agentRef: {name: a}, prompt: p}]}\n"), 0o600))
+
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string
+		stderr []string
+	}{
+		{"no command", nil, 2, "", []string{"usage: khook"}},
+		{"unknown command", []string{"frobnicate"}, 2, "", []string{`unknown command "frobnicate"`}},
+		{"version", []string{"version"}, 0, "khook dev", nil},
+		{"broken config names keys and lines", []string{"run", "--config", broken}, 1, "",
+			[]string{"khook run:", "line 3: unknown key kagnet"}},
+		{"invalid hook fails before connecting", []string{"dispatcher", "--config", badHooks}, 1, "",
+			[]string{"hooks.yaml", "eventType", `"X"`}},
+		{"streams needs apply", []string{"streams"}, 1, "", []string{"usage: khook streams apply"}},
+		{"bad flag", []string{"mapper", "--no-such-flag"}, 2, "", []string{"flag provided but not defined"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := execute(context.Background(), tt.args, &stdout, &stderr)
+			require.Equal(t, tt.code, code, stderr.String())
+			require.Contains(t, stdout.String(), tt.stdout)
+			for _, w := range tt.stderr {
+				require.Contains(t, stderr.String(), w)
+			}
+		})
+	}
+}
