@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 )
 
 // SpecVersion is the only CloudEvents version khook reads and writes.
@@ -34,8 +35,17 @@ type Event struct {
 // maxIDLength bounds ids so that they stay usable as Nats-Msg-Id headers and KV keys.
 const maxIDLength = 256
 
-// Validate reports every required attribute that is missing or malformed.
+// Validate reports every required attribute that is missing or malformed, and data that is
+// not valid JSON.
 func (e *Event) Validate() error {
+	err := e.validateAttributes()
+	if len(e.Data) > 0 && !json.Valid(e.Data) {
+		err = errors.Join(err, errors.New("data: not valid JSON"))
+	}
+	return err
+}
+
+func (e *Event) validateAttributes() error {
 	var errs []error
 	if e.SpecVersion != SpecVersion {
 		errs = append(errs, fmt.Errorf("specversion: must be %q, got %q", SpecVersion, e.SpecVersion))
@@ -51,13 +61,12 @@ func (e *Event) Validate() error {
 	if e.Type == "" {
 		errs = append(errs, errors.New("type: required"))
 	}
-	if len(e.Data) > 0 && !json.Valid(e.Data) {
-		errs = append(errs, errors.New("data: not valid JSON"))
-	}
 	return errors.Join(errs...)
 }
 
-// Encode validates e and returns its structured-mode JSON encoding.
+// Encode validates e and returns its structured-mode JSON encoding. Data is written as
+// given (after checking it is valid JSON), so an event's payload bytes never change on the
+// way through the pipeline and are not re-compacted at every stage.
 func Encode(e *Event) ([]byte, error) {
 	if e.SpecVersion == "" {
 		e.SpecVersion = SpecVersion
@@ -65,7 +74,63 @@ func Encode(e *Event) ([]byte, error) {
 	if err := e.Validate(); err != nil {
 		return nil, fmt.Errorf("cloudevent: %w", err)
 	}
-	return json.Marshal(e)
+	b := make([]byte, 0, 160+len(e.ID)+len(e.Subject)+len(e.Data))
+	b = append(b, `{"specversion":`...)
+	b = appendString(b, e.SpecVersion)
+	b = append(b, `,"id":`...)
+	b = appendString(b, e.ID)
+	b = append(b, `,"source":`...)
+	b = appendString(b, e.Source)
+	b = append(b, `,"type":`...)
+	b = appendString(b, e.Type)
+	if e.Subject != "" {
+		b = append(b, `,"subject":`...)
+		b = appendString(b, e.Subject)
+	}
+	if !e.Time.IsZero() {
+		b = append(b, `,"time":"`...)
+		b = e.Time.AppendFormat(b, time.RFC3339Nano)
+		b = append(b, '"')
+	}
+	if e.DataContentType != "" {
+		b = append(b, `,"datacontenttype":`...)
+		b = appendString(b, e.DataContentType)
+	}
+	if len(e.Data) > 0 {
+		b = append(b, `,"data":`...)
+		b = append(b, bytes.TrimSpace(e.Data)...)
+	}
+	return append(b, '}'), nil
+}
+
+// appendString appends s as a JSON string. Control characters are escaped, and invalid
+// UTF-8 becomes U+FFFD, as encoding/json does.
+func appendString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
 }
 
 // Decode parses a structured-mode CloudEvent and validates it. Unknown attributes
@@ -79,7 +144,8 @@ func Decode(b []byte) (*Event, error) {
 	if err := json.Unmarshal(b, &e); err != nil {
 		return nil, fmt.Errorf("cloudevent: %w", err)
 	}
-	if err := e.Validate(); err != nil {
+	// Unmarshal has already checked that data is valid JSON.
+	if err := e.validateAttributes(); err != nil {
 		return nil, fmt.Errorf("cloudevent: %w", err)
 	}
 	return &e, nil

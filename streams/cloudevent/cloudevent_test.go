@@ -72,3 +72,28 @@ func FuzzDecode(f *testing.F) {
 		require.Equal(t, e.Type, e2.Type)
 	})
 }
+
+// FuzzEncodeStrings checks the hand-written encoder against encoding/json: any attribute
+// value must decode to what encoding/json would have produced for it.
+func FuzzEncodeStrings(f *testing.F) {
+	f.Add("id-1", "ns/Pod/a", "deploy-failed")
+	f.Add("quote\"back\\slash", "tab\tnewline\n\x00", "ctl\x1f")
+	f.Add("bad utf8 \xff\xfe", "emoji 🎉", "\u2028line sep")
+	f.Fuzz(func(t *testing.T, id, subject, typ string) {
+		if id == "" || typ == "" || len(id) > maxIDLength {
+			return
+		}
+		b, err := Encode(&Event{ID: id, Source: "s", Type: typ, Subject: subject, Data: json.RawMessage(`{"k":[1,"v"]}`)})
+		require.NoError(t, err)
+		e, err := Decode(b)
+		require.NoError(t, err, string(b))
+		for _, pair := range [][2]string{{id, e.ID}, {subject, e.Subject}, {typ, e.Type}} {
+			want, err := json.Marshal(pair[0])
+			require.NoError(t, err)
+			var wantStr string
+			require.NoError(t, json.Unmarshal(want, &wantStr))
+			require.Equal(t, wantStr, pair[1])
+		}
+		require.JSONEq(t, `{"k":[1,"v"]}`, string(e.Data))
+	})
+}
