@@ -263,3 +263,62 @@ func readyz(port int) int {
 	resp.Body.Close()
 	return resp.StatusCode
 }
+
+// TestTwoMappersOneKilled runs two mapper processes on one durable consumer and kills one
+// with SIGKILL mid-stream: every raw event must become exactly one normalized event.
+func TestTwoMappersOneKilled(t *testing.T) {
+	const total = 6000
+	ctx := context.Background()
+	dir := t.TempDir()
+	_, natsURL := startNATS(t, dir+"/nats", freePort(t))
+	_, agentURL := startAgent(t)
+	base := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), mapperAckWait: "2s"}
+	runOnce(t, "streams", "apply", "--config", base.write(t))
+
+	nc, err := nats.Connect(natsURL)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	topo := streams.Default()
+	emit := producers.NewPublisher(js, topo.Subjects(), producers.NewMetrics(prometheus.NewRegistry())).Emitter(webhook.Name)
+	for i := range total {
+		data := fmt.Sprintf(`{"type":"deploy-failed","namespace":"shop","resourceName":"svc-%d"}`, i)
+		_, err := emit(ctx, producers.Event{ID: fmt.Sprintf("ev-%d", i), Type: "deploy-failed", Data: json.RawMessage(data)})
+		require.NoError(t, err)
+	}
+
+	var mappers []*proc
+	for i := range 2 {
+		f := base
+		f.dir, f.metrics, f.probes = t.TempDir(), freePort(t), freePort(t)
+		mappers = append(mappers, start(t, fmt.Sprintf("khook mapper %d", i), bins.khook, "mapper", "--config", f.write(t)))
+	}
+	cons, err := js.Consumer(ctx, topo.Raw.Name, topo.Mapper.Durable)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.AckFloor.Stream > 0
+	}, 30*time.Second, time.Millisecond)
+	mappers[0].kill()
+	info, err := cons.Info(ctx)
+	require.NoError(t, err)
+	t.Logf("killed one of two mappers after %d of %d raw events were acknowledged", info.AckFloor.Stream, total)
+	require.Less(t, info.AckFloor.Stream, uint64(total), "the kill must land mid-stream")
+
+	waitSettled(t, js, topo.Raw.Name, topo.Mapper.Durable, total)
+	events, err := js.Stream(ctx, topo.Events.Name)
+	require.NoError(t, err)
+	einfo, err := events.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(total), einfo.State.Msgs, "exactly one normalized event per raw event")
+	oc, err := events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	require.NoError(t, err)
+	seen := map[string]bool{}
+	for range total {
+		msg, err := oc.Next(jetstream.FetchMaxWait(5 * time.Second))
+		require.NoError(t, err)
+		seen[msg.Headers().Get(jetstream.MsgIDHeader)] = true
+	}
+	require.Len(t, seen, total)
+}

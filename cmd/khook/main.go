@@ -31,6 +31,7 @@ func commands() map[string]command {
 		"dispatcher": {"run the dispatch consumer", runDispatcher},
 		"streams":    {"streams apply: create or update streams, consumers and buckets", runStreams},
 		"agent":      {"run a local A2A demo agent that prints every task it receives", runAgent},
+		"mappings":   {"mappings check FILE [--event EVENT.json]: validate a mappings file", runMappings},
 		"version":    {"print the version", runVersion},
 	}
 }

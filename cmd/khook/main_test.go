@@ -34,6 +34,11 @@ func TestExecute(t *testing.T) {
 			[]string{"hooks.yaml", "eventType", `"X"`}},
 		{"streams needs apply", []string{"streams"}, 1, "", []string{"usage: khook streams apply"}},
 		{"bad flag", []string{"mapper", "--no-such-flag"}, 2, "", []string{"flag provided but not defined"}},
+		{"mappings check ok", []string{"mappings", "check", "../../mapping/testdata/event-mappings.yaml"}, 0,
+			"ok, 8 rules", nil},
+		{"mappings check maps an event", []string{"mappings", "check", "../../mapping/testdata/event-mappings.yaml",
+			"--event", "../../mapping/testdata/alertmanager-firing.in.json"}, 0, `"type": "prometheus-alert"`, nil},
+		{"mappings check rejects", []string{"mappings", "check", broken}, 1, "", []string{"khook mappings:", "event mappings"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

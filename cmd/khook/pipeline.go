@@ -117,8 +117,9 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		}
 	}
 	var rules *mapping.Rules
+	var rulesFile []byte
 	if st.mapper {
-		if rules, err = loadRules(cfg.Files.Mappings); err != nil {
+		if rules, rulesFile, err = loadRules(cfg.Files.Mappings); err != nil {
 			return err
 		}
 	}
@@ -201,7 +202,9 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	if st.mapper {
 		mp := mapper.New(js, cfg.Streams, rules, reg, logger.Named("mapper"))
 		addActor("mapper", mp.Run)
-		logger.Info("mapper started", zap.Int("rules", rules.Len()))
+		addActor("mappings watcher", func(ctx context.Context) error {
+			return mp.WatchRules(ctx, cfg.Files.Mappings, rulesFile, cfg.Files.ReloadInterval)
+		})
 	}
 	if st.dispatcher {
 		target, err := newTarget(cfg, logger)
@@ -274,16 +277,16 @@ func loadPlugins(path, only string, logger *zap.Logger) ([]producers.Plugin, err
 	return plugins, nil
 }
 
-func loadRules(path string) (*mapping.Rules, error) {
+func loadRules(path string) (*mapping.Rules, []byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("event mappings: %w", err)
+		return nil, nil, fmt.Errorf("event mappings: %w", err)
 	}
 	rules, err := mapping.Parse(b)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return rules, nil
+	return rules, b, nil
 }
 
 func loadHooks(path string) (*dispatch.Index, error) {

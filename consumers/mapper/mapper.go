@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/khook/khook/internal/filewatch"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
@@ -42,12 +44,37 @@ type Mapper struct {
 // New returns a mapper using rules. It starts nothing; call Run.
 func New(js jetstream.JetStream, topo streams.Config, rules *mapping.Rules, reg prometheus.Registerer, logger *zap.Logger) *Mapper {
 	m := &Mapper{js: js, topo: topo, logger: logger, metrics: newMetrics(reg)}
-	m.rules.Store(rules)
+	m.SetRules(rules)
 	return m
 }
 
 // SetRules replaces the rules used for every message handled from now on.
-func (m *Mapper) SetRules(r *mapping.Rules) { m.rules.Store(r) }
+func (m *Mapper) SetRules(r *mapping.Rules) {
+	old := m.rules.Swap(r)
+	if old != nil {
+		m.metrics.rulesInfo.DeleteLabelValues(old.Hash(), strconv.Itoa(old.Len()))
+	}
+	m.metrics.rulesInfo.WithLabelValues(r.Hash(), strconv.Itoa(r.Len())).Set(1)
+	m.logger.Info("mapping rules active", zap.String("hash", r.Hash()), zap.Int("rules", r.Len()),
+		zap.String("unmapped", string(r.Unmapped())))
+}
+
+// WatchRules reloads the rules from path whenever the file changes, until ctx ends. initial
+// is the content the current rules came from. An invalid file keeps the current rules: the
+// error, with its line and key, is logged and counted.
+func (m *Mapper) WatchRules(ctx context.Context, path string, initial []byte, poll time.Duration) error {
+	return filewatch.Watch(ctx, path, initial, poll, func(b []byte) {
+		rules, err := mapping.Parse(b)
+		if err != nil {
+			m.metrics.reloads.WithLabelValues("error").Inc()
+			m.logger.Error("mapping file rejected, keeping the active rules", zap.String("file", path),
+				zap.String("active_hash", m.rules.Load().Hash()), zap.Error(err))
+			return
+		}
+		m.metrics.reloads.WithLabelValues("success").Inc()
+		m.SetRules(rules)
+	})
+}
 
 // pending is a raw message waiting for its normalized event's publish acknowledgement.
 type pending struct {
@@ -109,14 +136,19 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 	start := time.Now()
 	ce, err := cloudevent.Decode(msg.Data())
 	if err != nil {
+		m.metrics.events.WithLabelValues("invalid").Inc()
 		m.deadLetter(ctx, msg, "invalid-envelope", err)
 		return pending{}, false
 	}
 	raw := mapping.Raw{ID: ce.ID, Source: ce.Source, Type: ce.Type, Subject: ce.Subject, Time: ce.Time, Data: ce.Data}
 	ev, outcome := mapping.Map(m.rules.Load(), raw)
 	m.metrics.events.WithLabelValues(string(outcome)).Inc()
-	if outcome != mapping.Mapped {
-		// Counted above; logged so an operator can see which rule is missing.
+	switch {
+	case outcome == mapping.UnmappedDead:
+		m.deadLetter(ctx, msg, "unmapped", fmt.Errorf("no mapping rule for source %q type %q", ce.Source, ce.Type))
+		return pending{}, false
+	case !outcome.HasEvent():
+		// Counted above; logged so an operator can see which rule is missing or disabled.
 		m.logger.Info("event not mapped", zap.String("event_id", ce.ID), zap.String("source", ce.Source),
 			zap.String("type", ce.Type), zap.String("outcome", string(outcome)))
 		ackOrLog(m.logger, msg)
@@ -124,6 +156,7 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 	}
 	out, err := m.encode(ev, msg.Headers())
 	if err != nil {
+		m.metrics.events.WithLabelValues("invalid").Inc()
 		m.deadLetter(ctx, msg, "invalid-event", err)
 		return pending{}, false
 	}
@@ -188,7 +221,6 @@ func (m *Mapper) settle(p pending) {
 // deadLetter stores msg in the dead-letter stream and terminates it only once the dead letter
 // is stored; if that fails, the message is redelivered instead of lost.
 func (m *Mapper) deadLetter(ctx context.Context, msg jetstream.Msg, reason string, cause error) {
-	m.metrics.events.WithLabelValues("deadletter").Inc()
 	m.logger.Warn("dead-lettering raw event", zap.String("subject", msg.Subject()), zap.String("reason", reason), zap.Error(cause))
 	if err := deadletter.Publish(ctx, m.js, m.topo.Subjects(), deadletter.Letter{
 		Stage: Stage, Reason: reason, Err: cause, Msg: msg,
@@ -218,13 +250,15 @@ type metrics struct {
 	events        *prometheus.CounterVec
 	publishErrors prometheus.Counter
 	duration      prometheus.Histogram
+	reloads       *prometheus.CounterVec
+	rulesInfo     *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "khook_mapper_events_total",
-			Help: "Raw events handled by the mapper, by outcome (mapped, unmapped, disabled, deadletter).",
+			Help: "Raw events handled by the mapper, by outcome (mapped, passthrough, unmapped, unmapped_deadletter, disabled, invalid).",
 		}, []string{"outcome"}),
 		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "khook_mapper_publish_errors_total",
@@ -235,11 +269,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time to decode, map and hand one event to the publisher.",
 			Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10),
 		}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "khook_mapper_rules_reloads_total",
+			Help: "Reloads of the mappings file, by result (success, error). On error the previous rules stay active.",
+		}, []string{"result"}),
+		rulesInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "khook_mapper_rules_info",
+			Help: "1 for the active rule set, labelled with its file hash and rule count.",
+		}, []string{"hash", "rules"}),
 	}
 	for _, o := range mapping.Outcomes {
 		m.events.WithLabelValues(string(o))
 	}
-	m.events.WithLabelValues("deadletter")
-	reg.MustRegister(m.events, m.publishErrors, m.duration)
+	m.events.WithLabelValues("invalid")
+	m.reloads.WithLabelValues("success")
+	m.reloads.WithLabelValues("error")
+	reg.MustRegister(m.events, m.publishErrors, m.duration, m.reloads, m.rulesInfo)
 	return m
 }

@@ -3,6 +3,9 @@ package mapper
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -96,5 +99,105 @@ func TestMapperStage(t *testing.T) {
 	// Every outcome is counted.
 	require.Equal(t, 1.0, testutil.ToFloat64(m.metrics.events.WithLabelValues("mapped")))
 	require.Equal(t, 1.0, testutil.ToFloat64(m.metrics.events.WithLabelValues("unmapped")))
-	require.Equal(t, 1.0, testutil.ToFloat64(m.metrics.events.WithLabelValues("deadletter")))
+	require.Equal(t, 1.0, testutil.ToFloat64(m.metrics.events.WithLabelValues("invalid")))
+}
+
+// configMapDir lays out a mappings file the way the kubelet mounts a ConfigMap and returns
+// the file's path and a function that swaps in new content atomically.
+func configMapDir(t *testing.T, content string) (string, func(string)) {
+	t.Helper()
+	dir := t.TempDir()
+	version := 0
+	write := func(content string) {
+		version++
+		v := filepath.Join(dir, fmt.Sprintf("..v%d", version))
+		require.NoError(t, os.Mkdir(v, 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(v, "event-mappings.yaml"), []byte(content), 0o644))
+		tmp := filepath.Join(dir, "..data_tmp")
+		require.NoError(t, os.Symlink(filepath.Base(v), tmp))
+		require.NoError(t, os.Rename(tmp, filepath.Join(dir, "..data")))
+	}
+	write(content)
+	require.NoError(t, os.Symlink("..data/event-mappings.yaml", filepath.Join(dir, "event-mappings.yaml")))
+	return filepath.Join(dir, "event-mappings.yaml"), write
+}
+
+func TestReloadUnderLoad(t *testing.T) {
+	const total = 3000
+	ctx := context.Background()
+	_, js := streamstest.Connect(t, streamstest.RunServer(t))
+	topo := streams.Default()
+	_, err := streams.Apply(ctx, js, topo)
+	require.NoError(t, err)
+
+	const before = "mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: warning\n"
+	const after = "mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: critical\n"
+	path, swap := configMapDir(t, before)
+	rules, err := mapping.Parse([]byte(before))
+	require.NoError(t, err)
+	m := New(js, topo, rules, prometheus.NewRegistry(), zaptest.NewLogger(t))
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	go func() { errc <- m.Run(runCtx) }()
+	go func() { errc <- m.WatchRules(runCtx, path, []byte(before), time.Hour) }()
+
+	// Events flow while the file is swapped; the publisher notes the first event it sends
+	// after the new rules are active.
+	firstAfter := -1
+	reloaded := func() bool { return testutil.ToFloat64(m.metrics.reloads.WithLabelValues("success")) == 1 }
+	for i := range total {
+		if i == total/3 {
+			swap(after)
+		}
+		if firstAfter < 0 && i > total/3 && reloaded() {
+			firstAfter = i
+		}
+		id := fmt.Sprintf("ev-%d", i)
+		publishRaw(t, js, "khook.raw.webhook.deploy-failed", id, rawEvent(t, id, "deploy-failed", `{"namespace":"shop"}`))
+	}
+	require.Positive(t, firstAfter, "the reload was applied while events were flowing")
+	t.Logf("rules reloaded after %d of %d events were published", firstAfter, total)
+
+	events, err := js.Stream(ctx, topo.Events.Name)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := events.Info(ctx)
+		return err == nil && info.State.Msgs >= total
+	}, 30*time.Second, 10*time.Millisecond)
+
+	cons, err := events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	require.NoError(t, err)
+	seen := map[string]bool{}
+	for range total {
+		msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		require.NoError(t, err)
+		ce, err := cloudevent.Decode(msg.Data())
+		require.NoError(t, err)
+		var ev mapping.Event
+		require.NoError(t, json.Unmarshal(ce.Data, &ev))
+		require.False(t, seen[ev.ID], "duplicate %s", ev.ID)
+		seen[ev.ID] = true
+		var i int
+		_, err = fmt.Sscanf(ev.ID, "ev-%d", &i)
+		require.NoError(t, err)
+		if i >= firstAfter {
+			require.Equal(t, "critical", ev.Severity, "event %d was published after the reload", i)
+		}
+	}
+	require.Len(t, seen, total, "no event lost")
+	info, err := events.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(total), info.State.Msgs, "no event doubled")
+
+	// An invalid file keeps the active rules and is counted.
+	swap("mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: fatal\n")
+	require.Eventually(t, func() bool { return testutil.ToFloat64(m.metrics.reloads.WithLabelValues("error")) == 1 },
+		10*time.Second, 10*time.Millisecond)
+	got, _ := m.rules.Load().Lookup("webhook", "deploy-failed")
+	require.Equal(t, "critical", got.Severity)
+
+	cancel()
+	require.NoError(t, <-errc)
+	require.NoError(t, <-errc)
 }

@@ -43,6 +43,9 @@ type Files struct {
 	Plugins  string `koanf:"plugins"`
 	Mappings string `koanf:"mappings"`
 	Hooks    string `koanf:"hooks"`
+	// ReloadInterval is how often files are re-read when the filesystem sends no change
+	// notifications; changes are normally seen within a fraction of a second.
+	ReloadInterval time.Duration `koanf:"reload_interval"`
 }
 
 // Dispatcher configures delivery to agents.
@@ -84,7 +87,7 @@ func Default() Config {
 			ConnectTimeout: 10 * time.Second,
 		},
 		Streams:    streams.Default(),
-		Files:      Files{Plugins: "plugins.yaml", Mappings: "event-mappings.yaml", Hooks: "hooks.yaml"},
+		Files:      Files{Plugins: "plugins.yaml", Mappings: "event-mappings.yaml", Hooks: "hooks.yaml", ReloadInterval: 10 * time.Second},
 		Dispatcher: Dispatcher{Target: "kagent", Workers: 16},
 		Kagent: Kagent{
 			URL:     "http://kagent-controller.kagent:8083",
@@ -106,6 +109,9 @@ func (c Config) Validate() error {
 	}
 	if (c.NATS.TLS.CertFile == "") != (c.NATS.TLS.KeyFile == "") {
 		errs = append(errs, errors.New("nats.tls: cert_file and key_file must be set together"))
+	}
+	if c.Files.ReloadInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("files.reload_interval: must be at least 100ms, got %s", c.Files.ReloadInterval))
 	}
 	if c.NATS.ConnectTimeout <= 0 {
 		errs = append(errs, errors.New("nats.connect_timeout: must be positive"))
