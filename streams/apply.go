@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -63,6 +64,9 @@ func Apply(ctx context.Context, js jetstream.JetStream, cfg Config) ([]Change, e
 		TTL:      cfg.DispatchTTL,
 		Replicas: cfg.Events.Replicas,
 		Storage:  cfg.Events.streamConfig("").Storage,
+		// Per-key TTLs give each suppression claim its own window; the markers they leave
+		// when they expire are kept briefly so watchers see the expiry.
+		LimitMarkerTTL: time.Minute,
 	})
 	if err != nil {
 		return changes, fmt.Errorf("kv %s: %w", cfg.DispatchBucket, err)
@@ -161,7 +165,7 @@ func applyBucket(ctx context.Context, js jetstream.JetStream, want jetstream.Key
 	if err != nil {
 		return "", err
 	}
-	if st.TTL() == want.TTL && st.Config().Replicas == want.Replicas {
+	if st.TTL() == want.TTL && st.Config().Replicas == want.Replicas && st.LimitMarkerTTL() == want.LimitMarkerTTL {
 		return Unchanged, nil
 	}
 	if _, err := js.UpdateKeyValue(ctx, want); err != nil {

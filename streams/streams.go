@@ -68,7 +68,10 @@ func Default() Config {
 			Durable: "khook-mapper", AckWait: 30 * time.Second, MaxDeliver: -1, MaxAckPending: 1024,
 		},
 		Dispatcher: ConsumerSettings{
-			Durable: "khook-dispatcher", AckWait: 3 * time.Minute, MaxDeliver: 10, MaxAckPending: 256,
+			// The dispatcher counts real attempts itself (dispatcher.max_attempts), so that
+			// waiting behind an open circuit breaker never exhausts a message; JetStream
+			// therefore never gives up on one.
+			Durable: "khook-dispatcher", AckWait: 3 * time.Minute, MaxDeliver: -1, MaxAckPending: 256,
 		},
 		DispatchBucket: "KHOOK_DISPATCH",
 		DispatchTTL:    24 * time.Hour,

@@ -50,7 +50,9 @@ func TestEndToEndInProcess(t *testing.T) {
 	wh.OnListen = func(a net.Addr) { addr <- a }
 	pub := producers.NewPublisher(js, topo.Subjects(), producers.NewMetrics(reg))
 	target := dispatch.NewKagent(dispatch.KagentConfig{URL: agentURL, UserID: "tester@example.com", Timeout: 5 * time.Second})
-	d := dispatch.New(js, topo, dispatch.NewIndex(hooks), target, 4, reg, logger)
+	idx, err := dispatch.NewIndex(hooks)
+	require.NoError(t, err)
+	d := dispatch.New(js, topo, dispatch.DefaultConfig(), idx, dispatch.NewRouter(target), reg, logger)
 	m := mapper.New(js, topo, rules, reg, logger)
 
 	errc := make(chan error, 3)

@@ -207,13 +207,11 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		})
 	}
 	if st.dispatcher {
-		target, err := newTarget(cfg, logger)
-		if err != nil {
-			return err
-		}
-		d := dispatch.New(js, cfg.Streams, hooks, target, cfg.Dispatcher.Workers, reg, logger.Named("dispatcher"))
+		router := newRouter(cfg, logger)
+		d := dispatch.New(js, cfg.Streams, dispatcherConfig(cfg), hooks, router, reg, logger.Named("dispatcher"))
 		addActor("dispatcher", d.Run)
-		logger.Info("dispatcher started", zap.Int("hooks", hooks.Len()), zap.String("target", target.Name()))
+		logger.Info("dispatcher started", zap.Int("hooks", hooks.Len()), zap.String("default_target", cfg.Dispatcher.Target),
+			zap.Int("routes", len(cfg.Dispatcher.Routes)))
 	}
 	for _, s := range []*telemetry.HTTPServer{
 		{Name: "metrics", Addr: cfg.Server.MetricsAddr, Handler: telemetry.MetricsHandler(reg), Logger: logger},
@@ -231,15 +229,50 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	return err
 }
 
-func newTarget(cfg config.Config, logger *zap.Logger) (dispatch.Target, error) {
-	switch cfg.Dispatcher.Target {
-	case "log":
-		return dispatch.LogTarget{Logger: logger.Named("agent")}, nil
-	default:
+// newRouter builds the default target and one target per route of khook.yaml.
+func newRouter(cfg config.Config, logger *zap.Logger) *dispatch.Router {
+	kagent := func(url, protocol, tokenFile string) dispatch.Target {
+		if url == "" {
+			url = cfg.Kagent.URL
+		}
+		if protocol == "" {
+			protocol = cfg.Kagent.Protocol
+		}
+		if tokenFile == "" {
+			tokenFile = cfg.Kagent.TokenFile
+		}
 		return dispatch.NewKagent(dispatch.KagentConfig{
-			URL: cfg.Kagent.URL, UserID: cfg.Kagent.UserID, Timeout: cfg.Kagent.Timeout, TokenFile: cfg.Kagent.TokenFile,
-		}), nil
+			URL: url, Protocol: protocol, UserID: cfg.Kagent.UserID, Timeout: cfg.Kagent.Timeout, TokenFile: tokenFile,
+		})
 	}
+	logTarget := dispatch.LogTarget{Logger: logger.Named("agent")}
+	var def dispatch.Target = kagent("", "", "")
+	if cfg.Dispatcher.Target == "log" {
+		def = logTarget
+	}
+	var routes []dispatch.Route
+	for _, r := range cfg.Dispatcher.Routes {
+		var t dispatch.Target
+		switch r.Type {
+		case "http":
+			t = dispatch.NewHTTP(dispatch.HTTPConfig{URL: r.URL, Timeout: cfg.Kagent.Timeout, TokenFile: r.TokenFile})
+		case "log":
+			t = logTarget
+		default:
+			t = kagent(r.URL, r.Protocol, r.TokenFile)
+		}
+		routes = append(routes, dispatch.Route{Agent: r.Agent, Target: t})
+	}
+	return dispatch.NewRouter(def, routes...)
+}
+
+func dispatcherConfig(cfg config.Config) dispatch.Config {
+	d := cfg.Dispatcher
+	c := dispatch.DefaultConfig()
+	c.Workers, c.SuppressionWindow, c.MaxAttempts = d.Workers, d.SuppressionWindow, d.MaxAttempts
+	c.RetryBase, c.RetryMax = d.RetryBase, d.RetryMax
+	c.Guard = dispatch.GuardConfig{Concurrency: d.PerTargetConcurrency, BreakerFailures: d.Breaker.Failures, BreakerCooldown: d.Breaker.Cooldown}
+	return c
 }
 
 func loadPlugins(path, only string, logger *zap.Logger) ([]producers.Plugin, error) {
@@ -298,7 +331,11 @@ func loadHooks(path string) (*dispatch.Index, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return dispatch.NewIndex(hooks), nil
+	idx, err := dispatch.NewIndex(hooks)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return idx, nil
 }
 
 // applyWithRetry applies the stream topology, retrying while the server is still starting

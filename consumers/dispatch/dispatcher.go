@@ -1,10 +1,17 @@
 // Package dispatch is the dispatch consumer: it pulls normalized events, matches them to
 // hooks, and delivers one task per match to the hook's agent.
 //
-// An event is acknowledged only after every task it fired was delivered. Each delivered task
-// is recorded in the dispatch KV bucket, shared by all replicas, so that a redelivered event
-// (after a crash, a lost ack or a partial failure) calls only the agents that have not yet
-// answered.
+// Delivery is correct under replicas, crashes and failing agents:
+//
+//   - Suppression: one call per (hook, event type, namespace, resource) per window, decided
+//     by an atomic create-if-absent claim in the shared KV bucket.
+//   - Idempotence: each delivered task is recorded in the bucket before the event is
+//     acknowledged, so a redelivered event calls only the agents that have not answered.
+//   - Retries: retryable failures back off exponentially with jitter (honouring
+//     Retry-After); permanent failures and exhausted attempts are dead-lettered with the
+//     reason. Only real calls count as attempts.
+//   - Protection: a concurrency limit and a circuit breaker per endpoint; while a breaker is
+//     open, events wait instead of failing.
 package dispatch
 
 import (
@@ -12,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,32 +37,63 @@ import (
 // Stage is the dispatcher's name in dead-letter subjects and metrics.
 const Stage = "dispatcher"
 
-// Dispatcher is the dispatch stage. Several replicas share one durable consumer.
-type Dispatcher struct {
-	js      jetstream.JetStream
-	topo    streams.Config
-	hooks   atomic.Pointer[Index]
-	target  Target
-	workers int
-	logger  *zap.Logger
-	metrics *metrics
+// Config configures a dispatcher.
+type Config struct {
+	Workers           int
+	SuppressionWindow time.Duration // default window; a hook may set its own
+	MaxAttempts       int
+	RetryBase         time.Duration
+	RetryMax          time.Duration
+	Guard             GuardConfig
 	// DrainTimeout bounds how long Run waits for in-flight deliveries after its context ends.
 	DrainTimeout time.Duration
 }
 
-// New returns a dispatcher. It starts nothing; call Run.
-func New(js jetstream.JetStream, topo streams.Config, hooks *Index, target Target, workers int,
-	reg prometheus.Registerer, logger *zap.Logger) *Dispatcher {
-	d := &Dispatcher{
-		js: js, topo: topo, target: target, workers: workers, logger: logger,
-		metrics: newMetrics(reg, target.Name()), DrainTimeout: 10 * time.Second,
+// DefaultConfig returns khook's defaults: 16 workers, khook's 10-minute window, 10 attempts.
+func DefaultConfig() Config {
+	return Config{
+		Workers: 16, SuppressionWindow: 10 * time.Minute, MaxAttempts: 10,
+		RetryBase: time.Second, RetryMax: 5 * time.Minute,
+		Guard:        GuardConfig{Concurrency: 8, BreakerFailures: 5, BreakerCooldown: 30 * time.Second},
+		DrainTimeout: 10 * time.Second,
 	}
+}
+
+// Dispatcher is the dispatch stage. Several replicas share one durable consumer.
+type Dispatcher struct {
+	js      jetstream.JetStream
+	topo    streams.Config
+	cfg     Config
+	hooks   atomic.Pointer[Index]
+	router  *Router
+	guards  *guards
+	logger  *zap.Logger
+	metrics *metrics
+	state   *State
+}
+
+// New returns a dispatcher. It starts nothing; call Run.
+func New(js jetstream.JetStream, topo streams.Config, cfg Config, hooks *Index, router *Router,
+	reg prometheus.Registerer, logger *zap.Logger) *Dispatcher {
+	m := newMetrics(reg, router.Kinds())
+	d := &Dispatcher{js: js, topo: topo, cfg: cfg, router: router, logger: logger, metrics: m}
+	d.guards = newGuards(cfg.Guard, func(state string) {
+		m.breakerTransitions.WithLabelValues(state).Inc()
+	})
+	m.breakersOpen = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "khook_dispatcher_breakers_open",
+		Help: "Endpoints whose circuit breaker is open or half-open.",
+	}, func() float64 { return float64(d.guards.openCount()) })
+	reg.MustRegister(m.breakersOpen)
 	d.hooks.Store(hooks)
 	return d
 }
 
 // SetHooks replaces the hooks used for every event handled from now on.
 func (d *Dispatcher) SetHooks(idx *Index) { d.hooks.Store(idx) }
+
+// State returns the shared dispatch state once Run has opened it, else nil.
+func (d *Dispatcher) State() *State { return d.state }
 
 // Run consumes until ctx ends. It then stops pulling and gives in-flight deliveries up to
 // DrainTimeout to finish; deliveries cut short are not acknowledged and will be redelivered.
@@ -67,7 +106,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dispatcher: kv %s: %w", d.topo.DispatchBucket, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * d.workers))
+	d.state = NewState(kv, d.topo.DispatchTTL)
+	// Batched pulls, bounded by the consumer's MaxAckPending: back-pressure for free.
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * d.cfg.Workers))
 	if err != nil {
 		return fmt.Errorf("dispatcher: %w", err)
 	}
@@ -82,10 +123,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 
 	msgs := make(chan jetstream.Msg)
 	var wg sync.WaitGroup
-	for range d.workers {
+	for range d.cfg.Workers {
 		wg.Go(func() {
 			for msg := range msgs {
-				d.handle(work, kv, msg)
+				d.handle(work, msg)
 			}
 		})
 	}
@@ -105,7 +146,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(d.DrainTimeout):
+	case <-time.After(d.cfg.DrainTimeout):
 		d.logger.Warn("drain timeout: cancelling in-flight deliveries; they will be redelivered")
 		cancelWork()
 		<-done
@@ -113,7 +154,13 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	return nil
 }
 
-func (d *Dispatcher) handle(ctx context.Context, kv jetstream.KeyValue, msg jetstream.Msg) {
+// settle is what happens to a message once handle is done with it.
+type settle struct {
+	ack   bool
+	delay time.Duration // with !ack: redeliver after this delay
+}
+
+func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	d.metrics.inflight.Inc()
 	defer d.metrics.inflight.Dec()
 
@@ -140,69 +187,129 @@ func (d *Dispatcher) handle(ctx context.Context, kv jetstream.KeyValue, msg jets
 	stopBeat := heartbeat(msg, d.topo.Dispatcher.AckWait/3)
 	defer stopBeat()
 
-	md, _ := msg.Metadata()
+	traceparent := msg.Headers().Get("traceparent")
 	for _, m := range matches {
-		t := NewTask(m, &ev)
-		t.Traceparent = msg.Headers().Get("traceparent")
-		if delivered(ctx, kv, t.MessageID) {
-			continue
-		}
-		start := time.Now()
-		err := d.target.Deliver(ctx, t)
-		d.metrics.duration.Observe(time.Since(start).Seconds())
-		log := d.logger.With(zap.String("event_id", ev.ID), zap.String("hook", t.Hook),
-			zap.String("agent", t.Agent.Namespace+"/"+t.Agent.Name), zap.String("message_id", t.MessageID))
-		if err == nil {
-			d.metrics.deliveries.WithLabelValues("success").Inc()
-			log.Info("delivered")
-			if _, err := kv.Put(ctx, deliveredKey(t.MessageID), nil); err != nil {
-				// The agent has the task; without the record a redelivery would call it again.
-				log.Warn("delivery record not stored", zap.Error(err))
+		s := d.deliver(ctx, msg, m, &ev, traceparent)
+		if !s.ack {
+			if err := msg.NakWithDelay(s.delay); err != nil {
+				d.logger.Warn("nak", zap.String("event_id", ev.ID), zap.Error(err))
 			}
-			continue
-		}
-		attempts := uint64(1)
-		if md != nil {
-			attempts = md.NumDelivered
-		}
-		maxDeliver := d.topo.Dispatcher.MaxDeliver
-		if IsPermanent(err) || (maxDeliver > 0 && attempts >= uint64(maxDeliver)) {
-			reason := "permanent"
-			if !IsPermanent(err) {
-				reason = "max-deliver"
-			}
-			d.metrics.deliveries.WithLabelValues("deadletter").Inc()
-			log.Warn("delivery failed, dead-lettering", zap.String("reason", reason), zap.Uint64("attempt", attempts), zap.Error(err))
-			d.deadLetter(ctx, msg, deadletter.Letter{Stage: Stage, Reason: reason, Err: err, Msg: msg,
-				Hook: t.Hook, Target: t.Agent.Namespace + "/" + t.Agent.Name})
 			return
 		}
-		d.metrics.deliveries.WithLabelValues("retry").Inc()
-		delay := backoff(attempts)
-		log.Warn("delivery failed, will retry", zap.Uint64("attempt", attempts), zap.Duration("delay", delay), zap.Error(err))
-		if err := msg.NakWithDelay(delay); err != nil {
-			log.Warn("nak", zap.Error(err))
-		}
-		return
 	}
 	ackOrLog(d.logger, msg)
 }
 
-// backoff is exponential from one second, capped at one minute.
-func backoff(attempt uint64) time.Duration {
-	if attempt > 7 {
-		return time.Minute
+// deliver handles one match of an event. It returns ack when this match needs nothing more
+// (delivered, suppressed or dead-lettered), else the delay before the event should come back.
+func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev *mapping.Event, traceparent string) settle {
+	log := d.logger.With(zap.String("event_id", ev.ID), zap.String("hook", m.Hook.Key()),
+		zap.String("agent", m.Agent.Namespace+"/"+m.Agent.Name))
+	t, err := NewTask(m, ev)
+	if err != nil {
+		d.metrics.deadLetters.WithLabelValues("prompt").Inc()
+		d.deadLetter(ctx, msg, deadletter.Letter{Stage: Stage, Reason: "prompt", Err: err, Msg: msg, Hook: m.Hook.Key()})
+		return settle{ack: true}
 	}
-	return min(time.Second<<(attempt-1), time.Minute)
+	t.Traceparent = traceparent
+	log = log.With(zap.String("message_id", t.MessageID))
+	window := min(m.Hook.Window(d.cfg.SuppressionWindow), d.topo.DispatchTTL)
+
+	if err := d.state.Seen(ctx, ActiveEvent{
+		Hook: m.Hook.Key(), EventType: ev.Type, Namespace: ev.Namespace, ResourceKind: ev.Resource.Kind,
+		ResourceName: ev.Resource.Name, FirstSeen: time.Now(), LastSeen: time.Now(), Window: window,
+	}); err != nil {
+		log.Debug("active event not recorded", zap.Error(err))
+	}
+	if d.state.Delivered(ctx, t.MessageID) {
+		return settle{ack: true}
+	}
+	owned, err := d.state.Claim(ctx, t.SuppressionKey, t.MessageID, window)
+	if err != nil {
+		log.Warn("suppression claim failed, will retry", zap.Error(err))
+		return settle{delay: d.cfg.RetryBase}
+	}
+	if !owned {
+		// Counted, not logged one by one: a flapping pod would flood the logs.
+		d.metrics.suppressed.Inc()
+		return settle{ack: true}
+	}
+
+	target := d.router.Target(m.Agent)
+	g := d.guards.get(target.Endpoint(t))
+	if wait := g.admit(); wait > 0 {
+		// Breaker open or endpoint saturated: not an attempt, just come back later.
+		d.metrics.deliveries.WithLabelValues(target.Name(), "delayed").Inc()
+		return settle{delay: jitter(wait)}
+	}
+	start := time.Now()
+	res, err := target.Deliver(ctx, t)
+	d.metrics.duration.WithLabelValues(target.Name()).Observe(time.Since(start).Seconds())
+	retryable, retryAfter := Classify(err)
+	g.done(err == nil, err != nil && retryable)
+
+	if err == nil {
+		d.metrics.deliveries.WithLabelValues(target.Name(), "success").Inc()
+		d.metrics.taskStates.WithLabelValues(res.State).Inc()
+		log.Info("delivered", zap.String("task_state", res.State), zap.Duration("took", time.Since(start)))
+		if err := d.state.MarkDelivered(ctx, t.MessageID, res.State); err != nil {
+			// The agent has the task; without the record a redelivery would call it again.
+			log.Warn("delivery record not stored", zap.Error(err))
+		}
+		return settle{ack: true}
+	}
+	if !retryable {
+		return d.giveUp(ctx, msg, t, target, "permanent", 1, err, log)
+	}
+	attempts, aerr := d.state.Attempt(ctx, t.MessageID)
+	if aerr != nil {
+		log.Warn("attempt not counted", zap.Error(aerr))
+		attempts = 1
+	}
+	if attempts >= d.cfg.MaxAttempts {
+		return d.giveUp(ctx, msg, t, target, "max-attempts", attempts, err, log)
+	}
+	delay := max(backoff(attempts, d.cfg.RetryBase, d.cfg.RetryMax), min(retryAfter, d.cfg.RetryMax))
+	d.metrics.deliveries.WithLabelValues(target.Name(), "retry").Inc()
+	log.Warn("delivery failed, will retry", zap.Int("attempt", attempts), zap.Duration("delay", delay), zap.Error(err))
+	return settle{delay: delay}
 }
 
-func deliveredKey(messageID string) string { return "delivered." + messageID }
+// giveUp dead-letters the event for this task and releases its suppression claim, so the
+// next occurrence is not silently suppressed behind a task that never reached its agent.
+func (d *Dispatcher) giveUp(ctx context.Context, msg jetstream.Msg, t Task, target Target, reason string,
+	attempts int, cause error, log *zap.Logger) settle {
+	d.metrics.deliveries.WithLabelValues(target.Name(), "deadletter").Inc()
+	d.metrics.deadLetters.WithLabelValues(reason).Inc()
+	log.Warn("delivery failed, dead-lettering", zap.String("reason", reason), zap.Int("attempt", attempts), zap.Error(cause))
+	if err := deadletter.Publish(ctx, d.js, d.topo.Subjects(), deadletter.Letter{
+		Stage: Stage, Reason: reason, Err: cause, Msg: msg, Hook: t.Hook,
+		Target: target.Name() + " " + target.Endpoint(t), Attempts: attempts,
+	}); err != nil {
+		log.Warn("dead letter not stored, will redeliver", zap.Error(err))
+		return settle{delay: d.cfg.RetryBase}
+	}
+	if err := d.state.Release(ctx, t.SuppressionKey, t.MessageID); err != nil {
+		log.Warn("suppression claim not released", zap.Error(err))
+	}
+	d.state.ForgetAttempts(ctx, t.MessageID)
+	// The event is settled for this hook; other matches of the same event still run, and
+	// the event is acknowledged when they are done.
+	return settle{ack: true}
+}
 
-// delivered reports whether a task was already delivered. A lookup error counts as not
-// delivered: a possible duplicate call is better than a lost one.
-func delivered(ctx context.Context, kv jetstream.KeyValue, messageID string) bool {
-	_, err := kv.Get(ctx, deliveredKey(messageID))
-	return err == nil
+// backoff is exponential from base, doubling per attempt, capped at limit, with ±20% jitter
+// so that replicas retrying together spread out.
+func backoff(attempt int, base, limit time.Duration) time.Duration {
+	d := base
+	for i := 1; i < attempt && d < limit; i++ {
+		d *= 2
+	}
+	return jitter(min(d, limit))
+}
+
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
 }
 
 func heartbeat(msg jetstream.Msg, every time.Duration) (stop func()) {
@@ -222,14 +329,16 @@ func heartbeat(msg jetstream.Msg, every time.Duration) (stop func()) {
 	return func() { close(done) }
 }
 
+// deadLetter stores an undeliverable event and terminates it once the dead letter is stored.
 func (d *Dispatcher) deadLetter(ctx context.Context, msg jetstream.Msg, l deadletter.Letter) {
 	if err := deadletter.Publish(ctx, d.js, d.topo.Subjects(), l); err != nil {
 		d.logger.Warn("dead letter not stored, will redeliver", zap.Error(err))
-		if err := msg.NakWithDelay(time.Second); err != nil {
+		if err := msg.NakWithDelay(d.cfg.RetryBase); err != nil {
 			d.logger.Warn("nak", zap.Error(err))
 		}
 		return
 	}
+	d.metrics.deadLetters.WithLabelValues(l.Reason).Inc()
 	if err := msg.Term(); err != nil {
 		d.logger.Warn("term", zap.Error(err))
 	}
@@ -242,42 +351,68 @@ func ackOrLog(l *zap.Logger, msg jetstream.Msg) {
 }
 
 type metrics struct {
-	events     *prometheus.CounterVec
-	deliveries *prometheus.CounterVec
-	duration   prometheus.Observer
-	inflight   prometheus.Gauge
+	events             *prometheus.CounterVec
+	deliveries         *prometheus.CounterVec
+	duration           *prometheus.HistogramVec
+	inflight           prometheus.Gauge
+	suppressed         prometheus.Counter
+	deadLetters        *prometheus.CounterVec
+	taskStates         *prometheus.CounterVec
+	breakerTransitions *prometheus.CounterVec
+	breakersOpen       prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer, target string) *metrics {
-	events := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "khook_dispatcher_events_total",
-		Help: "Normalized events handled by the dispatcher, by outcome (matched, unmatched, invalid).",
-	}, []string{"outcome"})
-	deliveries := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "khook_dispatcher_deliveries_total",
-		Help: "Agent calls, by target and result (success, retry, deadletter).",
-	}, []string{"target", "result"})
-	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "khook_dispatcher_delivery_duration_seconds",
-		Help:    "Time one agent call took, successful or not.",
-		Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
-	}, []string{"target"})
-	inflight := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "khook_dispatcher_inflight",
-		Help: "Events being delivered right now.",
-	})
-	reg.MustRegister(events, deliveries, duration, inflight)
-	for _, o := range []string{"matched", "unmatched", "invalid"} {
-		events.WithLabelValues(o)
-	}
+func newMetrics(reg prometheus.Registerer, targets []string) *metrics {
 	m := &metrics{
-		events:     events,
-		deliveries: deliveries.MustCurryWith(prometheus.Labels{"target": target}),
-		duration:   duration.WithLabelValues(target),
-		inflight:   inflight,
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "khook_dispatcher_events_total",
+			Help: "Normalized events handled by the dispatcher, by outcome (matched, unmatched, invalid).",
+		}, []string{"outcome"}),
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "khook_dispatcher_deliveries_total",
+			Help: "Agent calls and deferrals, by target and result (success, retry, deadletter, delayed).",
+		}, []string{"target", "result"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "khook_dispatcher_delivery_duration_seconds",
+			Help:    "Time one agent call took, successful or not.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
+		}, []string{"target"}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "khook_dispatcher_inflight",
+			Help: "Events being delivered right now.",
+		}),
+		suppressed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "khook_dispatcher_suppressed_total",
+			Help: "Matches not delivered because the suppression window for their hook, type, namespace and resource was already claimed.",
+		}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "khook_dispatcher_deadletters_total",
+			Help: "Events dead-lettered by the dispatcher, by reason (permanent, max-attempts, invalid-event, prompt).",
+		}, []string{"reason"}),
+		taskStates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "khook_dispatcher_task_states_total",
+			Help: "Final states reported by agents for delivered tasks (completed, failed, message, ...).",
+		}, []string{"state"}),
+		breakerTransitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "khook_dispatcher_breaker_transitions_total",
+			Help: "Circuit breaker state changes, by new state (open, half-open, closed).",
+		}, []string{"state"}),
 	}
-	for _, r := range []string{"success", "retry", "deadletter"} {
-		m.deliveries.WithLabelValues(r)
+	reg.MustRegister(m.events, m.deliveries, m.duration, m.inflight, m.suppressed, m.deadLetters, m.taskStates, m.breakerTransitions)
+	for _, o := range []string{"matched", "unmatched", "invalid"} {
+		m.events.WithLabelValues(o)
+	}
+	for _, t := range targets {
+		m.duration.WithLabelValues(t)
+		for _, r := range []string{"success", "retry", "deadletter", "delayed"} {
+			m.deliveries.WithLabelValues(t, r)
+		}
+	}
+	for _, r := range []string{"permanent", "max-attempts", "invalid-event", "prompt"} {
+		m.deadLetters.WithLabelValues(r)
+	}
+	for _, s := range []string{"open", "half-open", "closed"} {
+		m.breakerTransitions.WithLabelValues(s)
 	}
 	return m
 }

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"text/template"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -40,6 +43,9 @@ type ObjectMeta struct {
 // HookSpec lists which events call which agents with which prompt.
 type HookSpec struct {
 	EventConfigurations []EventConfiguration `yaml:"eventConfigurations" json:"eventConfigurations"`
+	// SuppressionWindow (khook extension) overrides dispatcher.suppression_window for this
+	// hook, e.g. "5m".
+	SuppressionWindow string `yaml:"suppressionWindow,omitempty" json:"suppressionWindow,omitempty"`
 }
 
 // EventConfiguration fires its agent for every event of EventType in the hook's namespace.
@@ -47,6 +53,18 @@ type EventConfiguration struct {
 	EventType string   `yaml:"eventType" json:"eventType"`
 	AgentRef  AgentRef `yaml:"agentRef" json:"agentRef"`
 	Prompt    string   `yaml:"prompt" json:"prompt"`
+	// MinSeverity (khook extension) fires only for events at least this severe.
+	MinSeverity string `yaml:"minSeverity,omitempty" json:"minSeverity,omitempty"`
+	// TagSelector (khook extension) fires only for events carrying every one of these tags.
+	TagSelector map[string]string `yaml:"tagSelector,omitempty" json:"tagSelector,omitempty"`
+}
+
+// Window returns the hook's own suppression window, or def when it sets none.
+func (h *Hook) Window(def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(h.Spec.SuppressionWindow); err == nil && d > 0 {
+		return d
+	}
+	return def
 }
 
 // AgentRef names a kagent agent. An empty namespace means the hook's namespace.
@@ -79,6 +97,16 @@ func (h *Hook) Validate() error {
 		}
 		if ec.Prompt == "" {
 			errs = append(errs, fmt.Errorf("spec.eventConfigurations[%d].prompt: required", i))
+		} else if _, err := compilePrompt(ec.Prompt); err != nil {
+			errs = append(errs, fmt.Errorf("spec.eventConfigurations[%d].prompt: %w", i, err))
+		}
+		if ec.MinSeverity != "" && !slices.Contains(mapping.Severities, ec.MinSeverity) {
+			errs = append(errs, fmt.Errorf("spec.eventConfigurations[%d].minSeverity: must be one of info, warning, error, critical, got %q", i, ec.MinSeverity))
+		}
+	}
+	if w := h.Spec.SuppressionWindow; w != "" {
+		if d, err := time.ParseDuration(w); err != nil || d <= 0 {
+			errs = append(errs, fmt.Errorf("spec.suppressionWindow: want a positive duration such as 10m, got %q", w))
 		}
 	}
 	return errors.Join(errs...)
@@ -155,9 +183,10 @@ func hookNodes(doc *yaml.Node) ([]*yaml.Node, error) {
 
 // Match is one event configuration of one hook that an event fires.
 type Match struct {
-	Hook  *Hook
-	Index int // which eventConfigurations entry
-	Agent AgentRef
+	Hook   *Hook
+	Index  int // which eventConfigurations entry
+	Agent  AgentRef
+	prompt *template.Template
 }
 
 // Config returns the matched event configuration.
@@ -172,27 +201,58 @@ type Index struct {
 
 type indexKey struct{ namespace, eventType string }
 
-// NewIndex indexes hooks by namespace and event type.
-func NewIndex(hooks []Hook) *Index {
+// NewIndex validates hooks, compiles their prompts and indexes them by namespace and event
+// type. Invalid hooks are an error naming each one.
+func NewIndex(hooks []Hook) (*Index, error) {
 	idx := &Index{byKey: map[indexKey][]Match{}, count: len(hooks)}
+	var errs []error
 	for i := range hooks {
 		h := &hooks[i]
+		if err := h.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("hook %s: %w", h.Key(), err))
+			continue
+		}
 		for j, ec := range h.Spec.EventConfigurations {
 			agent := ec.AgentRef
 			if agent.Namespace == "" {
 				agent.Namespace = h.Metadata.Namespace
 			}
+			tmpl, _ := compilePrompt(ec.Prompt) // validated above
 			k := indexKey{h.Metadata.Namespace, ec.EventType}
-			idx.byKey[k] = append(idx.byKey[k], Match{Hook: h, Index: j, Agent: agent})
+			idx.byKey[k] = append(idx.byKey[k], Match{Hook: h, Index: j, Agent: agent, prompt: tmpl})
 		}
 	}
-	return idx
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return idx, nil
 }
 
 // Match returns every event configuration, of every hook in the event's namespace, whose
-// event type is the event's internal type (khook's matching rule).
+// event type is the event's internal type (khook's matching rule) and whose optional
+// severity floor and tag selector the event meets.
 func (idx *Index) Match(ev *mapping.Event) []Match {
-	return idx.byKey[indexKey{ev.Namespace, ev.Type}]
+	all := idx.byKey[indexKey{ev.Namespace, ev.Type}]
+	out := all[:0:0]
+	for _, m := range all {
+		if m.accepts(ev) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func (m Match) accepts(ev *mapping.Event) bool {
+	ec := m.Config()
+	if ec.MinSeverity != "" && slices.Index(mapping.Severities, ev.Severity) < slices.Index(mapping.Severities, ec.MinSeverity) {
+		return false
+	}
+	for k, v := range ec.TagSelector {
+		if ev.Tags[k] != v {
+			return false
+		}
+	}
+	return true
 }
 
 // Len returns the number of hooks indexed.

@@ -46,7 +46,8 @@ func TestParseHooksForms(t *testing.T) {
 func TestMatchFollowsKhook(t *testing.T) {
 	hooks, err := ParseHooks([]byte(hookYAML))
 	require.NoError(t, err)
-	idx := NewIndex(hooks)
+	idx, err := NewIndex(hooks)
+	require.NoError(t, err)
 
 	restart := &mapping.Event{Type: "pod-restart", Namespace: "prod"}
 	m := idx.Match(restart)
@@ -71,6 +72,11 @@ func TestParseHooksErrors(t *testing.T) {
 		{"no agent", replace(hookYAML, "agentRef: {name: k8s-agent}", "agentRef: {}"), []string{"eventConfigurations[0].agentRef.name: required"}},
 		{"defined twice", hookYAML + "---\n" + hookYAML, []string{"prod/pods is defined twice"}},
 		{"not a hook", "42\n", []string{"expected a Hook"}},
+		{"unknown placeholder", replace(hookYAML, "restarted", "restarted {{.Pod}}"), []string{"prod/pods", "eventConfigurations[0].prompt", "Pod"}},
+		{"broken template", replace(hookYAML, "restarted", "restarted {{if}}"), []string{"prod/pods", "eventConfigurations[0].prompt"}},
+		{"call is sandboxed", replace(hookYAML, "restarted", "{{call .Data}}"), []string{"prod/pods", "call is not allowed"}},
+		{"bad severity floor", replace(hookYAML, "agentRef: {name: k8s-agent}", "agentRef: {name: k8s-agent}\n      minSeverity: fatal"), []string{"minSeverity"}},
+		{"bad window", replace(hookYAML, "spec:\n", "spec:\n  suppressionWindow: soon\n"), []string{"spec.suppressionWindow", "soon"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -103,22 +109,31 @@ func TestExpandPrompt(t *testing.T) {
 func TestTaskIDs(t *testing.T) {
 	hooks, err := ParseHooks([]byte(hookYAML))
 	require.NoError(t, err)
-	idx := NewIndex(hooks)
+	idx, err := NewIndex(hooks)
+	require.NoError(t, err)
 	ev := &mapping.Event{ID: "e1", Type: "pod-restart", Namespace: "prod", Resource: mapping.Resource{Kind: "Pod", Name: "api-1"}}
 	m := idx.Match(ev)[0]
 
-	a, b := NewTask(m, ev), NewTask(m, ev)
+	a, b := task(t, m, ev), task(t, m, ev)
 	require.Equal(t, a.MessageID, b.MessageID, "message id is deterministic per event and hook entry")
 	require.Regexp(t, `^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`, a.MessageID)
 
 	other := *ev
 	other.ID = "e2"
-	c := NewTask(m, &other)
+	c := task(t, m, &other)
 	require.NotEqual(t, a.MessageID, c.MessageID, "another event is another message")
 	require.Equal(t, a.ContextID, c.ContextID, "same hook, type, namespace and resource share a context")
 
 	other.Resource.Name = "api-2"
-	require.NotEqual(t, a.ContextID, NewTask(m, &other).ContextID)
+	require.NotEqual(t, a.ContextID, task(t, m, &other).ContextID)
+	require.NotEqual(t, a.SuppressionKey, task(t, m, &other).SuppressionKey)
+}
+
+func task(t *testing.T, m Match, ev *mapping.Event) Task {
+	t.Helper()
+	task, err := NewTask(m, ev)
+	require.NoError(t, err)
+	return task
 }
 
 func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n  ") }

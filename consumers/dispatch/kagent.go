@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -11,21 +12,26 @@ import (
 
 	"github.com/a2aproject/a2a-go/v2/a2a"
 	"github.com/a2aproject/a2a-go/v2/a2aclient"
+	"github.com/a2aproject/a2a-go/v2/a2acompat/a2av0"
 )
 
 // KagentConfig configures calls to kagent agents over A2A.
 type KagentConfig struct {
 	// URL is the kagent controller, e.g. http://kagent-controller.kagent:8083.
-	URL    string
-	UserID string
-	// Timeout bounds one agent call.
+	URL string
+	// Protocol is the A2A version: 1.0 (method SendMessage) or 0.3 (message/send, kagent
+	// 0.8 and older).
+	Protocol string
+	UserID   string
+	// Timeout bounds one agent call, including polling a task until it is final.
 	Timeout time.Duration
 	// TokenFile, when set, holds a bearer token; it is re-read on every call so it can rotate.
 	TokenFile string
+	// PollInterval is how often a task that is not final yet is polled with GetTask.
+	PollInterval time.Duration
 }
 
-// Kagent calls kagent agents with A2A JSON-RPC (protocol 1.0, method SendMessage) at
-// {URL}/api/a2a/{namespace}/{agent}/.
+// Kagent calls kagent agents with A2A JSON-RPC at {URL}/api/a2a/{namespace}/{agent}/.
 type Kagent struct {
 	cfg  KagentConfig
 	http *http.Client
@@ -36,15 +42,24 @@ type Kagent struct {
 
 // NewKagent returns a kagent target. It opens no connection until the first call.
 func NewKagent(cfg KagentConfig) *Kagent {
+	if cfg.Protocol == "" {
+		cfg.Protocol = string(a2a.Version)
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = time.Second
+	}
 	return &Kagent{
 		cfg:     cfg,
-		http:    &http.Client{Timeout: cfg.Timeout},
+		http:    &http.Client{Transport: captureTransport{next: http.DefaultTransport}},
 		clients: map[string]*a2aclient.Client{},
 	}
 }
 
 // Name implements Target.
 func (k *Kagent) Name() string { return "kagent" }
+
+// Endpoint implements Target: the agent's A2A URL.
+func (k *Kagent) Endpoint(t Task) string { return k.AgentURL(t.Agent) }
 
 // AgentURL returns the A2A endpoint of an agent.
 func (k *Kagent) AgentURL(a AgentRef) string {
@@ -57,27 +72,35 @@ func (k *Kagent) client(ctx context.Context, url string) (*a2aclient.Client, err
 	if c, ok := k.clients[url]; ok {
 		return c, nil
 	}
-	iface := &a2a.AgentInterface{URL: url, ProtocolBinding: a2a.TransportProtocolJSONRPC, ProtocolVersion: a2a.Version}
-	c, err := a2aclient.NewFromEndpoints(ctx, []*a2a.AgentInterface{iface}, a2aclient.WithJSONRPCTransport(k.http))
+	iface := &a2a.AgentInterface{URL: url, ProtocolBinding: a2a.TransportProtocolJSONRPC, ProtocolVersion: a2a.ProtocolVersion(k.cfg.Protocol)}
+	var opt a2aclient.FactoryOption
+	if k.cfg.Protocol == string(a2av0.Version) {
+		opt = a2av0.WithJSONRPCTransport(a2av0.JSONRPCTransportConfig{Client: k.http})
+	} else {
+		opt = a2aclient.WithJSONRPCTransport(k.http)
+	}
+	c, err := a2aclient.NewFromEndpoints(ctx, []*a2a.AgentInterface{iface}, opt)
 	if err != nil {
-		return nil, fmt.Errorf("a2a client for %s: %w", url, err)
+		return nil, Permanent(fmt.Errorf("a2a client for %s: %w", url, err))
 	}
 	k.clients[url] = c
 	return c, nil
 }
 
-// Deliver sends the task as one A2A message and returns once the agent answered.
-func (k *Kagent) Deliver(ctx context.Context, t Task) error {
+// Deliver sends the task as one A2A message. When the agent answers with a task that is not
+// final yet, Deliver polls it with GetTask until it is final or the timeout ends; a task
+// still running then counts as delivered, since sending again would start a second one.
+func (k *Kagent) Deliver(ctx context.Context, t Task) (Result, error) {
 	url := k.AgentURL(t.Agent)
 	c, err := k.client(ctx, url)
 	if err != nil {
-		return err
+		return Result{}, err
 	}
 	params := a2aclient.ServiceParams{"X-User-Id": {k.cfg.UserID}}
 	if k.cfg.TokenFile != "" {
 		tok, err := os.ReadFile(k.cfg.TokenFile)
 		if err != nil {
-			return fmt.Errorf("kagent.token_file: %w", err)
+			return Result{}, fmt.Errorf("kagent.token_file: %w", err)
 		}
 		params["Authorization"] = []string{"Bearer " + strings.TrimSpace(string(tok))}
 	}
@@ -97,8 +120,50 @@ func (k *Kagent) Deliver(ctx context.Context, t Task) error {
 			"khook.eventType": t.Event.Type,
 		},
 	}
-	if _, err := c.SendMessage(ctx, &a2a.SendMessageRequest{Message: msg}); err != nil {
-		return fmt.Errorf("a2a SendMessage to %s: %w", url, err)
+	callCtx, capture := withCapture(ctx)
+	res, err := c.SendMessage(callCtx, &a2a.SendMessageRequest{Message: msg})
+	if err != nil {
+		return Result{}, capture.verdict(fmt.Errorf("a2a %s to %s: %w", k.method(), url, err))
 	}
-	return nil
+	task, ok := res.(*a2a.Task)
+	if !ok {
+		return Result{State: "message"}, nil
+	}
+	return k.await(ctx, c, task), nil
+}
+
+func (k *Kagent) method() string {
+	if k.cfg.Protocol == string(a2av0.Version) {
+		return "message/send"
+	}
+	return "SendMessage"
+}
+
+// await polls a task until it reaches a final (or interrupted) state, or ctx ends.
+func (k *Kagent) await(ctx context.Context, c *a2aclient.Client, task *a2a.Task) Result {
+	for !settled(task.Status.State) {
+		select {
+		case <-ctx.Done():
+			return Result{State: string(task.Status.State)}
+		case <-time.After(k.cfg.PollInterval):
+		}
+		next, err := c.GetTask(ctx, &a2a.GetTaskRequest{ID: task.ID})
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+				return Result{State: string(task.Status.State)}
+			}
+			continue
+		}
+		task = next
+	}
+	return Result{State: string(task.Status.State)}
+}
+
+// settled reports whether a task will not change without more input from khook.
+func settled(s a2a.TaskState) bool {
+	switch s {
+	case a2a.TaskStateSubmitted, a2a.TaskStateWorking, "":
+		return false
+	}
+	return true
 }

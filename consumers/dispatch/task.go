@@ -1,11 +1,14 @@
 package dispatch
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
-	"regexp"
 	"strings"
+	"text/template"
 	"time"
 
 	"github.com/khook/khook/mapping"
@@ -25,47 +28,105 @@ type Task struct {
 	ContextID   string
 	Event       *mapping.Event
 	Traceparent string
+	// SuppressionKey identifies the suppression window this task falls in.
+	SuppressionKey string
 }
 
-// NewTask builds the task that m asks for ev.
-func NewTask(m Match, ev *mapping.Event) Task {
-	cfg := m.Config()
+// NewTask builds the task that m asks for ev. It fails only if the prompt template fails on
+// this event, which validation at load time makes unlikely.
+func NewTask(m Match, ev *mapping.Event) (Task, error) {
+	prompt, err := render(m.prompt, ev)
+	if err != nil {
+		return Task{}, fmt.Errorf("hook %s prompt: %w", m.Hook.Key(), err)
+	}
+	key := eventKey{ev.Type, ev.Namespace, ev.Resource.Kind, ev.Resource.Name}
 	return Task{
-		Hook:      m.Hook.Key(),
-		Agent:     m.Agent,
-		Text:      ExpandPrompt(cfg.Prompt, ev) + EventContext(ev),
-		MessageID: uuidFrom("message", ev.ID, m.Hook.Key(), fmt.Sprint(m.Index)),
-		ContextID: uuidFrom("context", m.Hook.Key(), ev.Type, ev.Namespace, ev.Resource.Kind, ev.Resource.Name),
-		Event:     ev,
+		Hook:           m.Hook.Key(),
+		Agent:          m.Agent,
+		Text:           prompt + EventContext(ev),
+		MessageID:      uuidFrom("message", ev.ID, m.Hook.Key(), fmt.Sprint(m.Index)),
+		ContextID:      uuidFrom("context", m.Hook.Key(), key.Type, key.Namespace, key.Kind, key.Name),
+		Event:          ev,
+		SuppressionKey: SuppressionKey(m.Hook.Key(), key),
+	}, nil
+}
+
+// promptData is what a prompt template sees: khook's placeholders, plus the whole
+// normalized event.
+type promptData struct {
+	EventType, ResourceName, ResourceKind, Namespace, Reason, Message, EventMessage string
+	Timestamp, EventTime                                                            string
+	ID, Source, SourceType, Severity                                                string
+	Tags                                                                            map[string]string
+	// Data is the event's raw payload, decoded: {{ .Data.labels.pod }}.
+	Data any
+}
+
+func newPromptData(ev *mapping.Event) promptData {
+	ts := ""
+	if !ev.Time.IsZero() {
+		ts = ev.Time.UTC().Format(time.RFC3339)
+	}
+	var data any
+	if len(ev.Data) > 0 {
+		_ = json.Unmarshal(ev.Data, &data)
+	}
+	return promptData{
+		EventType: ev.Type, ResourceName: ev.Resource.Name, ResourceKind: ev.Resource.Kind, Namespace: ev.Namespace,
+		Reason: ev.Reason, Message: ev.Message, EventMessage: ev.Message, Timestamp: ts, EventTime: ts,
+		ID: ev.ID, Source: ev.Source, SourceType: ev.SourceType, Severity: ev.Severity, Tags: ev.Tags, Data: data,
 	}
 }
 
-// placeholder matches khook's prompt placeholders, with or without spaces inside the braces.
-var placeholder = regexp.MustCompile(`\{\{\s*\.(EventType|ResourceName|Namespace|Reason|Message|EventMessage|Timestamp|EventTime)\s*\}\}`)
+// maxPromptLength is khook's limit on a prompt template.
+const maxPromptLength = 10000
 
-// ExpandPrompt replaces khook's placeholders in prompt with the event's values. Anything
-// else in the prompt is left as written.
+// sandbox replaces the one built-in template function that can reach outside the event
+// data: templates see only plain data, and may not call functions from it.
+var sandbox = template.FuncMap{
+	"call": func(...any) (any, error) { return nil, errors.New("call is not allowed in prompts") },
+}
+
+// compilePrompt parses a prompt as a text/template (khook's {{.EventType}} placeholders,
+// spaced or not, are template fields) and runs it once on an empty event, so that unknown
+// fields and broken syntax are load errors rather than failures at delivery.
+func compilePrompt(text string) (*template.Template, error) {
+	if len(text) > maxPromptLength {
+		return nil, fmt.Errorf("longer than %d characters", maxPromptLength)
+	}
+	t, err := template.New("prompt").Option("missingkey=zero").Funcs(sandbox).Parse(text)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := render(t, &mapping.Event{}); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func render(t *template.Template, ev *mapping.Event) (string, error) {
+	var b bytes.Buffer
+	if err := t.Execute(&b, newPromptData(ev)); err != nil {
+		return "", err
+	}
+	return b.String(), nil
+}
+
+// ExpandPrompt renders a prompt for an event; an invalid prompt is returned as written.
 func ExpandPrompt(prompt string, ev *mapping.Event) string {
-	return placeholder.ReplaceAllStringFunc(prompt, func(s string) string {
-		switch placeholder.FindStringSubmatch(s)[1] {
-		case "EventType":
-			return ev.Type
-		case "ResourceName":
-			return ev.Resource.Name
-		case "Namespace":
-			return ev.Namespace
-		case "Reason":
-			return ev.Reason
-		case "Message", "EventMessage":
-			return ev.Message
-		default: // Timestamp, EventTime
-			return ev.Time.UTC().Format(time.RFC3339)
-		}
-	})
+	t, err := compilePrompt(prompt)
+	if err != nil {
+		return prompt
+	}
+	s, err := render(t, ev)
+	if err != nil {
+		return prompt
+	}
+	return s
 }
 
 // EventContext is the text appended to every prompt, as khook appends it: namespace, reason
-// and message, then the event's source and time.
+// and message, then the resource, the event's source and its time.
 func EventContext(ev *mapping.Event) string {
 	var b strings.Builder
 	line := func(k, v string) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/khook/khook/streams"
@@ -50,15 +51,53 @@ type Files struct {
 
 // Dispatcher configures delivery to agents.
 type Dispatcher struct {
-	// Target is where tasks go: kagent (A2A) or log (print only, for local runs).
+	// Target is where tasks go when no route names the agent: kagent (A2A) or log (print
+	// only, for local runs).
 	Target  string `koanf:"target"`
 	Workers int    `koanf:"workers"`
+	// SuppressionWindow is khook's dedup window: one agent call per (hook, event type,
+	// namespace, resource) per window, across all replicas. A hook may set its own.
+	SuppressionWindow time.Duration `koanf:"suppression_window"`
+	// MaxAttempts is how many times one task is tried before it is dead-lettered. Only real
+	// calls count: time spent waiting behind an open circuit breaker does not.
+	MaxAttempts int           `koanf:"max_attempts"`
+	RetryBase   time.Duration `koanf:"retry_base"` // first retry delay; doubles per attempt, with jitter
+	RetryMax    time.Duration `koanf:"retry_max"`  // cap on the retry delay, Retry-After included
+	// PerTargetConcurrency bounds the calls in flight to one agent, so one slow agent cannot
+	// take every worker.
+	PerTargetConcurrency int     `koanf:"per_target_concurrency"`
+	Breaker              Breaker `koanf:"breaker"`
+	// Routes send chosen agents somewhere other than the default target.
+	Routes []Route `koanf:"routes"`
+}
+
+// Breaker configures the circuit breaker kept for each target.
+type Breaker struct {
+	// Failures is how many consecutive failures open the breaker.
+	Failures int `koanf:"failures"`
+	// Cooldown is how long an open breaker waits before letting one probe call through.
+	Cooldown time.Duration `koanf:"cooldown"`
+}
+
+// Route sends the agents that Agent names ("namespace/name", or "namespace/*") to a target.
+type Route struct {
+	Agent string `koanf:"agent"`
+	// Type is kagent (A2A at URL, or kagent.url when empty), http (a CloudEvent POSTed to
+	// URL) or log.
+	Type string `koanf:"type"`
+	URL  string `koanf:"url"`
+	// Protocol is the A2A protocol version for kagent routes: 1.0, or 0.3 for kagent 0.8
+	// and older. Empty means kagent.protocol.
+	Protocol  string `koanf:"protocol"`
+	TokenFile string `koanf:"token_file"`
 }
 
 // Kagent configures the kagent A2A endpoint. The environment variables khook has always
 // read (KAGENT_API_URL, KAGENT_USER_ID, KAGENT_API_TIMEOUT) set these too.
 type Kagent struct {
-	URL       string        `koanf:"url"`
+	URL string `koanf:"url"`
+	// Protocol is the A2A protocol version: 1.0 (method SendMessage) or 0.3 (message/send).
+	Protocol  string        `koanf:"protocol"`
 	UserID    string        `koanf:"user_id"`
 	Timeout   time.Duration `koanf:"timeout"`
 	TokenFile string        `koanf:"token_file"`
@@ -86,13 +125,18 @@ func Default() Config {
 			Embedded:       streams.EmbeddedConfig{StoreDir: "./data", Listen: "127.0.0.1:4222"},
 			ConnectTimeout: 10 * time.Second,
 		},
-		Streams:    streams.Default(),
-		Files:      Files{Plugins: "plugins.yaml", Mappings: "event-mappings.yaml", Hooks: "hooks.yaml", ReloadInterval: 10 * time.Second},
-		Dispatcher: Dispatcher{Target: "kagent", Workers: 16},
+		Streams: streams.Default(),
+		Files:   Files{Plugins: "plugins.yaml", Mappings: "event-mappings.yaml", Hooks: "hooks.yaml", ReloadInterval: 10 * time.Second},
+		Dispatcher: Dispatcher{
+			Target: "kagent", Workers: 16, SuppressionWindow: 10 * time.Minute, MaxAttempts: 10,
+			RetryBase: time.Second, RetryMax: 5 * time.Minute, PerTargetConcurrency: 8,
+			Breaker: Breaker{Failures: 5, Cooldown: 30 * time.Second},
+		},
 		Kagent: Kagent{
-			URL:     "http://kagent-controller.kagent:8083",
-			UserID:  "admin@kagent.dev",
-			Timeout: 120 * time.Second,
+			URL:      "http://kagent-controller.kagent:8083",
+			Protocol: "1.0",
+			UserID:   "admin@kagent.dev",
+			Timeout:  120 * time.Second,
 		},
 		Server: Server{MetricsAddr: ":8080", ProbesAddr: ":8081"},
 		Log:    Log{Level: "info", Format: "console"},
@@ -124,9 +168,11 @@ func (c Config) Validate() error {
 	if c.Dispatcher.Workers < 1 || c.Dispatcher.Workers > 1024 {
 		errs = append(errs, fmt.Errorf("dispatcher.workers: must be 1 to 1024, got %d", c.Dispatcher.Workers))
 	}
-	if u, err := url.Parse(c.Kagent.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		errs = append(errs, fmt.Errorf("kagent.url: %q must be an http:// or https:// URL", c.Kagent.URL))
+	errs = append(errs, c.Dispatcher.validate(c.Streams.DispatchTTL))
+	if c.Kagent.Protocol != "1.0" && c.Kagent.Protocol != "0.3" {
+		errs = append(errs, fmt.Errorf("kagent.protocol: must be 1.0 or 0.3, got %q", c.Kagent.Protocol))
 	}
+	errs = append(errs, checkHTTPURL("kagent.url", c.Kagent.URL))
 	if c.Kagent.UserID == "" {
 		errs = append(errs, errors.New("kagent.user_id: required"))
 	}
@@ -149,4 +195,54 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("log.format: must be json or console, got %q", c.Log.Format))
 	}
 	return errors.Join(errs...)
+}
+
+func (d Dispatcher) validate(dispatchTTL time.Duration) error {
+	var errs []error
+	if d.SuppressionWindow <= 0 || d.SuppressionWindow > dispatchTTL {
+		errs = append(errs, fmt.Errorf("dispatcher.suppression_window: must be positive and at most streams.dispatch_ttl (%s), got %s",
+			dispatchTTL, d.SuppressionWindow))
+	}
+	if d.MaxAttempts < 1 {
+		errs = append(errs, fmt.Errorf("dispatcher.max_attempts: must be at least 1, got %d", d.MaxAttempts))
+	}
+	if d.RetryBase <= 0 || d.RetryMax < d.RetryBase {
+		errs = append(errs, fmt.Errorf("dispatcher.retry_base, retry_max: need 0 < retry_base <= retry_max, got %s and %s", d.RetryBase, d.RetryMax))
+	}
+	if d.PerTargetConcurrency < 1 {
+		errs = append(errs, fmt.Errorf("dispatcher.per_target_concurrency: must be at least 1, got %d", d.PerTargetConcurrency))
+	}
+	if d.Breaker.Failures < 1 || d.Breaker.Cooldown <= 0 {
+		errs = append(errs, fmt.Errorf("dispatcher.breaker: failures must be at least 1 and cooldown positive"))
+	}
+	for i, r := range d.Routes {
+		key := fmt.Sprintf("dispatcher.routes[%d]", i)
+		ns, name, ok := strings.Cut(r.Agent, "/")
+		if !ok || ns == "" || name == "" {
+			errs = append(errs, fmt.Errorf("%s.agent: want namespace/name or namespace/*, got %q", key, r.Agent))
+		}
+		switch r.Type {
+		case "kagent":
+			if r.Protocol != "" && r.Protocol != "1.0" && r.Protocol != "0.3" {
+				errs = append(errs, fmt.Errorf("%s.protocol: must be 1.0 or 0.3, got %q", key, r.Protocol))
+			}
+			if r.URL != "" {
+				errs = append(errs, checkHTTPURL(key+".url", r.URL))
+			}
+		case "http":
+			errs = append(errs, checkHTTPURL(key+".url", r.URL))
+		case "log":
+		default:
+			errs = append(errs, fmt.Errorf("%s.type: must be kagent, http or log, got %q", key, r.Type))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func checkHTTPURL(key, raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%s: %q must be an http:// or https:// URL", key, raw)
+	}
+	return nil
 }

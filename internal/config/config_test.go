@@ -19,6 +19,9 @@ func writeFile(t *testing.T, body string) string {
 func TestLoadDefaultsAreValid(t *testing.T) {
 	cfg, err := Load("", nil, nil)
 	require.NoError(t, err)
+	// koanf turns a nil list into an empty one; both mean "no routes".
+	require.Empty(t, cfg.Dispatcher.Routes)
+	cfg.Dispatcher.Routes = nil
 	require.Equal(t, Default(), cfg)
 }
 
@@ -42,6 +45,10 @@ files:
 		"PATH=/usr/bin", // not ours: ignored
 	}
 	cfg, err := Load(p, env, map[string]any{"nats.url": "nats://flag:4222"})
+	require.NoError(t, err)
+	routes, err := Load(writeFile(t, "dispatcher:\n  routes:\n    - agent: kagent/legacy\n      type: kagent\n      protocol: \"0.3\"\n"), nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, []Route{{Agent: "kagent/legacy", Type: "kagent", Protocol: "0.3"}}, routes.Dispatcher.Routes)
 	require.NoError(t, err)
 	require.Equal(t, "nats://flag:4222", cfg.NATS.URL)
 	require.Equal(t, "http://khook-env:8083", cfg.Kagent.URL)
@@ -105,6 +112,16 @@ func TestLoadErrors(t *testing.T) {
 			name:  "not yaml",
 			file:  "nats: [\n",
 			wants: []string{"khook.yaml", "yaml"},
+		},
+		{
+			name:  "routes are checked item by item",
+			file:  "dispatcher:\n  routes:\n    - agent: ops/pager\n      type: http\n      url: ftp://x\n    - agent: kagent\n      type: kagent\n      protocl: \"0.3\"\n",
+			wants: []string{"line 8: unknown key protocl"},
+		},
+		{
+			name:  "route values",
+			file:  "dispatcher:\n  routes:\n    - agent: ops/pager\n      type: http\n      url: ftp://x\n    - agent: kagent\n      type: sms\n",
+			wants: []string{"dispatcher.routes[0].url", "dispatcher.routes[1].agent", "dispatcher.routes[1].type"},
 		},
 		{
 			name:  "ack wait shorter than the agent timeout",

@@ -62,7 +62,10 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 		}
 	}
 	envKeys := map[string]string{}
-	for key := range known {
+	for key, kind := range known {
+		if kind.list != nil {
+			continue // lists of settings are set in the file only
+		}
 		envKeys[EnvPrefix+strings.ToUpper(strings.ReplaceAll(key, ".", "_"))] = key
 	}
 	for _, kv := range environ {
@@ -78,7 +81,7 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 		errs = append(errs, k.Set(key, value))
 	}
 	for key, v := range overrides {
-		if !known[key] {
+		if _, ok := known[key]; !ok {
 			errs = append(errs, fmt.Errorf("override %s: no such setting", key))
 			continue
 		}
@@ -108,7 +111,7 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 
 // readFile parses khook.yaml, rejects unknown keys, and returns the values and the line of
 // every key.
-func readFile(path string, known map[string]bool) (map[string]any, map[string]int, error) {
+func readFile(path string, known map[string]keyKind) (map[string]any, map[string]int, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("config: %w", err)
@@ -127,25 +130,39 @@ func readFile(path string, known map[string]bool) (map[string]any, map[string]in
 		return nil, nil, fmt.Errorf("%s line %d: the file must be a mapping of settings", path, root.Line)
 	}
 	var errs []error
-	var walk func(n *yaml.Node, prefix string)
-	walk = func(n *yaml.Node, prefix string) {
+	var walk func(n *yaml.Node, prefix string, known map[string]keyKind)
+	walk = func(n *yaml.Node, prefix string, known map[string]keyKind) {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			key := prefix + n.Content[i].Value
 			v := n.Content[i+1]
 			lines[key] = n.Content[i].Line
+			kind, isKey := known[key]
 			switch {
-			case known[key]:
-				if v.Kind == yaml.MappingNode || v.Kind == yaml.SequenceNode {
+			case isKey && kind.list != nil:
+				if v.Kind != yaml.SequenceNode {
+					errs = append(errs, fmt.Errorf("%s line %d: %s: expected a list", path, v.Line, key))
+					continue
+				}
+				itemKeys := knownKeys(kind.list, "")
+				for j, item := range v.Content {
+					if item.Kind != yaml.MappingNode {
+						errs = append(errs, fmt.Errorf("%s line %d: %s[%d]: expected a mapping", path, item.Line, key, j))
+						continue
+					}
+					walk(item, "", itemKeys)
+				}
+			case isKey:
+				if v.Kind == yaml.MappingNode || (v.Kind == yaml.SequenceNode && !kind.strings) {
 					errs = append(errs, fmt.Errorf("%s line %d: %s: expected a single value", path, v.Line, key))
 				}
 			case v.Kind == yaml.MappingNode && hasPrefix(known, key+"."):
-				walk(v, key+".")
+				walk(v, key+".", known)
 			default:
 				errs = append(errs, fmt.Errorf("%s line %d: unknown key %s", path, n.Content[i].Line, key))
 			}
 		}
 	}
-	walk(root, "")
+	walk(root, "", known)
 	if err := errors.Join(errs...); err != nil {
 		return nil, nil, err
 	}
@@ -155,7 +172,7 @@ func readFile(path string, known map[string]bool) (map[string]any, map[string]in
 	return m, lines, nil
 }
 
-func hasPrefix(known map[string]bool, prefix string) bool {
+func hasPrefix(known map[string]keyKind, prefix string) bool {
 	for k := range known {
 		if strings.HasPrefix(k, prefix) {
 			return true
@@ -164,9 +181,15 @@ func hasPrefix(known map[string]bool, prefix string) bool {
 	return false
 }
 
+// keyKind describes one settable key.
+type keyKind struct {
+	list    reflect.Type // for a list of structs: the struct type of its items
+	strings bool         // a list of scalars
+}
+
 // knownKeys lists the dotted keys of every leaf setting of t, by koanf tag.
-func knownKeys(t reflect.Type, prefix string) map[string]bool {
-	keys := map[string]bool{}
+func knownKeys(t reflect.Type, prefix string) map[string]keyKind {
+	keys := map[string]keyKind{}
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		tag := f.Tag.Get("koanf")
@@ -174,13 +197,18 @@ func knownKeys(t reflect.Type, prefix string) map[string]bool {
 			continue
 		}
 		key := prefix + tag
-		if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Time{}) {
-			for k := range knownKeys(f.Type, key+".") {
-				keys[k] = true
+		switch {
+		case f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Time{}):
+			for k, v := range knownKeys(f.Type, key+".") {
+				keys[k] = v
 			}
-			continue
+		case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct:
+			keys[key] = keyKind{list: f.Type.Elem()}
+		case f.Type.Kind() == reflect.Slice:
+			keys[key] = keyKind{strings: true}
+		default:
+			keys[key] = keyKind{}
 		}
-		keys[key] = true
 	}
 	return keys
 }

@@ -33,6 +33,8 @@ type Letter struct {
 	Msg    jetstream.Msg
 	Hook   string // namespace/name, for the dispatcher
 	Target string // the agent or URL, for the dispatcher
+	// Attempts is how many calls were made; zero means the message's delivery count.
+	Attempts int
 }
 
 // Publish stores l in the dead-letter stream and returns after JetStream acknowledged it.
@@ -62,8 +64,13 @@ func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Build
 	if l.Target != "" {
 		out.Header.Set(HeaderTarget, l.Target)
 	}
+	if l.Attempts > 0 {
+		out.Header.Set(HeaderAttempts, strconv.Itoa(l.Attempts))
+	}
 	if md, err := l.Msg.Metadata(); err == nil {
-		out.Header.Set(HeaderAttempts, strconv.FormatUint(md.NumDelivered, 10))
+		if l.Attempts == 0 {
+			out.Header.Set(HeaderAttempts, strconv.FormatUint(md.NumDelivered, 10))
+		}
 		id := fmt.Sprintf("dlq-%s-%s-%d", l.Stage, md.Stream, md.Sequence.Stream)
 		if l.Hook != "" {
 			id += "-" + l.Hook

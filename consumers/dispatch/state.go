@@ -1,0 +1,213 @@
+package dispatch
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// State is the dispatch state every replica shares, in one JetStream KV bucket:
+//
+//	claim.<key>        the suppression claim of (hook, event type, namespace, resource), with
+//	                   the window as its TTL; the value is the message id that holds it
+//	delivered.<msgid>  a task the agent accepted, so a redelivery does not call it again
+//	attempts.<msgid>   how many real calls a task has used
+//	active.<hook>.<key> the firing/resolved record of one (event type, resource) per hook
+//
+// Claims are created atomically (create-if-absent), never decided in one process's memory.
+type State struct {
+	kv  jetstream.KeyValue
+	ttl time.Duration // lifetime of delivery records, attempt counts and active records
+	now func() time.Time
+}
+
+// NewState returns the state kept in kv.
+func NewState(kv jetstream.KeyValue, ttl time.Duration) *State {
+	return &State{kv: kv, ttl: ttl, now: time.Now}
+}
+
+func hashKey(parts ...string) string {
+	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	return hex.EncodeToString(h[:12])
+}
+
+// SuppressionKey identifies what one suppression window covers.
+func SuppressionKey(hook string, ev eventKey) string {
+	return hashKey(hook, ev.Type, ev.Namespace, ev.Kind, ev.Name)
+}
+
+type eventKey struct{ Type, Namespace, Kind, Name string }
+
+// Claim takes the suppression claim for key on behalf of messageID for window. It returns
+// true when the claim is (now) held by messageID, including when a redelivery of the same
+// message finds its own claim, and false when another event holds it.
+func (s *State) Claim(ctx context.Context, key, messageID string, window time.Duration) (bool, error) {
+	_, err := s.kv.Create(ctx, "claim."+key, []byte(messageID), jetstream.KeyTTL(window))
+	if err == nil {
+		return true, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return false, err
+	}
+	e, err := s.kv.Get(ctx, "claim."+key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		// Expired between the two calls: try once more.
+		_, err = s.kv.Create(ctx, "claim."+key, []byte(messageID), jetstream.KeyTTL(window))
+		return err == nil, ignoreExists(err)
+	}
+	if err != nil {
+		return false, err
+	}
+	return string(e.Value()) == messageID, nil
+}
+
+// Release gives up a claim held by messageID, so that the next event in the window may call
+// the agent (used when a task is dead-lettered: suppressing events for a task that never
+// reached the agent would hide them).
+func (s *State) Release(ctx context.Context, key, messageID string) error {
+	e, err := s.kv.Get(ctx, "claim."+key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if string(e.Value()) != messageID {
+		return nil
+	}
+	return ignoreExists(s.kv.Delete(ctx, "claim."+key, jetstream.LastRevision(e.Revision())))
+}
+
+// Delivered reports whether the agent already accepted the task. A lookup error counts as
+// not delivered: a possible duplicate call is better than a lost one.
+func (s *State) Delivered(ctx context.Context, messageID string) bool {
+	_, err := s.kv.Get(ctx, "delivered."+messageID)
+	return err == nil
+}
+
+// MarkDelivered records that the agent accepted the task.
+func (s *State) MarkDelivered(ctx context.Context, messageID, finalState string) error {
+	_, err := s.kv.Create(ctx, "delivered."+messageID, []byte(finalState), jetstream.KeyTTL(s.ttl))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return err
+	}
+	_ = s.kv.Purge(ctx, "attempts."+messageID)
+	return nil
+}
+
+// Attempt counts one more failed call of a task and returns the total so far.
+func (s *State) Attempt(ctx context.Context, messageID string) (int, error) {
+	key := "attempts." + messageID
+	for range 5 {
+		e, err := s.kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			if _, err := s.kv.Create(ctx, key, []byte("1"), jetstream.KeyTTL(s.ttl)); err == nil {
+				return 1, nil
+			} else if !errors.Is(err, jetstream.ErrKeyExists) {
+				return 0, err
+			}
+		case err != nil:
+			return 0, err
+		default:
+			n, _ := strconv.Atoi(string(e.Value()))
+			if _, err := s.kv.Update(ctx, key, []byte(strconv.Itoa(n+1)), e.Revision()); err == nil {
+				return n + 1, nil
+			}
+		}
+	}
+	return 0, errors.New("attempt counter: too many concurrent updates")
+}
+
+// ForgetAttempts drops a task's attempt count (after it is dead-lettered).
+func (s *State) ForgetAttempts(ctx context.Context, messageID string) {
+	_ = s.kv.Purge(ctx, "attempts."+messageID)
+}
+
+// ActiveEvent is one event type on one resource that a hook has seen: firing while it
+// recurs, resolved once a whole suppression window passes without it.
+type ActiveEvent struct {
+	Hook         string        `json:"hook"`
+	EventType    string        `json:"eventType"`
+	Namespace    string        `json:"namespace"`
+	ResourceKind string        `json:"resourceKind,omitempty"`
+	ResourceName string        `json:"resourceName"`
+	FirstSeen    time.Time     `json:"firstSeen"`
+	LastSeen     time.Time     `json:"lastSeen"`
+	Window       time.Duration `json:"window"`
+}
+
+// Status is firing or resolved at now.
+func (a ActiveEvent) Status(now time.Time) string {
+	if now.Sub(a.LastSeen) < a.Window {
+		return "firing"
+	}
+	return "resolved"
+}
+
+// Seen records an occurrence of an event for a hook, keeping the first time it was seen.
+func (s *State) Seen(ctx context.Context, a ActiveEvent) error {
+	key := "active." + hashKey(a.Hook) + "." + hashKey(a.EventType, a.Namespace, a.ResourceKind, a.ResourceName)
+	for range 5 {
+		e, err := s.kv.Get(ctx, key)
+		var rev uint64
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return err
+		default:
+			var prev ActiveEvent
+			if json.Unmarshal(e.Value(), &prev) == nil && !prev.FirstSeen.IsZero() && a.LastSeen.Sub(prev.LastSeen) < prev.Window {
+				a.FirstSeen = prev.FirstSeen
+			}
+			rev = e.Revision()
+		}
+		b, err := json.Marshal(a)
+		if err != nil {
+			return err
+		}
+		if rev == 0 {
+			_, err = s.kv.Create(ctx, key, b, jetstream.KeyTTL(s.ttl))
+		} else {
+			_, err = s.kv.Update(ctx, key, b, rev)
+		}
+		if err == nil {
+			return nil
+		}
+	}
+	return errors.New("active event: too many concurrent updates")
+}
+
+// ActiveEvents lists the events a hook has seen within the state's lifetime.
+func (s *State) ActiveEvents(ctx context.Context, hook string) ([]ActiveEvent, error) {
+	lister, err := s.kv.ListKeysFiltered(ctx, "active."+hashKey(hook)+".>")
+	if err != nil {
+		return nil, err
+	}
+	var out []ActiveEvent
+	for key := range lister.Keys() {
+		e, err := s.kv.Get(ctx, key)
+		if err != nil {
+			continue
+		}
+		var a ActiveEvent
+		if json.Unmarshal(e.Value(), &a) == nil {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+func ignoreExists(err error) error {
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return nil
+	}
+	return err
+}
