@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,10 +20,12 @@ import (
 
 	"github.com/khook/khook/consumers/dispatch"
 	"github.com/khook/khook/consumers/mapper"
+	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/producers"
 	"github.com/khook/khook/producers/webhook"
 	"github.com/khook/khook/streams"
+	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/streamstest"
 )
 
@@ -323,4 +326,113 @@ func TestTwoMappersOneKilled(t *testing.T) {
 		seen[msg.Headers().Get(jetstream.MsgIDHeader)] = true
 	}
 	require.Len(t, seen, total)
+}
+
+// publishNormalized puts a normalized event straight on the events stream, as the mapper
+// would.
+func publishNormalized(t *testing.T, js jetstream.JetStream, id, resource string) {
+	t.Helper()
+	data, err := json.Marshal(mapping.Event{ID: id, Source: "webhook", SourceType: "deploy-failed", Type: "deploy-failed",
+		Severity: "error", Namespace: "shop", Resource: mapping.Resource{Name: resource}, Message: "m"})
+	require.NoError(t, err)
+	body, err := cloudevent.Encode(&cloudevent.Event{ID: id, Source: "webhook", Type: "deploy-failed", Data: data})
+	require.NoError(t, err)
+	msg := nats.NewMsg("khook.events.deploy-failed")
+	msg.Data = body
+	msg.Header.Set(jetstream.MsgIDHeader, id)
+	_, err = js.PublishMsg(context.Background(), msg)
+	require.NoError(t, err)
+}
+
+// TestSuppressionAcrossDispatcherProcesses runs three dispatcher processes: the same
+// incident published five times under different ids inside the window reaches the agent
+// once, and once more after the window.
+func TestSuppressionAcrossDispatcherProcesses(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	_, natsURL := startNATS(t, dir+"/nats", freePort(t))
+	agent, agentURL := startAgent(t)
+	base := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), hookWindow: "2s"}
+	runOnce(t, "streams", "apply", "--config", base.write(t))
+	for i := range 3 {
+		f := base
+		f.dir, f.metrics, f.probes = t.TempDir(), freePort(t), freePort(t)
+		p := start(t, fmt.Sprintf("khook dispatcher %d", i), bins.khook, "dispatcher", "--config", f.write(t))
+		waitReady(t, p, f.probes)
+	}
+	nc, err := nats.Connect(natsURL)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	topo := streams.Default()
+
+	for i := range 5 {
+		publishNormalized(t, js, fmt.Sprintf("incident-%d", i), "cart")
+	}
+	waitSettled(t, js, topo.Events.Name, topo.Dispatcher.Durable, 5)
+	require.Len(t, agent.Received(), 1, "one call per window across three dispatchers")
+
+	kv, err := js.KeyValue(ctx, topo.DispatchBucket)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		keys, err := kv.ListKeysFiltered(ctx, "claim.>")
+		if err != nil {
+			return false
+		}
+		for range keys.Keys() {
+			return false
+		}
+		return true
+	}, 30*time.Second, 50*time.Millisecond, "the claim expires with its window")
+
+	publishNormalized(t, js, "incident-after-window", "cart")
+	waitSettled(t, js, topo.Events.Name, topo.Dispatcher.Durable, 6)
+	require.Len(t, agent.Received(), 2, "one more call after the window")
+}
+
+// TestDispatcherKilledDuringSlowCall kills a dispatcher with SIGKILL while an agent call is
+// in flight. The event is delivered after a replacement starts. This is the one window in
+// which an agent can be called twice: the crash came after the agent received the call and
+// before khook recorded the answer. Both calls carry the same A2A messageId, so the agent
+// can recognise the repeat, and the number of repeats is bounded by the calls in flight at
+// the crash (here one).
+func TestDispatcherKilledDuringSlowCall(t *testing.T) {
+	dir := t.TempDir()
+	_, natsURL := startNATS(t, dir+"/nats", freePort(t))
+	agent, agentURL := startAgent(t)
+	var started atomic.Int64
+	release := make(chan struct{})
+	agent.OnMessage = func(demoagent.Received) error {
+		if started.Add(1) == 1 {
+			<-release // the first call hangs until the test lets it finish
+		}
+		return nil
+	}
+	base := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), dispatcherAckWait: "3s"}
+	runOnce(t, "streams", "apply", "--config", base.write(t))
+	first := base
+	first.dir, first.metrics, first.probes = t.TempDir(), freePort(t), freePort(t)
+	p := start(t, "khook dispatcher (killed)", bins.khook, "dispatcher", "--config", first.write(t))
+	waitReady(t, p, first.probes)
+
+	nc, err := nats.Connect(natsURL)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	publishNormalized(t, js, "slow-incident", "cart")
+	require.Eventually(t, func() bool { return started.Load() == 1 }, 30*time.Second, 5*time.Millisecond)
+	p.kill()
+
+	second := base
+	second.dir, second.metrics, second.probes = t.TempDir(), freePort(t), freePort(t)
+	start(t, "khook dispatcher (replacement)", bins.khook, "dispatcher", "--config", second.write(t))
+	topo := streams.Default()
+	waitSettled(t, js, topo.Events.Name, topo.Dispatcher.Durable, 1)
+	require.Equal(t, int64(2), started.Load(), "the replacement called the agent again")
+	close(release)
+	got := waitReceived(t, agent, 2, 10*time.Second)
+	require.Equal(t, got[0].MessageID, got[1].MessageID, "the repeat carries the same messageId")
+	t.Logf("duplicate agent calls after a crash during a call: %d (bounded by the one call in flight)", len(got)-1)
 }

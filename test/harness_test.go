@@ -209,6 +209,11 @@ type pipelineFiles struct {
 	// mapperAckWait, when set, shortens how long a crashed mapper's messages wait for
 	// redelivery.
 	mapperAckWait string
+	// dispatcherAckWait, when set, shortens redelivery after a dispatcher crash (the agent
+	// timeout is lowered to fit under it).
+	dispatcherAckWait string
+	// hookWindow, when set, is the test hook's suppression window.
+	hookWindow string
 }
 
 func (p pipelineFiles) write(t *testing.T) string {
@@ -217,21 +222,33 @@ func (p pipelineFiles) write(t *testing.T) string {
 	if p.natsURL == "" {
 		natsBlock = fmt.Sprintf("nats:\n  embedded:\n    store_dir: %s\n    listen: %s\n", p.storeDir, p.embeddedListen)
 	}
+	if p.mapperAckWait != "" || p.dispatcherAckWait != "" {
+		natsBlock += "streams:\n"
+	}
 	if p.mapperAckWait != "" {
-		natsBlock += "streams:\n  mapper:\n    ack_wait: " + p.mapperAckWait + "\n"
+		natsBlock += "  mapper:\n    ack_wait: " + p.mapperAckWait + "\n"
+	}
+	timeout := "10s"
+	if p.dispatcherAckWait != "" {
+		natsBlock += "  dispatcher:\n    ack_wait: " + p.dispatcherAckWait + "\n"
+		timeout = "2s"
+	}
+	hooks := hooksYAML
+	if p.hookWindow != "" {
+		hooks = strings.Replace(hooks, "  spec:\n", "  spec:\n    suppressionWindow: "+p.hookWindow+"\n", 1)
 	}
 	files := map[string]string{
 		"khook.yaml": natsBlock + fmt.Sprintf(`kagent:
   url: %s
   user_id: tester@example.com
-  timeout: 10s
+  timeout: %s
 server:
   metrics_addr: 127.0.0.1:%d
   probes_addr: 127.0.0.1:%d
-`, p.agentURL, p.metrics, p.probes),
+`, p.agentURL, timeout, p.metrics, p.probes),
 		"plugins.yaml":        fmt.Sprintf("plugins:\n  - name: webhook\n    enabled: true\n    config:\n      address: 127.0.0.1\n      port: %d\n      path: /webhook\n", p.webhook),
 		"event-mappings.yaml": "mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n",
-		"hooks.yaml":          hooksYAML,
+		"hooks.yaml":          hooks,
 	}
 	for name, body := range files {
 		require.NoError(t, os.WriteFile(filepath.Join(p.dir, name), []byte(body), 0o600))

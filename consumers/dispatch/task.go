@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"text/template"
 	"time"
@@ -39,15 +40,19 @@ func NewTask(m Match, ev *mapping.Event) (Task, error) {
 	if err != nil {
 		return Task{}, fmt.Errorf("hook %s prompt: %w", m.Hook.Key(), err)
 	}
+	// The entry index keeps two agents configured for one event type in one hook apart;
+	// for the usual hook, with one entry per type, the key is khook's (hook, event type,
+	// namespace, resource).
+	entry := m.Hook.Key() + "#" + strconv.Itoa(m.Index)
 	key := eventKey{ev.Type, ev.Namespace, ev.Resource.Kind, ev.Resource.Name}
 	return Task{
 		Hook:           m.Hook.Key(),
 		Agent:          m.Agent,
 		Text:           prompt + EventContext(ev),
-		MessageID:      uuidFrom("message", ev.ID, m.Hook.Key(), fmt.Sprint(m.Index)),
-		ContextID:      uuidFrom("context", m.Hook.Key(), key.Type, key.Namespace, key.Kind, key.Name),
+		MessageID:      uuidFrom("message", ev.ID, entry),
+		ContextID:      uuidFrom("context", entry, key.Type, key.Namespace, key.Kind, key.Name),
 		Event:          ev,
-		SuppressionKey: SuppressionKey(m.Hook.Key(), key),
+		SuppressionKey: SuppressionKey(entry, key),
 	}, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/a2aproject/a2a-go/v2/a2a"
+	"github.com/a2aproject/a2a-go/v2/a2acompat/a2av0"
 	"github.com/a2aproject/a2a-go/v2/a2asrv"
 )
 
@@ -30,6 +31,13 @@ type Server struct {
 	// OnMessage, when set, is called for every message before it is answered; an error it
 	// returns fails the call as the A2A server would report an agent error.
 	OnMessage func(Received) error
+	// LegacyAgents (namespace/name) speak A2A protocol 0.3 (message/send), as kagent 0.8
+	// and older do; every other agent speaks 1.0.
+	LegacyAgents map[string]bool
+	// TaskAgents (namespace/name) answer with a task in the working state that completes
+	// after TaskDelay, as long-running agents do.
+	TaskAgents map[string]bool
+	TaskDelay  time.Duration
 
 	mu       sync.Mutex
 	received []Received
@@ -56,7 +64,12 @@ func (s *Server) agent(name string) http.Handler {
 	defer s.mu.Unlock()
 	h, ok := s.handlers[name]
 	if !ok {
-		h = a2asrv.NewJSONRPCHandler(a2asrv.NewHandler(&executor{server: s, agent: name}))
+		handler := a2asrv.NewHandler(&executor{server: s, agent: name, task: s.TaskAgents[name]})
+		if s.LegacyAgents[name] {
+			h = a2av0.NewJSONRPCHandler(handler)
+		} else {
+			h = a2asrv.NewJSONRPCHandler(handler)
+		}
 		s.handlers[name] = h
 	}
 	return h
@@ -87,6 +100,7 @@ func (s *Server) record(r Received) {
 type executor struct {
 	server *Server
 	agent  string
+	task   bool
 }
 
 func (e *executor) Execute(_ context.Context, ec *a2asrv.ExecutorContext) iter.Seq2[a2a.Event, error] {
@@ -111,7 +125,18 @@ func (e *executor) Execute(_ context.Context, ec *a2asrv.ExecutorContext) iter.S
 			}
 		}
 		e.server.record(r)
-		yield(a2a.NewMessage(a2a.MessageRoleAgent, a2a.NewTextPart("received")), nil)
+		if !e.task {
+			yield(a2a.NewMessage(a2a.MessageRoleAgent, a2a.NewTextPart("received")), nil)
+			return
+		}
+		if !yield(a2a.NewSubmittedTask(ec, ec.Message), nil) {
+			return
+		}
+		if !yield(a2a.NewStatusUpdateEvent(ec, a2a.TaskStateWorking, nil), nil) {
+			return
+		}
+		time.Sleep(e.server.TaskDelay)
+		yield(a2a.NewStatusUpdateEvent(ec, a2a.TaskStateCompleted, nil), nil)
 	}
 }
 
