@@ -207,9 +207,9 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 		zap.String("agent", m.Agent.Namespace+"/"+m.Agent.Name))
 	t, err := NewTask(m, ev)
 	if err != nil {
-		d.metrics.deadLetters.WithLabelValues("prompt").Inc()
-		d.deadLetter(ctx, msg, deadletter.Letter{Stage: Stage, Reason: "prompt", Err: err, Msg: msg, Hook: m.Hook.Key()})
-		return settle{ack: true}
+		// Delivered anyway, with khook's plain placeholder expansion.
+		d.metrics.promptFallbacks.Inc()
+		log.Warn("prompt template failed on this event, using plain placeholders", zap.Error(err))
 	}
 	t.Traceparent = traceparent
 	log = log.With(zap.String("message_id", t.MessageID))
@@ -360,6 +360,7 @@ type metrics struct {
 	taskStates         *prometheus.CounterVec
 	breakerTransitions *prometheus.CounterVec
 	breakersOpen       prometheus.GaugeFunc
+	promptFallbacks    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, targets []string) *metrics {
@@ -387,18 +388,22 @@ func newMetrics(reg prometheus.Registerer, targets []string) *metrics {
 		}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "khook_dispatcher_deadletters_total",
-			Help: "Events dead-lettered by the dispatcher, by reason (permanent, max-attempts, invalid-event, prompt).",
+			Help: "Events dead-lettered by the dispatcher, by reason (permanent, max-attempts, invalid-event).",
 		}, []string{"reason"}),
 		taskStates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "khook_dispatcher_task_states_total",
 			Help: "Final states reported by agents for delivered tasks (completed, failed, message, ...).",
 		}, []string{"state"}),
+		promptFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "khook_dispatcher_prompt_fallbacks_total",
+			Help: "Tasks whose prompt template failed on the event (a missing .Data path) and were sent with plain placeholders.",
+		}),
 		breakerTransitions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "khook_dispatcher_breaker_transitions_total",
 			Help: "Circuit breaker state changes, by new state (open, half-open, closed).",
 		}, []string{"state"}),
 	}
-	reg.MustRegister(m.events, m.deliveries, m.duration, m.inflight, m.suppressed, m.deadLetters, m.taskStates, m.breakerTransitions)
+	reg.MustRegister(m.events, m.deliveries, m.duration, m.inflight, m.suppressed, m.deadLetters, m.taskStates, m.breakerTransitions, m.promptFallbacks)
 	for _, o := range []string{"matched", "unmatched", "invalid"} {
 		m.events.WithLabelValues(o)
 	}
@@ -408,7 +413,7 @@ func newMetrics(reg prometheus.Registerer, targets []string) *metrics {
 			m.deliveries.WithLabelValues(t, r)
 		}
 	}
-	for _, r := range []string{"permanent", "max-attempts", "invalid-event", "prompt"} {
+	for _, r := range []string{"permanent", "max-attempts", "invalid-event"} {
 		m.deadLetters.WithLabelValues(r)
 	}
 	for _, s := range []string{"open", "half-open", "closed"} {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -456,4 +458,28 @@ func TestRedeliveredEventIsNotDeliveredTwice(t *testing.T) {
 	h.settled(t, 2)
 	require.Len(t, h.agent.Received(), 1)
 	require.Equal(t, 0.0, testutil.ToFloat64(h.d.metrics.suppressed), "skipped as delivered, not as suppressed")
+}
+
+func TestBearerTokenFromFileRotates(t *testing.T) {
+	var auth atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth.Store(r.Header.Get("Authorization"))
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte("first\n"), 0o600))
+	target := NewHTTP(HTTPConfig{URL: srv.URL, Timeout: time.Second, TokenFile: tokenFile})
+	task := Task{Hook: "a/b", MessageID: "m", Event: &mapping.Event{Type: "t"}}
+	_, err := target.Deliver(context.Background(), task)
+	require.NoError(t, err)
+	require.Equal(t, "Bearer first", auth.Load())
+	require.NoError(t, os.WriteFile(tokenFile, []byte("second"), 0o600))
+	_, err = target.Deliver(context.Background(), task)
+	require.NoError(t, err)
+	require.Equal(t, "Bearer second", auth.Load(), "the token file is re-read on every call")
+
+	kagentTarget := NewKagent(KagentConfig{URL: srv.URL, UserID: "u", Timeout: time.Second, TokenFile: tokenFile})
+	_, _ = kagentTarget.Deliver(context.Background(), Task{Agent: AgentRef{Namespace: "n", Name: "a"}, MessageID: "m", Event: &mapping.Event{}})
+	require.Equal(t, "Bearer second", auth.Load(), "kagent calls carry the token too")
 }

@@ -139,3 +139,46 @@ func task(t *testing.T, m Match, ev *mapping.Event) Task {
 func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n  ") }
 
 func replace(s, old, new string) string { return strings.Replace(s, old, new, 1) }
+
+func TestExtensionsAndTemplateData(t *testing.T) {
+	hooks, err := ParseHooks([]byte(`apiVersion: kagent.dev/v1alpha2
+kind: Hook
+metadata: {name: alerts, namespace: prod}
+spec:
+  eventConfigurations:
+    - eventType: prometheus-alert
+      agentRef: {name: sre}
+      tagSelector: {team: payments}
+      prompt: "{{.Severity}} {{.Tags.team}} {{.Data.labels.pod}}{{with .Data.missing}}never{{end}}"
+`))
+	require.NoError(t, err)
+	idx, err := NewIndex(hooks)
+	require.NoError(t, err)
+	ev := &mapping.Event{ID: "1", Type: "prometheus-alert", Namespace: "prod", Severity: "critical",
+		Tags: map[string]string{"team": "payments", "tier": "1"}, Data: []byte(`{"labels":{"pod":"ledger-0"}}`)}
+	m := idx.Match(ev)
+	require.Len(t, m, 1)
+	require.True(t, strings.HasPrefix(task(t, m[0], ev).Text, "critical payments ledger-0\n"))
+
+	other := *ev
+	other.Tags = map[string]string{"team": "search"}
+	require.Empty(t, idx.Match(&other), "the tag selector needs every tag")
+
+	// An event without the .Data path still gets its task, with khook's placeholders.
+	noPod := *ev
+	noPod.Data = []byte(`{}`)
+	tk, err := NewTask(m[0], &noPod)
+	require.ErrorContains(t, err, "prod/alerts")
+	require.True(t, strings.HasPrefix(tk.Text, "{{.Severity}} {{.Tags.team}}"), tk.Text)
+}
+
+func TestGetIsLenient(t *testing.T) {
+	hooks, err := ParseHooks([]byte(strings.Replace(hookYAML, "restarted", "restarted on {{get .Data `spec.nodeName`}}!", 1)))
+	require.NoError(t, err)
+	idx, err := NewIndex(hooks)
+	require.NoError(t, err)
+	ev := &mapping.Event{Type: "pod-restart", Namespace: "prod", Resource: mapping.Resource{Name: "p"}, Data: []byte(`{"spec":{"nodeName":"n1"}}`)}
+	require.True(t, strings.HasPrefix(task(t, idx.Match(ev)[0], ev).Text, "Pod p restarted on n1!"))
+	ev.Data = []byte(`{}`)
+	require.True(t, strings.HasPrefix(task(t, idx.Match(ev)[0], ev).Text, "Pod p restarted on !"))
+}

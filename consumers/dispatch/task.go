@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"regexp"
 	"strings"
 	"text/template"
 	"time"
@@ -33,12 +34,14 @@ type Task struct {
 	SuppressionKey string
 }
 
-// NewTask builds the task that m asks for ev. It fails only if the prompt template fails on
-// this event, which validation at load time makes unlikely.
+// NewTask builds the task that m asks for ev. When the prompt template fails on this event
+// (a .Data path the event lacks), the task still goes out with khook's placeholders
+// expanded, and the returned error says why, for the caller to log and count.
 func NewTask(m Match, ev *mapping.Event) (Task, error) {
-	prompt, err := render(m.prompt, ev)
-	if err != nil {
-		return Task{}, fmt.Errorf("hook %s prompt: %w", m.Hook.Key(), err)
+	prompt, renderErr := render(m.prompt, ev)
+	if renderErr != nil {
+		prompt = expandPlaceholders(m.Config().Prompt, ev)
+		renderErr = fmt.Errorf("hook %s prompt: %w", m.Hook.Key(), renderErr)
 	}
 	// The entry index keeps two agents configured for one event type in one hook apart;
 	// for the usual hook, with one entry per type, the key is khook's (hook, event type,
@@ -53,7 +56,7 @@ func NewTask(m Match, ev *mapping.Event) (Task, error) {
 		ContextID:      uuidFrom("context", entry, key.Type, key.Namespace, key.Kind, key.Name),
 		Event:          ev,
 		SuppressionKey: SuppressionKey(entry, key),
-	}, nil
+	}, renderErr
 }
 
 // promptData is what a prompt template sees: khook's placeholders, plus the whole
@@ -90,6 +93,25 @@ const maxPromptLength = 10000
 // data: templates see only plain data, and may not call functions from it.
 var sandbox = template.FuncMap{
 	"call": func(...any) (any, error) { return nil, errors.New("call is not allowed in prompts") },
+	"get":  lookup,
+}
+
+// lookup is the template function get: {{get .Data "labels.pod"}} reads a dotted path and
+// yields "" where the path is absent, where {{.Data.labels.pod}} would fail.
+func lookup(v any, path string) any {
+	for _, key := range strings.Split(path, ".") {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return ""
+		}
+		if v, ok = m[key]; !ok {
+			return ""
+		}
+	}
+	if v == nil {
+		return ""
+	}
+	return v
 }
 
 // compilePrompt parses a prompt as a text/template (khook's {{.EventType}} placeholders,
@@ -103,10 +125,37 @@ func compilePrompt(text string) (*template.Template, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := render(t, &mapping.Event{}); err != nil {
+	// Paths into .Data depend on each event's payload, not on the template, so only the
+	// rest of the template must run cleanly on an empty event.
+	if _, err := render(t, &mapping.Event{}); err != nil && !strings.Contains(err.Error(), "at <.Data") {
 		return nil, err
 	}
 	return t, nil
+}
+
+// placeholder matches khook's prompt placeholders, with or without spaces inside the braces.
+var placeholder = regexp.MustCompile(`\{\{\s*\.(EventType|ResourceName|Namespace|Reason|Message|EventMessage|Timestamp|EventTime)\s*\}\}`)
+
+// expandPlaceholders is khook's own expansion, used when a template fails on an event: known
+// placeholders are replaced and everything else is left as written.
+func expandPlaceholders(prompt string, ev *mapping.Event) string {
+	d := newPromptData(ev)
+	return placeholder.ReplaceAllStringFunc(prompt, func(s string) string {
+		switch placeholder.FindStringSubmatch(s)[1] {
+		case "EventType":
+			return d.EventType
+		case "ResourceName":
+			return d.ResourceName
+		case "Namespace":
+			return d.Namespace
+		case "Reason":
+			return d.Reason
+		case "Message", "EventMessage":
+			return d.Message
+		default:
+			return d.Timestamp
+		}
+	})
 }
 
 func render(t *template.Template, ev *mapping.Event) (string, error) {
