@@ -23,17 +23,26 @@ import (
 // ConfigMap swap removes and recreates links). poll is the fallback polling interval.
 func Watch(ctx context.Context, path string, initial []byte, poll time.Duration, onChange func(content []byte)) error {
 	last := sha256.Sum256(initial)
-	check := func() {
+	// An editor or `>` redirection truncates the file before writing it, so an empty read
+	// may be a write in progress; it counts only if the file is still empty a moment later.
+	emptyOnce := false
+	check := func() (again bool) {
 		b, err := os.ReadFile(path)
 		if err != nil {
-			return
+			return false
 		}
+		if len(b) == 0 && !emptyOnce {
+			emptyOnce = true
+			return true
+		}
+		emptyOnce = false
 		sum := sha256.Sum256(b)
 		if bytes.Equal(sum[:], last[:]) {
-			return
+			return false
 		}
 		last = sum
 		onChange(b)
+		return false
 	}
 
 	var events <-chan fsnotify.Event
@@ -47,7 +56,12 @@ func Watch(ctx context.Context, path string, initial []byte, poll time.Duration,
 	defer ticker.Stop()
 	// Writers often produce several events per change; wait for them to settle.
 	var settle <-chan time.Time
-	check() // the file may have changed between the caller's load and now
+	recheck := func(again bool) {
+		if again {
+			settle = time.After(100 * time.Millisecond)
+		}
+	}
+	recheck(check()) // the file may have changed between the caller's load and now
 	for {
 		select {
 		case <-ctx.Done():
@@ -60,9 +74,9 @@ func Watch(ctx context.Context, path string, initial []byte, poll time.Duration,
 			settle = time.After(50 * time.Millisecond)
 		case <-settle:
 			settle = nil
-			check()
+			recheck(check())
 		case <-ticker.C:
-			check()
+			recheck(check())
 		}
 	}
 }

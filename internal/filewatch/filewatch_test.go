@@ -92,3 +92,12 @@ func TestWatchPollsWithoutNotifications(t *testing.T) {
 	require.NoError(t, os.Rename(other, dir))
 	require.Equal(t, "b", next(t, changes))
 }
+
+func TestWatchEmptyFileNeedsConfirmation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f.yaml")
+	require.NoError(t, os.WriteFile(path, []byte("a"), 0o600))
+	changes := watch(t, path, []byte("a"), time.Hour)
+	// A file that stays empty is a real change, seen once confirmed.
+	require.NoError(t, os.WriteFile(path, nil, 0o600))
+	require.Equal(t, "", next(t, changes))
+}
