@@ -117,8 +117,10 @@ func (s Spec) DecodeConfig(out any) error {
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		TagName:          "yaml",
 		WeaklyTypedInput: true,
-		DecodeHook:       mapstructure.StringToTimeDurationHookFunc(),
-		Result:           out,
+		// Embedded structs (`yaml:",inline"`) share their parent's keys.
+		Squash:     true,
+		DecodeHook: mapstructure.StringToTimeDurationHookFunc(),
+		Result:     out,
 	})
 	if err != nil {
 		return err

@@ -29,6 +29,10 @@ type Event struct {
 	Data json.RawMessage
 	// Traceparent is the W3C trace context to continue, if the source carried one.
 	Traceparent string
+	// Source overrides the plugin's name as the event's source, for plugins that receive
+	// events on behalf of several systems (a webhook endpoint per CI system). It is a
+	// subject token ([a-z0-9-_]).
+	Source string
 }
 
 // Result is what JetStream said about an emitted event.

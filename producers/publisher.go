@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -20,6 +21,10 @@ type Publisher struct {
 	subjects subject.Builder
 	metrics  *Metrics
 	now      func() time.Time
+
+	mu          sync.Mutex
+	lastFailure time.Time // of the latest publish JetStream did not acknowledge
+	lastSuccess time.Time
 }
 
 // NewPublisher returns a publisher writing to the raw subjects of subjects.
@@ -27,17 +32,45 @@ func NewPublisher(js jetstream.JetStream, subjects subject.Builder, m *Metrics) 
 	return &Publisher{js: js, subjects: subjects, metrics: m, now: time.Now}
 }
 
-// Emitter returns the Emit function for the plugin called source.
-func (p *Publisher) Emitter(source string) Emit {
+// Emitter returns the Emit function for the plugin called plugin.
+func (p *Publisher) Emitter(plugin string) Emit {
 	return func(ctx context.Context, ev Event) (Result, error) {
 		start := p.now()
-		res, err := p.publish(ctx, source, ev)
-		p.metrics.observe(source, start, res, err)
+		res, err := p.publish(ctx, plugin, ev)
+		p.metrics.observe(plugin, start, res, err)
+		p.mu.Lock()
+		switch {
+		case err == nil:
+			p.lastSuccess = p.now()
+		case errors.Is(err, ErrUnavailable):
+			p.lastFailure = p.now()
+		}
+		p.mu.Unlock()
 		return res, err
 	}
 }
 
-func (p *Publisher) publish(ctx context.Context, source string, ev Event) (Result, error) {
+// unreadyFor is how long one failed publish keeps the producer unready when no publish has
+// succeeded since. It lets load balancers steer traffic away while JetStream cannot store
+// events, without waiting for traffic (which they withhold) to prove recovery.
+const unreadyFor = 10 * time.Second
+
+// Ready returns an error while JetStream recently refused to store events and has stored
+// none since; producers register it as a readiness check.
+func (p *Publisher) Ready(context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.lastFailure.After(p.lastSuccess) && p.now().Sub(p.lastFailure) < unreadyFor {
+		return fmt.Errorf("jetstream did not store the last event (at %s)", p.lastFailure.Format(time.RFC3339))
+	}
+	return nil
+}
+
+func (p *Publisher) publish(ctx context.Context, plugin string, ev Event) (Result, error) {
+	source := plugin
+	if ev.Source != "" {
+		source = ev.Source
+	}
 	subj, err := p.subjects.Raw(source, ev.Type)
 	if err != nil {
 		return Result{}, fmt.Errorf("%w: %w", ErrInvalidEvent, err)

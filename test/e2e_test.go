@@ -47,7 +47,9 @@ func TestEndToEndInProcess(t *testing.T) {
 	hooks, err := dispatch.ParseHooks([]byte(hooksYAML))
 	require.NoError(t, err)
 
-	wh, err := webhook.New(webhook.Config{Address: "127.0.0.1", Port: 0, Path: "/webhook", Timeout: 5 * time.Second, MaxBodyBytes: 1 << 20}, logger)
+	whCfg := webhook.DefaultConfig()
+	whCfg.Address, whCfg.Port = "127.0.0.1", 0
+	wh, err := webhook.New(whCfg, logger, reg)
 	require.NoError(t, err)
 	addr := make(chan net.Addr, 1)
 	wh.OnListen = func(a net.Addr) { addr <- a }

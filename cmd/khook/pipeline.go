@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/khook/khook/consumers/dispatch"
@@ -109,10 +110,11 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	}
 	defer func() { _ = logger.Sync() }()
 
+	reg := telemetry.NewRegistry()
 	// Load every file before connecting, so a broken file fails fast with its line.
 	var plugins []producers.Plugin
 	if st.producers {
-		if plugins, err = loadPlugins(cfg.Files.Plugins, st.plugin, logger); err != nil {
+		if plugins, err = loadPlugins(cfg.Files.Plugins, st.plugin, logger, reg); err != nil {
 			return err
 		}
 	}
@@ -158,7 +160,6 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		return err
 	}
 
-	reg := telemetry.NewRegistry()
 	probes := telemetry.NewProbes()
 	probes.Set("nats", func(context.Context) error {
 		if s := nc.Status(); s != nats.CONNECTED {
@@ -189,6 +190,8 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	if st.producers {
 		m := producers.NewMetrics(reg)
 		pub := producers.NewPublisher(js, cfg.Streams.Subjects(), m)
+		// Unready while JetStream refuses events, so load balancers steer webhooks away.
+		probes.Set("producer", pub.Ready)
 		for _, p := range plugins {
 			m.Init(p.Name())
 			addActor("plugin "+p.Name(), func(ctx context.Context) error {
@@ -275,7 +278,7 @@ func dispatcherConfig(cfg config.Config) dispatch.Config {
 	return c
 }
 
-func loadPlugins(path, only string, logger *zap.Logger) ([]producers.Plugin, error) {
+func loadPlugins(path, only string, logger *zap.Logger, reg prometheus.Registerer) ([]producers.Plugin, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("plugins: %w", err)
@@ -294,13 +297,18 @@ func loadPlugins(path, only string, logger *zap.Logger) ([]producers.Plugin, err
 		if only != "" && s.Name != only {
 			continue
 		}
-		p, err := build(s, logger.Named(s.Name))
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
 		if !s.IsEnabled() && only != s.Name {
+			// A disabled plugin's config is still checked now, so enabling it later cannot
+			// fail on a typo; its metrics go to a registry nobody reads.
+			if _, err := build(s, logger.Named(s.Name), prometheus.NewRegistry()); err != nil {
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
 			logger.Info("plugin disabled", zap.String("plugin", s.Name))
 			continue
+		}
+		p, err := build(s, logger.Named(s.Name), reg)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
 		}
 		plugins = append(plugins, p)
 	}

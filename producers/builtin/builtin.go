@@ -6,15 +6,16 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/khook/khook/producers"
 	"github.com/khook/khook/producers/webhook"
 )
 
-// Constructor builds a plugin from its plugins.yaml entry, validating its config. It starts
-// nothing.
-type Constructor func(spec producers.Spec, logger *zap.Logger) (producers.Plugin, error)
+// Constructor builds a plugin from its plugins.yaml entry, validating its config, and
+// registers the plugin's own metrics on reg. It starts nothing.
+type Constructor func(spec producers.Spec, logger *zap.Logger, reg prometheus.Registerer) (producers.Plugin, error)
 
 // Table maps each built-in plugin's name to its constructor.
 func Table() map[string]Constructor {

@@ -1,62 +1,71 @@
-// Package webhook is the webhook producer plugin: an HTTP endpoint that turns each JSON
-// request into one raw event, and answers 202 only after JetStream stored it.
+// Package webhook is the webhook producer plugin: an HTTP ingress that turns requests from
+// other systems (CI, Alertmanager, scripts, other clusters) into raw events, and answers
+// 202 only after JetStream stored them.
 package webhook
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"mime"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"github.com/khook/khook/producers"
-	"github.com/khook/khook/streams/subject"
 )
 
-// Name is the plugin's name in plugins.yaml and the source of its events.
+// Name is the plugin's name in plugins.yaml and the default source of its events.
 const Name = "webhook"
 
 // Webhook is the webhook plugin.
 type Webhook struct {
-	cfg    Config
-	logger *zap.Logger
+	cfg     Config
+	logger  *zap.Logger
+	metrics *metrics
+	certs   *certReloader
 	// OnListen, when set, is told the bound address; tests use it with port 0.
 	OnListen func(net.Addr)
 }
 
-// New validates cfg and returns the plugin. It starts nothing.
-func New(cfg Config, logger *zap.Logger) (*Webhook, error) {
+// New validates cfg and returns the plugin. It starts nothing. reg receives the webhook's
+// metrics; nil means they are not exported.
+func New(cfg Config, logger *zap.Logger, reg prometheus.Registerer) (*Webhook, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("plugins.webhook.config: %w", err)
 	}
-	return &Webhook{cfg: cfg, logger: logger}, nil
+	w := &Webhook{cfg: cfg, logger: logger, metrics: newMetrics(reg, cfg)}
+	if cfg.EnableTLS {
+		certs, err := newCertReloader(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("plugins.webhook.config: %w", err)
+		}
+		w.certs = certs
+	}
+	return w, nil
 }
 
 // FromSpec builds the plugin from its plugins.yaml entry.
-func FromSpec(spec producers.Spec, logger *zap.Logger) (producers.Plugin, error) {
+func FromSpec(spec producers.Spec, logger *zap.Logger, reg prometheus.Registerer) (producers.Plugin, error) {
 	cfg := DefaultConfig()
 	if err := spec.DecodeConfig(&cfg); err != nil {
 		return nil, err
 	}
-	return New(cfg, logger)
+	return New(cfg, logger, reg)
 }
 
 // Name implements producers.Plugin.
 func (w *Webhook) Name() string { return Name }
 
-// Run serves HTTP until ctx ends, then stops accepting requests and waits for in-flight
-// requests (and their publishes) to finish.
+// Run serves HTTP (or HTTPS) until ctx ends, then stops accepting requests and waits for
+// in-flight requests, and their publishes, to finish.
 func (w *Webhook) Run(ctx context.Context, emit producers.Emit) error {
 	ln, err := net.Listen("tcp", net.JoinHostPort(w.cfg.Address, strconv.Itoa(w.cfg.Port)))
 	if err != nil {
@@ -71,10 +80,22 @@ func (w *Webhook) Run(ctx context.Context, emit producers.Emit) error {
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      w.cfg.Timeout + 10*time.Second,
 		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          zap.NewStdLog(w.logger.Named("http")),
 	}
-	w.logger.Info("webhook listening", zap.String("addr", ln.Addr().String()), zap.String("path", w.cfg.Path))
+	if w.certs != nil {
+		srv.TLSConfig = w.certs.tlsConfig()
+	}
+	w.logger.Info("webhook listening", zap.String("addr", ln.Addr().String()), zap.Bool("tls", w.certs != nil),
+		zap.Int("endpoints", len(w.cfg.endpoints())))
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if w.certs != nil {
+			errc <- srv.ServeTLS(ln, "", "")
+		} else {
+			errc <- srv.Serve(ln)
+		}
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("webhook: %w", err)
@@ -91,115 +112,127 @@ func (w *Webhook) Run(ctx context.Context, emit producers.Emit) error {
 	return nil
 }
 
-// Handler returns the plugin's HTTP handler: POST on the configured path, and GET /healthz
+// Handler returns the plugin's HTTP handler: POST on each endpoint's path, and GET /healthz
 // for load balancers.
 func (w *Webhook) Handler(emit producers.Emit) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) {
 		writeJSON(rw, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	mux.HandleFunc(w.cfg.Path, func(rw http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost {
-			rw.Header().Set("Allow", http.MethodPost)
-			writeError(rw, http.StatusMethodNotAllowed, "method %s not allowed: POST events to %s", r.Method, w.cfg.Path)
-			return
+	inflight := make(chan struct{}, w.cfg.MaxConcurrentRequests)
+	for _, e := range w.cfg.endpoints() {
+		ep := &endpoint{Endpoint: e, auth: newAuthenticator(e), w: w, emit: emit, inflight: inflight}
+		if e.RateLimitRPS > 0 {
+			ep.limiter = rate.NewLimiter(rate.Limit(e.RateLimitRPS), int(math.Max(1, math.Ceil(e.RateLimitRPS))))
 		}
-		w.receive(rw, r, emit)
-	})
+		mux.Handle(e.Path, ep)
+	}
 	return mux
 }
 
-// response is the body of a 202.
-type response struct {
+// endpoint serves one path.
+type endpoint struct {
+	Endpoint
+	auth     authenticator
+	limiter  *rate.Limiter
+	w        *Webhook
+	emit     producers.Emit
+	inflight chan struct{}
+}
+
+// accepted is one stored event in a 202 answer.
+type accepted struct {
 	ID        string `json:"id"`
 	Duplicate bool   `json:"duplicate"`
 }
 
-func (w *Webhook) receive(rw http.ResponseWriter, r *http.Request, emit producers.Emit) {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSON(ct) {
-		writeError(rw, http.StatusUnsupportedMediaType, "content type %q not supported: send application/json", ct)
-		return
+func (ep *endpoint) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	code, reason := ep.serve(rw, r)
+	ep.w.metrics.requests.WithLabelValues(ep.Path, strconv.Itoa(code)).Inc()
+	if ep.w.cfg.EnableDebug || code >= 500 {
+		level := zap.DebugLevel
+		if code >= 500 {
+			level = zap.WarnLevel
+		}
+		ep.w.logger.Check(level, "webhook request").Write(zap.String("endpoint", ep.Path), zap.Int("status", code),
+			zap.String("reason", reason), zap.String("remote", r.RemoteAddr))
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, w.cfg.MaxBodyBytes))
+}
+
+// serve handles one request and returns its status and, for refusals, the reason given.
+// The checks run cheapest first, so floods are turned away before bodies are read.
+func (ep *endpoint) serve(rw http.ResponseWriter, r *http.Request) (int, string) {
+	if r.Method != http.MethodPost {
+		rw.Header().Set("Allow", http.MethodPost)
+		return refuse(rw, &httpError{http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed: POST events to %s", r.Method, ep.Path)})
+	}
+	select {
+	case ep.inflight <- struct{}{}:
+		defer func() { <-ep.inflight }()
+	default:
+		rw.Header().Set("Retry-After", "1")
+		return refuse(rw, &httpError{http.StatusServiceUnavailable, "too many concurrent requests, retry later"})
+	}
+	if ep.limiter != nil {
+		if res := ep.limiter.Reserve(); res.Delay() > 0 {
+			res.Cancel()
+			rw.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(res.Delay().Seconds()))))
+			return refuse(rw, &httpError{http.StatusTooManyRequests, fmt.Sprintf("rate limit of %g requests/s exceeded", ep.RateLimitRPS)})
+		}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, ep.MaxBodyBytes))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			writeError(rw, http.StatusRequestEntityTooLarge, "body larger than %d bytes", w.cfg.MaxBodyBytes)
-			return
+			return refuse(rw, &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", ep.MaxBodyBytes)})
 		}
-		writeError(rw, http.StatusBadRequest, "reading body: %v", err)
-		return
+		return refuse(rw, badRequest("reading body: %v", err))
 	}
-	ev, err := decode(body, r.URL.Query().Get("type"))
+	ep.w.metrics.bytes.WithLabelValues(ep.Path).Add(float64(len(body)))
+	if err := ep.auth.check(r.Header, body); err != nil {
+		// The reason is logged for the operator; the caller learns only that it failed.
+		ep.w.logger.Info("webhook request not authenticated", zap.String("endpoint", ep.Path),
+			zap.String("remote", r.RemoteAddr), zap.String("reason", err.Error()))
+		return refuse(rw, &httpError{http.StatusUnauthorized, "missing or invalid credentials"})
+	}
+	events, batch, err := decodeRequest(ep.Endpoint, Name, r.Header, r.URL.Query(), body)
 	if err != nil {
-		writeError(rw, http.StatusBadRequest, "%v", err)
-		return
+		var he *httpError
+		errors.As(err, &he)
+		return refuse(rw, he)
 	}
-	ev.ID = r.Header.Get("Idempotency-Key")
-	if ev.ID == "" {
-		ev.ID = contentID(Name, ev.Type, body)
-	}
-	ev.Traceparent = r.Header.Get("traceparent")
 
-	ctx, cancel := context.WithTimeout(r.Context(), w.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(r.Context(), ep.w.cfg.Timeout)
 	defer cancel()
-	res, err := emit(ctx, ev)
-	switch {
-	case errors.Is(err, producers.ErrInvalidEvent):
-		writeError(rw, http.StatusBadRequest, "%v", err)
-	case err != nil:
-		// Never 2xx for an event that was not stored: the sender must retry.
-		w.logger.Warn("event not stored", zap.String("event_id", ev.ID), zap.Error(err))
-		rw.Header().Set("Retry-After", "1")
-		writeError(rw, http.StatusServiceUnavailable, "event store unavailable, retry later")
-	default:
-		writeJSON(rw, http.StatusAccepted, response{ID: res.ID, Duplicate: res.Duplicate})
-	}
-}
-
-// decode reads a JSON object body. The event type comes from the body's "type" field, else
-// from the ?type= query.
-func decode(body []byte, queryType string) (producers.Event, error) {
-	trimmed := bytes.TrimSpace(body)
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return producers.Event{}, errors.New("body must be a JSON object")
-	}
-	var fields struct {
-		Type json.RawMessage `json:"type"`
-	}
-	if err := json.Unmarshal(trimmed, &fields); err != nil {
-		return producers.Event{}, fmt.Errorf("body is not valid JSON: %v", err)
-	}
-	eventType := queryType
-	if len(fields.Type) > 0 && string(fields.Type) != "null" {
-		if err := json.Unmarshal(fields.Type, &eventType); err != nil {
-			return producers.Event{}, errors.New(`"type" must be a string`)
+	out := make([]accepted, 0, len(events))
+	for _, ev := range events {
+		start := time.Now()
+		res, err := ep.emit(ctx, ev)
+		ep.w.metrics.publish.WithLabelValues(ep.Path).Observe(time.Since(start).Seconds())
+		switch {
+		case errors.Is(err, producers.ErrInvalidEvent):
+			return refuse(rw, badRequest("%v", err))
+		case err != nil:
+			// Never 2xx for an event that was not stored. Events of a batch stored before
+			// this one stay stored; a retry of the batch stores each at most once, because
+			// their ids are the same.
+			ep.w.logger.Warn("event not stored", zap.String("event_id", ev.ID), zap.Error(err))
+			rw.Header().Set("Retry-After", "1")
+			return refuse(rw, &httpError{http.StatusServiceUnavailable, "event store unavailable, retry later"})
 		}
+		out = append(out, accepted{ID: res.ID, Duplicate: res.Duplicate})
 	}
-	if eventType == "" {
-		return producers.Event{}, errors.New(`no event type: set "type" in the body or ?type= in the URL`)
+	if batch {
+		writeJSON(rw, http.StatusAccepted, map[string]any{"events": out})
+	} else {
+		writeJSON(rw, http.StatusAccepted, out[0])
 	}
-	if err := subject.CheckToken("event type", eventType); err != nil {
-		return producers.Event{}, err
-	}
-	return producers.Event{Type: eventType, Data: json.RawMessage(trimmed)}, nil
+	return http.StatusAccepted, ""
 }
 
-// contentID derives an event id from what the event says, so that a retried request without
-// an Idempotency-Key is stored once.
-func contentID(source, eventType string, body []byte) string {
-	h := sha256.New()
-	h.Write([]byte(source))
-	h.Write([]byte{0})
-	h.Write([]byte(eventType))
-	h.Write([]byte{0})
-	h.Write(body)
-	return hex.EncodeToString(h.Sum(nil)[:16])
-}
-
-func isJSON(contentType string) bool {
-	mt, _, err := mime.ParseMediaType(contentType)
-	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
+func refuse(rw http.ResponseWriter, e *httpError) (int, string) {
+	writeJSON(rw, e.code, map[string]string{"error": e.msg})
+	return e.code, e.msg
 }
 
 func writeJSON(rw http.ResponseWriter, code int, v any) {
@@ -208,6 +241,37 @@ func writeJSON(rw http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(rw).Encode(v)
 }
 
-func writeError(rw http.ResponseWriter, code int, format string, args ...any) {
-	writeJSON(rw, code, map[string]string{"error": fmt.Sprintf(format, args...)})
+type metrics struct {
+	requests *prometheus.CounterVec
+	publish  *prometheus.HistogramVec
+	bytes    *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer, cfg Config) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "khook_webhook_requests_total",
+			Help: "Webhook requests, by endpoint path and HTTP status code.",
+		}, []string{"endpoint", "code"}),
+		publish: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "khook_webhook_publish_duration_seconds",
+			Help:    "Time JetStream took to acknowledge one event of a webhook request.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
+		}, []string{"endpoint"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "khook_webhook_received_bytes_total",
+			Help: "Request body bytes read, by endpoint path.",
+		}, []string{"endpoint"}),
+	}
+	for _, e := range cfg.endpoints() {
+		m.bytes.WithLabelValues(e.Path)
+		m.publish.WithLabelValues(e.Path)
+		for _, code := range []string{"202", "400", "401", "405", "413", "415", "429", "503"} {
+			m.requests.WithLabelValues(e.Path, code)
+		}
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.publish, m.bytes)
+	}
+	return m
 }

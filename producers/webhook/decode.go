@@ -1,0 +1,257 @@
+package webhook
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/khook/khook/producers"
+	"github.com/khook/khook/streams/cloudevent"
+	"github.com/khook/khook/streams/subject"
+)
+
+// httpError is a request the webhook refuses, with the status and the reason it answers.
+type httpError struct {
+	code int
+	msg  string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func badRequest(format string, args ...any) *httpError {
+	return &httpError{code: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
+}
+
+// incoming is one event as found in a request, before ids and types are settled.
+type incoming struct {
+	ceType, ceID, subject string
+	time                  time.Time
+	data                  json.RawMessage
+	bodyType              string // the "type" field of a plain JSON object
+}
+
+// decodeRequest turns one request into events. It is pure: headers, query and body in,
+// events or a refusal out.
+//
+// Formats: a plain JSON object; a JSON array of objects (batch endpoints only); CloudEvents
+// 1.0 in structured mode (application/cloudevents+json), in batch mode
+// (application/cloudevents-batch+json, batch endpoints only) and in binary mode (ce-*
+// headers). The event type is the endpoint's fixed eventType, else the CloudEvents type,
+// else the body's "type", else ?type=. The id is the Idempotency-Key header (suffixed with
+// the position in a batch), else the CloudEvents id, else a hash of source, type and body.
+//
+// batch reports whether the request was a batch (even of one event), so that the answer
+// has the same shape as the request.
+func decodeRequest(e Endpoint, plugin string, header http.Header, query url.Values, body []byte) (events []producers.Event, batch bool, err error) {
+	var items []incoming
+	if header.Get("Ce-Specversion") != "" {
+		items, err = decodeBinary(header, body)
+	} else {
+		ct := header.Get("Content-Type")
+		mt := "application/json"
+		if ct != "" {
+			if mt, _, err = mime.ParseMediaType(ct); err != nil {
+				return nil, false, &httpError{code: http.StatusUnsupportedMediaType, msg: fmt.Sprintf("content type %q not understood", ct)}
+			}
+		}
+		switch {
+		case mt == cloudevent.ContentType:
+			items, err = decodeStructured(body)
+		case mt == "application/cloudevents-batch+json":
+			batch = true
+			items, err = decodeStructuredBatch(body)
+		case mt == "application/json" || strings.HasSuffix(mt, "+json"):
+			items, batch, err = decodePlain(body)
+		default:
+			return nil, false, &httpError{code: http.StatusUnsupportedMediaType,
+				msg: fmt.Sprintf("content type %q not supported: send application/json or CloudEvents", ct)}
+		}
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if batch && !e.Batch {
+		return nil, false, badRequest("this endpoint takes one event per request; batches are not enabled")
+	}
+	if len(items) > e.MaxBatchSize {
+		return nil, false, &httpError{code: http.StatusRequestEntityTooLarge,
+			msg: fmt.Sprintf("batch of %d events exceeds maxBatchSize %d", len(items), e.MaxBatchSize)}
+	}
+	if len(items) == 0 {
+		return nil, false, badRequest("no events in the request")
+	}
+
+	source := plugin
+	if e.Source != "" {
+		source = e.Source
+	}
+	key := header.Get("Idempotency-Key")
+	events = make([]producers.Event, len(items))
+	for i, it := range items {
+		typ := firstOf(e.EventType, it.ceType, it.bodyType, query.Get("type"))
+		if typ == "" {
+			return nil, false, badRequest(`no event type: set "type" in the body, ?type= in the URL, or a CloudEvents type`)
+		}
+		if err := subject.CheckToken("event type", typ); err != nil {
+			return nil, false, badRequest("%v (set eventType on the endpoint to accept other CloudEvents types)", err)
+		}
+		id := it.ceID
+		switch {
+		case key != "" && batch:
+			id = key + "/" + strconv.Itoa(i)
+		case key != "":
+			id = key
+		case id == "":
+			id = contentID(source, typ, it.data)
+		}
+		if len(id) > 256 {
+			return nil, false, badRequest("event id longer than 256 bytes")
+		}
+		events[i] = producers.Event{ID: id, Type: typ, Subject: it.subject, Time: it.time, Data: it.data,
+			Traceparent: header.Get("traceparent")}
+		if e.Source != "" {
+			events[i].Source = e.Source
+		}
+	}
+	return events, batch, nil
+}
+
+func decodePlain(body []byte) ([]incoming, bool, error) {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) > 0 && trimmed[0] == '[' {
+		var raws []json.RawMessage
+		if err := json.Unmarshal(trimmed, &raws); err != nil {
+			return nil, true, badRequest("body is not valid JSON: %v", err)
+		}
+		items := make([]incoming, len(raws))
+		for i, r := range raws {
+			it, err := plainObject(r)
+			if err != nil {
+				return nil, true, badRequest("event %d: %v", i, err)
+			}
+			items[i] = it
+		}
+		return items, true, nil
+	}
+	it, err := plainObject(trimmed)
+	if err != nil {
+		return nil, false, badRequest("%v", err)
+	}
+	return []incoming{it}, false, nil
+}
+
+func plainObject(b json.RawMessage) (incoming, error) {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '{' {
+		return incoming{}, errors.New("body must be a JSON object (or an array of them, on batch endpoints)")
+	}
+	var fields struct {
+		Type json.RawMessage `json:"type"`
+	}
+	if err := json.Unmarshal(b, &fields); err != nil {
+		return incoming{}, fmt.Errorf("body is not valid JSON: %v", err)
+	}
+	it := incoming{data: b}
+	if len(fields.Type) > 0 && string(fields.Type) != "null" {
+		if err := json.Unmarshal(fields.Type, &it.bodyType); err != nil {
+			return incoming{}, errors.New(`"type" must be a string`)
+		}
+	}
+	return it, nil
+}
+
+func decodeStructured(body []byte) ([]incoming, error) {
+	ce, err := cloudevent.Decode(body)
+	if err != nil {
+		return nil, badRequest("%v", err)
+	}
+	return []incoming{fromCloudEvent(ce)}, nil
+}
+
+func decodeStructuredBatch(body []byte) ([]incoming, error) {
+	var raws []json.RawMessage
+	if err := json.Unmarshal(body, &raws); err != nil {
+		return nil, badRequest("a CloudEvents batch must be a JSON array: %v", err)
+	}
+	items := make([]incoming, len(raws))
+	for i, r := range raws {
+		ce, err := cloudevent.Decode(r)
+		if err != nil {
+			return nil, badRequest("event %d: %v", i, err)
+		}
+		items[i] = fromCloudEvent(ce)
+	}
+	return items, nil
+}
+
+func fromCloudEvent(ce *cloudevent.Event) incoming {
+	return incoming{ceType: ce.Type, ceID: ce.ID, subject: ce.Subject, time: ce.Time, data: ce.Data}
+}
+
+// decodeBinary reads a CloudEvent in binary mode: attributes in ce-* headers, data in the
+// body. khook's events carry JSON, so the data must be JSON.
+func decodeBinary(h http.Header, body []byte) ([]incoming, error) {
+	if v := h.Get("Ce-Specversion"); v != cloudevent.SpecVersion {
+		return nil, badRequest("ce-specversion: must be %q, got %q", cloudevent.SpecVersion, v)
+	}
+	var missing []string
+	for _, k := range []string{"Ce-Id", "Ce-Source", "Ce-Type"} {
+		if h.Get(k) == "" {
+			missing = append(missing, strings.ToLower(k))
+		}
+	}
+	if len(missing) > 0 {
+		return nil, badRequest("missing CloudEvents headers: %s", strings.Join(missing, ", "))
+	}
+	if ct := h.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || !(mt == "application/json" || strings.HasSuffix(mt, "+json")) {
+			return nil, &httpError{code: http.StatusUnsupportedMediaType, msg: fmt.Sprintf("CloudEvents data must be JSON, got %q", ct)}
+		}
+	}
+	it := incoming{ceType: h.Get("Ce-Type"), ceID: h.Get("Ce-Id"), subject: h.Get("Ce-Subject")}
+	if t := h.Get("Ce-Time"); t != "" {
+		parsed, err := time.Parse(time.RFC3339Nano, t)
+		if err != nil {
+			return nil, badRequest("ce-time: not an RFC 3339 time: %q", t)
+		}
+		it.time = parsed
+	}
+	if trimmed := bytes.TrimSpace(body); len(trimmed) > 0 {
+		if !json.Valid(trimmed) {
+			return nil, badRequest("CloudEvents data is not valid JSON")
+		}
+		it.data = trimmed
+	}
+	return []incoming{it}, nil
+}
+
+// contentID derives an event id from what the event says, so that a retried request without
+// an Idempotency-Key is stored once.
+func contentID(source, eventType string, body []byte) string {
+	h := sha256.New()
+	h.Write([]byte(source))
+	h.Write([]byte{0})
+	h.Write([]byte(eventType))
+	h.Write([]byte{0})
+	h.Write(body)
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+func firstOf(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
