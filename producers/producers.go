@@ -46,12 +46,24 @@ type Result struct {
 // Emit publishes one event and returns after JetStream acknowledged it.
 type Emit func(ctx context.Context, ev Event) (Result, error)
 
-// Plugin is an event source. Run blocks until ctx ends, emitting events as they happen, and
-// returns nil on a clean stop.
-type Plugin interface {
+// EventSource is a producer plugin: the deployment guide's EventSource, with its
+// Initialize/WatchEvents/Stop lifecycle folded into Run. Build one in a constructor that
+// validates config and starts nothing; the runtime calls Run.
+type EventSource interface {
+	// Name is the plugin's name in plugins.yaml and the source of its events.
 	Name() string
+	// Version is the plugin's own version, reported in logs.
+	Version() string
+	// SupportedEventTypes lists the event types the plugin emits. The runtime refuses
+	// others. Nil means any type (a webhook takes whatever its callers send).
+	SupportedEventTypes() []string
+	// Run blocks until ctx ends, emitting events as they happen, and returns nil on a clean
+	// stop. An error (or a panic) makes the runtime restart it with backoff.
 	Run(ctx context.Context, emit Emit) error
 }
+
+// Plugin is another name for EventSource, the word plugins.yaml uses.
+type Plugin = EventSource
 
 // ErrInvalidEvent wraps every error about an event a plugin built wrongly; a plugin should
 // report it to its source as the source's fault (a webhook answers 400).

@@ -2,6 +2,8 @@ package producers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -32,12 +34,31 @@ func NewPublisher(js jetstream.JetStream, subjects subject.Builder, m *Metrics) 
 	return &Publisher{js: js, subjects: subjects, metrics: m, now: time.Now}
 }
 
-// Emitter returns the Emit function for the plugin called plugin.
-func (p *Publisher) Emitter(plugin string) Emit {
+// Emitter returns the Emit function for the plugin called plugin. With types, events of
+// other types are refused as invalid; without, any type is accepted.
+func (p *Publisher) Emitter(plugin string, types ...string) Emit {
+	allowed := map[string]bool{}
+	for _, t := range types {
+		allowed[t] = true
+	}
 	return func(ctx context.Context, ev Event) (Result, error) {
 		start := p.now()
-		res, err := p.publish(ctx, plugin, ev)
-		p.metrics.observe(plugin, start, res, err)
+		done := p.metrics.begin(plugin, start)
+		typeLabel := "*"
+		var res Result
+		var err error
+		if len(allowed) > 0 {
+			typeLabel = ev.Type
+			if !allowed[ev.Type] {
+				typeLabel = "unsupported"
+				err = fmt.Errorf("%w: plugin %s does not declare event type %q", ErrInvalidEvent, plugin, ev.Type)
+			}
+		}
+		if err == nil {
+			res, err = p.publish(ctx, plugin, ev)
+		}
+		done()
+		p.metrics.observe(plugin, typeLabel, start, res, err)
 		p.mu.Lock()
 		switch {
 		case err == nil:
@@ -78,6 +99,11 @@ func (p *Publisher) publish(ctx context.Context, plugin string, ev Event) (Resul
 	if ev.Time.IsZero() {
 		ev.Time = p.now().UTC()
 	}
+	if ev.ID == "" {
+		// A plugin that has no id of its own gets one derived from the event's content, so
+		// that emitting the same event twice stores it once.
+		ev.ID = contentID(source, ev.Type, ev.Subject, string(ev.Data))
+	}
 	ce := &cloudevent.Event{
 		ID:              ev.ID,
 		Source:          source,
@@ -108,10 +134,16 @@ func (p *Publisher) publish(ctx context.Context, plugin string, ev Event) (Resul
 // Metrics are the per-plugin metrics of the deployment guide, kept by the runtime so that no
 // plugin has to.
 type Metrics struct {
-	active    *prometheus.GaugeVec
-	errors    *prometheus.CounterVec
-	duration  *prometheus.HistogramVec
-	published *prometheus.CounterVec
+	active     *prometheus.GaugeVec
+	errors     *prometheus.CounterVec
+	processing *prometheus.GaugeVec
+	duration   *prometheus.HistogramVec
+	events     *prometheus.CounterVec
+	restarts   *prometheus.CounterVec
+
+	mu       sync.Mutex
+	inflight map[string]map[*time.Time]struct{} // start times of emits in progress, per plugin
+	last     map[string]time.Duration           // duration of the last completed emit
 }
 
 // NewMetrics registers the plugin metrics on reg.
@@ -119,32 +151,49 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "khook_plugin_active",
-			Help: "1 while the plugin is running, 0 when it is stopped or failed.",
+			Help: "1 while the plugin is running, 0 when it is stopped, restarting or failed.",
 		}, []string{"plugin"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "khook_plugin_errors_total",
-			Help: "Events a plugin failed to publish, and plugin failures.",
+			Help: "Plugin failures (errors, panics), invalid events and events JetStream did not store.",
+		}, []string{"plugin"}),
+		processing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "khook_plugin_event_processing_duration_seconds",
+			Help: "How long the plugin's oldest event in progress has been waiting to be stored, or, with none in progress, how long the last one took. Above 30 the guide's PluginEventProcessingLag alert fires.",
 		}, []string{"plugin"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "khook_plugin_event_processing_duration_seconds",
+			Name:    "khook_plugin_emit_duration_seconds",
 			Help:    "Time from a plugin's emit to JetStream's acknowledgement.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"plugin"}),
-		published: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "khook_producer_events_total",
-			Help: "Events emitted by plugins, by result (stored, duplicate, invalid, unavailable).",
-		}, []string{"plugin", "result"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "khook_plugin_events_total",
+			Help: "Events emitted by plugins, by type (\"*\" for plugins that accept any type) and result (stored, duplicate, invalid, unavailable).",
+		}, []string{"plugin", "type", "result"}),
+		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "khook_plugin_restarts_total",
+			Help: "Times the runtime restarted a plugin after it failed.",
+		}, []string{"plugin"}),
+		inflight: map[string]map[*time.Time]struct{}{},
+		last:     map[string]time.Duration{},
 	}
-	reg.MustRegister(m.active, m.errors, m.duration, m.published)
+	reg.MustRegister(m.active, m.errors, m.processing, m.duration, m.events, m.restarts)
 	return m
 }
 
 // Init pre-creates the series of a plugin so dashboards show zeros.
-func (m *Metrics) Init(plugin string) {
+func (m *Metrics) Init(plugin string, types []string) {
 	m.active.WithLabelValues(plugin)
 	m.errors.WithLabelValues(plugin)
-	for _, r := range []string{"stored", "duplicate", "invalid", "unavailable"} {
-		m.published.WithLabelValues(plugin, r)
+	m.processing.WithLabelValues(plugin)
+	m.restarts.WithLabelValues(plugin)
+	if len(types) == 0 {
+		types = []string{"*"}
+	}
+	for _, t := range types {
+		for _, r := range []string{"stored", "duplicate", "invalid", "unavailable"} {
+			m.events.WithLabelValues(plugin, t, r)
+		}
 	}
 }
 
@@ -157,17 +206,68 @@ func (m *Metrics) SetActive(plugin string, active bool) {
 	m.active.WithLabelValues(plugin).Set(v)
 }
 
-func (m *Metrics) observe(plugin string, start time.Time, res Result, err error) {
+// Failed counts one failure of a plugin itself (an error or a panic from Run).
+func (m *Metrics) Failed(plugin string) { m.errors.WithLabelValues(plugin).Inc() }
+
+// Restarted counts one restart of a plugin.
+func (m *Metrics) Restarted(plugin string) { m.restarts.WithLabelValues(plugin).Inc() }
+
+// begin records an emit in progress and returns the function that ends it.
+func (m *Metrics) begin(plugin string, start time.Time) func() {
+	m.mu.Lock()
+	if m.inflight[plugin] == nil {
+		m.inflight[plugin] = map[*time.Time]struct{}{}
+	}
+	key := &start
+	m.inflight[plugin][key] = struct{}{}
+	m.mu.Unlock()
+	return func() {
+		m.mu.Lock()
+		delete(m.inflight[plugin], key)
+		m.last[plugin] = time.Since(start)
+		m.mu.Unlock()
+		m.refresh(plugin)
+	}
+}
+
+// refresh sets the processing gauge: the age of the oldest emit in progress, else the
+// duration of the last one. It is called after every emit and by the supervisor's ticker, so
+// an emit stuck behind an unavailable JetStream shows its growing age.
+func (m *Metrics) refresh(plugin string) {
+	m.mu.Lock()
+	v := m.last[plugin]
+	for start := range m.inflight[plugin] {
+		if age := time.Since(*start); age > v {
+			v = age
+		}
+	}
+	m.mu.Unlock()
+	m.processing.WithLabelValues(plugin).Set(v.Seconds())
+}
+
+func (m *Metrics) observe(plugin, typeLabel string, start time.Time, res Result, err error) {
 	m.duration.WithLabelValues(plugin).Observe(time.Since(start).Seconds())
+	result := "stored"
 	switch {
 	case err == nil && res.Duplicate:
-		m.published.WithLabelValues(plugin, "duplicate").Inc()
+		result = "duplicate"
 	case err == nil:
-		m.published.WithLabelValues(plugin, "stored").Inc()
 	case errors.Is(err, ErrInvalidEvent):
-		m.published.WithLabelValues(plugin, "invalid").Inc()
+		result = "invalid"
+		m.errors.WithLabelValues(plugin).Inc()
 	default:
-		m.published.WithLabelValues(plugin, "unavailable").Inc()
+		result = "unavailable"
 		m.errors.WithLabelValues(plugin).Inc()
 	}
+	m.events.WithLabelValues(plugin, typeLabel, result).Inc()
+}
+
+// contentID derives an event id from what an event says.
+func contentID(parts ...string) string {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/run"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/khook/khook/consumers/dispatch"
@@ -111,10 +110,17 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	defer func() { _ = logger.Sync() }()
 
 	reg := telemetry.NewRegistry()
+	probes := telemetry.NewProbes()
 	// Load every file before connecting, so a broken file fails fast with its line.
-	var plugins []producers.Plugin
+	var sup *producers.Supervisor
+	var plugins map[string]producers.Desired
+	var pluginsFile []byte
 	if st.producers {
-		if plugins, err = loadPlugins(cfg.Files.Plugins, st.plugin, logger, reg); err != nil {
+		sup = &producers.Supervisor{
+			Path: cfg.Files.Plugins, Only: st.plugin, Table: builtin.Table(), Reg: reg, Probes: probes,
+			Logger: logger.Named("plugins"), Interval: cfg.Files.ReloadInterval,
+		}
+		if plugins, pluginsFile, err = sup.Load(); err != nil {
 			return err
 		}
 	}
@@ -160,7 +166,6 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		return err
 	}
 
-	probes := telemetry.NewProbes()
 	probes.Set("nats", func(context.Context) error {
 		if s := nc.Status(); s != nats.CONNECTED {
 			return fmt.Errorf("nats connection %s", s)
@@ -188,19 +193,11 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		}, func(error) { cancel() })
 	}
 	if st.producers {
-		m := producers.NewMetrics(reg)
-		pub := producers.NewPublisher(js, cfg.Streams.Subjects(), m)
+		sup.Metrics = producers.NewMetrics(reg)
+		sup.Pub = producers.NewPublisher(js, cfg.Streams.Subjects(), sup.Metrics)
 		// Unready while JetStream refuses events, so load balancers steer webhooks away.
-		probes.Set("producer", pub.Ready)
-		for _, p := range plugins {
-			m.Init(p.Name())
-			addActor("plugin "+p.Name(), func(ctx context.Context) error {
-				m.SetActive(p.Name(), true)
-				defer m.SetActive(p.Name(), false)
-				logger.Info("plugin started", zap.String("plugin", p.Name()))
-				return p.Run(ctx, pub.Emitter(p.Name()))
-			})
-		}
+		probes.Set("producer", sup.Pub.Ready)
+		addActor("plugins", func(ctx context.Context) error { return sup.Run(ctx, plugins, pluginsFile) })
 	}
 	if st.mapper {
 		mp := mapper.New(js, cfg.Streams, rules, reg, logger.Named("mapper"))
@@ -276,46 +273,6 @@ func dispatcherConfig(cfg config.Config) dispatch.Config {
 	c.RetryBase, c.RetryMax = d.RetryBase, d.RetryMax
 	c.Guard = dispatch.GuardConfig{Concurrency: d.PerTargetConcurrency, BreakerFailures: d.Breaker.Failures, BreakerCooldown: d.Breaker.Cooldown}
 	return c
-}
-
-func loadPlugins(path, only string, logger *zap.Logger, reg prometheus.Registerer) ([]producers.Plugin, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("plugins: %w", err)
-	}
-	specs, err := producers.ParseSpecs(b, os.LookupEnv)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	table := builtin.Table()
-	var plugins []producers.Plugin
-	for _, s := range specs {
-		build, ok := table[s.Name]
-		if !ok {
-			return nil, fmt.Errorf("%s: plugin %q is not a built-in plugin (built-in: %s)", path, s.Name, builtin.Names())
-		}
-		if only != "" && s.Name != only {
-			continue
-		}
-		if !s.IsEnabled() && only != s.Name {
-			// A disabled plugin's config is still checked now, so enabling it later cannot
-			// fail on a typo; its metrics go to a registry nobody reads.
-			if _, err := build(s, logger.Named(s.Name), prometheus.NewRegistry()); err != nil {
-				return nil, fmt.Errorf("%s: %w", path, err)
-			}
-			logger.Info("plugin disabled", zap.String("plugin", s.Name))
-			continue
-		}
-		p, err := build(s, logger.Named(s.Name), reg)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		plugins = append(plugins, p)
-	}
-	if only != "" && len(plugins) == 0 {
-		return nil, fmt.Errorf("%s: plugin %q is not listed", path, only)
-	}
-	return plugins, nil
 }
 
 func loadRules(path string) (*mapping.Rules, []byte, error) {

@@ -6,20 +6,13 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
-
 	"github.com/khook/khook/producers"
 	"github.com/khook/khook/producers/webhook"
 )
 
-// Constructor builds a plugin from its plugins.yaml entry, validating its config, and
-// registers the plugin's own metrics on reg. It starts nothing.
-type Constructor func(spec producers.Spec, logger *zap.Logger, reg prometheus.Registerer) (producers.Plugin, error)
-
 // Table maps each built-in plugin's name to its constructor.
-func Table() map[string]Constructor {
-	return map[string]Constructor{
+func Table() map[string]producers.Constructor {
+	return map[string]producers.Constructor{
 		webhook.Name: webhook.FromSpec,
 	}
 }

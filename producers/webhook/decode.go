@@ -51,7 +51,7 @@ type incoming struct {
 //
 // batch reports whether the request was a batch (even of one event), so that the answer
 // has the same shape as the request.
-func decodeRequest(e Endpoint, plugin string, header http.Header, query url.Values, body []byte) (events []producers.Event, batch bool, err error) {
+func decodeRequest(e Endpoint, source string, header http.Header, query url.Values, body []byte) (events []producers.Event, batch bool, err error) {
 	var items []incoming
 	if header.Get("Ce-Specversion") != "" {
 		items, err = decodeBinary(header, body)
@@ -90,7 +90,6 @@ func decodeRequest(e Endpoint, plugin string, header http.Header, query url.Valu
 		return nil, false, badRequest("no events in the request")
 	}
 
-	source := plugin
 	if e.Source != "" {
 		source = e.Source
 	}

@@ -12,6 +12,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -25,9 +26,20 @@ import (
 // Name is the plugin's name in plugins.yaml and the default source of its events.
 const Name = "webhook"
 
-// Webhook is the webhook plugin.
+// Version is the webhook plugin's version.
+const Version = "1.0.0"
+
+// Decoder turns one authenticated request into events, or refuses it with an error that
+// carries an HTTP status (see Refuse). batch says whether to answer with a list.
+type Decoder func(e Endpoint, source string, header http.Header, query url.Values, body []byte) (events []producers.Event, batch bool, err error)
+
+// Webhook is the webhook plugin: an HTTP ingress. Other plugins that receive HTTP (the
+// Alertmanager receiver) are the same server with another name and decoder.
 type Webhook struct {
+	name    string
 	cfg     Config
+	decode  Decoder
+	types   []string
 	logger  *zap.Logger
 	metrics *metrics
 	certs   *certReloader
@@ -35,21 +47,35 @@ type Webhook struct {
 	OnListen func(net.Addr)
 }
 
-// New validates cfg and returns the plugin. It starts nothing. reg receives the webhook's
-// metrics; nil means they are not exported.
+// New validates cfg and returns the webhook plugin. It starts nothing. reg receives the
+// webhook's metrics; nil means they are not exported.
 func New(cfg Config, logger *zap.Logger, reg prometheus.Registerer) (*Webhook, error) {
+	return NewServer(Name, cfg, decodeRequest, nil, logger, reg)
+}
+
+// NewServer returns an HTTP ingress plugin called name that decodes requests with decode and
+// emits only types (nil: any type).
+func NewServer(name string, cfg Config, decode Decoder, types []string, logger *zap.Logger, reg prometheus.Registerer) (*Webhook, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("plugins.webhook.config: %w", err)
+		return nil, fmt.Errorf("plugins.%s.config: %w", name, err)
 	}
-	w := &Webhook{cfg: cfg, logger: logger, metrics: newMetrics(reg, cfg)}
+	if reg != nil {
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"plugin": name}, reg)
+	}
+	w := &Webhook{name: name, cfg: cfg, decode: decode, types: types, logger: logger, metrics: newMetrics(reg, cfg)}
 	if cfg.EnableTLS {
 		certs, err := newCertReloader(cfg.CertFile, cfg.KeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("plugins.webhook.config: %w", err)
+			return nil, fmt.Errorf("plugins.%s.config: %w", name, err)
 		}
 		w.certs = certs
 	}
 	return w, nil
+}
+
+// Refuse is an error a Decoder returns to answer with an HTTP status and reason.
+func Refuse(code int, format string, args ...any) error {
+	return &httpError{code: code, msg: fmt.Sprintf(format, args...)}
 }
 
 // FromSpec builds the plugin from its plugins.yaml entry.
@@ -61,8 +87,14 @@ func FromSpec(spec producers.Spec, logger *zap.Logger, reg prometheus.Registerer
 	return New(cfg, logger, reg)
 }
 
-// Name implements producers.Plugin.
-func (w *Webhook) Name() string { return Name }
+// Name implements producers.EventSource.
+func (w *Webhook) Name() string { return w.name }
+
+// Version implements producers.EventSource.
+func (w *Webhook) Version() string { return Version }
+
+// SupportedEventTypes implements producers.EventSource: the types of the decoder, or any.
+func (w *Webhook) SupportedEventTypes() []string { return w.types }
 
 // Run serves HTTP (or HTTPS) until ctx ends, then stops accepting requests and waits for
 // in-flight requests, and their publishes, to finish.
@@ -86,7 +118,7 @@ func (w *Webhook) Run(ctx context.Context, emit producers.Emit) error {
 	if w.certs != nil {
 		srv.TLSConfig = w.certs.tlsConfig()
 	}
-	w.logger.Info("webhook listening", zap.String("addr", ln.Addr().String()), zap.Bool("tls", w.certs != nil),
+	w.logger.Info(w.name+" listening", zap.String("addr", ln.Addr().String()), zap.Bool("tls", w.certs != nil),
 		zap.Int("endpoints", len(w.cfg.endpoints())))
 	errc := make(chan error, 1)
 	go func() {
@@ -191,11 +223,11 @@ func (ep *endpoint) serve(rw http.ResponseWriter, r *http.Request) (int, string)
 	ep.w.metrics.bytes.WithLabelValues(ep.Path).Add(float64(len(body)))
 	if err := ep.auth.check(r.Header, body); err != nil {
 		// The reason is logged for the operator; the caller learns only that it failed.
-		ep.w.logger.Info("webhook request not authenticated", zap.String("endpoint", ep.Path),
+		ep.w.logger.Info("request not authenticated", zap.String("endpoint", ep.Path),
 			zap.String("remote", r.RemoteAddr), zap.String("reason", err.Error()))
 		return refuse(rw, &httpError{http.StatusUnauthorized, "missing or invalid credentials"})
 	}
-	events, batch, err := decodeRequest(ep.Endpoint, Name, r.Header, r.URL.Query(), body)
+	events, batch, err := ep.w.decode(ep.Endpoint, ep.w.name, r.Header, r.URL.Query(), body)
 	if err != nil {
 		var he *httpError
 		errors.As(err, &he)

@@ -1,0 +1,350 @@
+package producers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"gopkg.in/yaml.v3"
+
+	"github.com/khook/khook/internal/filewatch"
+	"github.com/khook/khook/internal/telemetry"
+)
+
+// Constructor builds a plugin from its plugins.yaml entry, validating its config, and
+// registers the plugin's own metrics on reg. It starts nothing.
+type Constructor func(spec Spec, logger *zap.Logger, reg prometheus.Registerer) (EventSource, error)
+
+// Supervisor runs the enabled plugins of plugins.yaml and keeps them running: it validates
+// what they emit, recovers their panics, restarts them with backoff, reports each one's state
+// to /readyz and in khook_plugin_* metrics, and applies edits of plugins.yaml (a plugin
+// enabled, disabled or reconfigured) to just the plugins they touch, without a restart.
+type Supervisor struct {
+	Path     string                 // plugins.yaml
+	Only     string                 // run only this plugin (khook producer --plugin)
+	Table    map[string]Constructor // the built-in plugins
+	Pub      *Publisher
+	Metrics  *Metrics
+	Reg      prometheus.Registerer
+	Probes   *telemetry.Probes
+	Logger   *zap.Logger
+	Env      func(string) (string, bool) // for ${VAR}; os.LookupEnv in production
+	Interval time.Duration               // polling fallback for file changes
+
+	mu      sync.Mutex
+	running map[string]*runner
+	reloads *prometheus.CounterVec
+}
+
+// runner is one running plugin.
+type runner struct {
+	name        string
+	fingerprint string
+	cancel      context.CancelFunc
+	done        chan struct{}
+
+	mu    sync.Mutex
+	state string // running, restarting, failed
+	err   error
+}
+
+func (r *runner) set(state string, err error) {
+	r.mu.Lock()
+	r.state, r.err = state, err
+	r.mu.Unlock()
+}
+
+func (r *runner) ready(context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch r.state {
+	case "running":
+		return nil
+	case "failed":
+		return fmt.Errorf("plugin %s failed and will not be restarted until plugins.yaml changes: %v", r.name, r.err)
+	default:
+		return fmt.Errorf("plugin %s is %s after: %v", r.name, r.state, r.err)
+	}
+}
+
+// Settings are the runtime's keys in a plugin's config (the deployment guide puts them
+// there); the runtime takes them out before the plugin decodes the rest.
+type Settings struct {
+	// MaxRetries is how many consecutive failures are restarted before the plugin is left
+	// failed; -1 restarts forever. A plugin that ran for a minute starts counting afresh.
+	MaxRetries int `yaml:"maxRetries"`
+	// RetryInterval is the first restart delay; it doubles per failure, up to 5 minutes.
+	RetryInterval time.Duration `yaml:"retryInterval"`
+	// HealthCheckInterval is how often the processing-duration gauge is refreshed.
+	HealthCheckInterval time.Duration `yaml:"healthCheckInterval"`
+	// VerboseLogging logs the plugin at debug level.
+	VerboseLogging bool `yaml:"verboseLogging"`
+}
+
+func defaultSettings() Settings {
+	return Settings{MaxRetries: 10, RetryInterval: time.Second, HealthCheckInterval: 5 * time.Second}
+}
+
+// stableAfter is how long a plugin must run for its failure count to start afresh.
+const stableAfter = time.Minute
+
+// Load parses the plugins file and builds every listed plugin, so that unknown names and bad
+// config fail at start-up with the plugin and key named. Disabled plugins are validated too.
+func (s *Supervisor) Load() (map[string]Desired, []byte, error) {
+	b, err := os.ReadFile(s.Path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("plugins: %w", err)
+	}
+	want, err := s.parse(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", s.Path, err)
+	}
+	return want, b, nil
+}
+
+// Desired is one plugin that should be running, built and validated by Load.
+type Desired struct {
+	plugin      EventSource
+	settings    Settings
+	fingerprint string
+}
+
+func (s *Supervisor) parse(b []byte) (map[string]Desired, error) {
+	env := s.Env
+	if env == nil {
+		env = os.LookupEnv
+	}
+	specs, err := ParseSpecs(b, env)
+	if err != nil {
+		return nil, err
+	}
+	want := map[string]Desired{}
+	found := false
+	for _, spec := range specs {
+		build, ok := s.Table[spec.Name]
+		if !ok {
+			return nil, fmt.Errorf("plugin %q is not a built-in plugin (built-in: %s)", spec.Name, strings.Join(slices.Sorted(maps.Keys(s.Table)), ", "))
+		}
+		if s.Only != "" && spec.Name != s.Only {
+			continue
+		}
+		found = true
+		settings, err := spec.takeSettings()
+		if err != nil {
+			return nil, fmt.Errorf("plugins.%s.config: %w", spec.Name, err)
+		}
+		enabled := spec.IsEnabled() || s.Only == spec.Name
+		reg := prometheus.Registerer(prometheus.NewRegistry()) // a disabled plugin's metrics go nowhere
+		if enabled {
+			reg = replacing{s.Reg}
+		}
+		logger := s.Logger.Named(spec.Name)
+		if !settings.VerboseLogging {
+			logger = logger.WithOptions(zap.IncreaseLevel(zap.InfoLevel))
+		}
+		p, err := build(spec, logger, reg)
+		if err != nil {
+			return nil, err
+		}
+		if !enabled {
+			continue
+		}
+		cfg, _ := yaml.Marshal(&spec.Config)
+		want[spec.Name] = Desired{plugin: p, settings: settings, fingerprint: fmt.Sprintf("%+v|%s", settings, cfg)}
+	}
+	if s.Only != "" && !found {
+		return nil, fmt.Errorf("plugin %q is not listed", s.Only)
+	}
+	return want, nil
+}
+
+// Run starts the plugins of want and keeps them in step with the file until ctx ends; then
+// it stops every plugin and waits for them. initial is the file content want came from.
+func (s *Supervisor) Run(ctx context.Context, want map[string]Desired, initial []byte) error {
+	s.running = map[string]*runner{}
+	s.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "khook_plugin_config_reloads_total",
+		Help: "Reloads of plugins.yaml, by result (success, error). On error the running plugins are left as they were.",
+	}, []string{"result"})
+	s.reloads.WithLabelValues("success")
+	s.reloads.WithLabelValues("error")
+	_ = replacing{s.Reg}.Register(s.reloads)
+	s.apply(ctx, want)
+
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_ = filewatch.Watch(ctx, s.Path, initial, s.Interval, func(b []byte) {
+			want, err := s.parse(b)
+			if err != nil {
+				s.reloads.WithLabelValues("error").Inc()
+				s.Logger.Error("plugins file rejected, leaving plugins as they are", zap.String("file", s.Path), zap.Error(err))
+				return
+			}
+			s.reloads.WithLabelValues("success").Inc()
+			s.apply(ctx, want)
+		})
+	})
+	wg.Go(func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				s.mu.Lock()
+				for name := range s.running {
+					s.Metrics.refresh(name)
+				}
+				s.mu.Unlock()
+			}
+		}
+	})
+	<-ctx.Done()
+	wg.Wait()
+	s.apply(context.Background(), nil) // stop everything
+	return nil
+}
+
+// apply stops the plugins that are no longer wanted or whose settings changed, and starts
+// the wanted ones that are not running. Plugins that did not change are not touched.
+func (s *Supervisor) apply(ctx context.Context, want map[string]Desired) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, r := range s.running {
+		if d, ok := want[name]; ok && d.fingerprint == r.fingerprint {
+			continue
+		}
+		r.cancel()
+		<-r.done
+		delete(s.running, name)
+		s.Probes.Remove("plugin " + name)
+		s.Logger.Info("plugin stopped", zap.String("plugin", name))
+	}
+	for _, name := range slices.Sorted(maps.Keys(want)) {
+		if _, ok := s.running[name]; ok {
+			continue
+		}
+		d := want[name]
+		rctx, cancel := context.WithCancel(ctx)
+		r := &runner{name: name, fingerprint: d.fingerprint, cancel: cancel, done: make(chan struct{}), state: "starting"}
+		s.running[name] = r
+		s.Probes.Set("plugin "+name, r.ready)
+		s.Metrics.Init(name, d.plugin.SupportedEventTypes())
+		go s.supervise(rctx, r, d)
+	}
+}
+
+// supervise runs one plugin, restarting it after errors and panics with backoff.
+func (s *Supervisor) supervise(ctx context.Context, r *runner, d Desired) {
+	defer close(r.done)
+	p := d.plugin
+	emit := s.Pub.Emitter(p.Name(), p.SupportedEventTypes()...)
+	log := s.Logger.With(zap.String("plugin", p.Name()), zap.String("version", p.Version()))
+	failures := 0
+	for {
+		started := time.Now()
+		r.set("running", nil)
+		s.Metrics.SetActive(p.Name(), true)
+		log.Info("plugin started")
+		err := runSafely(ctx, p, emit)
+		s.Metrics.SetActive(p.Name(), false)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			err = errors.New("Run returned before it was stopped")
+		}
+		s.Metrics.Failed(p.Name())
+		if time.Since(started) > stableAfter {
+			failures = 0
+		}
+		failures++
+		if d.settings.MaxRetries >= 0 && failures > d.settings.MaxRetries {
+			r.set("failed", err)
+			log.Error("plugin failed too often; not restarting until plugins.yaml changes", zap.Int("failures", failures), zap.Error(err))
+			return
+		}
+		delay := d.settings.RetryInterval << min(failures-1, 20)
+		delay = min(delay, 5*time.Minute)
+		r.set("restarting", err)
+		log.Warn("plugin failed, restarting", zap.Int("failures", failures), zap.Duration("delay", delay), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		s.Metrics.Restarted(p.Name())
+	}
+}
+
+// runSafely runs a plugin, turning a panic into an error so one plugin cannot take the
+// process down.
+func runSafely(ctx context.Context, p EventSource, emit Emit) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return p.Run(ctx, emit)
+}
+
+// replacing registers collectors, replacing one already registered under the same
+// descriptors: a plugin rebuilt after a config change registers its metrics again.
+type replacing struct{ prometheus.Registerer }
+
+func (r replacing) Register(c prometheus.Collector) error {
+	err := r.Registerer.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		r.Registerer.Unregister(are.ExistingCollector)
+		return r.Registerer.Register(c)
+	}
+	return err
+}
+
+func (r replacing) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := r.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+// takeSettings removes the runtime's keys from the plugin's config and returns them.
+func (s *Spec) takeSettings() (Settings, error) {
+	settings := defaultSettings()
+	if s.Config.Kind != yaml.MappingNode {
+		return settings, nil
+	}
+	keys := map[string]bool{"maxRetries": true, "retryInterval": true, "healthCheckInterval": true, "verboseLogging": true}
+	runtime := &yaml.Node{Kind: yaml.MappingNode}
+	rest := s.Config.Content[:0:0]
+	for i := 0; i+1 < len(s.Config.Content); i += 2 {
+		if keys[s.Config.Content[i].Value] {
+			runtime.Content = append(runtime.Content, s.Config.Content[i], s.Config.Content[i+1])
+		} else {
+			rest = append(rest, s.Config.Content[i], s.Config.Content[i+1])
+		}
+	}
+	s.Config.Content = rest
+	if len(runtime.Content) == 0 {
+		return settings, nil
+	}
+	tmp := Spec{Name: s.Name, Config: *runtime}
+	if err := tmp.DecodeConfig(&settings); err != nil {
+		return settings, err
+	}
+	if settings.RetryInterval <= 0 {
+		return settings, errors.New("retryInterval: must be positive")
+	}
+	return settings, nil
+}
