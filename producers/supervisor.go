@@ -9,9 +9,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 	"gopkg.in/yaml.v3"
 
@@ -33,7 +35,7 @@ type Supervisor struct {
 	Table    map[string]Constructor // the built-in plugins
 	Pub      *Publisher
 	Metrics  *Metrics
-	Reg      prometheus.Registerer
+	Reg      prometheus.Registerer // the supervisor's own metrics
 	Probes   *telemetry.Probes
 	Logger   *zap.Logger
 	Env      func(string) (string, bool) // for ${VAR}; os.LookupEnv in production
@@ -42,12 +44,37 @@ type Supervisor struct {
 	mu      sync.Mutex
 	running map[string]*runner
 	reloads *prometheus.CounterVec
+	started atomic.Bool
+}
+
+// Gatherer serves the metrics of the running plugins. Each plugin instance registers on a
+// registry of its own, so a plugin rebuilt after a config change brings fresh collectors
+// instead of colliding with its predecessor's; serve it beside the process's registry.
+func (s *Supervisor) Gatherer() prometheus.Gatherer {
+	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		s.mu.Lock()
+		gs := make(prometheus.Gatherers, 0, len(s.running))
+		for _, r := range s.running {
+			gs = append(gs, r.reg)
+		}
+		s.mu.Unlock()
+		return gs.Gather()
+	})
+}
+
+// Ready is a readiness check that fails until the plugins of the file have been started.
+func (s *Supervisor) Ready(context.Context) error {
+	if !s.started.Load() {
+		return errors.New("plugins not started yet")
+	}
+	return nil
 }
 
 // runner is one running plugin.
 type runner struct {
 	name        string
 	fingerprint string
+	reg         *prometheus.Registry
 	cancel      context.CancelFunc
 	done        chan struct{}
 
@@ -113,6 +140,7 @@ func (s *Supervisor) Load() (map[string]Desired, []byte, error) {
 // Desired is one plugin that should be running, built and validated by Load.
 type Desired struct {
 	plugin      EventSource
+	reg         *prometheus.Registry
 	settings    Settings
 	fingerprint string
 }
@@ -142,10 +170,7 @@ func (s *Supervisor) parse(b []byte) (map[string]Desired, error) {
 			return nil, fmt.Errorf("plugins.%s.config: %w", spec.Name, err)
 		}
 		enabled := spec.IsEnabled() || s.Only == spec.Name
-		reg := prometheus.Registerer(prometheus.NewRegistry()) // a disabled plugin's metrics go nowhere
-		if enabled {
-			reg = replacing{s.Reg}
-		}
+		reg := prometheus.NewRegistry()
 		logger := s.Logger.Named(spec.Name)
 		if !settings.VerboseLogging {
 			logger = logger.WithOptions(zap.IncreaseLevel(zap.InfoLevel))
@@ -158,7 +183,7 @@ func (s *Supervisor) parse(b []byte) (map[string]Desired, error) {
 			continue
 		}
 		cfg, _ := yaml.Marshal(&spec.Config)
-		want[spec.Name] = Desired{plugin: p, settings: settings, fingerprint: fmt.Sprintf("%+v|%s", settings, cfg)}
+		want[spec.Name] = Desired{plugin: p, reg: reg, settings: settings, fingerprint: fmt.Sprintf("%+v|%s", settings, cfg)}
 	}
 	if s.Only != "" && !found {
 		return nil, fmt.Errorf("plugin %q is not listed", s.Only)
@@ -176,8 +201,11 @@ func (s *Supervisor) Run(ctx context.Context, want map[string]Desired, initial [
 	}, []string{"result"})
 	s.reloads.WithLabelValues("success")
 	s.reloads.WithLabelValues("error")
-	_ = replacing{s.Reg}.Register(s.reloads)
+	if err := s.Reg.Register(s.reloads); err != nil {
+		return err
+	}
 	s.apply(ctx, want)
+	s.started.Store(true)
 
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -235,7 +263,7 @@ func (s *Supervisor) apply(ctx context.Context, want map[string]Desired) {
 		}
 		d := want[name]
 		rctx, cancel := context.WithCancel(ctx)
-		r := &runner{name: name, fingerprint: d.fingerprint, cancel: cancel, done: make(chan struct{}), state: "starting"}
+		r := &runner{name: name, fingerprint: d.fingerprint, reg: d.reg, cancel: cancel, done: make(chan struct{}), state: "starting"}
 		s.running[name] = r
 		s.Probes.Set("plugin "+name, r.ready)
 		s.Metrics.Init(name, d.plugin.SupportedEventTypes())
@@ -295,28 +323,6 @@ func runSafely(ctx context.Context, p EventSource, emit Emit) (err error) {
 		}
 	}()
 	return p.Run(ctx, emit)
-}
-
-// replacing registers collectors, replacing one already registered under the same
-// descriptors: a plugin rebuilt after a config change registers its metrics again.
-type replacing struct{ prometheus.Registerer }
-
-func (r replacing) Register(c prometheus.Collector) error {
-	err := r.Registerer.Register(c)
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		r.Registerer.Unregister(are.ExistingCollector)
-		return r.Registerer.Register(c)
-	}
-	return err
-}
-
-func (r replacing) MustRegister(cs ...prometheus.Collector) {
-	for _, c := range cs {
-		if err := r.Register(c); err != nil {
-			panic(err)
-		}
-	}
 }
 
 // takeSettings removes the runtime's keys from the plugin's config and returns them.

@@ -1,11 +1,19 @@
 package streams
 
 import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"strings"
+
 	"errors"
 	"fmt"
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/khook/khook/streams/subject"
+	"github.com/nats-io/nats.go"
 
 	"github.com/nats-io/nats-server/v2/server"
 )
@@ -17,11 +25,25 @@ type EmbeddedConfig struct {
 	// Listen is the host:port other processes (khook publish, the nats CLI, external plugins)
 	// connect to. Empty means in-process connections only.
 	Listen string `koanf:"listen"`
+	// PluginUsers gives each out-of-process plugin its own user, allowed to publish only to
+	// its own raw subjects (<prefix>.raw.<name>.>). With any listed, the server requires a
+	// user for every connection.
+	PluginUsers []PluginUser `koanf:"plugin_users"`
+}
+
+// PluginUser is an out-of-process plugin's NATS identity.
+type PluginUser struct {
+	// Name is the plugin's name: its user name and the source token it may publish under.
+	Name string `koanf:"name"`
+	// PasswordFile holds the plugin's password; secrets are never written in khook.yaml.
+	PasswordFile string `koanf:"password_file"`
 }
 
 // StartEmbedded starts a NATS server with JetStream and waits until it accepts connections.
-// The caller owns the server and must call Shutdown and WaitForShutdown.
-func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
+// It returns the options khook's own in-process connection needs (a generated internal
+// user, when plugin users make the server require one). The caller owns the server and must
+// call Shutdown and WaitForShutdown.
+func StartEmbedded(cfg EmbeddedConfig, subjects subject.Builder) (*server.Server, []nats.Option, error) {
 	opts := &server.Options{
 		ServerName: "khook-embedded",
 		JetStream:  true,
@@ -29,16 +51,44 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		NoSigs:     true,
 		NoLog:      true,
 	}
+	var connect []nats.Option
+	if len(cfg.PluginUsers) > 0 {
+		internal := make([]byte, 24)
+		if _, err := rand.Read(internal); err != nil {
+			return nil, nil, err
+		}
+		password := hex.EncodeToString(internal)
+		opts.Users = []*server.User{{Username: "khook", Password: password}}
+		for i, pu := range cfg.PluginUsers {
+			if err := subject.CheckToken(fmt.Sprintf("nats.embedded.plugin_users[%d].name", i), pu.Name); err != nil {
+				return nil, nil, err
+			}
+			pw, err := os.ReadFile(pu.PasswordFile)
+			if err != nil {
+				return nil, nil, fmt.Errorf("nats.embedded.plugin_users[%d].password_file: %w", i, err)
+			}
+			raw, _ := subjects.Raw(pu.Name, "x")
+			opts.Users = append(opts.Users, &server.User{
+				Username: pu.Name,
+				Password: strings.TrimSpace(string(pw)),
+				Permissions: &server.Permissions{
+					Publish:   &server.SubjectPermission{Allow: []string{strings.TrimSuffix(raw, ".x") + ".>"}},
+					Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+				},
+			})
+		}
+		connect = append(connect, nats.UserInfo("khook", password))
+	}
 	if cfg.Listen == "" {
 		opts.DontListen = true
 	} else {
 		host, port, err := net.SplitHostPort(cfg.Listen)
 		if err != nil {
-			return nil, fmt.Errorf("nats.embedded.listen %q: %w", cfg.Listen, err)
+			return nil, nil, fmt.Errorf("nats.embedded.listen %q: %w", cfg.Listen, err)
 		}
 		opts.Host = host
 		if opts.Port, err = strconv.Atoi(port); err != nil {
-			return nil, fmt.Errorf("nats.embedded.listen %q: bad port: %w", cfg.Listen, err)
+			return nil, nil, fmt.Errorf("nats.embedded.listen %q: bad port: %w", cfg.Listen, err)
 		}
 		if opts.Port == 0 {
 			opts.Port = server.RANDOM_PORT
@@ -46,12 +96,12 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("embedded nats: %w", err)
+		return nil, nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {
 		ns.Shutdown()
-		return nil, errors.New("embedded nats: not ready for connections after 30s (is the listen address in use?)")
+		return nil, nil, errors.New("embedded nats: not ready for connections after 30s (is the listen address in use?)")
 	}
-	return ns, nil
+	return ns, connect, nil
 }

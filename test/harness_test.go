@@ -214,13 +214,18 @@ type pipelineFiles struct {
 	dispatcherAckWait string
 	// hookWindow, when set, is the test hook's suppression window.
 	hookWindow string
+	// extraPlugins, extraMappings and extraHooks are appended to the generated files (list
+	// items, indented as the files' own).
+	extraPlugins, extraMappings, extraHooks string
+	// extraNATS is appended under nats.embedded.
+	extraNATS string
 }
 
 func (p pipelineFiles) write(t *testing.T) string {
 	t.Helper()
 	natsBlock := "nats:\n  url: " + p.natsURL + "\n"
 	if p.natsURL == "" {
-		natsBlock = fmt.Sprintf("nats:\n  embedded:\n    store_dir: %s\n    listen: %s\n", p.storeDir, p.embeddedListen)
+		natsBlock = fmt.Sprintf("nats:\n  embedded:\n    store_dir: %s\n    listen: %s\n%s", p.storeDir, p.embeddedListen, p.extraNATS)
 	}
 	if p.mapperAckWait != "" || p.dispatcherAckWait != "" {
 		natsBlock += "streams:\n"
@@ -246,9 +251,9 @@ server:
   metrics_addr: 127.0.0.1:%d
   probes_addr: 127.0.0.1:%d
 `, p.agentURL, timeout, p.metrics, p.probes),
-		"plugins.yaml":        fmt.Sprintf("plugins:\n  - name: webhook\n    enabled: true\n    config:\n      address: 127.0.0.1\n      port: %d\n      path: /webhook\n", p.webhook),
-		"event-mappings.yaml": "mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n",
-		"hooks.yaml":          hooks,
+		"plugins.yaml":        fmt.Sprintf("plugins:\n  - name: webhook\n    enabled: true\n    config:\n      address: 127.0.0.1\n      port: %d\n      path: /webhook\n", p.webhook) + p.extraPlugins,
+		"event-mappings.yaml": "mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n" + p.extraMappings,
+		"hooks.yaml":          hooks + p.extraHooks,
 	}
 	for name, body := range files {
 		require.NoError(t, os.WriteFile(filepath.Join(p.dir, name), []byte(body), 0o600))

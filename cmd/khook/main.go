@@ -32,6 +32,7 @@ func commands() map[string]command {
 		"streams":    {"streams apply: create or update streams, consumers and buckets", runStreams},
 		"agent":      {"run a local A2A demo agent that prints every task it receives", runAgent},
 		"mappings":   {"mappings check FILE [--event EVENT.json]: validate a mappings file", runMappings},
+		"publish":    {"publish events from a script or an out-of-process plugin", runPublish},
 		"version":    {"print the version", runVersion},
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/khook/khook/consumers/dispatch"
@@ -139,8 +141,9 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	}
 
 	var ns *server.Server
+	var internal []nats.Option
 	if st.embedded && cfg.NATS.URL == "" {
-		if ns, err = streams.StartEmbedded(cfg.NATS.Embedded); err != nil {
+		if ns, internal, err = streams.StartEmbedded(cfg.NATS.Embedded, cfg.Streams.Subjects()); err != nil {
 			return err
 		}
 		defer func() {
@@ -152,7 +155,7 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	} else if cfg.NATS.URL == "" {
 		cfg.NATS.URL = config.DefaultNATSURL
 	}
-	nc, err := connectTo(cfg, ns)
+	nc, err := connectTo(cfg, ns, internal...)
 	if err != nil {
 		return err
 	}
@@ -197,6 +200,7 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		sup.Pub = producers.NewPublisher(js, cfg.Streams.Subjects(), sup.Metrics)
 		// Unready while JetStream refuses events, so load balancers steer webhooks away.
 		probes.Set("producer", sup.Pub.Ready)
+		probes.Set("plugins", sup.Ready)
 		addActor("plugins", func(ctx context.Context) error { return sup.Run(ctx, plugins, pluginsFile) })
 	}
 	if st.mapper {
@@ -213,8 +217,12 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		logger.Info("dispatcher started", zap.Int("hooks", hooks.Len()), zap.String("default_target", cfg.Dispatcher.Target),
 			zap.Int("routes", len(cfg.Dispatcher.Routes)))
 	}
+	var pluginMetrics []prometheus.Gatherer
+	if sup != nil {
+		pluginMetrics = append(pluginMetrics, sup.Gatherer())
+	}
 	for _, s := range []*telemetry.HTTPServer{
-		{Name: "metrics", Addr: cfg.Server.MetricsAddr, Handler: telemetry.MetricsHandler(reg), Logger: logger},
+		{Name: "metrics", Addr: cfg.Server.MetricsAddr, Handler: telemetry.MetricsHandler(reg, pluginMetrics...), Logger: logger},
 		{Name: "probes", Addr: cfg.Server.ProbesAddr, Handler: probes.Handler(), Logger: logger},
 	} {
 		addActor(s.Name+" server", s.Run)
@@ -340,7 +348,7 @@ func connect(cfg config.Config) (*nats.Conn, error) {
 
 // connectTo connects to the embedded server ns in-process when given, else to nats.url.
 // Reconnects never give up: a stage outlives NATS restarts.
-func connectTo(cfg config.Config, ns *server.Server) (*nats.Conn, error) {
+func connectTo(cfg config.Config, ns *server.Server, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name("khook"),
 		nats.MaxReconnects(-1),
@@ -350,6 +358,7 @@ func connectTo(cfg config.Config, ns *server.Server) (*nats.Conn, error) {
 	if ns != nil {
 		opts = append(opts, nats.InProcessServer(ns))
 	}
+	opts = append(opts, extra...)
 	if cfg.NATS.CredentialsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.NATS.CredentialsFile))
 	}
@@ -366,6 +375,10 @@ func connectTo(cfg config.Config, ns *server.Server) (*nats.Conn, error) {
 		nc, err := nats.Connect(url, opts...)
 		if err == nil {
 			return nc, nil
+		}
+		// Wrong credentials will not become right by waiting.
+		if errors.Is(err, nats.ErrAuthorization) || strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
+			return nil, fmt.Errorf("nats connect %s: %w", url, err)
 		}
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("nats connect %s: %w", url, err)

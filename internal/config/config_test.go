@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -19,10 +20,23 @@ func writeFile(t *testing.T, body string) string {
 func TestLoadDefaultsAreValid(t *testing.T) {
 	cfg, err := Load("", nil, nil)
 	require.NoError(t, err)
-	// koanf turns a nil list into an empty one; both mean "no routes".
-	require.Empty(t, cfg.Dispatcher.Routes)
-	cfg.Dispatcher.Routes = nil
+	// koanf turns a nil list into an empty one; both mean "none".
+	nilEmptyLists(reflect.ValueOf(&cfg).Elem())
 	require.Equal(t, Default(), cfg)
+}
+
+// nilEmptyLists sets every empty slice in v to nil.
+func nilEmptyLists(v reflect.Value) {
+	switch v.Kind() {
+	case reflect.Struct:
+		for i := range v.NumField() {
+			nilEmptyLists(v.Field(i))
+		}
+	case reflect.Slice:
+		if v.Len() == 0 && v.CanSet() {
+			v.Set(reflect.Zero(v.Type()))
+		}
+	}
 }
 
 func TestLoadPrecedence(t *testing.T) {

@@ -48,9 +48,10 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
-// MetricsHandler serves the registry in the Prometheus exposition format.
-func MetricsHandler(reg *prometheus.Registry) http.Handler {
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+// MetricsHandler serves the gatherers in the Prometheus exposition format; reg counts the
+// handler's own errors.
+func MetricsHandler(reg *prometheus.Registry, more ...prometheus.Gatherer) http.Handler {
+	return promhttp.HandlerFor(append(prometheus.Gatherers{reg}, more...), promhttp.HandlerOpts{Registry: reg})
 }
 
 // HTTPServer runs one HTTP server as an actor: Run blocks until ctx ends, then shuts the

@@ -7,13 +7,17 @@ import (
 	"strings"
 
 	"github.com/khook/khook/producers"
+	"github.com/khook/khook/producers/alertmanager"
+	"github.com/khook/khook/producers/heartbeat"
 	"github.com/khook/khook/producers/webhook"
 )
 
 // Table maps each built-in plugin's name to its constructor.
 func Table() map[string]producers.Constructor {
 	return map[string]producers.Constructor{
-		webhook.Name: webhook.FromSpec,
+		webhook.Name:      webhook.FromSpec,
+		alertmanager.Name: alertmanager.FromSpec,
+		heartbeat.Name:    heartbeat.FromSpec,
 	}
 }
 

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/khook/khook/internal/config"
+	"github.com/khook/khook/producers"
+	"github.com/khook/khook/streams/cloudevent"
+)
+
+// runPublish implements `khook publish`: the out-of-process plugin's way in. It publishes one
+// event (--data), or one event per line of newline-delimited JSON on stdin, to
+// <prefix>.raw.<source>.<type>, exactly as built-in plugins do, and prints each stored id.
+func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, common := newFlagSet("publish", stderr)
+	source := fs.String("source", "", "the plugin's name: the source token of its events (required)")
+	eventType := fs.String("type", "", "the event type, when the data has no \"type\" field")
+	id := fs.String("id", "", "the event id (default: the CloudEvents id, else a hash of the event)")
+	subj := fs.String("subject", "", "the CloudEvents subject, namespace/kind/name")
+	data := fs.String("data", "", "one event's data as a JSON object; without it, events are read from stdin, one JSON object per line")
+	user := fs.String("user", "", "NATS user (an embedded server's plugin user is the plugin's name)")
+	passwordFile := fs.String("password-file", "", "file holding the NATS password")
+	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for each event to be stored")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *source == "" {
+		return usageError{errors.New("--source is required")}
+	}
+	cfg, err := config.Load(common.config, environ(), common.overrides())
+	if err != nil {
+		return err
+	}
+	// The server reports a publish it refuses asynchronously; the handler records it and
+	// ends the wait for an acknowledgement that will never come.
+	var denied atomic.Value
+	var cancelWait atomic.Pointer[context.CancelFunc]
+	extra := []nats.Option{nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		if err != nil && strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+			denied.Store(err)
+			if c := cancelWait.Load(); c != nil {
+				(*c)()
+			}
+		}
+	})}
+	if *user != "" {
+		pw := ""
+		if *passwordFile != "" {
+			b, err := os.ReadFile(*passwordFile)
+			if err != nil {
+				return fmt.Errorf("--password-file: %w", err)
+			}
+			pw = strings.TrimSpace(string(b))
+		}
+		extra = append(extra, nats.UserInfo(*user, pw))
+	}
+	if cfg.NATS.URL == "" {
+		cfg.NATS.URL = config.DefaultNATSURL
+	}
+	nc, err := connectTo(cfg, nil, extra...)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	emit := producers.NewPublisher(js, cfg.Streams.Subjects(), producers.NewMetrics(prometheus.NewRegistry())).Emitter(*source)
+
+	publish := func(line []byte, where string) error {
+		ev, err := eventFromJSON(line, *eventType, *id, *subj)
+		if err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+		pctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		cancelWait.Store(&cancel)
+		res, err := emit(pctx, ev)
+		if d := denied.Load(); d != nil {
+			return fmt.Errorf("%s: permission denied: %v (plugin %q may publish only to its own subjects)", where, d, *source)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+		out, _ := json.Marshal(map[string]any{"id": res.ID, "duplicate": res.Duplicate})
+		fmt.Fprintln(stdout, string(out))
+		return nil
+	}
+	if *data != "" {
+		return publish([]byte(*data), "--data")
+	}
+	sc := bufio.NewScanner(os.Stdin)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		if err := publish([]byte(line), fmt.Sprintf("stdin line %d", n)); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+// eventFromJSON reads one event: a CloudEvent in structured JSON (it has "specversion"), or
+// a plain JSON object whose "type" field, or typ, is the event type.
+func eventFromJSON(b []byte, typ, id, subj string) (producers.Event, error) {
+	var probe struct {
+		SpecVersion string          `json:"specversion"`
+		Type        json.RawMessage `json:"type"`
+	}
+	if err := json.Unmarshal(b, &probe); err != nil || len(b) == 0 || b[0] != '{' {
+		return producers.Event{}, fmt.Errorf("%w: not a JSON object", producers.ErrInvalidEvent)
+	}
+	ev := producers.Event{ID: id, Type: typ, Subject: subj, Data: b}
+	if probe.SpecVersion != "" {
+		ce, err := cloudevent.Decode(b)
+		if err != nil {
+			return producers.Event{}, err
+		}
+		ev = producers.Event{ID: ce.ID, Type: ce.Type, Subject: ce.Subject, Time: ce.Time, Data: ce.Data}
+		if id != "" {
+			ev.ID = id
+		}
+		return ev, nil
+	}
+	if ev.Type == "" && len(probe.Type) > 0 {
+		if err := json.Unmarshal(probe.Type, &ev.Type); err != nil {
+			return producers.Event{}, fmt.Errorf(`%w: "type" must be a string`, producers.ErrInvalidEvent)
+		}
+	}
+	if ev.Type == "" {
+		return producers.Event{}, fmt.Errorf(`%w: no event type: give --type or a "type" field`, producers.ErrInvalidEvent)
+	}
+	return ev, nil
+}
