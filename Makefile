@@ -28,8 +28,14 @@ test-short:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./...
 
+# fuzz runs every fuzzer for FUZZTIME each; the committed seeds run in every `make test`.
+FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./streams/cloudevent/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./streams/cloudevent/
+	$(GO) test -run '^$$' -fuzz '^FuzzEncodeStrings$$' -fuzztime $(FUZZTIME) ./streams/cloudevent/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./mapping/
+	$(GO) test -run '^$$' -fuzz '^FuzzMap$$' -fuzztime $(FUZZTIME) ./mapping/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) ./producers/webhook/
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt needed'; exit 1; }
