@@ -18,9 +18,11 @@ run: build
 	trap 'kill $$agent 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/khook run --config examples/local/khook.yaml
 
-# test runs every test, including the multi-process and crash tests, with the race detector.
+# test runs every test, including the multi-process, crash and Kubernetes tests, with the race
+# detector. The Kubernetes tests run a real kube-apiserver and etcd, built once from the Go
+# module proxy into ~/.cache/khook (test/kube/build-assets.sh; a few minutes the first time).
 test: vet
-	$(GO) test -race -count=1 -timeout 20m ./...
+	KHOOK_KUBE_ASSETS="$$(test/kube/build-assets.sh)" $(GO) test -race -count=1 -timeout 30m ./...
 
 test-short:
 	$(GO) test -count=1 -short ./...

@@ -9,6 +9,7 @@ import (
 	"github.com/khook/khook/producers"
 	"github.com/khook/khook/producers/alertmanager"
 	"github.com/khook/khook/producers/heartbeat"
+	"github.com/khook/khook/producers/kubernetes"
 	"github.com/khook/khook/producers/webhook"
 )
 
@@ -18,6 +19,7 @@ func Table() map[string]producers.Constructor {
 		webhook.Name:      webhook.FromSpec,
 		alertmanager.Name: alertmanager.FromSpec,
 		heartbeat.Name:    heartbeat.FromSpec,
+		kubernetes.Name:   kubernetes.FromSpec,
 	}
 }
 
