@@ -219,6 +219,9 @@ type pipelineFiles struct {
 	extraPlugins, extraMappings, extraHooks string
 	// extraNATS is appended under nats.embedded.
 	extraNATS string
+	// kubeconfig, when set, makes the dispatcher watch Hook resources in that cluster;
+	// otherwise hooks come from hooks.yaml.
+	kubeconfig string
 }
 
 func (p pipelineFiles) write(t *testing.T) string {
@@ -237,6 +240,11 @@ func (p pipelineFiles) write(t *testing.T) string {
 	if p.dispatcherAckWait != "" {
 		natsBlock += "  dispatcher:\n    ack_wait: " + p.dispatcherAckWait + "\n"
 		timeout = "2s"
+	}
+	if p.kubeconfig != "" {
+		natsBlock += "kubernetes:\n  hooks: cluster\n  kubeconfig: " + p.kubeconfig + "\n  status_interval: 200ms\n"
+	} else {
+		natsBlock += "kubernetes:\n  hooks: file\n"
 	}
 	hooks := hooksYAML
 	if p.hookWindow != "" {

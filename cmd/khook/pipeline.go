@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -18,10 +19,15 @@ import (
 	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/consumers/dispatch/kubehooks"
 	"github.com/khook/khook/consumers/mapper"
 	"github.com/khook/khook/internal/config"
+	"github.com/khook/khook/internal/filewatch"
+	"github.com/khook/khook/internal/kube"
 	"github.com/khook/khook/internal/telemetry"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/producers"
@@ -134,8 +140,17 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		}
 	}
 	var hooks *dispatch.Index
+	var hooksFile []byte
+	var cluster *rest.Config
 	if st.dispatcher {
-		if hooks, err = loadHooks(cfg.Files.Hooks); err != nil {
+		if cluster, err = hooksFromCluster(cfg, logger); err != nil {
+			return err
+		}
+		if cluster == nil {
+			if hooks, hooksFile, err = loadHooks(cfg.Files.Hooks); err != nil {
+				return err
+			}
+		} else if hooks, err = dispatch.NewIndex(nil); err != nil {
 			return err
 		}
 	}
@@ -213,6 +228,32 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	if st.dispatcher {
 		router := newRouter(cfg, logger)
 		d := dispatch.New(js, cfg.Streams, dispatcherConfig(cfg), hooks, router, reg, logger.Named("dispatcher"))
+		if cluster != nil {
+			lease := cfg.Kubernetes.LeaseNamespace
+			if lease == "" {
+				lease = cmp.Or(os.Getenv("POD_NAMESPACE"), "default")
+			}
+			w, err := kubehooks.New(cluster, d, cfg.Dispatcher.SuppressionWindow, kubehooks.Config{
+				StatusInterval: cfg.Kubernetes.StatusInterval, LeaseNamespace: lease, LeaseName: "khook-dispatcher",
+			}, logger.Named("hooks"))
+			if err != nil {
+				return err
+			}
+			probes.Set("hooks", w.Ready)
+			addActor("hook watcher", w.Run)
+		} else {
+			addActor("hooks file watcher", func(ctx context.Context) error {
+				return filewatch.Watch(ctx, cfg.Files.Hooks, hooksFile, cfg.Files.ReloadInterval, func(b []byte) {
+					idx, err := parseHooks(b)
+					if err != nil {
+						logger.Error("hooks file rejected, keeping the active hooks", zap.String("file", cfg.Files.Hooks), zap.Error(err))
+						return
+					}
+					d.SetHooks(idx)
+					logger.Info("hooks reloaded", zap.Int("hooks", idx.Len()))
+				})
+			})
+		}
 		addActor("dispatcher", d.Run)
 		logger.Info("dispatcher started", zap.Int("hooks", hooks.Len()), zap.String("default_target", cfg.Dispatcher.Target),
 			zap.Int("routes", len(cfg.Dispatcher.Routes)))
@@ -295,20 +336,66 @@ func loadRules(path string) (*mapping.Rules, []byte, error) {
 	return rules, b, nil
 }
 
-func loadHooks(path string) (*dispatch.Index, error) {
+func loadHooks(path string) (*dispatch.Index, []byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("hooks: %w", err)
+		return nil, nil, fmt.Errorf("hooks: %w", err)
 	}
+	idx, err := parseHooks(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return idx, b, nil
+}
+
+func parseHooks(b []byte) (*dispatch.Index, error) {
 	hooks, err := dispatch.ParseHooks(b)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, err
 	}
-	idx, err := dispatch.NewIndex(hooks)
+	return dispatch.NewIndex(hooks)
+}
+
+// hooksFromCluster decides where the dispatcher's Hooks come from (kubernetes.hooks) and
+// returns the cluster's config when they come from the cluster, else nil.
+func hooksFromCluster(cfg config.Config, logger *zap.Logger) (*rest.Config, error) {
+	if cfg.Kubernetes.Hooks == "file" {
+		return nil, nil
+	}
+	rc, err := kube.Config(cfg.Kubernetes.Kubeconfig)
+	if err == nil {
+		err = hookCRDServed(rc)
+	}
+	switch {
+	case err == nil:
+		logger.Info("hooks come from Hook resources in the cluster", zap.String("server", rc.Host))
+		return rc, nil
+	case cfg.Kubernetes.Hooks == "cluster":
+		return nil, fmt.Errorf("kubernetes.hooks is cluster: %w", err)
+	default:
+		logger.Info("hooks come from the hooks file", zap.String("file", cfg.Files.Hooks), zap.String("no_cluster", err.Error()))
+		return nil, nil
+	}
+}
+
+// hookCRDServed checks that the API server serves kagent.dev/v1alpha2 hooks.
+func hookCRDServed(rc *rest.Config) error {
+	rc = rest.CopyConfig(rc)
+	rc.Timeout = 5 * time.Second
+	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return err
 	}
-	return idx, nil
+	list, err := cs.Discovery().ServerResourcesForGroupVersion(kubehooks.GVR.GroupVersion().String())
+	if err != nil {
+		return fmt.Errorf("the Hook CRD (%s) is not served: %w", kubehooks.GVR.GroupVersion(), err)
+	}
+	for _, r := range list.APIResources {
+		if r.Name == kubehooks.GVR.Resource {
+			return nil
+		}
+	}
+	return fmt.Errorf("the Hook CRD (%s) is not served", kubehooks.GVR.GroupVersion())
 }
 
 // applyWithRetry applies the stream topology, retrying while the server is still starting

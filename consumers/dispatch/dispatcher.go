@@ -59,8 +59,29 @@ func DefaultConfig() Config {
 	}
 }
 
+// Observer is told what happens to a hook's tasks, to report it where operators look (the
+// Kubernetes watcher records Events on the Hook). Suppressed duplicates are not reported.
+// Methods must return quickly.
+type Observer interface {
+	// Firing: an event starts a new suppression window for the hook entry.
+	Firing(t Task)
+	// Delivered: the agent accepted the task.
+	Delivered(t Task, res Result)
+	// Failed: a call failed; final says the task was dead-lettered.
+	Failed(t Task, err error, final bool)
+}
+
+type noObserver struct{}
+
+func (noObserver) Firing(Task)              {}
+func (noObserver) Delivered(Task, Result)   {}
+func (noObserver) Failed(Task, error, bool) {}
+
 // Dispatcher is the dispatch stage. Several replicas share one durable consumer.
 type Dispatcher struct {
+	// Observer, when set before Run, is told of firings, deliveries and failures.
+	Observer Observer
+
 	js      jetstream.JetStream
 	topo    streams.Config
 	cfg     Config
@@ -86,6 +107,7 @@ func New(js jetstream.JetStream, topo streams.Config, cfg Config, hooks *Index, 
 	}, func() float64 { return float64(d.guards.openCount()) })
 	reg.MustRegister(m.breakersOpen)
 	d.hooks.Store(hooks)
+	d.Observer = noObserver{}
 	return d
 }
 
@@ -234,6 +256,9 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 		d.metrics.suppressed.Inc()
 		return settle{ack: true}
 	}
+	if md, err := msg.Metadata(); err != nil || md.NumDelivered == 1 {
+		d.Observer.Firing(t)
+	}
 
 	target := d.router.Target(m.Agent)
 	g := d.guards.get(target.Endpoint(t))
@@ -252,6 +277,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 		d.metrics.deliveries.WithLabelValues(target.Name(), "success").Inc()
 		d.metrics.taskStates.WithLabelValues(res.State).Inc()
 		log.Info("delivered", zap.String("task_state", res.State), zap.Duration("took", time.Since(start)))
+		d.Observer.Delivered(t, res)
 		if err := d.state.MarkDelivered(ctx, t.MessageID, res.State); err != nil {
 			// The agent has the task; without the record a redelivery would call it again.
 			log.Warn("delivery record not stored", zap.Error(err))
@@ -259,6 +285,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 		return settle{ack: true}
 	}
 	if !retryable {
+		d.Observer.Failed(t, err, true)
 		return d.giveUp(ctx, msg, t, target, "permanent", 1, err, log)
 	}
 	attempts, aerr := d.state.Attempt(ctx, t.MessageID)
@@ -267,8 +294,10 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 		attempts = 1
 	}
 	if attempts >= d.cfg.MaxAttempts {
+		d.Observer.Failed(t, err, true)
 		return d.giveUp(ctx, msg, t, target, "max-attempts", attempts, err, log)
 	}
+	d.Observer.Failed(t, err, false)
 	delay := max(backoff(attempts, d.cfg.RetryBase, d.cfg.RetryMax), min(retryAfter, d.cfg.RetryMax))
 	d.metrics.deliveries.WithLabelValues(target.Name(), "retry").Inc()
 	log.Warn("delivery failed, will retry", zap.Int("attempt", attempts), zap.Duration("delay", delay), zap.Error(err))

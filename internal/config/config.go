@@ -21,6 +21,21 @@ type Config struct {
 	Kagent     Kagent         `koanf:"kagent"`
 	Server     Server         `koanf:"server"`
 	Log        Log            `koanf:"log"`
+	Kubernetes Kubernetes     `koanf:"kubernetes"`
+}
+
+// Kubernetes says where the dispatcher finds Hooks.
+type Kubernetes struct {
+	// Hooks is cluster (watch Hook resources), file (hooks.yaml) or auto: the cluster when a
+	// kubeconfig or in-cluster config is found and the Hook CRD is installed, else the file.
+	Hooks string `koanf:"hooks"`
+	// Kubeconfig names a kubeconfig file; empty means in-cluster, else $KUBECONFIG.
+	Kubeconfig string `koanf:"kubeconfig"`
+	// StatusInterval is how often Hook status is reconciled, at most one write per Hook.
+	StatusInterval time.Duration `koanf:"status_interval"`
+	// LeaseNamespace holds the Lease that elects the one replica writing Hook status;
+	// empty means $POD_NAMESPACE, else default.
+	LeaseNamespace string `koanf:"lease_namespace"`
 }
 
 // NATS says how to reach NATS. With an empty URL, `khook run` starts an embedded server.
@@ -138,8 +153,9 @@ func Default() Config {
 			UserID:   "admin@kagent.dev",
 			Timeout:  120 * time.Second,
 		},
-		Server: Server{MetricsAddr: ":8080", ProbesAddr: ":8081"},
-		Log:    Log{Level: "info", Format: "console"},
+		Server:     Server{MetricsAddr: ":8080", ProbesAddr: ":8081"},
+		Log:        Log{Level: "info", Format: "console"},
+		Kubernetes: Kubernetes{Hooks: "auto", StatusInterval: 10 * time.Second},
 	}
 }
 
@@ -183,6 +199,14 @@ func (c Config) Validate() error {
 	if c.Streams.Dispatcher.AckWait <= c.Kagent.Timeout {
 		errs = append(errs, fmt.Errorf("streams.dispatcher.ack_wait: must exceed kagent.timeout (%s), got %s",
 			c.Kagent.Timeout, c.Streams.Dispatcher.AckWait))
+	}
+	switch c.Kubernetes.Hooks {
+	case "auto", "cluster", "file":
+	default:
+		errs = append(errs, fmt.Errorf("kubernetes.hooks: must be auto, cluster or file, got %q", c.Kubernetes.Hooks))
+	}
+	if c.Kubernetes.StatusInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("kubernetes.status_interval: must be at least 100ms, got %s", c.Kubernetes.StatusInterval))
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -1,5 +1,5 @@
 // Package kubetest runs a real etcd and kube-apiserver on loopback for integration tests,
-// from the binaries test/kube/build-assets.sh builds (KHOOK_KUBE_ASSETS names their
+// from the binaries test/kube/build-assets.sh builds (KUBE_TEST_ASSETS names their
 // directory; `make test` sets it). It is not a fake: the API server validates, stores and
 // watches exactly as in a cluster, minus the controllers.
 package kubetest
@@ -27,7 +27,7 @@ import (
 )
 
 // AssetsEnv names the directory holding kube-apiserver and etcd.
-const AssetsEnv = "KHOOK_KUBE_ASSETS"
+const AssetsEnv = "KUBE_TEST_ASSETS"
 
 // adminToken is the static bearer token of the test cluster's admin (system:masters).
 const adminToken = "khook-test-admin-token"
@@ -112,6 +112,10 @@ func Start(t testing.TB, opts Options) *Cluster {
 		Host:            fmt.Sprintf("https://127.0.0.1:%d", c.apiPort),
 		BearerToken:     adminToken,
 		TLSClientConfig: rest.TLSClientConfig{Insecure: true},
+		// Tests create objects in bursts; client-go's default of 5 requests/s would make the
+		// client, not the server, the thing under test.
+		QPS:   1000,
+		Burst: 2000,
 	}
 	c.Kubeconfig = filepath.Join(c.dir, "kubeconfig")
 	kc := clientcmdapi.NewConfig()

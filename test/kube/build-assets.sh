@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the kube-apiserver and etcd binaries the Kubernetes integration tests run, from the
 # Go module proxy, into a cache outside the clone keyed by version, and reuses them when
-# present. Prints the cache directory (use it as KHOOK_KUBE_ASSETS).
+# present. Prints the cache directory (use it as KUBE_TEST_ASSETS).
 #
 #   test/kube/build-assets.sh            # build if missing, print the directory
 #
@@ -13,7 +13,7 @@ set -euo pipefail
 KUBE_VERSION=${KUBE_VERSION:-v1.37.2}
 STAGING_VERSION=${STAGING_VERSION:-v0.${KUBE_VERSION#v1.}}
 ETCD_VERSION=${ETCD_VERSION:-v3.7.3}
-CACHE=${KHOOK_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/khook}/kube-${KUBE_VERSION}-etcd-${ETCD_VERSION}
+CACHE=${KUBE_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/khook}/kube-${KUBE_VERSION}-etcd-${ETCD_VERSION}
 
 if [ -x "$CACHE/kube-apiserver" ] && [ -x "$CACHE/etcd" ]; then
   echo "$CACHE"

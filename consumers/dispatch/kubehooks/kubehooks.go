@@ -1,0 +1,326 @@
+// Package kubehooks connects the dispatcher to Hook resources (kagent.dev/v1alpha2) in a
+// cluster: it watches Hooks cluster-wide and gives the dispatcher every valid one, writes
+// each Hook's status.activeEvents from the shared dispatch state, and records Kubernetes
+// Events on Hooks (EventFiring, AgentCallSuccess, AgentCallFailure).
+//
+// Status is written with a merge patch of the status subresource, only when it changed, at
+// most once per interval, and by one dispatcher replica at a time: the holder of a Lease.
+package kubehooks
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	k8s "k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/khook/khook/consumers/dispatch"
+)
+
+// GVR is the Hook resource.
+var GVR = schema.GroupVersionResource{Group: "kagent.dev", Version: "v1alpha2", Resource: "hooks"}
+
+// Config configures the watcher.
+type Config struct {
+	// StatusInterval is how often status is reconciled (and so the most it is written).
+	StatusInterval time.Duration
+	// LeaseNamespace and LeaseName name the Lease that elects the status writer.
+	LeaseNamespace, LeaseName string
+	// Identity is this replica's name in the Lease; the hostname (pod name) by default.
+	Identity string
+}
+
+// Watcher feeds a dispatcher from Hook resources.
+type Watcher struct {
+	cfg      Config
+	dyn      dynamic.Interface
+	cs       k8s.Interface
+	d        *dispatch.Dispatcher
+	logger   *zap.Logger
+	informer cache.SharedIndexInformer
+	recorder events.EventRecorder
+	leading  atomic.Bool
+	synced   atomic.Bool
+	window   time.Duration // the dispatcher's default suppression window
+
+	mu      sync.Mutex
+	objects map[string]*unstructured.Unstructured // namespace/name → Hook
+	invalid map[string]string                     // namespace/name → resourceVersion already reported
+}
+
+// New returns a watcher for the API server of rc. It starts nothing.
+func New(rc *rest.Config, d *dispatch.Dispatcher, window time.Duration, cfg Config, logger *zap.Logger) (*Watcher, error) {
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := k8s.NewForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Identity == "" {
+		cfg.Identity, _ = os.Hostname()
+	}
+	return &Watcher{cfg: cfg, dyn: dyn, cs: cs, d: d, logger: logger, window: window,
+		objects: map[string]*unstructured.Unstructured{}, invalid: map[string]string{}}, nil
+}
+
+// Ready fails until the first list of Hooks has been given to the dispatcher.
+func (w *Watcher) Ready(context.Context) error {
+	if !w.synced.Load() {
+		return fmt.Errorf("hooks not listed from the cluster yet")
+	}
+	return nil
+}
+
+// Run watches Hooks, elects the status writer and reconciles status until ctx ends.
+func (w *Watcher) Run(ctx context.Context) error {
+	broadcaster := events.NewEventBroadcasterAdapter(w.cs)
+	broadcaster.StartRecordingToSink(ctx.Done())
+	defer broadcaster.Shutdown()
+	w.recorder = broadcaster.NewRecorder("khook-dispatcher")
+	w.d.Observer = observer{w}
+
+	factory := dynamicinformer.NewDynamicSharedInformerFactory(w.dyn, 0)
+	w.informer = factory.ForResource(GVR).Informer()
+	changed := make(chan struct{}, 1)
+	poke := func(any) {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	if _, err := w.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: poke, UpdateFunc: func(_, o any) { poke(o) }, DeleteFunc: poke,
+	}); err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), w.informer.HasSynced) {
+		return ctx.Err()
+	}
+	w.rebuild()
+	w.synced.Store(true)
+
+	var wg sync.WaitGroup
+	wg.Go(func() { w.elect(ctx) })
+	tick := time.NewTicker(w.cfg.StatusInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return nil
+		case <-changed:
+			w.rebuild()
+		case <-tick.C:
+			if w.leading.Load() {
+				w.reconcileStatus(ctx)
+			}
+		}
+	}
+}
+
+// rebuild gives the dispatcher every valid Hook in the cluster. An invalid Hook is skipped,
+// logged and reported with a Warning Event on it, once per version; the others keep working.
+func (w *Watcher) rebuild() {
+	var hooks []dispatch.Hook
+	objects := map[string]*unstructured.Unstructured{}
+	for _, o := range w.informer.GetStore().List() {
+		u, ok := o.(*unstructured.Unstructured)
+		if !ok {
+			continue
+		}
+		var h dispatch.Hook
+		b, err := json.Marshal(u.Object)
+		if err == nil {
+			err = json.Unmarshal(b, &h)
+		}
+		if err == nil {
+			err = h.Validate()
+		}
+		key := u.GetNamespace() + "/" + u.GetName()
+		if err != nil {
+			w.mu.Lock()
+			report := w.invalid[key] != u.GetResourceVersion()
+			w.invalid[key] = u.GetResourceVersion()
+			w.mu.Unlock()
+			if report {
+				w.logger.Error("invalid Hook skipped", zap.String("hook", key), zap.Error(err))
+				w.recorder.Eventf(u, nil, corev1.EventTypeWarning, "InvalidHook", "Validate", "%v", err)
+			}
+			continue
+		}
+		h.Status = nil
+		hooks = append(hooks, h)
+		objects[key] = u
+	}
+	idx, err := dispatch.NewIndex(hooks)
+	if err != nil { // every hook was validated above, so this is a bug
+		w.logger.Error("hook index", zap.Error(err))
+		return
+	}
+	w.mu.Lock()
+	w.objects = objects
+	w.mu.Unlock()
+	w.d.SetHooks(idx)
+	w.logger.Info("hooks loaded from the cluster", zap.Int("hooks", len(hooks)))
+}
+
+func (w *Watcher) object(key string) *unstructured.Unstructured {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.objects[key]
+}
+
+// elect runs Lease leader election until ctx ends; the leader writes status.
+func (w *Watcher) elect(ctx context.Context) {
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: w.cfg.LeaseNamespace, Name: w.cfg.LeaseName},
+		Client:     w.cs.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: w.cfg.Identity},
+	}
+	for ctx.Err() == nil {
+		leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+			Lock:            lock,
+			LeaseDuration:   15 * time.Second,
+			RenewDeadline:   10 * time.Second,
+			RetryPeriod:     2 * time.Second,
+			ReleaseOnCancel: true,
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: func(context.Context) {
+					w.logger.Info("writing Hook status (leader)", zap.String("identity", w.cfg.Identity))
+					w.leading.Store(true)
+				},
+				OnStoppedLeading: func() { w.leading.Store(false) },
+			},
+		})
+	}
+}
+
+// activeEvent is one entry of status.activeEvents.
+type activeEvent struct {
+	EventType    string      `json:"eventType"`
+	ResourceName string      `json:"resourceName"`
+	FirstSeen    metav1.Time `json:"firstSeen"`
+	LastSeen     metav1.Time `json:"lastSeen"`
+	Status       string      `json:"status"`
+}
+
+// reconcileStatus patches the status of every Hook whose active events changed.
+func (w *Watcher) reconcileStatus(ctx context.Context) {
+	state := w.d.State()
+	if state == nil {
+		return
+	}
+	w.mu.Lock()
+	objects := make(map[string]*unstructured.Unstructured, len(w.objects))
+	for k, v := range w.objects {
+		objects[k] = v
+	}
+	w.mu.Unlock()
+	now := time.Now()
+	for key, u := range objects {
+		active, err := state.ActiveEvents(ctx, key)
+		if err != nil {
+			w.logger.Warn("active events", zap.String("hook", key), zap.Error(err))
+			continue
+		}
+		want := make([]activeEvent, 0, len(active))
+		for _, a := range active {
+			want = append(want, activeEvent{EventType: a.EventType, ResourceName: a.ResourceName,
+				FirstSeen: metav1.NewTime(a.FirstSeen.Truncate(time.Second)), LastSeen: metav1.NewTime(a.LastSeen.Truncate(time.Second)),
+				Status: a.Status(now)})
+		}
+		slices.SortFunc(want, func(a, b activeEvent) int {
+			if a.EventType != b.EventType {
+				return compare(a.EventType, b.EventType)
+			}
+			return compare(a.ResourceName, b.ResourceName)
+		})
+		if sameStatus(u, want) {
+			continue
+		}
+		patch, _ := json.Marshal(map[string]any{"status": map[string]any{"activeEvents": want, "lastUpdated": metav1.NewTime(now)}})
+		_, err = w.dyn.Resource(GVR).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.MergePatchType, patch,
+			metav1.PatchOptions{FieldManager: "khook"}, "status")
+		if err != nil {
+			w.logger.Warn("status patch", zap.String("hook", key), zap.Error(err))
+		}
+	}
+}
+
+func compare(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// sameStatus reports whether the Hook's status already lists want.
+func sameStatus(u *unstructured.Unstructured, want []activeEvent) bool {
+	have, _, _ := unstructured.NestedSlice(u.Object, "status", "activeEvents")
+	b1, _ := json.Marshal(have)
+	var haveTyped []activeEvent
+	_ = json.Unmarshal(b1, &haveTyped)
+	if haveTyped == nil {
+		haveTyped = []activeEvent{}
+	}
+	b2, _ := json.Marshal(haveTyped)
+	b3, _ := json.Marshal(want)
+	return string(b2) == string(b3)
+}
+
+// observer records the dispatcher's news as Kubernetes Events on the Hook.
+type observer struct{ w *Watcher }
+
+func (o observer) event(t dispatch.Task, eventtype, reason, note string, args ...any) {
+	u := o.w.object(t.Hook)
+	if u == nil {
+		return
+	}
+	var obj runtime.Object = u
+	o.w.recorder.Eventf(obj, nil, eventtype, reason, "Dispatch", note, args...)
+}
+
+func (o observer) Firing(t dispatch.Task) {
+	o.event(t, corev1.EventTypeNormal, "EventFiring", "%s on %s/%s: calling agent %s/%s",
+		t.Event.Type, t.Event.Namespace, t.Event.Resource.Name, t.Agent.Namespace, t.Agent.Name)
+}
+
+func (o observer) Delivered(t dispatch.Task, res dispatch.Result) {
+	o.event(t, corev1.EventTypeNormal, "AgentCallSuccess", "agent %s/%s accepted the %s task for %s (state %s)",
+		t.Agent.Namespace, t.Agent.Name, t.Event.Type, t.Event.Resource.Name, res.State)
+}
+
+func (o observer) Failed(t dispatch.Task, err error, final bool) {
+	what := "will retry"
+	if final {
+		what = "dead-lettered"
+	}
+	o.event(t, corev1.EventTypeWarning, "AgentCallFailure", "agent %s/%s, %s task for %s (%s): %v",
+		t.Agent.Namespace, t.Agent.Name, t.Event.Type, t.Event.Resource.Name, what, err)
+}

@@ -1,0 +1,349 @@
+package test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+	authv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	k8s "k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+
+	"github.com/khook/khook/consumers/dispatch/kubehooks"
+	"github.com/khook/khook/internal/kubetest"
+	"github.com/khook/khook/streams"
+)
+
+// apply creates every object of a YAML file in the cluster (namespace ns for namespaced
+// objects without one), waiting for CRDs to be served.
+func apply(t *testing.T, rc *rest.Config, path, ns string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	dyn, err := dynamic.NewForConfig(rc)
+	require.NoError(t, err)
+	cs, err := k8s.NewForConfig(rc)
+	require.NoError(t, err)
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(cs.Discovery()))
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(b), 4096)
+	for {
+		var obj unstructured.Unstructured
+		if err := dec.Decode(&obj.Object); errors.Is(err, io.EOF) {
+			break
+		} else {
+			require.NoError(t, err)
+		}
+		if len(obj.Object) == 0 {
+			continue
+		}
+		m, err := mapper.RESTMapping(obj.GroupVersionKind().GroupKind(), obj.GroupVersionKind().Version)
+		require.NoError(t, err, obj.GetKind())
+		var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
+		if m.Scope.Name() == "namespace" {
+			if obj.GetNamespace() == "" {
+				obj.SetNamespace(ns)
+			}
+			ensureNamespace(t, cs, obj.GetNamespace())
+			ri = dyn.Resource(m.Resource).Namespace(obj.GetNamespace())
+		}
+		_, err = ri.Create(context.Background(), &obj, metav1.CreateOptions{})
+		require.NoError(t, err, "%s %s", obj.GetKind(), obj.GetName())
+		if obj.GetKind() == "CustomResourceDefinition" {
+			require.Eventually(t, func() bool {
+				_, err := cs.Discovery().ServerResourcesForGroupVersion(kubehooks.GVR.GroupVersion().String())
+				return err == nil
+			}, 30*time.Second, 50*time.Millisecond, "the CRD is served")
+			mapper.Reset()
+		}
+	}
+}
+
+func ensureNamespace(t *testing.T, cs k8s.Interface, ns string) {
+	t.Helper()
+	_, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if !apierrors.IsAlreadyExists(err) {
+		require.NoError(t, err)
+	}
+}
+
+func hookObject(ns, name, prompt, window string) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "kagent.dev/v1alpha2", "kind": "Hook",
+		"metadata": map[string]any{"name": name, "namespace": ns},
+		"spec": map[string]any{
+			"suppressionWindow": window,
+			"eventConfigurations": []any{map[string]any{
+				"eventType": "pod-restart",
+				"agentRef":  map[string]any{"name": "k8s-agent", "namespace": "kagent"},
+				"prompt":    prompt,
+			}},
+		},
+	}}
+}
+
+// backOff records a Warning BackOff Event about a pod, as the kubelet does.
+func backOff(t *testing.T, cs k8s.Interface, ns, pod, name string) {
+	t.Helper()
+	require.NoError(t, createBackOff(cs, ns, pod, name))
+}
+
+// createBackOff is backOff for goroutines: it returns the error, retrying while the API
+// server sheds load.
+func createBackOff(cs k8s.Interface, ns, pod, name string) error {
+	var err error
+	for attempt := range 10 {
+		if err = tryBackOff(cs, ns, pod, name); err == nil || apierrors.IsAlreadyExists(err) {
+			return nil
+		}
+		time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond) // backoff between retries, not synchronisation
+	}
+	return err
+}
+
+func tryBackOff(cs k8s.Interface, ns, pod, name string) error {
+	_, err := cs.EventsV1().Events(ns).Create(context.Background(), &eventsv1.Event{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, EventTime: metav1.NowMicro(),
+		ReportingController: "kubelet", ReportingInstance: "worker-1", Action: "Restarting",
+		Type: "Warning", Reason: "BackOff", Note: "Back-off restarting failed container app in pod " + pod,
+		Regarding: corev1.ObjectReference{Kind: "Pod", Name: pod, Namespace: ns, APIVersion: "v1"},
+	}, metav1.CreateOptions{})
+	return err
+}
+
+// TestKubernetesEndToEnd runs khook against a real API server: a pod's BackOff Event
+// reaches the agent through a Hook resource; the Hook's status shows the event firing, then
+// resolved; changing and deleting the Hook takes effect without a restart; and the Hook
+// carries Events about its calls.
+func TestKubernetesEndToEnd(t *testing.T) {
+	c := kubetest.Start(t, kubetest.Options{})
+	cs, err := k8s.NewForConfig(c.Config)
+	require.NoError(t, err)
+	dyn, err := dynamic.NewForConfig(c.Config)
+	require.NoError(t, err)
+	apply(t, c.Config, "../helm/khook/crds/kagent.dev_hooks.yaml", "")
+	ensureNamespace(t, cs, "shop")
+	hooks := dyn.Resource(kubehooks.GVR).Namespace("shop")
+	_, err = hooks.Create(context.Background(), hookObject("shop", "restarts", "Pod {{.ResourceName}} in {{.Namespace}} keeps restarting", "3s"), metav1.CreateOptions{})
+	require.NoError(t, err)
+
+	agent, agentURL := startAgent(t)
+	f := pipelineFiles{
+		dir: t.TempDir(), agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
+		embeddedListen: "127.0.0.1:" + strconv.Itoa(freePort(t)), kubeconfig: c.Kubeconfig,
+		extraPlugins: "  - name: kubernetes\n    config:\n      kubeconfig: " + c.Kubeconfig + "\n",
+	}
+	f.storeDir = f.dir + "/data"
+	p := start(t, "khook run", bins.khook, "run", "--config", f.write(t))
+	waitReady(t, p, f.probes)
+
+	_, err = cs.CoreV1().Pods("shop").Create(context.Background(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "cart-7d9f8", Namespace: "shop"},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.example/cart:1"}}},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	backOff(t, cs, "shop", "cart-7d9f8", "cart-backoff-1")
+	got := waitReceived(t, agent, 1, 30*time.Second)
+	require.True(t, strings.HasPrefix(got[0].Text, "Pod cart-7d9f8 in shop keeps restarting\nNamespace: shop\nReason: BackOff"), got[0].Text)
+	require.Equal(t, "kagent/k8s-agent", got[0].Agent)
+
+	// Status: firing while the event recurs, resolved a window (3s) after it stops.
+	status := func() string {
+		h, err := hooks.Get(context.Background(), "restarts", metav1.GetOptions{})
+		require.NoError(t, err)
+		items, _, _ := unstructured.NestedSlice(h.Object, "status", "activeEvents")
+		if len(items) != 1 {
+			return ""
+		}
+		e := items[0].(map[string]any)
+		return fmt.Sprint(e["eventType"], "/", e["resourceName"], "/", e["status"])
+	}
+	require.Eventually(t, func() bool { return status() == "pod-restart/cart-7d9f8/firing" }, 30*time.Second, 50*time.Millisecond)
+	require.Eventually(t, func() bool { return status() == "pod-restart/cart-7d9f8/resolved" }, 30*time.Second, 50*time.Millisecond)
+
+	// The Hook carries Events about what happened to it.
+	reasons := func() map[string]bool {
+		evs, err := cs.EventsV1().Events("shop").List(context.Background(), metav1.ListOptions{FieldSelector: "regarding.name=restarts"})
+		require.NoError(t, err)
+		out := map[string]bool{}
+		for _, e := range evs.Items {
+			out[e.Reason] = true
+		}
+		return out
+	}
+	require.Eventually(t, func() bool { r := reasons(); return r["EventFiring"] && r["AgentCallSuccess"] }, 30*time.Second, 50*time.Millisecond)
+
+	// A changed prompt applies to the next event, without a restart.
+	h, err := hooks.Get(context.Background(), "restarts", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.NoError(t, unstructured.SetNestedSlice(h.Object, []any{map[string]any{
+		"eventType": "pod-restart", "agentRef": map[string]any{"name": "k8s-agent", "namespace": "kagent"},
+		"prompt": "CHANGED: {{.ResourceName}}",
+	}}, "spec", "eventConfigurations"))
+	_, err = hooks.Update(context.Background(), h, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		backOff(t, cs, "shop", "cart-7d9f8", fmt.Sprintf("cart-backoff-%d", time.Now().UnixNano()))
+		rs := agent.Received()
+		return strings.HasPrefix(rs[len(rs)-1].Text, "CHANGED: cart-7d9f8")
+	}, 60*time.Second, 3500*time.Millisecond, "one event per suppression window until the new prompt is in use")
+
+	// A deleted Hook calls nothing more. Everything already under way settles first.
+	require.NoError(t, hooks.Delete(context.Background(), "restarts", metav1.DeleteOptions{}))
+	require.Eventually(t, func() bool {
+		return strings.Contains(p.out.String(), `"hooks": 0`)
+	}, 30*time.Second, 20*time.Millisecond, "the dispatcher saw the deletion")
+	nc, err := nats.Connect("nats://" + f.embeddedListen)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	topo := streams.Default()
+	s, err := js.Stream(context.Background(), topo.Events.Name)
+	require.NoError(t, err)
+	settled := func() uint64 {
+		info, err := s.Info(context.Background())
+		require.NoError(t, err)
+		waitSettled(t, js, topo.Events.Name, topo.Dispatcher.Durable, info.State.LastSeq)
+		return info.State.LastSeq
+	}
+	last := settled()
+	calls := len(agent.Received())
+	backOff(t, cs, "shop", "other-pod", "other-backoff")
+	require.Eventually(t, func() bool {
+		info, err := s.Info(context.Background())
+		return err == nil && info.State.LastSeq > last
+	}, 30*time.Second, 20*time.Millisecond, "the new event was mapped")
+	settled()
+	require.Len(t, agent.Received(), calls, "no hook, no call")
+}
+
+// TestRBACIsLeastPrivilege applies the shipped RBAC and asks the API server what each
+// service account may do.
+func TestRBACIsLeastPrivilege(t *testing.T) {
+	c := kubetest.Start(t, kubetest.Options{})
+	apply(t, c.Config, "../helm/khook/crds/kagent.dev_hooks.yaml", "")
+	apply(t, c.Config, "../helm/manifests/rbac.yaml", "kagent")
+	cs, err := k8s.NewForConfig(c.Config)
+	require.NoError(t, err)
+	can := func(sa, ns, verb, group, resource, sub string) bool {
+		r, err := cs.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authv1.SubjectAccessReview{
+			Spec: authv1.SubjectAccessReviewSpec{
+				User: "system:serviceaccount:kagent:" + sa,
+				ResourceAttributes: &authv1.ResourceAttributes{Namespace: ns, Verb: verb, Group: group, Resource: resource, Subresource: sub},
+			},
+		}, metav1.CreateOptions{})
+		require.NoError(t, err)
+		return r.Status.Allowed
+	}
+	for _, tt := range []struct {
+		sa, ns, verb, group, resource, sub string
+		allowed                            bool
+	}{
+		{"khook-producer", "shop", "watch", "events.k8s.io", "events", "", true},
+		{"khook-producer", "shop", "create", "events.k8s.io", "events", "", false},
+		{"khook-producer", "shop", "list", "kagent.dev", "hooks", "", false},
+		{"khook-producer", "shop", "get", "", "secrets", "", false},
+		{"khook-dispatcher", "shop", "watch", "kagent.dev", "hooks", "", true},
+		{"khook-dispatcher", "shop", "patch", "kagent.dev", "hooks", "status", true},
+		{"khook-dispatcher", "shop", "update", "kagent.dev", "hooks", "", false},
+		{"khook-dispatcher", "shop", "create", "events.k8s.io", "events", "", true},
+		{"khook-dispatcher", "kagent", "update", "coordination.k8s.io", "leases", "", true},
+		{"khook-dispatcher", "shop", "update", "coordination.k8s.io", "leases", "", false},
+		{"khook-dispatcher", "shop", "list", "", "pods", "", false},
+		{"khook-dispatcher", "shop", "get", "", "secrets", "", false},
+	} {
+		require.Equal(t, tt.allowed, can(tt.sa, tt.ns, tt.verb, tt.group, tt.resource, tt.sub),
+			"%s %s %s/%s/%s in %s", tt.sa, tt.verb, tt.group, tt.resource, tt.sub, tt.ns)
+	}
+}
+
+// TestKubernetesBurst records 5,000 BackOff Events as fast as the API server takes them:
+// every one becomes a raw event, and the producer's peak memory stays bounded.
+func TestKubernetesBurst(t *testing.T) {
+	const total = 5000
+	c := kubetest.Start(t, kubetest.Options{})
+	cs, err := k8s.NewForConfig(c.Config)
+	require.NoError(t, err)
+	ensureNamespace(t, cs, "burst")
+	dir := t.TempDir()
+	_, natsURL := startNATS(t, dir+"/nats", freePort(t))
+	_, agentURL := startAgent(t)
+	f := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
+		extraPlugins: "  - name: kubernetes\n    config:\n      kubeconfig: " + c.Kubeconfig + "\n      namespace: burst\n"}
+	p := start(t, "khook producer", bins.khook, "producer", "--plugin", "kubernetes", "--config", f.write(t))
+	waitReady(t, p, f.probes)
+
+	began := time.Now()
+	var wg sync.WaitGroup
+	work := make(chan int)
+	errs := make(chan error, total)
+	for range 16 {
+		wg.Go(func() {
+			for i := range work {
+				errs <- createBackOff(cs, "burst", fmt.Sprintf("pod-%d", i), fmt.Sprintf("burst-%d", i))
+			}
+		})
+	}
+	for i := range total {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	created := time.Since(began)
+
+	nc, err := nats.Connect(natsURL)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	s, err := js.Stream(context.Background(), "KHOOK_RAW")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := s.Info(context.Background())
+		return err == nil && info.State.Msgs == total
+	}, 2*time.Minute, 50*time.Millisecond)
+	rss := peakRSS(t, p.cmd.Process.Pid)
+	t.Logf("%d Kubernetes Events created in %s; all %d stored %s after the first; producer peak RSS %d MiB",
+		total, created.Round(time.Millisecond), total, time.Since(began).Round(time.Millisecond), rss>>20)
+	require.Less(t, rss, int64(256<<20), "the producer's memory stays bounded")
+}
+
+// peakRSS reads a process's peak resident set size (VmHWM) from /proc.
+func peakRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			require.NoError(t, err)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmHWM")
+	return 0
+}
