@@ -248,7 +248,7 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 	can := func(sa, ns, verb, group, resource, sub string) bool {
 		r, err := cs.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authv1.SubjectAccessReview{
 			Spec: authv1.SubjectAccessReviewSpec{
-				User: "system:serviceaccount:kagent:" + sa,
+				User:               "system:serviceaccount:kagent:" + sa,
 				ResourceAttributes: &authv1.ResourceAttributes{Namespace: ns, Verb: verb, Group: group, Resource: resource, Subresource: sub},
 			},
 		}, metav1.CreateOptions{})
