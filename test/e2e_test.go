@@ -165,20 +165,9 @@ func TestMapperCrashRedelivers(t *testing.T) {
 	cfgPath := base.write(t)
 	runOnce(t, "streams", "apply", "--config", cfgPath)
 
-	nc, err := nats.Connect(natsURL)
-	require.NoError(t, err)
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	js := connectJS(t, natsURL)
 	topo := streams.Default()
-
-	// The backlog, published exactly as the webhook producer publishes.
-	emit := producers.NewPublisher(js, topo.Subjects(), producers.NewMetrics(prometheus.NewRegistry())).Emitter(webhook.Name)
-	for i := range total {
-		data := fmt.Sprintf(`{"type":"deploy-failed","namespace":"shop","resourceName":"svc-%d","message":"m"}`, i)
-		_, err := emit(ctx, producers.Event{ID: fmt.Sprintf("ev-%d", i), Type: "deploy-failed", Data: json.RawMessage(data)})
-		require.NoError(t, err)
-	}
+	publishBacklog(t, js, total)
 
 	dispatcher := base
 	dispatcher.dir, dispatcher.metrics, dispatcher.probes = t.TempDir(), freePort(t), freePort(t)
@@ -282,18 +271,9 @@ func TestTwoMappersOneKilled(t *testing.T) {
 	base := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), mapperAckWait: "2s"}
 	runOnce(t, "streams", "apply", "--config", base.write(t))
 
-	nc, err := nats.Connect(natsURL)
-	require.NoError(t, err)
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	js := connectJS(t, natsURL)
 	topo := streams.Default()
-	emit := producers.NewPublisher(js, topo.Subjects(), producers.NewMetrics(prometheus.NewRegistry())).Emitter(webhook.Name)
-	for i := range total {
-		data := fmt.Sprintf(`{"type":"deploy-failed","namespace":"shop","resourceName":"svc-%d"}`, i)
-		_, err := emit(ctx, producers.Event{ID: fmt.Sprintf("ev-%d", i), Type: "deploy-failed", Data: json.RawMessage(data)})
-		require.NoError(t, err)
-	}
+	publishBacklog(t, js, total)
 
 	var mappers []*proc
 	for i := range 2 {
@@ -362,11 +342,7 @@ func TestSuppressionAcrossDispatcherProcesses(t *testing.T) {
 		p := start(t, fmt.Sprintf("khook dispatcher %d", i), bins.khook, "dispatcher", "--config", f.write(t))
 		waitReady(t, p, f.probes)
 	}
-	nc, err := nats.Connect(natsURL)
-	require.NoError(t, err)
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	js := connectJS(t, natsURL)
 	topo := streams.Default()
 
 	for i := range 5 {
@@ -418,11 +394,7 @@ func TestDispatcherKilledDuringSlowCall(t *testing.T) {
 	p := start(t, "khook dispatcher (killed)", bins.khook, "dispatcher", "--config", first.write(t))
 	waitReady(t, p, first.probes)
 
-	nc, err := nats.Connect(natsURL)
-	require.NoError(t, err)
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	js := connectJS(t, natsURL)
 	publishNormalized(t, js, "slow-incident", "cart")
 	require.Eventually(t, func() bool { return started.Load() == 1 }, 30*time.Second, 5*time.Millisecond)
 	p.kill()

@@ -4,6 +4,8 @@ package test
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -18,9 +20,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/khook/khook/internal/demoagent"
+	"github.com/khook/khook/producers"
+	"github.com/khook/khook/producers/webhook"
+	"github.com/khook/khook/streams"
 )
 
 // bins holds the binaries built once for the whole package.
@@ -307,4 +315,27 @@ func stripTime(text string) string {
 		return text[:i]
 	}
 	return text
+}
+
+// connectJS connects to a NATS server for the test's own reads and writes.
+func connectJS(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	return js
+}
+
+// publishBacklog publishes total deploy-failed raw events (ids ev-0 ...), exactly as the
+// webhook producer publishes them.
+func publishBacklog(t *testing.T, js jetstream.JetStream, total int) {
+	t.Helper()
+	emit := producers.NewPublisher(js, streams.Default().Subjects(), producers.NewMetrics(prometheus.NewRegistry())).Emitter(webhook.Name)
+	for i := range total {
+		data := fmt.Sprintf(`{"type":"deploy-failed","namespace":"shop","resourceName":"svc-%d","message":"m"}`, i)
+		_, err := emit(context.Background(), producers.Event{ID: fmt.Sprintf("ev-%d", i), Type: "deploy-failed", Data: json.RawMessage(data)})
+		require.NoError(t, err)
+	}
 }

@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	authv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -212,11 +210,7 @@ func TestKubernetesEndToEnd(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return strings.Contains(p.out.String(), `"hooks": 0`)
 	}, 30*time.Second, 20*time.Millisecond, "the dispatcher saw the deletion")
-	nc, err := nats.Connect("nats://" + f.embeddedListen)
-	require.NoError(t, err)
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	js := connectJS(t, "nats://"+f.embeddedListen)
 	topo := streams.Default()
 	s, err := js.Stream(context.Background(), topo.Events.Name)
 	require.NoError(t, err)
@@ -315,11 +309,7 @@ func TestKubernetesBurst(t *testing.T) {
 	}
 	created := time.Since(began)
 
-	nc, err := nats.Connect(natsURL)
-	require.NoError(t, err)
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	js := connectJS(t, natsURL)
 	s, err := js.Stream(context.Background(), "KHOOK_RAW")
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {

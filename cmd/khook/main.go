@@ -97,8 +97,9 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 
 // commonFlags are the flags every pipeline command takes.
 type commonFlags struct {
-	config  string
-	natsURL string
+	config     string
+	natsURL    string
+	kubeconfig string
 }
 
 func newFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *commonFlags) {
@@ -107,14 +108,20 @@ func newFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *commonFlags) {
 	c := &commonFlags{}
 	fs.StringVar(&c.config, "config", "", "path to khook.yaml")
 	fs.StringVar(&c.natsURL, "nats-url", "", "NATS server URL (overrides nats.url)")
+	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file for Hook resources and the kubernetes plugin (default: in-cluster, else $KUBECONFIG)")
 	return fs, c
 }
 
-// overrides turns the flags that were set into config keys.
+// overrides turns the flags that were set into config keys. --kubeconfig also becomes
+// $KUBECONFIG, which the kubernetes plugin falls back to when its config names none.
 func (c *commonFlags) overrides() map[string]any {
 	o := map[string]any{}
 	if c.natsURL != "" {
 		o["nats.url"] = c.natsURL
+	}
+	if c.kubeconfig != "" {
+		o["kubernetes.kubeconfig"] = c.kubeconfig
+		_ = os.Setenv("KUBECONFIG", c.kubeconfig)
 	}
 	return o
 }
