@@ -233,7 +233,7 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 			if lease == "" {
 				lease = cmp.Or(os.Getenv("POD_NAMESPACE"), "default")
 			}
-			w, err := kubehooks.New(cluster, d, cfg.Dispatcher.SuppressionWindow, kubehooks.Config{
+			w, err := kubehooks.New(cluster, d, kubehooks.Config{
 				StatusInterval: cfg.Kubernetes.StatusInterval, LeaseNamespace: lease, LeaseName: "khook-dispatcher",
 			}, logger.Named("hooks"))
 			if err != nil {

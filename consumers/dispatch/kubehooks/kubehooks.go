@@ -60,7 +60,6 @@ type Watcher struct {
 	recorder events.EventRecorder
 	leading  atomic.Bool
 	synced   atomic.Bool
-	window   time.Duration // the dispatcher's default suppression window
 
 	mu      sync.Mutex
 	objects map[string]*unstructured.Unstructured // namespace/name → Hook
@@ -68,7 +67,7 @@ type Watcher struct {
 }
 
 // New returns a watcher for the API server of rc. It starts nothing.
-func New(rc *rest.Config, d *dispatch.Dispatcher, window time.Duration, cfg Config, logger *zap.Logger) (*Watcher, error) {
+func New(rc *rest.Config, d *dispatch.Dispatcher, cfg Config, logger *zap.Logger) (*Watcher, error) {
 	dyn, err := dynamic.NewForConfig(rc)
 	if err != nil {
 		return nil, err
@@ -80,7 +79,7 @@ func New(rc *rest.Config, d *dispatch.Dispatcher, window time.Duration, cfg Conf
 	if cfg.Identity == "" {
 		cfg.Identity, _ = os.Hostname()
 	}
-	return &Watcher{cfg: cfg, dyn: dyn, cs: cs, d: d, logger: logger, window: window,
+	return &Watcher{cfg: cfg, dyn: dyn, cs: cs, d: d, logger: logger,
 		objects: map[string]*unstructured.Unstructured{}, invalid: map[string]string{}}, nil
 }
 
