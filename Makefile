@@ -4,7 +4,8 @@ BIN      := bin
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: all build run test test-short bench fuzz lint fmt vet clean
+.PHONY: all build run test test-short bench fuzz lint fmt vet clean docker-build
+IMAGE    ?= khook:$(VERSION)
 
 all: build
 
@@ -45,6 +46,10 @@ vet:
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
+
+# docker-build builds the one image every subcommand runs from (needs a Docker engine).
+docker-build:
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 clean:
 	rm -rf $(BIN) data

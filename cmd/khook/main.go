@@ -9,10 +9,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"runtime"
 	"sort"
 	"strings"
+	"time"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -33,6 +35,7 @@ func commands() map[string]command {
 		"agent":      {"run a local A2A demo agent that prints every task it receives", runAgent},
 		"mappings":   {"mappings check FILE [--event EVENT.json]: validate a mappings file", runMappings},
 		"publish":    {"publish events from a script or an out-of-process plugin", runPublish},
+		"probe":      {"probe URL: exit 0 when URL answers 200 (container healthchecks)", runProbe},
 		"version":    {"print the version", runVersion},
 	}
 }
@@ -136,4 +139,28 @@ func environ() []string {
 		}
 	}
 	return out
+}
+
+// runProbe is a healthcheck for images without curl: it exits 0 when the URL answers 200.
+func runProbe(ctx context.Context, args []string, stdout, _ io.Writer) error {
+	if len(args) != 1 {
+		return usageError{errors.New("usage: khook probe URL")}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, args[0], nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s %s", args[0], resp.Status, strings.TrimSpace(string(body)))
+	}
+	fmt.Fprintln(stdout, strings.TrimSpace(string(body)))
+	return nil
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -51,4 +53,20 @@ func TestExecute(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestProbe(t *testing.T) {
+	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"ready":true}`)) }))
+	defer ok.Close()
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"ready":false}`))
+	}))
+	defer down.Close()
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, 0, execute(context.Background(), []string{"probe", ok.URL}, &stdout, &stderr))
+	require.Contains(t, stdout.String(), `"ready":true`)
+	require.Equal(t, 1, execute(context.Background(), []string{"probe", down.URL}, &stdout, &stderr))
+	require.Contains(t, stderr.String(), "503")
+	require.Equal(t, 2, execute(context.Background(), []string{"probe"}, &stdout, &stderr))
 }
