@@ -89,15 +89,11 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	nc, err := connect(cfg)
+	nc, js, err := openJetStream(cfg, nil)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	changes, err := streams.Apply(ctx, js, cfg.Streams)
 	for _, c := range changes {
 		fmt.Fprintln(stdout, c)
@@ -167,19 +163,13 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		}()
 		logger.Info("embedded nats started", zap.String("store_dir", cfg.NATS.Embedded.StoreDir),
 			zap.String("listen", cfg.NATS.Embedded.Listen))
-	} else if cfg.NATS.URL == "" {
-		cfg.NATS.URL = config.DefaultNATSURL
 	}
-	nc, err := connectTo(cfg, ns, internal...)
+	nc, js, err := openJetStream(cfg, ns, internal...)
 	if err != nil {
 		return err
 	}
 	// Closed last, after every actor has stopped, so draining stages can still ack.
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	if err := applyWithRetry(ctx, js, cfg.Streams, logger); err != nil {
 		return err
 	}
@@ -426,11 +416,22 @@ func applyWithRetry(ctx context.Context, js jetstream.JetStream, topo streams.Co
 	}
 }
 
-func connect(cfg config.Config) (*nats.Conn, error) {
+// openJetStream connects to the embedded server ns when given, else to nats.url (default
+// nats://127.0.0.1:4222), and returns the connection and its JetStream context.
+func openJetStream(cfg config.Config, ns *server.Server, extra ...nats.Option) (*nats.Conn, jetstream.JetStream, error) {
 	if cfg.NATS.URL == "" {
 		cfg.NATS.URL = config.DefaultNATSURL
 	}
-	return connectTo(cfg, nil)
+	nc, err := connectTo(cfg, ns, extra...)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
 }
 
 // connectTo connects to the embedded server ns in-process when given, else to nats.url.

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/khook/khook/internal/config"
@@ -67,18 +66,11 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		extra = append(extra, nats.UserInfo(*user, pw))
 	}
-	if cfg.NATS.URL == "" {
-		cfg.NATS.URL = config.DefaultNATSURL
-	}
-	nc, err := connectTo(cfg, nil, extra...)
+	nc, js, err := openJetStream(cfg, nil, extra...)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	emit := producers.NewPublisher(js, cfg.Streams.Subjects(), producers.NewMetrics(prometheus.NewRegistry())).Emitter(*source)
 
 	publish := func(line []byte, where string) error {
