@@ -244,19 +244,30 @@ func (s *Supervisor) Run(ctx context.Context, want map[string]Desired, initial [
 
 // apply stops the plugins that are no longer wanted or whose settings changed, and starts
 // the wanted ones that are not running. Plugins that did not change are not touched.
+//
+// Calls are serialized (the initial set, then the file watcher, then the final stop), so
+// the lock guards only the map: plugins are stopped outside it, because a stop can take as
+// long as a webhook's shutdown and /metrics reads the map meanwhile.
 func (s *Supervisor) apply(ctx context.Context, want map[string]Desired) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	var stopping []*runner
 	for name, r := range s.running {
 		if d, ok := want[name]; ok && d.fingerprint == r.fingerprint {
 			continue
 		}
+		stopping = append(stopping, r)
+		delete(s.running, name)
+	}
+	s.mu.Unlock()
+	for _, r := range stopping {
 		r.cancel()
 		<-r.done
-		delete(s.running, name)
-		s.Probes.Remove("plugin " + name)
-		s.Logger.Info("plugin stopped", zap.String("plugin", name))
+		s.Probes.Remove("plugin " + r.name)
+		s.Logger.Info("plugin stopped", zap.String("plugin", r.name))
 	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, name := range slices.Sorted(maps.Keys(want)) {
 		if _, ok := s.running[name]; ok {
 			continue
