@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/restmapper"
 
 	"github.com/khook/khook/consumers/dispatch/kubehooks"
+	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/internal/kubetest"
 	"github.com/khook/khook/streams"
 )
@@ -85,17 +86,20 @@ func ensureNamespace(t *testing.T, cs k8s.Interface, ns string) {
 }
 
 func hookObject(ns, name, prompt, window string) *unstructured.Unstructured {
+	spec := map[string]any{
+		"eventConfigurations": []any{map[string]any{
+			"eventType": "pod-restart",
+			"agentRef":  map[string]any{"name": "k8s-agent", "namespace": "kagent"},
+			"prompt":    prompt,
+		}},
+	}
+	if window != "" {
+		spec["suppressionWindow"] = window
+	}
 	return &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "kagent.dev/v1alpha2", "kind": "Hook",
 		"metadata": map[string]any{"name": name, "namespace": ns},
-		"spec": map[string]any{
-			"suppressionWindow": window,
-			"eventConfigurations": []any{map[string]any{
-				"eventType": "pod-restart",
-				"agentRef":  map[string]any{"name": "k8s-agent", "namespace": "kagent"},
-				"prompt":    prompt,
-			}},
-		},
+		"spec":     spec,
 	}}
 }
 
@@ -144,7 +148,21 @@ func TestKubernetesEndToEnd(t *testing.T) {
 	_, err = hooks.Create(context.Background(), hookObject("shop", "restarts", "Pod {{.ResourceName}} in {{.Namespace}} keeps restarting", "3s"), metav1.CreateOptions{})
 	require.NoError(t, err)
 
+	// A second Hook whose agent refuses every task, for AgentCallFailure.
+	broken := hookObject("shop", "broken", "OOM in {{.ResourceName}}", "")
+	broken.Object["spec"].(map[string]any)["eventConfigurations"] = []any{map[string]any{
+		"eventType": "oom-kill", "agentRef": map[string]any{"name": "broken-agent", "namespace": "kagent"}, "prompt": "OOM in {{.ResourceName}}",
+	}}
+	_, err = hooks.Create(context.Background(), broken, metav1.CreateOptions{})
+	require.NoError(t, err)
+
 	agent, agentURL := startAgent(t)
+	agent.OnMessage = func(r demoagent.Received) error {
+		if r.Agent == "kagent/broken-agent" {
+			return errors.New("agent kagent/broken-agent is not deployed")
+		}
+		return nil
+	}
 	f := pipelineFiles{
 		dir: t.TempDir(), agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
 		embeddedListen: "127.0.0.1:" + strconv.Itoa(freePort(t)), kubeconfig: c.Kubeconfig,
@@ -189,6 +207,31 @@ func TestKubernetesEndToEnd(t *testing.T) {
 		return out
 	}
 	require.Eventually(t, func() bool { r := reasons(); return r["EventFiring"] && r["AgentCallSuccess"] }, 30*time.Second, 50*time.Millisecond)
+
+	// A call the agent refuses is a Warning Event on its Hook; the task is dead-lettered,
+	// not retried.
+	_, err = cs.EventsV1().Events("shop").Create(context.Background(), &eventsv1.Event{
+		ObjectMeta: metav1.ObjectMeta{Name: "cart-oom", Namespace: "shop"}, EventTime: metav1.NowMicro(),
+		ReportingController: "kubelet", ReportingInstance: "worker-1", Action: "Killing",
+		Type: "Warning", Reason: "OOMKilling", Note: "Memory cgroup out of memory: killed process app",
+		Regarding: corev1.ObjectReference{Kind: "Pod", Name: "cart-7d9f8", Namespace: "shop", APIVersion: "v1"},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	var failure eventsv1.Event
+	require.Eventually(t, func() bool {
+		evs, err := cs.EventsV1().Events("shop").List(context.Background(), metav1.ListOptions{FieldSelector: "regarding.name=broken"})
+		require.NoError(t, err)
+		for _, e := range evs.Items {
+			if e.Reason == "AgentCallFailure" {
+				failure = e
+				return true
+			}
+		}
+		return false
+	}, 30*time.Second, 50*time.Millisecond)
+	require.Equal(t, corev1.EventTypeWarning, failure.Type)
+	require.Contains(t, failure.Note, "dead-lettered")
+	require.Contains(t, failure.Note, "kagent/broken-agent")
 
 	// A changed prompt applies to the next event, without a restart.
 	h, err := hooks.Get(context.Background(), "restarts", metav1.GetOptions{})
