@@ -44,6 +44,21 @@ type stages struct {
 	embedded   bool // start an embedded NATS server when nats.url is empty
 }
 
+// streamStages lists the stages whose streams and consumers this process reports on.
+func (st stages) streamStages() []streams.Stage {
+	var out []streams.Stage
+	if st.producers {
+		out = append(out, streams.StageProducer)
+	}
+	if st.mapper {
+		out = append(out, streams.StageMapper)
+	}
+	if st.dispatcher {
+		out = append(out, streams.StageDispatcher)
+	}
+	return out
+}
+
 func runAll(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs, common := newFlagSet("run", stderr)
 	if err := parseFlags(fs, args); err != nil {
@@ -174,6 +189,7 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		return err
 	}
 
+	reg.MustRegister(streams.NewCollector(js, cfg.Streams, st.streamStages()...))
 	probes.Set("nats", func(context.Context) error {
 		if s := nc.Status(); s != nats.CONNECTED {
 			return fmt.Errorf("nats connection %s", s)
