@@ -119,8 +119,6 @@ func gauge(t *testing.T, reg prometheus.Gatherer, name string, labels ...string)
 	return 0
 }
 
-
-
 func all(values []string, in map[string]bool) bool {
 	for _, v := range values {
 		if !in[v] {
