@@ -206,6 +206,14 @@ func (m *Metrics) SetActive(plugin string, active bool) {
 	m.active.WithLabelValues(plugin).Set(v)
 }
 
+// Forget removes the gauges of a plugin that was disabled or removed from plugins.yaml, so
+// that a deliberate stop (the guide's quick rollback) does not read as a plugin that is down
+// and fire PluginDown. Its counters stay: they only ever grow, and rates over them end.
+func (m *Metrics) Forget(plugin string) {
+	m.active.DeletePartialMatch(prometheus.Labels{"plugin": plugin})
+	m.processing.DeletePartialMatch(prometheus.Labels{"plugin": plugin})
+}
+
 // Failed counts one failure of a plugin itself (an error or a panic from Run).
 func (m *Metrics) Failed(plugin string) { m.errors.WithLabelValues(plugin).Inc() }
 

@@ -263,6 +263,9 @@ func (s *Supervisor) apply(ctx context.Context, want map[string]Desired) {
 		r.cancel()
 		<-r.done
 		s.Probes.Remove("plugin " + r.name)
+		if _, reconfigured := want[r.name]; !reconfigured {
+			s.Metrics.Forget(r.name)
+		}
 		s.Logger.Info("plugin stopped", zap.String("plugin", r.name))
 	}
 

@@ -162,4 +162,11 @@ func TestPluginsFileEditsTouchOnlyTheirPlugin(t *testing.T) {
 	require.Equal(t, int64(2), tp.runs["steady"].Load(), "a refused file leaves plugins as they are")
 	_, err := reg.Gather()
 	require.NoError(t, err)
+
+	// Disabling a plugin (the guide's quick rollback) stops it and removes its active gauge,
+	// so PluginDown does not fire for a plugin that was turned off on purpose.
+	require.Equal(t, 1, testutil.CollectAndCount(s.Metrics.active))
+	write("plugins:\n  - name: steady\n    enabled: false\n")
+	require.Eventually(t, func() bool { return testutil.CollectAndCount(s.Metrics.active) == 0 }, 10*time.Second, time.Millisecond)
+	require.Equal(t, 0, testutil.CollectAndCount(s.Metrics.processing))
 }
