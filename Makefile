@@ -4,8 +4,9 @@ BIN      := bin
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: all build run test test-short bench fuzz lint fmt vet clean docker-build
-IMAGE    ?= khook:$(VERSION)
+.PHONY: all build run test test-short bench fuzz lint fmt vet clean docker-build helm-lint helm-template helm-upgrade
+IMAGE_REPO ?= ghcr.io/khook/khook
+IMAGE    ?= $(IMAGE_REPO):$(VERSION)
 
 all: build
 
@@ -22,8 +23,12 @@ run: build
 # test runs every test, including the multi-process, crash and Kubernetes tests, with the race
 # detector. The Kubernetes tests run a real kube-apiserver and etcd, built once from the Go
 # module proxy into ~/.cache/khook (test/kube/build-assets.sh; a few minutes the first time).
+# The chart tests use helm built from the module proxy (test/helm/build-helm.sh, cached in
+# ~/.cache/khook) and promtool from Debian's prometheus package (.ci/run installs it).
 test: vet
-	KUBE_TEST_ASSETS="$$(test/kube/build-assets.sh)" $(GO) test -race -count=1 -timeout 30m ./...
+	KUBE_TEST_ASSETS="$$(test/kube/build-assets.sh)" HELM="$$(test/helm/build-helm.sh)" \
+	PROMTOOL="$$(command -v promtool || true)" \
+	$(GO) test -race -count=1 -timeout 30m ./...
 
 test-short:
 	$(GO) test -count=1 -short ./...
@@ -50,6 +55,23 @@ fmt:
 # docker-build builds the one image every subcommand runs from (needs a Docker engine).
 docker-build:
 	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+# The chart (helm/khook). HELM defaults to a helm on the PATH, else one built from the module
+# proxy. helm-upgrade is the deployment guide's command; VALUES picks the environment:
+#   make helm-upgrade VALUES=helm/khook/values-prod.yaml NAMESPACE=kagent
+HELM      ?= $(shell command -v helm || test/helm/build-helm.sh)
+NAMESPACE ?= kagent
+VALUES    ?=
+helm-lint:
+	@for v in "" helm/khook/values-dev.yaml helm/khook/values-staging.yaml helm/khook/values-prod.yaml; do \
+		$(HELM) lint --strict helm/khook $${v:+--values $$v} || exit 1; done
+
+helm-template:
+	$(HELM) template khook helm/khook --namespace $(NAMESPACE) $(if $(VALUES),--values $(VALUES))
+
+helm-upgrade:
+	$(HELM) upgrade --install khook helm/khook --namespace $(NAMESPACE) --create-namespace \
+		--set image.repository=$(IMAGE_REPO),image.tag=$(VERSION) $(if $(VALUES),--values $(VALUES))
 
 clean:
 	rm -rf $(BIN) data

@@ -68,10 +68,22 @@ func apply(t *testing.T, rc *rest.Config, path, ns string) {
 		_, err = ri.Create(context.Background(), &obj, metav1.CreateOptions{})
 		require.NoError(t, err, "%s %s", obj.GetKind(), obj.GetName())
 		if obj.GetKind() == "CustomResourceDefinition" {
+			group, _, _ := unstructured.NestedString(obj.Object, "spec", "group")
+			versions, _, _ := unstructured.NestedSlice(obj.Object, "spec", "versions")
+			gv := group + "/" + versions[0].(map[string]any)["name"].(string)
+			plural, _, _ := unstructured.NestedString(obj.Object, "spec", "names", "plural")
 			require.Eventually(t, func() bool {
-				_, err := cs.Discovery().ServerResourcesForGroupVersion(kubehooks.GVR.GroupVersion().String())
-				return err == nil
-			}, 30*time.Second, 50*time.Millisecond, "the CRD is served")
+				list, err := cs.Discovery().ServerResourcesForGroupVersion(gv)
+				if err != nil {
+					return false
+				}
+				for _, r := range list.APIResources {
+					if r.Name == plural {
+						return true
+					}
+				}
+				return false
+			}, 30*time.Second, 50*time.Millisecond, "the CRD %s is served", obj.GetName())
 			mapper.Reset()
 		}
 	}
