@@ -65,8 +65,9 @@ func TestPluginsFileDisablesAndEnablesWebhook(t *testing.T) {
 	disabled := strings.Replace(string(body), "    enabled: true\n", "    enabled: false\n", 1)
 	require.NoError(t, os.WriteFile(plugins, []byte(disabled), 0o600))
 	require.Eventually(t, func() bool {
-		return !listening(f.webhook) && metric(t, f.metrics, `khook_plugin_active{plugin="webhook"}`) == 0
-	}, 30*time.Second, 20*time.Millisecond, "disabling the webhook closes its port")
+		// A disabled plugin has no active series, so PluginDown does not fire for it.
+		return !listening(f.webhook) && metric(t, f.metrics, `khook_plugin_active{plugin="webhook"}`) == -1
+	}, 30*time.Second, 20*time.Millisecond, "disabling the webhook closes its port and drops its active gauge")
 	require.Equal(t, 1.0, metric(t, f.metrics, `khook_plugin_active{plugin="heartbeat"}`))
 
 	require.NoError(t, os.WriteFile(plugins, body, 0o600))
