@@ -1,6 +1,9 @@
 package producers
 
 import (
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -8,6 +11,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/khook/khook/internal/tracing"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -121,13 +126,20 @@ func (p *Publisher) publish(ctx context.Context, plugin string, ev Event) (Resul
 	msg.Data = body
 	msg.Header.Set(jetstream.MsgIDHeader, ev.ID)
 	msg.Header.Set("Content-Type", cloudevent.ContentType)
-	if ev.Traceparent != "" {
-		msg.Header.Set("traceparent", ev.Traceparent)
-	}
+	// The publish span continues the plugin's trace (the webhook's request span, or a
+	// traceparent the event source carried) and travels in the headers to the mapper.
+	ctx, span := tracing.Tracer().Start(tracing.FromTraceparent(ctx, ev.Traceparent), "khook.publish",
+		trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", subj),
+			attribute.String("khook.plugin", plugin), attribute.String("khook.event.id", ev.ID)))
+	defer span.End()
+	tracing.Inject(ctx, msg.Header)
 	ack, err := p.js.PublishMsg(ctx, msg)
 	if err != nil {
+		tracing.Fail(span, err)
 		return Result{}, fmt.Errorf("%w: publish %s: %w", ErrUnavailable, subj, err)
 	}
+	span.SetAttributes(attribute.Bool("khook.duplicate", ack.Duplicate))
 	return Result{ID: ev.ID, Duplicate: ack.Duplicate}, nil
 }
 

@@ -29,6 +29,7 @@ import (
 	"github.com/khook/khook/internal/filewatch"
 	"github.com/khook/khook/internal/kube"
 	"github.com/khook/khook/internal/telemetry"
+	"github.com/khook/khook/internal/tracing"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/producers"
 	"github.com/khook/khook/producers/builtin"
@@ -42,6 +43,20 @@ type stages struct {
 	mapper     bool
 	dispatcher bool
 	embedded   bool // start an embedded NATS server when nats.url is empty
+}
+
+// serviceName names this process in traces: khook for `khook run`, else its one stage.
+func (st stages) serviceName() string {
+	switch {
+	case st.producers && st.mapper && st.dispatcher:
+		return "khook"
+	case st.producers:
+		return "khook-producer"
+	case st.mapper:
+		return "khook-mapper"
+	default:
+		return "khook-dispatcher"
+	}
 }
 
 // streamStages lists the stages whose streams and consumers this process reports on.
@@ -127,6 +142,21 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		return err
 	}
 	defer func() { _ = logger.Sync() }()
+	tr, stopTracing, err := tracing.Setup(ctx, st.serviceName(), os.Getenv)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Flush the spans of the last events before exiting.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(sctx); err != nil {
+			logger.Warn("tracing shutdown", zap.Error(err))
+		}
+	}()
+	if tr.Enabled {
+		logger.Info("tracing on", zap.String("service", tr.Service), zap.String("protocol", tr.Protocol), zap.String("endpoint", tr.Endpoint))
+	}
 
 	reg := telemetry.NewRegistry()
 	probes := telemetry.NewProbes()

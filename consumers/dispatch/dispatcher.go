@@ -15,6 +15,9 @@
 package dispatch
 
 import (
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,6 +26,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/khook/khook/internal/tracing"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -185,6 +190,12 @@ type settle struct {
 func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	d.metrics.inflight.Inc()
 	defer d.metrics.inflight.Dec()
+	// The span continues the trace the mapper put in the headers; every delivery attempt,
+	// redeliveries included, is a child of it.
+	ctx, span := tracing.Tracer().Start(tracing.Extract(ctx, msg.Headers()), "khook.dispatch",
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", msg.Subject())))
+	defer span.End()
 
 	ce, err := cloudevent.Decode(msg.Data())
 	var ev mapping.Event
@@ -192,14 +203,18 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		err = json.Unmarshal(ce.Data, &ev)
 	}
 	if err != nil {
+		tracing.Fail(span, err)
 		d.metrics.events.WithLabelValues("invalid").Inc()
 		d.deadLetter(ctx, msg, deadletter.Letter{Stage: Stage, Reason: "invalid-event", Err: err, Msg: msg})
 		return
 	}
 	matches := d.hooks.Load().Match(&ev)
+	span.SetAttributes(attribute.String("khook.event.id", ev.ID), attribute.String("khook.event.type", ev.Type),
+		attribute.String("khook.event.namespace", ev.Namespace), attribute.Int("khook.matches", len(matches)))
 	if len(matches) == 0 {
 		d.metrics.events.WithLabelValues("unmatched").Inc()
-		d.logger.Debug("no hook matches", zap.String("event_id", ev.ID), zap.String("type", ev.Type), zap.String("namespace", ev.Namespace))
+		d.logger.Debug("no hook matches", zap.String("event_id", ev.ID), tracing.LogField(ctx),
+			zap.String("type", ev.Type), zap.String("namespace", ev.Namespace))
 		ackOrLog(d.logger, msg)
 		return
 	}
@@ -209,12 +224,11 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	stopBeat := heartbeat(msg, d.topo.Dispatcher.AckWait/3)
 	defer stopBeat()
 
-	traceparent := msg.Headers().Get("traceparent")
 	for _, m := range matches {
-		s := d.deliver(ctx, msg, m, &ev, traceparent)
+		s := d.deliver(ctx, msg, m, &ev)
 		if !s.ack {
 			if err := msg.NakWithDelay(s.delay); err != nil {
-				d.logger.Warn("nak", zap.String("event_id", ev.ID), zap.Error(err))
+				d.logger.Warn("nak", zap.String("event_id", ev.ID), tracing.LogField(ctx), zap.Error(err))
 			}
 			return
 		}
@@ -224,16 +238,15 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 
 // deliver handles one match of an event. It returns ack when this match needs nothing more
 // (delivered, suppressed or dead-lettered), else the delay before the event should come back.
-func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev *mapping.Event, traceparent string) settle {
-	log := d.logger.With(zap.String("event_id", ev.ID), zap.String("hook", m.Hook.Key()),
-		zap.String("agent", m.Agent.Namespace+"/"+m.Agent.Name))
+func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev *mapping.Event) settle {
+	log := d.logger.With(zap.String("event_id", ev.ID), tracing.LogField(ctx),
+		zap.String("hook", m.Hook.Key()), zap.String("agent", m.Agent.Namespace+"/"+m.Agent.Name))
 	t, err := NewTask(m, ev)
 	if err != nil {
 		// Delivered anyway, with khook's plain placeholder expansion.
 		d.metrics.promptFallbacks.Inc()
 		log.Warn("prompt template failed on this event, using plain placeholders", zap.Error(err))
 	}
-	t.Traceparent = traceparent
 	log = log.With(zap.String("message_id", t.MessageID))
 	window := min(m.Hook.Window(d.cfg.SuppressionWindow), d.topo.DispatchTTL)
 
@@ -243,17 +256,10 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 	}); err != nil {
 		log.Debug("active event not recorded", zap.Error(err))
 	}
-	if d.state.Delivered(ctx, t.MessageID) {
-		return settle{ack: true}
-	}
-	owned, err := d.state.Claim(ctx, t.SuppressionKey, t.MessageID, window)
-	if err != nil {
-		log.Warn("suppression claim failed, will retry", zap.Error(err))
+	switch d.claim(ctx, t, window, log) {
+	case claimRetry:
 		return settle{delay: d.cfg.RetryBase}
-	}
-	if !owned {
-		// Counted, not logged one by one: a flapping pod would flood the logs.
-		d.metrics.suppressed.Inc()
+	case claimDone:
 		return settle{ack: true}
 	}
 	if md, err := msg.Metadata(); err != nil || md.NumDelivered == 1 {
@@ -267,13 +273,27 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 		d.metrics.deliveries.WithLabelValues(target.Name(), "delayed").Inc()
 		return settle{delay: jitter(wait)}
 	}
+	// One span per call, so every retry shows in the trace; the agent receives this span as
+	// its parent in the traceparent header.
+	attempt := 1
+	if md, err := msg.Metadata(); err == nil {
+		attempt = int(md.NumDelivered)
+	}
+	dctx, dspan := tracing.Tracer().Start(ctx, "khook.deliver", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("khook.hook", m.Hook.Key()), attribute.String("khook.agent", m.Agent.Namespace+"/"+m.Agent.Name),
+			attribute.String("khook.target", target.Name()), attribute.Int("khook.delivery", attempt)))
+	defer dspan.End()
+	t.Traceparent = tracing.Traceparent(dctx)
 	start := time.Now()
-	res, err := target.Deliver(ctx, t)
+	res, err := target.Deliver(dctx, t)
 	d.metrics.duration.WithLabelValues(target.Name()).Observe(time.Since(start).Seconds())
 	retryable, retryAfter := Classify(err)
 	g.done(err == nil, err != nil && retryable)
+	tracing.Fail(dspan, err)
+	dspan.SetAttributes(attribute.Bool("khook.retryable", err != nil && retryable))
 
 	if err == nil {
+		dspan.SetAttributes(attribute.String("khook.task_state", res.State))
 		d.metrics.deliveries.WithLabelValues(target.Name(), "success").Inc()
 		d.metrics.taskStates.WithLabelValues(res.State).Inc()
 		log.Info("delivered", zap.String("task_state", res.State), zap.Duration("took", time.Since(start)))
@@ -302,6 +322,40 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 	d.metrics.deliveries.WithLabelValues(target.Name(), "retry").Inc()
 	log.Warn("delivery failed, will retry", zap.Int("attempt", attempts), zap.Duration("delay", delay), zap.Error(err))
 	return settle{delay: delay}
+}
+
+type claimResult int
+
+const (
+	claimOwned claimResult = iota // this delivery holds the suppression window: call the agent
+	claimDone                     // delivered before, or suppressed: nothing to do
+	claimRetry                    // the claim could not be made: try again later
+)
+
+// claim takes the hook's suppression window for this task, in a span of its own so a trace
+// shows why an event did not reach an agent.
+func (d *Dispatcher) claim(ctx context.Context, t Task, window time.Duration, log *zap.Logger) claimResult {
+	ctx, span := tracing.Tracer().Start(ctx, "khook.suppress", trace.WithAttributes(
+		attribute.String("khook.suppression_key", t.SuppressionKey), attribute.String("khook.window", window.String())))
+	defer span.End()
+	if d.state.Delivered(ctx, t.MessageID) {
+		span.SetAttributes(attribute.String("khook.result", "delivered-before"))
+		return claimDone
+	}
+	owned, err := d.state.Claim(ctx, t.SuppressionKey, t.MessageID, window)
+	if err != nil {
+		tracing.Fail(span, err)
+		log.Warn("suppression claim failed, will retry", zap.Error(err))
+		return claimRetry
+	}
+	if !owned {
+		// Counted, not logged one by one: a flapping pod would flood the logs.
+		span.SetAttributes(attribute.String("khook.result", "suppressed"))
+		d.metrics.suppressed.Inc()
+		return claimDone
+	}
+	span.SetAttributes(attribute.String("khook.result", "claimed"))
+	return claimOwned
 }
 
 // giveUp dead-letters the event for this task and releases its suppression claim, so the

@@ -8,6 +8,9 @@
 package mapper
 
 import (
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +19,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/khook/khook/internal/tracing"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -134,8 +139,15 @@ func (m *Mapper) Run(ctx context.Context) error {
 // one; otherwise it has already settled the message.
 func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) {
 	start := time.Now()
+	// The span covers decoding, mapping and handing the normalized event to JetStream; the
+	// normalized event carries it as its parent to the dispatcher.
+	ctx, span := tracing.Tracer().Start(tracing.Extract(ctx, msg.Headers()), "khook.map",
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", msg.Subject())))
+	defer span.End()
 	ce, err := cloudevent.Decode(msg.Data())
 	if err != nil {
+		tracing.Fail(span, err)
 		m.metrics.events.WithLabelValues("invalid").Inc()
 		m.deadLetter(ctx, msg, "invalid-envelope", err)
 		return pending{}, false
@@ -143,19 +155,22 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 	raw := mapping.Raw{ID: ce.ID, Source: ce.Source, Type: ce.Type, Subject: ce.Subject, Time: ce.Time, Data: ce.Data}
 	ev, outcome := mapping.Map(m.rules.Load(), raw)
 	m.metrics.events.WithLabelValues(string(outcome)).Inc()
+	span.SetAttributes(attribute.String("khook.event.id", ce.ID), attribute.String("khook.event.source", ce.Source),
+		attribute.String("khook.event.type", ce.Type), attribute.String("khook.outcome", string(outcome)))
 	switch {
 	case outcome == mapping.UnmappedDead:
 		m.deadLetter(ctx, msg, "unmapped", fmt.Errorf("no mapping rule for source %q type %q", ce.Source, ce.Type))
 		return pending{}, false
 	case !outcome.HasEvent():
 		// Counted above; logged so an operator can see which rule is missing or disabled.
-		m.logger.Info("event not mapped", zap.String("event_id", ce.ID), zap.String("source", ce.Source),
+		m.logger.Info("event not mapped", zap.String("event_id", ce.ID), tracing.LogField(ctx), zap.String("source", ce.Source),
 			zap.String("type", ce.Type), zap.String("outcome", string(outcome)))
 		ackOrLog(m.logger, msg)
 		return pending{}, false
 	}
-	out, err := m.encode(ev, msg.Headers())
+	out, err := m.encode(ctx, ev)
 	if err != nil {
+		tracing.Fail(span, err)
 		m.metrics.events.WithLabelValues("invalid").Inc()
 		m.deadLetter(ctx, msg, "invalid-event", err)
 		return pending{}, false
@@ -163,7 +178,8 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 	fut, err := m.js.PublishMsgAsync(out)
 	if err != nil {
 		m.metrics.publishErrors.Inc()
-		m.logger.Warn("publish normalized event", zap.String("event_id", ev.ID), zap.Error(err))
+		tracing.Fail(span, err)
+		m.logger.Warn("publish normalized event", zap.String("event_id", ev.ID), tracing.LogField(ctx), zap.Error(err))
 		nakOrLog(m.logger, msg)
 		return pending{}, false
 	}
@@ -171,7 +187,7 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 	return pending{msg: msg, ack: fut}, true
 }
 
-func (m *Mapper) encode(ev mapping.Event, in nats.Header) (*nats.Msg, error) {
+func (m *Mapper) encode(ctx context.Context, ev mapping.Event) (*nats.Msg, error) {
 	subj, err := m.topo.Subjects().Events(ev.Type)
 	if err != nil {
 		return nil, err
@@ -193,9 +209,7 @@ func (m *Mapper) encode(ev mapping.Event, in nats.Header) (*nats.Msg, error) {
 	out.Data = body
 	out.Header.Set(jetstream.MsgIDHeader, ev.ID)
 	out.Header.Set("Content-Type", cloudevent.ContentType)
-	if tp := in.Get("traceparent"); tp != "" {
-		out.Header.Set("traceparent", tp)
-	}
+	tracing.Inject(ctx, out.Header)
 	return out, nil
 }
 
@@ -221,7 +235,8 @@ func (m *Mapper) settle(p pending) {
 // deadLetter stores msg in the dead-letter stream and terminates it only once the dead letter
 // is stored; if that fails, the message is redelivered instead of lost.
 func (m *Mapper) deadLetter(ctx context.Context, msg jetstream.Msg, reason string, cause error) {
-	m.logger.Warn("dead-lettering raw event", zap.String("subject", msg.Subject()), zap.String("reason", reason), zap.Error(cause))
+	m.logger.Warn("dead-lettering raw event", zap.String("subject", msg.Subject()), tracing.LogField(ctx),
+		zap.String("reason", reason), zap.Error(cause))
 	if err := deadletter.Publish(ctx, m.js, m.topo.Subjects(), deadletter.Letter{
 		Stage: Stage, Reason: reason, Err: cause, Msg: msg,
 	}); err != nil {

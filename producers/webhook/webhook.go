@@ -4,6 +4,12 @@
 package webhook
 
 import (
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +21,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/khook/khook/internal/tracing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -179,7 +187,18 @@ type accepted struct {
 }
 
 func (ep *endpoint) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	// A caller's traceparent is continued; each stored event's publish span is a child of
+	// this one, and the trace follows the event to the agent.
+	ctx := otel.GetTextMapPropagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	ctx, span := tracing.Tracer().Start(ctx, "khook.webhook.receive", trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("http.request.method", r.Method), attribute.String("http.route", ep.Path)))
+	defer span.End()
+	r = r.WithContext(ctx)
 	code, reason := ep.serve(rw, r)
+	span.SetAttributes(attribute.Int("http.response.status_code", code))
+	if code >= 500 {
+		span.SetStatus(codes.Error, reason)
+	}
 	ep.w.metrics.requests.WithLabelValues(ep.Path, strconv.Itoa(code)).Inc()
 	if ep.w.cfg.EnableDebug || code >= 500 {
 		level := zap.DebugLevel
@@ -248,7 +267,7 @@ func (ep *endpoint) serve(rw http.ResponseWriter, r *http.Request) (int, string)
 			// Never 2xx for an event that was not stored. Events of a batch stored before
 			// this one stay stored; a retry of the batch stores each at most once, because
 			// their ids are the same.
-			ep.w.logger.Warn("event not stored", zap.String("event_id", ev.ID), zap.Error(err))
+			ep.w.logger.Warn("event not stored", zap.String("event_id", ev.ID), tracing.LogField(ctx), zap.Error(err))
 			rw.Header().Set("Retry-After", "1")
 			return refuse(rw, &httpError{http.StatusServiceUnavailable, "event store unavailable, retry later"})
 		}
