@@ -105,9 +105,15 @@ func (s *syncBuffer) String() string {
 // fails.
 func start(t *testing.T, name string, bin string, args ...string) *proc {
 	t.Helper()
+	return startEnv(t, name, nil, bin, args...)
+}
+
+// startEnv is start with extra environment variables, which win over the test's own.
+func startEnv(t *testing.T, name string, env []string, bin string, args ...string) *proc {
+	t.Helper()
 	p := &proc{name: name, cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.Env = append(os.Environ(), "LOG_FORMAT=console")
+	p.cmd.Env = append(append(os.Environ(), "LOG_FORMAT=console"), env...)
 	require.NoError(t, p.cmd.Start(), name)
 	go func() {
 		p.err = p.cmd.Wait()

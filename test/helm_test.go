@@ -338,6 +338,22 @@ func TestChartRendersTemplatedPluginValues(t *testing.T) {
 	cfg, _, _ := sec.loadRenderedConfig(t)
 	require.Equal(t, "/etc/khook/kagent-token/token", cfg.Kagent.TokenFile)
 
+	// Tracing: the guide's JAEGER_ENDPOINT and JAEGER_SERVICE_NAME, or OTLP, as env.
+	traced := renderChart(t, "--set", "tracing.jaegerEndpoint=http://jaeger-collector:14268/api/traces,tracing.serviceName=khook-prod")
+	envOf := func(c corev1.Container) map[string]string {
+		out := map[string]string{}
+		for _, e := range c.Env {
+			out[e.Name] = e.Value
+		}
+		return out
+	}
+	te := envOf(traced.deployment(t, "khook-dispatcher").Spec.Template.Spec.Containers[0])
+	require.Equal(t, "http://jaeger-collector:14268/api/traces", te["JAEGER_ENDPOINT"])
+	require.Equal(t, "khook-prod", te["JAEGER_SERVICE_NAME"])
+	require.Equal(t, "parentbased_traceidratio", te["OTEL_TRACES_SAMPLER"])
+	require.NotContains(t, envOf(renderChart(t).deployment(t, "khook-mapper").Spec.Template.Spec.Containers[0]), "OTEL_TRACES_SAMPLER",
+		"tracing is off by default")
+
 	// Broken values fail the render with the reason.
 	cmd := exec.Command(helmBin(t), "template", "khook", chartDir, "--set", "producers.mode=sideways")
 	out, err := cmd.CombinedOutput()
@@ -402,18 +418,7 @@ func TestChartAlertRules(t *testing.T) {
 // Every khook_ metric the alerts and the dashboard use is one the code defines, so neither
 // can silently point at a metric that was renamed.
 func TestChartUsesRealMetrics(t *testing.T) {
-	defined := map[string]bool{}
-	metric := regexp.MustCompile(`"(khook_[a-z_]+)"`)
-	require.NoError(t, filepath.WalkDir("..", func(path string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-			return err
-		}
-		b, err := os.ReadFile(path)
-		for _, m := range metric.FindAllSubmatch(b, -1) {
-			defined[string(m[1])] = true
-		}
-		return err
-	}))
+	defined := codeMetrics(t)
 	require.True(t, defined["khook_plugin_active"])
 
 	r := renderChart(t, "--set", "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true")

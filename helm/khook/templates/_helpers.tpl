@@ -220,6 +220,22 @@ spec:
             - name: POD_NAME
               valueFrom:
                 fieldRef: {fieldPath: metadata.name}
+            {{- with $v.tracing }}
+            {{- if .otlpEndpoint }}
+            - {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: {{ .otlpEndpoint | quote }}}
+            - {name: OTEL_EXPORTER_OTLP_PROTOCOL, value: {{ .protocol | quote }}}
+            {{- end }}
+            {{- if .jaegerEndpoint }}
+            - {name: JAEGER_ENDPOINT, value: {{ .jaegerEndpoint | quote }}}
+            {{- end }}
+            {{- if .serviceName }}
+            - {name: JAEGER_SERVICE_NAME, value: {{ .serviceName | quote }}}
+            {{- end }}
+            {{- if or .otlpEndpoint .jaegerEndpoint }}
+            - {name: OTEL_TRACES_SAMPLER, value: {{ .sampler | quote }}}
+            - {name: OTEL_TRACES_SAMPLER_ARG, value: {{ .samplerArg | quote }}}
+            {{- end }}
+            {{- end }}
             {{- range $v.secrets.env }}
             - name: {{ .name }}
               valueFrom:
