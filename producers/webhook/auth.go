@@ -1,72 +1,28 @@
 package webhook
 
 import (
-	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
-	"sync"
-	"time"
+
+	"github.com/khook/khook/internal/secret"
 )
-
-// secret is a credential from config or from a file. A file is re-read whenever its size or
-// modification time changes (a Kubernetes Secret update swaps the file behind a symlink), so
-// credentials rotate without a restart. The value is never logged.
-type secret struct {
-	static []byte
-	path   string
-
-	mu      sync.Mutex
-	value   []byte
-	modTime time.Time
-	size    int64
-}
-
-func newSecret(value, path string) *secret {
-	if value == "" && path == "" {
-		return nil
-	}
-	return &secret{static: []byte(value), path: path}
-}
-
-// get returns the current value, or an error when the file cannot be read.
-func (s *secret) get() ([]byte, error) {
-	if s.path == "" {
-		return s.static, nil
-	}
-	fi, err := os.Stat(s.path)
-	if err != nil {
-		return nil, fmt.Errorf("secret file: %w", err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.value == nil || !fi.ModTime().Equal(s.modTime) || fi.Size() != s.size {
-		b, err := os.ReadFile(s.path)
-		if err != nil {
-			return nil, fmt.Errorf("secret file: %w", err)
-		}
-		s.value, s.modTime, s.size = bytes.TrimSpace(b), fi.ModTime(), fi.Size()
-	}
-	return s.value, nil
-}
 
 // authenticator checks one endpoint's credentials: a bearer token, an HMAC signature of the
 // body, both, or neither.
 type authenticator struct {
-	token      *secret
-	hmacKey    *secret
+	token      *secret.Value
+	hmacKey    *secret.Value
 	hmacHeader string
 }
 
 func newAuthenticator(e Endpoint) authenticator {
 	return authenticator{
-		token:      newSecret(e.Token, e.TokenFile),
-		hmacKey:    newSecret(e.HMACSecret, e.HMACSecretFile),
+		token:      secret.New(e.Token, e.TokenFile),
+		hmacKey:    secret.New(e.HMACSecret, e.HMACSecretFile),
 		hmacHeader: e.HMACHeader,
 	}
 }
@@ -75,17 +31,12 @@ func newAuthenticator(e Endpoint) authenticator {
 // errors name what failed for the server's log, never the expected values.
 func (a authenticator) check(h http.Header, body []byte) error {
 	if a.token != nil {
-		want, err := a.token.get()
-		if err != nil {
+		if err := a.token.CheckBearer(h); err != nil {
 			return err
-		}
-		got, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
-		if !ok || !equalConstantTime([]byte(strings.TrimSpace(got)), want) {
-			return fmt.Errorf("missing or wrong bearer token")
 		}
 	}
 	if a.hmacKey != nil {
-		key, err := a.hmacKey.get()
+		key, err := a.hmacKey.Get()
 		if err != nil {
 			return err
 		}
@@ -101,11 +52,4 @@ func (a authenticator) check(h http.Header, body []byte) error {
 		}
 	}
 	return nil
-}
-
-// equalConstantTime compares two secrets without leaking where they differ or how long the
-// expected one is: both are hashed to a fixed length first.
-func equalConstantTime(got, want []byte) bool {
-	g, w := sha256.Sum256(got), sha256.Sum256(want)
-	return subtle.ConstantTimeCompare(g[:], w[:]) == 1 && len(want) > 0
 }

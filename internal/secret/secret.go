@@ -1,0 +1,83 @@
+// Package secret holds credentials read from configuration or files, and the constant-time
+// bearer token check the webhook and the events API share.
+package secret
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Value is a credential from config or from a file. A file is re-read whenever its size or
+// modification time changes (a Kubernetes Secret update swaps the file behind a symlink), so
+// credentials rotate without a restart. The value is never logged.
+type Value struct {
+	static []byte
+	path   string
+
+	mu      sync.Mutex
+	value   []byte
+	modTime time.Time
+	size    int64
+}
+
+// New returns the credential given as value or kept in the file at path, or nil when both
+// are empty (no credential required).
+func New(value, path string) *Value {
+	if value == "" && path == "" {
+		return nil
+	}
+	return &Value{static: []byte(value), path: path}
+}
+
+// Get returns the current value, or an error when the file cannot be read.
+func (s *Value) Get() ([]byte, error) {
+	if s.path == "" {
+		return s.static, nil
+	}
+	fi, err := os.Stat(s.path)
+	if err != nil {
+		return nil, fmt.Errorf("secret file: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.value == nil || !fi.ModTime().Equal(s.modTime) || fi.Size() != s.size {
+		b, err := os.ReadFile(s.path)
+		if err != nil {
+			return nil, fmt.Errorf("secret file: %w", err)
+		}
+		s.value, s.modTime, s.size = bytes.TrimSpace(b), fi.ModTime(), fi.Size()
+	}
+	return s.value, nil
+}
+
+// ErrBearer is a missing or wrong bearer token.
+var ErrBearer = errors.New("missing or wrong bearer token")
+
+// CheckBearer returns nil when the request's Authorization header carries the token. Its
+// errors never contain either token.
+func (s *Value) CheckBearer(h http.Header) error {
+	want, err := s.Get()
+	if err != nil {
+		return err
+	}
+	got, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
+	if !ok || !Equal([]byte(strings.TrimSpace(got)), want) {
+		return ErrBearer
+	}
+	return nil
+}
+
+// Equal compares two secrets without leaking where they differ or how long the expected one
+// is: both are hashed to a fixed length first. An empty expected secret matches nothing.
+func Equal(got, want []byte) bool {
+	g, w := sha256.Sum256(got), sha256.Sum256(want)
+	return subtle.ConstantTimeCompare(g[:], w[:]) == 1 && len(want) > 0
+}
