@@ -119,6 +119,9 @@ func New(js jetstream.JetStream, topo streams.Config, cfg Config, hooks *Index, 
 // SetHooks replaces the hooks used for every event handled from now on.
 func (d *Dispatcher) SetHooks(idx *Index) { d.hooks.Store(idx) }
 
+// Hooks returns the active hooks.
+func (d *Dispatcher) Hooks() *Index { return d.hooks.Load() }
+
 // State returns the shared dispatch state once Run has opened it, else nil.
 func (d *Dispatcher) State() *State { return d.state }
 
@@ -241,6 +244,9 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev *mapping.Event) settle {
 	log := d.logger.With(zap.String("event_id", ev.ID), tracing.LogField(ctx),
 		zap.String("hook", m.Hook.Key()), zap.String("agent", m.Agent.Namespace+"/"+m.Agent.Name))
+	if id := msg.Headers().Get(streams.HeaderReplayID); id != "" {
+		log = log.With(zap.String("replay_id", id), zap.String("original_id", msg.Headers().Get(streams.HeaderOriginalID)))
+	}
 	t, err := NewTask(m, ev)
 	if err != nil {
 		// Delivered anyway, with khook's plain placeholder expansion.
@@ -256,7 +262,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 	}); err != nil {
 		log.Debug("active event not recorded", zap.Error(err))
 	}
-	switch d.claim(ctx, t, window, log) {
+	switch d.claim(ctx, t, window, msg.Headers().Get(streams.HeaderIgnoreSuppression) == "true", log) {
 	case claimRetry:
 		return settle{delay: d.cfg.RetryBase}
 	case claimDone:
@@ -334,13 +340,20 @@ const (
 
 // claim takes the hook's suppression window for this task, in a span of its own so a trace
 // shows why an event did not reach an agent.
-func (d *Dispatcher) claim(ctx context.Context, t Task, window time.Duration, log *zap.Logger) claimResult {
+//
+// A replay sent with --ignore-suppression skips the window (its delivery record still
+// prevents a second call for the same replayed event).
+func (d *Dispatcher) claim(ctx context.Context, t Task, window time.Duration, ignore bool, log *zap.Logger) claimResult {
 	ctx, span := tracing.Tracer().Start(ctx, "khook.suppress", trace.WithAttributes(
 		attribute.String("khook.suppression_key", t.SuppressionKey), attribute.String("khook.window", window.String())))
 	defer span.End()
 	if d.state.Delivered(ctx, t.MessageID) {
 		span.SetAttributes(attribute.String("khook.result", "delivered-before"))
 		return claimDone
+	}
+	if ignore {
+		span.SetAttributes(attribute.String("khook.result", "ignored"))
+		return claimOwned
 	}
 	owned, err := d.state.Claim(ctx, t.SuppressionKey, t.MessageID, window)
 	if err != nil {

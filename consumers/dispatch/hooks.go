@@ -197,6 +197,7 @@ func (m Match) Config() EventConfiguration { return m.Hook.Spec.EventConfigurati
 type Index struct {
 	byKey map[indexKey][]Match
 	count int
+	hooks []*Hook
 }
 
 type indexKey struct{ namespace, eventType string }
@@ -221,6 +222,7 @@ func NewIndex(hooks []Hook) (*Index, error) {
 			k := indexKey{h.Metadata.Namespace, ec.EventType}
 			idx.byKey[k] = append(idx.byKey[k], Match{Hook: h, Index: j, Agent: agent, prompt: tmpl})
 		}
+		idx.hooks = append(idx.hooks, h)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -254,6 +256,9 @@ func (m Match) accepts(ev *mapping.Event) bool {
 	}
 	return true
 }
+
+// Hooks returns the valid hooks, in the order given.
+func (idx *Index) Hooks() []*Hook { return idx.hooks }
 
 // Len returns the number of hooks indexed.
 func (idx *Index) Len() int { return idx.count }

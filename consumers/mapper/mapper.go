@@ -168,7 +168,7 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 		ackOrLog(m.logger, msg)
 		return pending{}, false
 	}
-	out, err := m.encode(ctx, ev)
+	out, err := m.encode(ctx, ev, msg.Headers())
 	if err != nil {
 		tracing.Fail(span, err)
 		m.metrics.events.WithLabelValues("invalid").Inc()
@@ -187,7 +187,7 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 	return pending{msg: msg, ack: fut}, true
 }
 
-func (m *Mapper) encode(ctx context.Context, ev mapping.Event) (*nats.Msg, error) {
+func (m *Mapper) encode(ctx context.Context, ev mapping.Event, in nats.Header) (*nats.Msg, error) {
 	subj, err := m.topo.Subjects().Events(ev.Type)
 	if err != nil {
 		return nil, err
@@ -210,6 +210,12 @@ func (m *Mapper) encode(ctx context.Context, ev mapping.Event) (*nats.Msg, error
 	out.Header.Set(jetstream.MsgIDHeader, ev.ID)
 	out.Header.Set("Content-Type", cloudevent.ContentType)
 	tracing.Inject(ctx, out.Header)
+	// A replayed event stays marked as one (khook replay --through mapper).
+	for _, h := range streams.ReplayHeaders {
+		if v := in.Get(h); v != "" {
+			out.Header.Set(h, v)
+		}
+	}
 	return out, nil
 }
 

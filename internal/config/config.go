@@ -20,6 +20,7 @@ type Config struct {
 	Dispatcher Dispatcher     `koanf:"dispatcher"`
 	Kagent     Kagent         `koanf:"kagent"`
 	Server     Server         `koanf:"server"`
+	API        API            `koanf:"api"`
 	Log        Log            `koanf:"log"`
 	Kubernetes Kubernetes     `koanf:"kubernetes"`
 }
@@ -124,6 +125,14 @@ type Server struct {
 	ProbesAddr  string `koanf:"probes_addr"`  // /healthz and /readyz
 }
 
+// API configures the events HTTP API, served by the dispatcher (and khook run). It is off
+// unless enabled, and always requires a bearer token.
+type API struct {
+	Enabled   bool   `koanf:"enabled"`
+	Addr      string `koanf:"addr"`
+	TokenFile string `koanf:"token_file"` // the bearer token, re-read when it changes
+}
+
 // Log configures zap. LOG_LEVEL and LOG_FORMAT set these too.
 type Log struct {
 	Level  string `koanf:"level"`  // debug, info, warn, error
@@ -154,6 +163,7 @@ func Default() Config {
 			Timeout:  120 * time.Second,
 		},
 		Server:     Server{MetricsAddr: ":8080", ProbesAddr: ":8081"},
+		API:        API{Addr: ":8082"},
 		Log:        Log{Level: "info", Format: "console"},
 		Kubernetes: Kubernetes{Hooks: "auto", StatusInterval: 10 * time.Second},
 	}
@@ -207,6 +217,9 @@ func (c Config) Validate() error {
 	}
 	if c.Kubernetes.StatusInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("kubernetes.status_interval: must be at least 100ms, got %s", c.Kubernetes.StatusInterval))
+	}
+	if c.API.Enabled && c.API.TokenFile == "" {
+		errs = append(errs, errors.New("api.token_file: required when api.enabled is true (the API never runs without a token)"))
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

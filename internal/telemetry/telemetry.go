@@ -75,7 +75,10 @@ func (s *HTTPServer) Run(ctx context.Context) error {
 	if s.OnListen != nil {
 		s.OnListen(ln.Addr())
 	}
-	srv := &http.Server{Handler: s.Handler, ReadHeaderTimeout: 10 * time.Second}
+	// Requests see ctx's end, so long-lived responses (the API's event stream) finish when
+	// the process stops instead of holding the graceful shutdown open.
+	srv := &http.Server{Handler: s.Handler, ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
 	s.Logger.Info("listening", zap.String("server", s.Name), zap.String("addr", ln.Addr().String()))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

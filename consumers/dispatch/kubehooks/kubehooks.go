@@ -150,14 +150,7 @@ func (w *Watcher) rebuild() {
 		if !ok {
 			continue
 		}
-		var h dispatch.Hook
-		b, err := json.Marshal(u.Object)
-		if err == nil {
-			err = json.Unmarshal(b, &h)
-		}
-		if err == nil {
-			err = h.Validate()
-		}
+		h, err := hookOf(u)
 		key := u.GetNamespace() + "/" + u.GetName()
 		if err != nil {
 			w.mu.Lock()
@@ -170,7 +163,6 @@ func (w *Watcher) rebuild() {
 			}
 			continue
 		}
-		h.Status = nil
 		hooks = append(hooks, h)
 		objects[key] = u
 	}
@@ -184,6 +176,40 @@ func (w *Watcher) rebuild() {
 	w.mu.Unlock()
 	w.d.SetHooks(idx)
 	w.logger.Info("hooks loaded from the cluster", zap.Int("hooks", len(hooks)))
+}
+
+// hookOf converts a Hook resource and validates it; its status is not the dispatcher's input.
+func hookOf(u *unstructured.Unstructured) (dispatch.Hook, error) {
+	var h dispatch.Hook
+	b, err := json.Marshal(u.Object)
+	if err == nil {
+		err = json.Unmarshal(b, &h)
+	}
+	if err == nil {
+		err = h.Validate()
+	}
+	h.Status = nil
+	return h, err
+}
+
+// List reads every valid Hook in the cluster once, for commands that need the hooks but do
+// not dispatch (replay --dry-run, status). Invalid Hooks are skipped, as the dispatcher does.
+func List(ctx context.Context, rc *rest.Config) (*dispatch.Index, error) {
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	list, err := dyn.Resource(GVR).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing Hooks: %w", err)
+	}
+	var hooks []dispatch.Hook
+	for i := range list.Items {
+		if h, err := hookOf(&list.Items[i]); err == nil {
+			hooks = append(hooks, h)
+		}
+	}
+	return dispatch.NewIndex(hooks)
 }
 
 func (w *Watcher) object(key string) *unstructured.Unstructured {

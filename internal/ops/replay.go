@@ -1,0 +1,372 @@
+package ops
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
+
+	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/streams"
+	"github.com/khook/khook/streams/cloudevent"
+)
+
+// ReplayBucket holds the progress of every replay, so an interrupted one can resume.
+const ReplayBucket = "KHOOK_REPLAY"
+
+// Where replayed events re-enter the pipeline.
+const (
+	ThroughMapper     = "mapper"     // raw events, re-mapped with today's mappings
+	ThroughDispatcher = "dispatcher" // normalized events, re-dispatched to today's hooks
+)
+
+// Selection is what a replay takes from a stream.
+type Selection struct {
+	Through           string
+	Since, Until      time.Time
+	FromSeq, ToSeq    uint64
+	Source, Type      string
+	Namespace         string
+	IgnoreSuppression bool
+}
+
+// Replay is one replay's plan and progress, stored in ReplayBucket under its ID.
+type Replay struct {
+	ID                string    `json:"id"`
+	Through           string    `json:"through"`
+	Stream            string    `json:"stream"`
+	Subject           string    `json:"subject"`
+	Source            string    `json:"source,omitempty"`
+	Namespace         string    `json:"namespace,omitempty"`
+	Since             time.Time `json:"since,omitzero"`
+	Until             time.Time `json:"until,omitzero"`
+	FromSeq           uint64    `json:"fromSeq,omitempty"`
+	EndSeq            uint64    `json:"endSeq"`
+	IgnoreSuppression bool      `json:"ignoreSuppression,omitempty"`
+	// NextSeq is where the replay continues: every selected message before it was sent.
+	NextSeq uint64 `json:"nextSeq"`
+	// Total is how many messages the range held when the replay was planned, for progress.
+	Total   int       `json:"total"`
+	Seen    int       `json:"seen"`
+	Sent    int       `json:"sent"`
+	Skipped int       `json:"skipped"`
+	Started time.Time `json:"started"`
+	Updated time.Time `json:"updated"`
+	Done    bool      `json:"done"`
+}
+
+// Replayer replays retained events into a stage.
+type Replayer struct {
+	JS   jetstream.JetStream
+	Topo streams.Config
+	// Namespace returns an event's namespace for Selection.Namespace; the CLI maps raw
+	// events with the current mappings to find it. Nil: the namespace filter never matches.
+	Namespace func(Msg) string
+	// Describe says, for a dry run, what the event would cause (which hooks, which agents).
+	Describe func(Msg) string
+	// Rate limits sends to this many events per second; 0 is unlimited.
+	Rate float64
+	// Progress is called after every batch of sends and once at the end.
+	Progress func(r *Replay, final bool)
+	// DryRun describes each selected event instead of sending it, and stores nothing.
+	DryRun bool
+	// SaveEvery is how many sends go between progress records (100 by default). A replay
+	// killed without warning resends at most this many on resume, and JetStream drops those
+	// as duplicates within the stream's duplicate window.
+	SaveEvery int
+	// OnDescribe receives the dry run's lines.
+	OnDescribe func(line string)
+}
+
+// Plan creates a replay of sel and stores it (not for a dry run).
+func (rp *Replayer) Plan(ctx context.Context, sel Selection) (*Replay, error) {
+	r := &Replay{ID: newReplayID(), Through: sel.Through, Source: sel.Source, Namespace: sel.Namespace,
+		Since: sel.Since, Until: sel.Until, FromSeq: sel.FromSeq, IgnoreSuppression: sel.IgnoreSuppression,
+		Started: time.Now().UTC()}
+	subjects := rp.Topo.Subjects()
+	switch sel.Through {
+	case ThroughMapper:
+		r.Stream = rp.Topo.Raw.Name
+		r.Subject = subjects.Prefix + ".raw." + orAny(sel.Source) + "." + orAny(sel.Type)
+		r.Source = "" // the subject filters it
+	case ThroughDispatcher:
+		r.Stream = rp.Topo.Events.Name
+		r.Subject = subjects.Prefix + ".events." + orAny(sel.Type)
+	default:
+		return nil, fmt.Errorf("--through: want mapper or dispatcher, got %q", sel.Through)
+	}
+	st, err := rp.JS.Stream(ctx, r.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", r.Stream, err)
+	}
+	r.EndSeq = st.CachedInfo().State.LastSeq
+	if sel.ToSeq > 0 && sel.ToSeq < r.EndSeq {
+		r.EndSeq = sel.ToSeq
+	}
+	r.Total, err = count(ctx, rp.JS, Range{Stream: r.Stream, Subject: r.Subject, FromSeq: r.FromSeq, Since: r.Since})
+	if err != nil {
+		return nil, err
+	}
+	if !rp.DryRun {
+		if err := rp.save(ctx, r); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// Load returns a stored replay, to resume it.
+func (rp *Replayer) Load(ctx context.Context, id string) (*Replay, error) {
+	kv, err := rp.bucket(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e, err := kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, fmt.Errorf("no replay %q (replays are kept for 7 days)", id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r Replay
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return nil, fmt.Errorf("replay %s: %w", id, err)
+	}
+	return &r, nil
+}
+
+// Run sends the replay's remaining events, from NextSeq. It returns when the range is done,
+// or ctx is cancelled (an interrupt): then the progress is stored, so that Run on the
+// loaded replay continues without sending anything twice.
+func (rp *Replayer) Run(ctx context.Context, r *Replay) error {
+	if r.Done {
+		return nil
+	}
+	var lim *rate.Limiter
+	if rp.Rate > 0 {
+		lim = rate.NewLimiter(rate.Limit(rp.Rate), 1)
+	}
+	every := rp.SaveEvery
+	if every <= 0 {
+		every = 100
+	}
+	rng := Range{Stream: r.Stream, Subject: r.Subject, FromSeq: r.NextSeq, ToSeq: r.EndSeq, Until: r.Until}
+	if r.NextSeq == 0 {
+		rng.FromSeq, rng.Since = r.FromSeq, r.Since
+	}
+	sinceSave := 0
+	_, err := Scan(ctx, rp.JS, rng, func(m Msg) error {
+		if err := ctx.Err(); err != nil {
+			return ErrStop
+		}
+		r.Seen++
+		if !rp.selected(r, m) {
+			r.Skipped++
+			r.NextSeq = m.Seq + 1
+			return nil
+		}
+		if rp.DryRun {
+			if rp.OnDescribe != nil && rp.Describe != nil {
+				rp.OnDescribe(fmt.Sprintf("seq %d %s: %s", m.Seq, m.Subject, rp.Describe(m)))
+			}
+			r.Sent++
+			r.NextSeq = m.Seq + 1
+			return nil
+		}
+		if lim != nil {
+			if err := lim.Wait(ctx); err != nil {
+				return ErrStop
+			}
+		}
+		out, err := rp.copyOf(r, m)
+		if err != nil {
+			// An envelope that cannot be decoded was dead-lettered the first time too.
+			r.Skipped++
+			r.NextSeq = m.Seq + 1
+			return nil
+		}
+		// The publish is not tied to ctx: an interrupt lets the current send finish, so
+		// the stored progress is exact.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		_, err = rp.JS.PublishMsg(pctx, out)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("replay seq %d: %w", m.Seq, err)
+		}
+		r.Sent++
+		r.NextSeq = m.Seq + 1
+		if sinceSave++; sinceSave >= every {
+			sinceSave = 0
+			if err := rp.save(ctx, r); err != nil {
+				return err
+			}
+			if rp.Progress != nil {
+				rp.Progress(r, false)
+			}
+		}
+		return nil
+	})
+	if err == nil && ctx.Err() == nil {
+		r.Done = true
+	}
+	if !rp.DryRun {
+		if serr := rp.save(context.WithoutCancel(ctx), r); serr != nil && err == nil {
+			err = serr
+		}
+	}
+	if rp.Progress != nil {
+		rp.Progress(r, true)
+	}
+	return err
+}
+
+// selected applies the filters a subject cannot express. Copies made by earlier replays are
+// never replayed again: the originals are.
+func (rp *Replayer) selected(r *Replay, m Msg) bool {
+	if m.Header.Get(streams.HeaderReplayID) != "" {
+		return false
+	}
+	if r.Source != "" || (r.Through == ThroughDispatcher && r.Namespace != "") {
+		ev, ok := decodeNormalized(m.Data)
+		if !ok || (r.Source != "" && ev.Source != r.Source) {
+			return false
+		}
+		if r.Namespace != "" {
+			return ev.Namespace == r.Namespace
+		}
+		return true
+	}
+	if r.Namespace != "" {
+		return rp.Namespace != nil && rp.Namespace(m) == r.Namespace
+	}
+	return true
+}
+
+// copyOf is m with a new event id (the original's plus the replay's), so the stream's
+// duplicate window and the dispatcher's delivery records treat it as a new event, while a
+// resumed replay sending it again produces the same id and is dropped as a duplicate.
+func (rp *Replayer) copyOf(r *Replay, m Msg) (*nats.Msg, error) {
+	ce, err := cloudevent.Decode(m.Data)
+	if err != nil {
+		return nil, err
+	}
+	original := ce.ID
+	ce.ID = original + "/replay-" + r.ID
+	if r.Through == ThroughDispatcher {
+		var ev mapping.Event
+		if err := json.Unmarshal(ce.Data, &ev); err != nil {
+			return nil, err
+		}
+		ev.ID = ce.ID
+		if ce.Data, err = json.Marshal(ev); err != nil {
+			return nil, err
+		}
+	}
+	body, err := cloudevent.Encode(ce)
+	if err != nil {
+		return nil, err
+	}
+	out := nats.NewMsg(m.Subject)
+	out.Data = body
+	for k, v := range m.Header {
+		if k != jetstream.MsgIDHeader {
+			out.Header[k] = v
+		}
+	}
+	out.Header.Set(jetstream.MsgIDHeader, ce.ID)
+	out.Header.Set(streams.HeaderReplayID, r.ID)
+	out.Header.Set(streams.HeaderOriginalID, original)
+	out.Header.Set(streams.HeaderOriginalSeq, strconv.FormatUint(m.Seq, 10))
+	if r.IgnoreSuppression {
+		out.Header.Set(streams.HeaderIgnoreSuppression, "true")
+	}
+	return out, nil
+}
+
+func (rp *Replayer) bucket(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := rp.JS.KeyValue(ctx, ReplayBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = rp.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: ReplayBucket, Description: "khook replay progress", TTL: 7 * 24 * time.Hour,
+			Replicas: rp.Topo.Events.Replicas, Storage: jetstream.FileStorage,
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("replay bucket: %w", err)
+	}
+	return kv, nil
+}
+
+func (rp *Replayer) save(ctx context.Context, r *Replay) error {
+	kv, err := rp.bucket(ctx)
+	if err != nil {
+		return err
+	}
+	r.Updated = time.Now().UTC()
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Put(ctx, r.ID, b); err != nil {
+		return fmt.Errorf("replay %s: storing progress: %w", r.ID, err)
+	}
+	return nil
+}
+
+// count is how many messages r selects now, from the consumer JetStream would create.
+func count(ctx context.Context, js jetstream.JetStream, r Range) (int, error) {
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, HeadersOnly: true}
+	if r.Subject != "" {
+		cfg.FilterSubjects = []string{r.Subject}
+	}
+	switch {
+	case r.FromSeq > 0:
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, r.FromSeq
+	case !r.Since.IsZero():
+		since := r.Since
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	}
+	cons, err := js.OrderedConsumer(ctx, r.Stream, cfg)
+	if err != nil {
+		return 0, err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return int(info.NumPending), nil
+}
+
+func decodeNormalized(b []byte) (mapping.Event, bool) {
+	ce, err := cloudevent.Decode(b)
+	if err != nil {
+		return mapping.Event{}, false
+	}
+	var ev mapping.Event
+	if err := json.Unmarshal(ce.Data, &ev); err != nil {
+		return mapping.Event{}, false
+	}
+	return ev, true
+}
+
+func orAny(token string) string {
+	if token == "" {
+		return "*"
+	}
+	return token
+}
+
+// newReplayID is short enough to type after --resume and sorts by start time.
+func newReplayID() string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
+}

@@ -1,0 +1,243 @@
+package ops
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/khook/khook/streams"
+)
+
+// Status is the state of the pipeline as JetStream and the configuration see it.
+type Status struct {
+	Streams     []StreamStatus    `json:"streams"`
+	Consumers   []ConsumerStatus  `json:"consumers"`
+	DeadLetters []DeadLetterCount `json:"deadLetters"`
+	Plugins     []PluginStatus    `json:"plugins"`
+	Hooks       []HookStatus      `json:"hooks"`
+}
+
+// StreamStatus is one stream's fill against its limits.
+type StreamStatus struct {
+	Name          string    `json:"name"`
+	Messages      uint64    `json:"messages"`
+	Bytes         uint64    `json:"bytes"`
+	FirstSeq      uint64    `json:"firstSeq"`
+	LastSeq       uint64    `json:"lastSeq"`
+	Oldest        time.Time `json:"oldest,omitzero"`
+	OldestAge     string    `json:"oldestAge,omitempty"`
+	MaxAge        string    `json:"maxAge"`
+	MaxBytes      int64     `json:"maxBytes"`
+	MaxMsgs       int64     `json:"maxMsgs"`
+	Discard       string    `json:"discard"`
+	Replicas      int       `json:"replicas"`
+	LimitUsageMax float64   `json:"limitUsage"` // the highest of messages, bytes and age over their limits
+}
+
+// ConsumerStatus is one durable consumer's progress.
+type ConsumerStatus struct {
+	Stream       string    `json:"stream"`
+	Name         string    `json:"name"`
+	Pending      uint64    `json:"pending"`
+	AckPending   int       `json:"ackPending"`
+	Redelivered  int       `json:"redelivered"`
+	Waiting      int       `json:"waiting"`
+	LastDelivery time.Time `json:"lastDelivery,omitzero"`
+	LastAck      time.Time `json:"lastAck,omitzero"`
+}
+
+// DeadLetterCount is how many dead letters a stage holds for one reason.
+type DeadLetterCount struct {
+	Stage  string `json:"stage"`
+	Reason string `json:"reason"`
+	Count  int    `json:"count"`
+}
+
+// PluginStatus is a plugin of plugins.yaml, or a source seen in the raw stream, with the
+// events the raw stream retains from it.
+type PluginStatus struct {
+	Name       string    `json:"name"`
+	Configured bool      `json:"configured"`
+	Enabled    bool      `json:"enabled"`
+	Events     uint64    `json:"events"`
+	LastEvent  time.Time `json:"lastEvent,omitzero"`
+}
+
+// HookStatus is one hook and what it listens to.
+type HookStatus struct {
+	Hook       string   `json:"hook"`
+	EventTypes []string `json:"eventTypes"`
+	Agents     []string `json:"agents"`
+}
+
+// Plugin names a plugin of plugins.yaml for the status.
+type Plugin struct {
+	Name    string
+	Enabled bool
+}
+
+// GetStatus reads the streams, consumers and dead letters from JetStream; plugins and hooks
+// come from the caller's configuration.
+func GetStatus(ctx context.Context, js jetstream.JetStream, topo streams.Config, plugins []Plugin, hooks []HookStatus) (*Status, error) {
+	s := &Status{Hooks: hooks}
+	now := time.Now()
+	for _, name := range []string{topo.Raw.Name, topo.Events.Name, topo.DLQ.Name} {
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			return nil, fmt.Errorf("stream %s: %w", name, err)
+		}
+		info := st.CachedInfo()
+		ss := StreamStatus{
+			Name: name, Messages: info.State.Msgs, Bytes: info.State.Bytes, FirstSeq: info.State.FirstSeq,
+			LastSeq: info.State.LastSeq, MaxAge: info.Config.MaxAge.String(), MaxBytes: info.Config.MaxBytes,
+			MaxMsgs: info.Config.MaxMsgs, Discard: info.Config.Discard.String(), Replicas: info.Config.Replicas,
+		}
+		if info.State.Msgs > 0 {
+			ss.Oldest = info.State.FirstTime
+			ss.OldestAge = now.Sub(info.State.FirstTime).Round(time.Second).String()
+			if info.Config.MaxAge > 0 {
+				ss.LimitUsageMax = max(ss.LimitUsageMax, now.Sub(info.State.FirstTime).Seconds()/info.Config.MaxAge.Seconds())
+			}
+		}
+		if info.Config.MaxBytes > 0 {
+			ss.LimitUsageMax = max(ss.LimitUsageMax, float64(info.State.Bytes)/float64(info.Config.MaxBytes))
+		}
+		if info.Config.MaxMsgs > 0 {
+			ss.LimitUsageMax = max(ss.LimitUsageMax, float64(info.State.Msgs)/float64(info.Config.MaxMsgs))
+		}
+		s.Streams = append(s.Streams, ss)
+	}
+	for _, c := range []struct{ stream, durable string }{
+		{topo.Raw.Name, topo.Mapper.Durable}, {topo.Events.Name, topo.Dispatcher.Durable},
+	} {
+		cons, err := js.Consumer(ctx, c.stream, c.durable)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("consumer %s: %w", c.durable, err)
+		}
+		info := cons.CachedInfo()
+		cs := ConsumerStatus{Stream: c.stream, Name: c.durable, Pending: info.NumPending, AckPending: info.NumAckPending,
+			Redelivered: info.NumRedelivered, Waiting: info.NumWaiting}
+		if info.Delivered.Last != nil {
+			cs.LastDelivery = *info.Delivered.Last
+		}
+		if info.AckFloor.Last != nil {
+			cs.LastAck = *info.AckFloor.Last
+		}
+		s.Consumers = append(s.Consumers, cs)
+	}
+
+	counts := map[DeadLetterCount]int{}
+	_, err := Scan(ctx, js, Range{Stream: topo.DLQ.Name, HeadersOnly: true}, func(m Msg) error {
+		d := letterOf(m)
+		counts[DeadLetterCount{Stage: d.Stage, Reason: d.Reason}]++
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for k, n := range counts {
+		k.Count = n
+		s.DeadLetters = append(s.DeadLetters, k)
+	}
+	slices.SortFunc(s.DeadLetters, func(a, b DeadLetterCount) int {
+		return cmp.Or(cmp.Compare(a.Stage, b.Stage), cmp.Compare(a.Reason, b.Reason))
+	})
+
+	// Events per source, from the raw stream's subjects <prefix>.raw.<source>.<type>.
+	raw, err := js.Stream(ctx, topo.Raw.Name)
+	if err != nil {
+		return nil, err
+	}
+	info, err := raw.Info(ctx, jetstream.WithSubjectFilter(topo.Subjects().AllRaw()))
+	if err != nil {
+		return nil, err
+	}
+	bySource := map[string]*PluginStatus{}
+	for _, p := range plugins {
+		bySource[p.Name] = &PluginStatus{Name: p.Name, Configured: true, Enabled: p.Enabled}
+	}
+	for subj, n := range info.State.Subjects {
+		parts := strings.Split(subj, ".")
+		if len(parts) < 4 {
+			continue
+		}
+		p := bySource[parts[2]]
+		if p == nil {
+			p = &PluginStatus{Name: parts[2]}
+			bySource[parts[2]] = p
+		}
+		p.Events += n
+	}
+	for name, p := range bySource {
+		if p.Events > 0 {
+			if m, err := raw.GetLastMsgForSubject(ctx, topo.Subjects().Prefix+".raw."+name+".>"); err == nil {
+				p.LastEvent = m.Time
+			}
+		}
+		s.Plugins = append(s.Plugins, *p)
+	}
+	slices.SortFunc(s.Plugins, func(a, b PluginStatus) int { return cmp.Compare(a.Name, b.Name) })
+	return s, nil
+}
+
+// WriteTable prints s for a terminal.
+func (s *Status) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "STREAM\tMESSAGES\tBYTES\tOLDEST\tMAX AGE\tMAX BYTES\tMAX MSGS\tDISCARD\tREPLICAS\tLIMIT USE")
+	for _, st := range s.Streams {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%.0f%%\n", st.Name, st.Messages, st.Bytes, dash(st.OldestAge),
+			st.MaxAge, limit(st.MaxBytes), limit(st.MaxMsgs), st.Discard, st.Replicas, st.LimitUsageMax*100)
+	}
+	fmt.Fprintln(tw, "\nCONSUMER\tSTREAM\tPENDING\tACK PENDING\tREDELIVERED\tWAITING\tLAST DELIVERY")
+	for _, c := range s.Consumers {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\n", c.Name, c.Stream, c.Pending, c.AckPending, c.Redelivered, c.Waiting, ago(c.LastDelivery))
+	}
+	fmt.Fprintln(tw, "\nDEAD LETTERS\tREASON\tCOUNT\t")
+	if len(s.DeadLetters) == 0 {
+		fmt.Fprintln(tw, "(none)\t\t\t")
+	}
+	for _, d := range s.DeadLetters {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t\n", d.Stage, d.Reason, d.Count)
+	}
+	fmt.Fprintln(tw, "\nPLUGIN\tCONFIGURED\tENABLED\tRETAINED EVENTS\tLAST EVENT")
+	for _, p := range s.Plugins {
+		fmt.Fprintf(tw, "%s\t%t\t%t\t%d\t%s\n", p.Name, p.Configured, p.Enabled, p.Events, ago(p.LastEvent))
+	}
+	fmt.Fprintln(tw, "\nHOOK\tEVENT TYPES\tAGENTS\t\t")
+	for _, h := range s.Hooks {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t\t\n", h.Hook, strings.Join(h.EventTypes, ","), strings.Join(h.Agents, ","))
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func limit(n int64) string {
+	if n <= 0 {
+		return "-"
+	}
+	return fmt.Sprint(n)
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
+}
