@@ -36,6 +36,10 @@ func commands() map[string]command {
 		"mappings":   {"mappings check FILE [--event EVENT.json]: validate a mappings file", runMappings},
 		"publish":    {"publish events from a script or an out-of-process plugin", runPublish},
 		"probe":      {"probe URL: exit 0 when URL answers 200 (container healthchecks)", runProbe},
+		"replay":     {"replay retained events through the mapper or the dispatcher", runReplay},
+		"status":     {"streams, consumers, dead letters, plugins and hooks", runStatus},
+		"dlq":        {"dlq list|show|retry|purge: inspect and retry dead letters", runDLQ},
+		"events":     {"events tail|get: follow or list normalized events", runEvents},
 		"version":    {"print the version", runVersion},
 	}
 }

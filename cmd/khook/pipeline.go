@@ -25,9 +25,12 @@ import (
 	"github.com/khook/khook/consumers/dispatch"
 	"github.com/khook/khook/consumers/dispatch/kubehooks"
 	"github.com/khook/khook/consumers/mapper"
+	"github.com/khook/khook/internal/api"
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/internal/filewatch"
 	"github.com/khook/khook/internal/kube"
+	"github.com/khook/khook/internal/ops"
+	"github.com/khook/khook/internal/secret"
 	"github.com/khook/khook/internal/telemetry"
 	"github.com/khook/khook/internal/tracing"
 	"github.com/khook/khook/mapping"
@@ -291,6 +294,14 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 			})
 		}
 		addActor("dispatcher", d.Run)
+		if cfg.API.Enabled {
+			srv := &api.Server{JS: js, Topo: cfg.Streams, Token: secret.New("", cfg.API.TokenFile), Hooks: d.Hooks,
+				Logger: logger.Named("api"), Status: func(ctx context.Context) (*ops.Status, error) {
+					return pipelineStatus(ctx, js, cfg, d.Hooks())
+				}}
+			apiServer := &telemetry.HTTPServer{Name: "api", Addr: cfg.API.Addr, Handler: srv.Handler(), Logger: logger}
+			addActor("api server", apiServer.Run)
+		}
 		logger.Info("dispatcher started", zap.Int("hooks", hooks.Len()), zap.String("default_target", cfg.Dispatcher.Target),
 			zap.Int("routes", len(cfg.Dispatcher.Routes)))
 	}
