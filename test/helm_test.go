@@ -354,6 +354,17 @@ func TestChartRendersTemplatedPluginValues(t *testing.T) {
 	require.NotContains(t, envOf(renderChart(t).deployment(t, "khook-mapper").Spec.Template.Spec.Containers[0]), "OTEL_TRACES_SAMPLER",
 		"tracing is off by default")
 
+	// The events API: on the dispatcher only, with its token from a Secret.
+	withAPI := renderChart(t, "--set", "api.enabled=true,api.tokenSecret.name=khook-api")
+	apiCfg, _, _ := withAPI.loadRenderedConfig(t)
+	require.True(t, apiCfg.API.Enabled)
+	require.Equal(t, "/etc/khook/api-token/token", apiCfg.API.TokenFile)
+	require.Contains(t, mountNames(withAPI.deployment(t, "khook-dispatcher").Spec.Template.Spec.Containers[0]), "api-token")
+	require.NotContains(t, mountNames(withAPI.deployment(t, "khook-mapper").Spec.Template.Spec.Containers[0]), "api-token")
+	apiSel, _, _ := unstructured.NestedStringMap(withAPI.get(t, "Service", "khook-api").Object, "spec", "selector")
+	require.Equal(t, "dispatcher", apiSel["app.kubernetes.io/component"])
+	require.NotContains(t, renderChart(t).names("Service"), "khook-api")
+
 	// Broken values fail the render with the reason.
 	cmd := exec.Command(helmBin(t), "template", "khook", chartDir, "--set", "producers.mode=sideways")
 	out, err := cmd.CombinedOutput()

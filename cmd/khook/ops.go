@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -139,28 +140,6 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	rp := &ops.Replayer{JS: s.js, Topo: s.cfg.Streams, Rate: *rate, DryRun: *dryRun,
 		OnDescribe: func(line string) { fmt.Fprintln(stdout, line) }}
-	var rules *mapping.Rules
-	if (*through == ops.ThroughMapper || *resume != "") && (*namespace != "" || *dryRun) {
-		if rules, _, err = loadRules(s.cfg.Files.Mappings); err != nil {
-			return err
-		}
-	}
-	if rules != nil {
-		rp.Namespace = func(m ops.Msg) string {
-			if ev, ok := mapRaw(rules, m); ok {
-				return ev.Namespace
-			}
-			return ""
-		}
-	}
-	if *dryRun {
-		idx, err := s.hooks(ctx)
-		if err != nil {
-			return err
-		}
-		rp.Describe = func(m ops.Msg) string { return describe(rules, idx, *through, m) }
-	}
-
 	var r *ops.Replay
 	if *resume != "" {
 		if r, err = rp.Load(ctx, *resume); err != nil {
@@ -179,6 +158,27 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fmt.Fprintf(stderr, "replay %s: up to %d events of %s (%s) through the %s; resume with: khook replay --resume %s\n",
 				r.ID, r.Total, r.Stream, r.Subject, r.Through, r.ID)
 		}
+	}
+	// Raw events are mapped with the current mappings to find their namespace and, for a
+	// dry run, what they would become; known once the replay is planned or loaded.
+	var rules *mapping.Rules
+	if r.Through == ops.ThroughMapper && (r.Namespace != "" || *dryRun) {
+		if rules, _, err = loadRules(s.cfg.Files.Mappings); err != nil {
+			return err
+		}
+		rp.Namespace = func(m ops.Msg) string {
+			if ev, ok := mapRaw(rules, m); ok {
+				return ev.Namespace
+			}
+			return ""
+		}
+	}
+	if *dryRun {
+		idx, err := s.hooks(ctx)
+		if err != nil {
+			return err
+		}
+		rp.Describe = func(m ops.Msg) string { return describe(rules, idx, r.Through, m) }
 	}
 	rp.Progress = newProgress(stderr, time.Now())
 	runErr := rp.Run(ctx, r)
@@ -377,15 +377,15 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	default:
 		return errors.New(usageText)
 	}
-	if err := parseFlags(fs, rest); err != nil {
+	positional, err := parseInterspersed(fs, rest)
+	if err != nil {
 		return err
 	}
 	f := ops.DLQFilter{Stage: *stage, Reason: *reason, Hook: *hook, Type: *typ}
-	var err error
 	if f.Since, err = parseWhen("since", *since, true); err != nil {
 		return err
 	}
-	for _, a := range fs.Args() {
+	for _, a := range positional {
 		seq, err := strconv.ParseUint(a, 10, 64)
 		if err != nil {
 			return fmt.Errorf("%q is not a dead letter's sequence number", a)
@@ -487,6 +487,22 @@ func sortedKeys(h nats.Header) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// parseInterspersed parses flags before and after positional arguments (khook dlq show 12
+// --config khook.yaml), and returns the positional ones.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := parseFlags(fs, args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return positional, nil
+		}
+		positional = append(positional, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
 }
 
 // ---- khook events ----

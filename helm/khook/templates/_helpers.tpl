@@ -122,6 +122,9 @@ Call with (dict "root" $ "values" .Values.mapper).
   "server" (dict "metrics_addr" ":8080" "probes_addr" ":8081")
   "log" (dict "level" $v.logLevel "format" $v.logFormat)
   "kubernetes" (dict "hooks" $v.hooks.source) }}
+{{- if $v.api.enabled }}
+{{- $_ := set $cfg "api" (dict "enabled" true "addr" ":8082" "token_file" (printf "/etc/khook/api-token/%s" $v.api.tokenSecret.key)) }}
+{{- end }}
 {{- toYaml (mustMergeOverwrite $cfg (deepCopy $v.config)) }}
 {{- end }}
 
@@ -259,9 +262,9 @@ spec:
           securityContext:
             {{- toYaml $v.securityContext | nindent 12 }}
           volumeMounts:
-            {{- include "khook.volumeMounts" (dict "root" $root "webhook" .webhook) | trim | nindent 12 }}
+            {{- include "khook.volumeMounts" (dict "root" $root "webhook" .webhook "api" .api) | trim | nindent 12 }}
       volumes:
-        {{- include "khook.volumes" (dict "root" $root "webhook" .webhook) | trim | nindent 8 }}
+        {{- include "khook.volumes" (dict "root" $root "webhook" .webhook "api" .api) | trim | nindent 8 }}
       {{- with $s.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
@@ -374,6 +377,10 @@ kubelet only updates directory mounts; khook's file watcher follows its ..data s
 - name: webhook-tls
   secret: {secretName: {{ $v.webhook.tls.secretName }}, defaultMode: 0440}
 {{- end }}
+{{- if and .api $v.api.enabled }}
+- name: api-token
+  secret: {secretName: {{ required "api.tokenSecret.name is required when api.enabled is true" $v.api.tokenSecret.name }}, defaultMode: 0440}
+{{- end }}
 {{- with $v.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
@@ -402,6 +409,9 @@ kubelet only updates directory mounts; khook's file watcher follows its ..data s
 {{- end }}
 {{- if and .webhook $v.webhook.tls.secretName }}
 - {name: webhook-tls, mountPath: /etc/certs, readOnly: true}
+{{- end }}
+{{- if and .api $v.api.enabled }}
+- {name: api-token, mountPath: /etc/khook/api-token, readOnly: true}
 {{- end }}
 {{- with $v.extraVolumeMounts }}
 {{ toYaml . }}
