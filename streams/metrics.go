@@ -40,8 +40,8 @@ const (
 )
 
 // NewCollector reports on the streams and consumers the given stages use: the producer
-// writes the raw stream; the mapper reads it and may dead-letter; the dispatcher reads the
-// events stream and may dead-letter.
+// writes the raw stream; the mapper reads it, writes the events stream and may dead-letter;
+// the dispatcher reads the events stream and may dead-letter.
 func NewCollector(js jetstream.JetStream, topo Config, stages ...Stage) *Collector {
 	c := &Collector{js: js, timeout: 2 * time.Second, now: time.Now}
 	seen := map[string]bool{}
@@ -57,6 +57,7 @@ func NewCollector(js jetstream.JetStream, topo Config, stages ...Stage) *Collect
 			addStream(topo.Raw)
 		case StageMapper:
 			addStream(topo.Raw)
+			addStream(topo.Events)
 			addStream(topo.DLQ)
 			c.consumers = append(c.consumers, consumerRef{topo.Raw.Name, topo.Mapper.Durable})
 		case StageDispatcher:

@@ -173,8 +173,11 @@ func Default() Config {
 func (c Config) Validate() error {
 	errs := []error{c.Streams.Validate("streams")}
 	if c.NATS.URL != "" {
-		if u, err := url.Parse(c.NATS.URL); err != nil || u.Host == "" {
-			errs = append(errs, fmt.Errorf("nats.url: %q is not a URL like nats://host:4222", c.NATS.URL))
+		// A cluster is a comma-separated list of its servers, as the NATS clients take it.
+		for _, one := range strings.Split(c.NATS.URL, ",") {
+			if u, err := url.Parse(strings.TrimSpace(one)); err != nil || u.Host == "" {
+				errs = append(errs, fmt.Errorf("nats.url: %q is not a URL like nats://host:4222 (or a comma-separated list of them)", one))
+			}
 		}
 	}
 	if (c.NATS.TLS.CertFile == "") != (c.NATS.TLS.KeyFile == "") {
