@@ -173,7 +173,21 @@ func waitReady(t *testing.T, p *proc, probesPort int) {
 // startNATS runs a standalone JetStream server process and returns its URL.
 func startNATS(t *testing.T, storeDir string, port int) (*proc, string) {
 	t.Helper()
-	p := start(t, "nats-server", bins.natsServer, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-sd", storeDir)
+	return startNATSArgs(t, port, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-sd", storeDir)
+}
+
+// startNATSSynced is startNATS with every write synced to disk before JetStream
+// acknowledges it (sync_interval: always), so a killed server loses nothing it acknowledged.
+func startNATSSynced(t *testing.T, storeDir string, port int) (*proc, string) {
+	t.Helper()
+	conf := storeDir + ".conf"
+	require.NoError(t, os.WriteFile(conf, []byte(fmt.Sprintf("listen: 127.0.0.1:%d\njetstream {\n  store_dir: %q\n  sync_interval: always\n}\n", port, storeDir)), 0o600))
+	return startNATSArgs(t, port, "-c", conf)
+}
+
+func startNATSArgs(t *testing.T, port int, args ...string) (*proc, string) {
+	t.Helper()
+	p := start(t, "nats-server", bins.natsServer, args...)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
@@ -233,6 +247,9 @@ type pipelineFiles struct {
 	extraPlugins, extraMappings, extraHooks string
 	// extraNATS is appended under nats.embedded.
 	extraNATS string
+	// extraConfig is appended to khook.yaml (whole top-level sections other than streams);
+	// extraStreams goes under streams (indented two spaces).
+	extraConfig, extraStreams string
 	// kubeconfig, when set, makes the dispatcher watch Hook resources in that cluster;
 	// otherwise hooks come from hooks.yaml.
 	kubeconfig string
@@ -244,8 +261,8 @@ func (p pipelineFiles) write(t *testing.T) string {
 	if p.natsURL == "" {
 		natsBlock = fmt.Sprintf("nats:\n  embedded:\n    store_dir: %s\n    listen: %s\n%s", p.storeDir, p.embeddedListen, p.extraNATS)
 	}
-	if p.mapperAckWait != "" || p.dispatcherAckWait != "" {
-		natsBlock += "streams:\n"
+	if p.mapperAckWait != "" || p.dispatcherAckWait != "" || p.extraStreams != "" {
+		natsBlock += "streams:\n" + p.extraStreams
 	}
 	if p.mapperAckWait != "" {
 		natsBlock += "  mapper:\n    ack_wait: " + p.mapperAckWait + "\n"
@@ -272,7 +289,7 @@ func (p pipelineFiles) write(t *testing.T) string {
 server:
   metrics_addr: 127.0.0.1:%d
   probes_addr: 127.0.0.1:%d
-`, p.agentURL, timeout, p.metrics, p.probes),
+`, p.agentURL, timeout, p.metrics, p.probes) + p.extraConfig,
 		"plugins.yaml":        fmt.Sprintf("plugins:\n  - name: webhook\n    enabled: true\n    config:\n      address: 127.0.0.1\n      port: %d\n      path: /webhook\n", p.webhook) + p.extraPlugins,
 		"event-mappings.yaml": "mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n" + p.extraMappings,
 		"hooks.yaml":          hooks + p.extraHooks,
