@@ -1,0 +1,332 @@
+// Command khook-bench measures khook's stages against raw JetStream on the same machine in
+// the same run, and writes the results as a table, bench/results.json, bench/results.md and
+// bench/results.png. `make bench` runs it; docs/benchmarks.md explains each figure.
+//
+//	go run ./cmd/khook-bench                       # full run, about two minutes
+//	go run ./cmd/khook-bench --events 300 --rates 200 --rate-duration 1s --out /tmp/smoke
+//
+// Every process under test (NATS, khook's stages, the raw baselines) is a separate process
+// on 127.0.0.1, so CPU time and peak memory are the kernel's figures per process.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+type benchConfig struct {
+	events       int
+	rates        []int
+	rateDuration time.Duration
+	timeout      time.Duration
+	out          string
+	only         map[string]bool
+	khookBin     string
+	natsBin      string
+	self         string
+	workDir      string
+}
+
+// Latency is one fixed-load run: events offered at Rate per second; percentiles in ms from
+// each event's scheduled send time to its arrival.
+type Latency struct {
+	Rate     int     `json:"rate"`
+	Sent     int     `json:"sent"`
+	Received int     `json:"received"`
+	P50      float64 `json:"p50Ms"`
+	P99      float64 `json:"p99Ms"`
+	P999     float64 `json:"p999Ms"`
+	Max      float64 `json:"maxMs"`
+}
+
+// Result is one scenario.
+type Result struct {
+	Name        string `json:"name"`
+	Kind        string `json:"kind"` // raw or khook
+	Description string `json:"description"`
+	// Baseline names the raw result this one is compared to, and Ratio is events/s over the
+	// baseline's events/s.
+	Baseline string  `json:"baseline,omitempty"`
+	Ratio    float64 `json:"ratio,omitempty"`
+	// AltBaseline is a second comparison: for the end-to-end run, the raw pipeline that
+	// also makes the agent call.
+	AltBaseline   string             `json:"altBaseline,omitempty"`
+	AltRatio      float64            `json:"altRatio,omitempty"`
+	Events        int                `json:"events"`
+	EventsPerSec  float64            `json:"eventsPerSec"`
+	Latency       []Latency          `json:"latency"`
+	CPUPer10k     float64            `json:"cpuSecondsPer10k"`     // the stage processes
+	NATSCPUPer10k float64            `json:"natsCpuSecondsPer10k"` // the NATS server
+	PeakRSSMiB    map[string]float64 `json:"peakRssMiB"`
+	RSSMiB        float64            `json:"steadyRssMiB"` // the largest stage's RSS after the runs
+	Error         string             `json:"error,omitempty"`
+}
+
+// Report is one run of the suite.
+type Report struct {
+	Date      time.Time `json:"date"`
+	GoVersion string    `json:"goVersion"`
+	CPUs      int       `json:"cpus"`
+	Events    int       `json:"events"`
+	Rates     []int     `json:"rates"`
+	RateSecs  float64   `json:"rateSeconds"`
+	Results   []*Result `json:"results"`
+}
+
+type scenario struct {
+	name, kind, baseline, description string
+	run                               func(*env, *Result) error
+	altBaseline                       string
+}
+
+var scenarios = []scenario{
+	{"raw-publish", "raw", "", "JetStream file-storage publish, acknowledged (the ingest ceiling)", rawPublish, ""},
+	{"raw-relay", "raw", "", "one stage: pull, republish, ack (the mapper's ceiling)", rawRelay, ""},
+	{"raw-call", "raw", "", "pull, the same A2A call to the same agent, ack (the dispatcher's ceiling)", rawCall, ""},
+	{"raw-two-stage", "raw", "", "pull, republish, ack; pull, ack (the end-to-end ceiling)", rawTwoStage, ""},
+	{"raw-two-stage-call", "raw", "", "pull, republish, ack; pull, the A2A call, ack (the end-to-end ceiling with the agent call)", rawTwoStageCall, ""},
+	{"webhook", "khook", "raw-publish", "POST to the webhook producer until its 202 (stored in KHOOK_RAW)", khookWebhook, ""},
+	{"mapper", "khook", "raw-relay", "raw event stored to normalized event stored", khookMapper, ""},
+	{"dispatcher", "khook", "raw-call", "normalized event stored to agent receipt (match, suppress, record, call)", khookDispatcher, ""},
+	{"end-to-end", "khook", "raw-two-stage", "POST to agent receipt through producer, mapper and dispatcher processes", khookEndToEnd, "raw-two-stage-call"},
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "relay" {
+		if err := runRelay(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "relay:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "khook-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("khook-bench", flag.ContinueOnError)
+	events := fs.Int("events", 20000, "events per saturation run")
+	rates := fs.String("rates", "1000,5000", "offered loads, events per second")
+	rateDuration := fs.Duration("rate-duration", 5*time.Second, "how long each offered load lasts")
+	timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for a run's events to arrive")
+	out := fs.String("out", "bench", "directory for results.json, results.md and results.png")
+	only := fs.String("only", "", "comma-separated scenarios to run (default: all)")
+	khookBin := fs.String("khook", "", "khook binary (default: built from ./cmd/khook)")
+	natsBin := fs.String("nats-server", "", "nats-server binary (default: built from the module khook uses)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg := &benchConfig{events: *events, rateDuration: *rateDuration, timeout: *timeout, out: *out, only: map[string]bool{}}
+	for _, r := range strings.Split(*rates, ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			n, err := strconv.Atoi(r)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("--rates: %q is not a positive number", r)
+			}
+			cfg.rates = append(cfg.rates, n)
+		}
+	}
+	for _, s := range strings.Split(*only, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			cfg.only[s] = true
+		}
+	}
+	var err error
+	if cfg.workDir, err = os.MkdirTemp("", "khook-bench-"); err != nil {
+		return err
+	}
+	defer os.RemoveAll(cfg.workDir)
+	if cfg.self, err = os.Executable(); err != nil {
+		return err
+	}
+	if cfg.khookBin, cfg.natsBin = *khookBin, *natsBin; cfg.khookBin == "" || cfg.natsBin == "" {
+		if err := buildBinaries(cfg); err != nil {
+			return err
+		}
+	}
+
+	rep := &Report{Date: time.Now().UTC(), GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), Events: cfg.events,
+		Rates: cfg.rates, RateSecs: cfg.rateDuration.Seconds()}
+	byName := map[string]*Result{}
+	for _, sc := range scenarios {
+		if len(cfg.only) > 0 && !cfg.only[sc.name] {
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "running %s: %s\n", sc.name, sc.description)
+		r := &Result{Name: sc.name, Kind: sc.kind, Baseline: sc.baseline, AltBaseline: sc.altBaseline, Description: sc.description}
+		e, err := newEnv(cfg, sc.name)
+		if err == nil {
+			err = sc.run(e, r)
+		}
+		if err != nil {
+			r.Error = err.Error()
+			fmt.Fprintf(os.Stderr, "  %s failed: %v\n", sc.name, err)
+			if e != nil {
+				for _, p := range e.stages {
+					fmt.Fprintf(os.Stderr, "  ---- %s output ----\n%s\n", p.name, tail(p.out.String(), 2000))
+				}
+			}
+		}
+		if e != nil {
+			e.close()
+		}
+		if b := byName[sc.baseline]; b != nil && b.EventsPerSec > 0 {
+			r.Ratio = r.EventsPerSec / b.EventsPerSec
+		}
+		if b := byName[sc.altBaseline]; b != nil && b.EventsPerSec > 0 {
+			r.AltRatio = r.EventsPerSec / b.EventsPerSec
+		}
+		byName[sc.name] = r
+		rep.Results = append(rep.Results, r)
+	}
+	if err := os.MkdirAll(cfg.out, 0o755); err != nil {
+		return err
+	}
+	js, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(cfg.out, "results.json"), append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(cfg.out, "results.md"), []byte(markdown(rep)), 0o644); err != nil {
+		return err
+	}
+	if err := plotReport(rep, filepath.Join(cfg.out, "results.png")); err != nil {
+		return err
+	}
+	table(stdout, rep)
+	for _, r := range rep.Results {
+		if r.Error != "" {
+			return fmt.Errorf("%s: %s", r.Name, r.Error)
+		}
+	}
+	return nil
+}
+
+// buildBinaries builds khook from this module and nats-server from the module khook
+// embeds, so the benchmark needs nothing beyond the Go module proxy.
+func buildBinaries(cfg *benchConfig) error {
+	for _, b := range []struct {
+		dst *string
+		out string
+		pkg string
+	}{
+		{&cfg.khookBin, "khook", "./cmd/khook"},
+		{&cfg.natsBin, "nats-server", "github.com/nats-io/nats-server/v2"},
+	} {
+		if *b.dst != "" {
+			continue
+		}
+		*b.dst = filepath.Join(cfg.workDir, b.out)
+		cmd := exec.Command("go", "build", "-o", *b.dst, b.pkg)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("building %s: %w", b.pkg, err)
+		}
+	}
+	return nil
+}
+
+func fmtRatio(r *Result) string {
+	if r.Baseline == "" {
+		return "-"
+	}
+	s := fmt.Sprintf("%.2f× %s", r.Ratio, r.Baseline)
+	if r.AltBaseline != "" {
+		s += fmt.Sprintf(", %.2f× %s", r.AltRatio, r.AltBaseline)
+	}
+	return s
+}
+
+func latencyCell(l Latency) string {
+	if l.Received == 0 {
+		return "none arrived"
+	}
+	s := fmt.Sprintf("%.2f / %.2f / %.2f", l.P50, l.P99, l.P999)
+	if l.Received < l.Sent {
+		s += fmt.Sprintf(" (%d of %d)", l.Received, l.Sent)
+	}
+	return s
+}
+
+func peakCell(r *Result) string {
+	var parts []string
+	for _, name := range sortedNames(r.PeakRSSMiB) {
+		parts = append(parts, fmt.Sprintf("%s %.0f", name, r.PeakRSSMiB[name]))
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func sortedNames(m map[string]float64) []string { return slices.Sorted(maps.Keys(m)) }
+
+func table(w io.Writer, rep *Report) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	head := "SCENARIO\tEVENTS/S\tRATIO"
+	for _, r := range rep.Rates {
+		head += fmt.Sprintf("\tP50/P99/P99.9 MS @%d/S", r)
+	}
+	fmt.Fprintln(tw, head+"\tCPU S/10K (STAGES, NATS)\tPEAK RSS MIB")
+	for _, r := range rep.Results {
+		line := fmt.Sprintf("%s\t%.0f\t%s", r.Name, r.EventsPerSec, fmtRatio(r))
+		for _, l := range r.Latency {
+			line += "\t" + latencyCell(l)
+		}
+		for range len(rep.Rates) - len(r.Latency) {
+			line += "\t-"
+		}
+		fmt.Fprintf(tw, "%s\t%.2f, %.2f\t%s\n", line, r.CPUPer10k, r.NATSCPUPer10k, peakCell(r))
+	}
+	_ = tw.Flush()
+}
+
+func markdown(rep *Report) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# khook benchmark results\n\n%s, %s, %d CPUs. %d events per saturation run; offered loads of %v events/s for %.0f s each; 1 KiB events. Produced by `make bench` (`go run ./cmd/khook-bench`); see docs/benchmarks.md.\n\n",
+		rep.Date.Format("2006-01-02 15:04 UTC"), rep.GoVersion, rep.CPUs, rep.Events, rep.Rates, rep.RateSecs)
+	b.WriteString("| scenario | what | events/s | ratio to raw |")
+	for _, r := range rep.Rates {
+		fmt.Fprintf(&b, " p50 / p99 / p99.9 ms at %d/s |", r)
+	}
+	b.WriteString(" CPU s per 10k events (stages, NATS) | peak RSS MiB |\n|---|---|---:|---|")
+	for range rep.Rates {
+		b.WriteString("---|")
+	}
+	b.WriteString("---|---|\n")
+	for _, r := range rep.Results {
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %s |", r.Name, r.Description, r.EventsPerSec, fmtRatio(r))
+		for _, l := range r.Latency {
+			fmt.Fprintf(&b, " %s |", latencyCell(l))
+		}
+		for range len(rep.Rates) - len(r.Latency) {
+			b.WriteString(" - |")
+		}
+		fmt.Fprintf(&b, " %.2f, %.2f | %s |\n", r.CPUPer10k, r.NATSCPUPer10k, peakCell(r))
+	}
+	b.WriteString("\n![throughput and latency per scenario](results.png)\n")
+	return b.String()
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}

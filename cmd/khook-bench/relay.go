@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/mapping"
+)
+
+// The raw baselines, written as plainly as JetStream allows, each run as its own process
+// like khook's stages:
+//
+//	relay:   pull from BENCH_S1, republish to bench.s2.e, ack once the republish is stored
+//	consume: pull from BENCH_S2, ack, and tell the harness (core NATS bench.done)
+//	call:    pull from BENCH_S2, make the same A2A call the dispatcher makes, ack
+const (
+	streamS1, streamS2 = "BENCH_S1", "BENCH_S2"
+	subjectS1          = "bench.s1.e"
+	subjectS2          = "bench.s2.e"
+	subjectDone        = "bench.done"
+)
+
+// runRelay is `khook-bench relay MODE NATS_URL [AGENT_URL]`.
+func runRelay(args []string) error {
+	if len(args) < 2 {
+		return errors.New("usage: khook-bench relay relay|consume|call NATS_URL [AGENT_URL]")
+	}
+	mode, url := args[0], args[1]
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1024))
+	if err != nil {
+		return err
+	}
+	stream, durable := streamS2, "s2"
+	if mode == "relay" {
+		stream, durable = streamS1, "s1"
+	}
+	cons, err := js.Consumer(ctx, stream, durable)
+	if err != nil {
+		return err
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
+	if err != nil {
+		return err
+	}
+	context.AfterFunc(ctx, it.Stop)
+
+	type pending struct {
+		msg jetstream.Msg
+		ack jetstream.PubAckFuture
+	}
+	settle := make(chan pending, 1024)
+	go func() {
+		for p := range settle {
+			select {
+			case <-p.ack.Ok():
+				_ = p.msg.Ack()
+			case <-p.ack.Err():
+				_ = p.msg.Nak()
+			}
+		}
+	}()
+	var agent *dispatch.Kagent
+	if mode == "call" {
+		if len(args) < 3 {
+			return errors.New("call needs AGENT_URL")
+		}
+		agent = dispatch.NewKagent(dispatch.KagentConfig{URL: args[2], UserID: "bench", Timeout: 30 * time.Second})
+	}
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		switch mode {
+		case "relay":
+			out := nats.NewMsg(subjectS2)
+			out.Data, out.Header = m.Data(), m.Headers()
+			f, err := js.PublishMsgAsync(out)
+			if err != nil {
+				_ = m.Nak()
+				continue
+			}
+			settle <- pending{m, f}
+		case "consume":
+			_ = m.Ack()
+			_ = nc.Publish(subjectDone, []byte(m.Headers().Get(jetstream.MsgIDHeader)))
+		case "call":
+			id := m.Headers().Get(jetstream.MsgIDHeader)
+			_, err := agent.Deliver(ctx, dispatch.Task{Agent: dispatch.AgentRef{Namespace: "bench", Name: "agent"},
+				Text: id, MessageID: uuidOf(id), ContextID: uuidOf("ctx"), Event: &mapping.Event{ID: id, Type: "deploy-failed"}})
+			if err != nil {
+				_ = m.Nak()
+				continue
+			}
+			_ = m.Ack()
+		default:
+			return fmt.Errorf("unknown relay mode %q", mode)
+		}
+	}
+}
+
+// uuidOf is a stable UUID-shaped id, as A2A message ids are.
+func uuidOf(s string) string {
+	var h [16]byte
+	for i := 0; i < len(s); i++ {
+		h[i%16] = h[i%16]*31 + s[i]
+	}
+	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
+}

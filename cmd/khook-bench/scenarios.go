@@ -1,0 +1,525 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/khook/khook/internal/demoagent"
+	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/streams/cloudevent"
+)
+
+// env is one scenario's world: a fresh NATS server with file storage, the processes under
+// test, an A2A agent in the harness, and the receipts of events.
+type env struct {
+	cfg     *benchConfig
+	dir     string
+	nats    *proc
+	natsURL string
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	stages  []*proc
+	agent   *demoagent.Server
+	agentTS *httptest.Server
+	recv    *receipts
+	run     atomic.Int64 // distinguishes the ids of successive runs
+}
+
+func newEnv(cfg *benchConfig, name string) (*env, error) {
+	dir, err := os.MkdirTemp(cfg.workDir, name+"-")
+	if err != nil {
+		return nil, err
+	}
+	e := &env{cfg: cfg, dir: dir, recv: newReceipts()}
+	port := freePort()
+	e.natsURL = fmt.Sprintf("nats://127.0.0.1:%d", port)
+	if e.nats, err = startProc("nats-server", nil, cfg.natsBin, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-sd", filepath.Join(dir, "nats")); err != nil {
+		return nil, err
+	}
+	if err := waitListening(fmt.Sprintf("127.0.0.1:%d", port), e.nats); err != nil {
+		return nil, err
+	}
+	if e.nc, err = nats.Connect(e.natsURL); err != nil {
+		return nil, err
+	}
+	if e.js, err = jetstream.New(e.nc, jetstream.WithPublishAsyncMaxPending(4096)); err != nil {
+		return nil, err
+	}
+	// The agent answers every task at once (a no-op executor) and records when the task
+	// named by its first line arrived.
+	e.agent = demoagent.New()
+	e.agent.OnMessage = func(r demoagent.Received) error {
+		id, _, _ := strings.Cut(r.Text, "\n")
+		e.recv.add(id, r.At)
+		return nil
+	}
+	e.agentTS = httptest.NewServer(e.agent.Handler())
+	return e, nil
+}
+
+func (e *env) close() {
+	for _, p := range e.stages {
+		p.stop()
+	}
+	if e.nc != nil {
+		e.nc.Close()
+	}
+	if e.agentTS != nil {
+		e.agentTS.Close()
+	}
+	if e.nats != nil {
+		e.nats.stop()
+	}
+	_ = os.RemoveAll(e.dir)
+}
+
+// receipts records when each event id reached the end of the pipeline under test.
+type receipts struct {
+	mu     sync.Mutex
+	at     map[string]time.Time
+	notify chan struct{}
+}
+
+func newReceipts() *receipts {
+	return &receipts{at: map[string]time.Time{}, notify: make(chan struct{}, 1)}
+}
+
+func (r *receipts) add(id string, t time.Time) {
+	r.mu.Lock()
+	if _, dup := r.at[id]; !dup {
+		r.at[id] = t
+	}
+	r.mu.Unlock()
+	select {
+	case r.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (r *receipts) get(id string) (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t, ok := r.at[id]
+	return t, ok
+}
+
+// waitAll waits until every id has a receipt, or the timeout passes.
+func (r *receipts) waitAll(ids []string, timeout time.Duration) int {
+	deadline := time.After(timeout)
+	for {
+		r.mu.Lock()
+		n := 0
+		for _, id := range ids {
+			if _, ok := r.at[id]; ok {
+				n++
+			}
+		}
+		r.mu.Unlock()
+		if n == len(ids) {
+			return n
+		}
+		select {
+		case <-r.notify:
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			return n
+		}
+	}
+}
+
+// ids returns n fresh event ids for one run.
+func (e *env) ids(n int) []string {
+	run := e.run.Add(1)
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("r%d-%d", run, i)
+	}
+	return out
+}
+
+// payload is the event body: about 1 KiB of JSON naming the event id as its resource.
+func payload(id string) []byte {
+	pad := strings.Repeat("x", 1024-120-len(id))
+	return []byte(fmt.Sprintf(`{"type":"deploy-failed","namespace":"bench","resourceName":%q,"message":"rollout stuck: %s"}`, id, pad))
+}
+
+// stageUsage sums what the stage processes (and separately NATS) used.
+func (e *env) usage() (stages usage, natsU usage, peaks map[string]int64) {
+	peaks = map[string]int64{}
+	for _, p := range e.stages {
+		u := p.usage()
+		stages.CPU += u.CPU
+		stages.RSS += u.RSS
+		peaks[p.name] = u.Peak
+	}
+	return stages, e.nats.usage(), peaks
+}
+
+// measure runs the scenario's saturation run and its fixed-load runs and fills r.
+//
+// inflight bounds the sends in progress: HTTP requests on keep-alive connections, or
+// JetStream publishes awaiting their acknowledgement.
+func (e *env) measure(r *Result, inflight int, send func(id string) error, expectAll bool) error {
+	// Saturation: every event offered at once; the figure is events delivered per second.
+	ids := e.ids(e.cfg.events)
+	stagesBefore, natsBefore, _ := e.usage()
+	start := time.Now()
+	var sendErrs atomic.Int64
+	sem := make(chan struct{}, inflight)
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := send(id); err != nil {
+				sendErrs.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	got := e.recv.waitAll(ids, e.cfg.timeout)
+	elapsed := time.Since(start)
+	stagesAfter, natsAfter, _ := e.usage()
+	if got < len(ids) && expectAll {
+		return fmt.Errorf("%s: %d of %d events arrived within %s (%d send errors)", r.Name, got, len(ids), e.cfg.timeout, sendErrs.Load())
+	}
+	r.Events = got
+	r.EventsPerSec = float64(got) / elapsed.Seconds()
+	per10k := 10000 / float64(max(got, 1))
+	r.CPUPer10k = (stagesAfter.CPU - stagesBefore.CPU).Seconds() * per10k
+	r.NATSCPUPer10k = (natsAfter.CPU - natsBefore.CPU).Seconds() * per10k
+
+	// Fixed offered loads: events sent on a schedule regardless of how the pipeline keeps up
+	// (latency counts from the scheduled time, so a stall is not hidden).
+	for _, rate := range e.cfg.rates {
+		n := int(float64(rate) * e.cfg.rateDuration.Seconds())
+		ids := e.ids(n)
+		sent := make([]time.Time, n)
+		begin := time.Now()
+		var wg sync.WaitGroup
+		for i, id := range ids {
+			due := begin.Add(time.Duration(float64(i) / float64(rate) * float64(time.Second)))
+			if d := time.Until(due); d > 0 {
+				time.Sleep(d)
+			}
+			sent[i] = due
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				_ = send(id)
+			}()
+		}
+		wg.Wait()
+		e.recv.waitAll(ids, e.cfg.timeout)
+		var lat []time.Duration
+		for i, id := range ids {
+			if t, ok := e.recv.get(id); ok {
+				lat = append(lat, t.Sub(sent[i]))
+			}
+		}
+		r.Latency = append(r.Latency, summarize(rate, n, lat))
+	}
+	_, _, peaks := e.usage()
+	r.PeakRSSMiB = map[string]float64{}
+	for name, b := range peaks {
+		r.PeakRSSMiB[name] = float64(b) / (1 << 20)
+	}
+	for _, p := range e.stages {
+		r.RSSMiB = max(r.RSSMiB, float64(p.usage().RSS)/(1<<20))
+	}
+	return nil
+}
+
+func summarize(rate, sent int, lat []time.Duration) Latency {
+	l := Latency{Rate: rate, Sent: sent, Received: len(lat)}
+	if len(lat) == 0 {
+		return l
+	}
+	slices.Sort(lat)
+	pct := func(p float64) float64 {
+		i := int(p * float64(len(lat)-1))
+		return float64(lat[i].Microseconds()) / 1000
+	}
+	l.P50, l.P99, l.P999, l.Max = pct(0.50), pct(0.99), pct(0.999), float64(lat[len(lat)-1].Microseconds())/1000
+	return l
+}
+
+// publishAsync stores body on subject with id as its message id and calls done when
+// JetStream acknowledged it.
+func (e *env) publish(subject, id string, body []byte, header map[string]string) error {
+	m := nats.NewMsg(subject)
+	m.Data = body
+	m.Header.Set(jetstream.MsgIDHeader, id)
+	for k, v := range header {
+		m.Header.Set(k, v)
+	}
+	f, err := e.js.PublishMsgAsync(m)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	}
+}
+
+func (e *env) createStream(name string, subjects ...string) error {
+	_, err := e.js.CreateStream(context.Background(), jetstream.StreamConfig{Name: name, Subjects: subjects, Storage: jetstream.FileStorage})
+	return err
+}
+
+func (e *env) createConsumer(stream, durable string) error {
+	_, err := e.js.CreateOrUpdateConsumer(context.Background(), stream, jetstream.ConsumerConfig{
+		Durable: durable, AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 1024, AckWait: 30 * time.Second})
+	return err
+}
+
+func (e *env) startStage(name string, env []string, args ...string) (*proc, error) {
+	p, err := startProc(name, env, args[0], args[1:]...)
+	if err != nil {
+		return nil, err
+	}
+	e.stages = append(e.stages, p)
+	return p, nil
+}
+
+// The raw ceilings.
+
+func rawPublish(e *env, r *Result) error {
+	if err := e.createStream(streamS1, "bench.s1.>"); err != nil {
+		return err
+	}
+	return e.measure(r, jsInflight, func(id string) error {
+		err := e.publish(subjectS1, id, payload(id), nil)
+		if err == nil {
+			e.recv.add(id, time.Now())
+		}
+		return err
+	}, true)
+}
+
+// rawRelay is one stage: pull, republish, ack; arrival is the republished event's
+// appearance on its subject.
+func rawRelay(e *env, r *Result) error {
+	if err := rawTopology(e); err != nil {
+		return err
+	}
+	sub, err := e.nc.Subscribe(subjectS2, func(m *nats.Msg) { e.recv.add(m.Header.Get(jetstream.MsgIDHeader), time.Now()) })
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	if _, err := e.startStage("relay", nil, e.cfg.self, "relay", "relay", e.natsURL); err != nil {
+		return err
+	}
+	return e.measure(r, jsInflight, func(id string) error { return e.publish(subjectS1, id, payload(id), nil) }, true)
+}
+
+// rawTwoStage is the minimal two-stage pipeline: relay, then pull and ack.
+func rawTwoStage(e *env, r *Result) error {
+	if err := rawTopology(e); err != nil {
+		return err
+	}
+	sub, err := e.nc.Subscribe(subjectDone, func(m *nats.Msg) { e.recv.add(string(m.Data), time.Now()) })
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	if _, err := e.startStage("relay", nil, e.cfg.self, "relay", "relay", e.natsURL); err != nil {
+		return err
+	}
+	if _, err := e.startStage("consume", nil, e.cfg.self, "relay", "consume", e.natsURL); err != nil {
+		return err
+	}
+	return e.measure(r, jsInflight, func(id string) error { return e.publish(subjectS1, id, payload(id), nil) }, true)
+}
+
+// rawTwoStageCall is the two-stage pipeline whose second stage makes the agent call: what
+// khook's end-to-end path does, without khook.
+func rawTwoStageCall(e *env, r *Result) error {
+	if err := rawTopology(e); err != nil {
+		return err
+	}
+	if _, err := e.startStage("relay", nil, e.cfg.self, "relay", "relay", e.natsURL); err != nil {
+		return err
+	}
+	if _, err := e.startStage("call", nil, e.cfg.self, "relay", "call", e.natsURL, e.agentTS.URL); err != nil {
+		return err
+	}
+	return e.measure(r, jsInflight, func(id string) error { return e.publish(subjectS1, id, payload(id), nil) }, true)
+}
+
+// rawCall is the dispatcher's baseline: pull, the same A2A call, ack.
+func rawCall(e *env, r *Result) error {
+	if err := rawTopology(e); err != nil {
+		return err
+	}
+	if _, err := e.startStage("call", nil, e.cfg.self, "relay", "call", e.natsURL, e.agentTS.URL); err != nil {
+		return err
+	}
+	return e.measure(r, jsInflight, func(id string) error { return e.publish(subjectS2, id, payload(id), nil) }, true)
+}
+
+func rawTopology(e *env) error {
+	if err := e.createStream(streamS1, "bench.s1.>"); err != nil {
+		return err
+	}
+	if err := e.createStream(streamS2, "bench.s2.>"); err != nil {
+		return err
+	}
+	if err := e.createConsumer(streamS1, "s1"); err != nil {
+		return err
+	}
+	return e.createConsumer(streamS2, "s2")
+}
+
+// khook's stages, as the processes users run.
+
+func (e *env) khookConfig(webhookPort int) (string, error) {
+	files := map[string]string{
+		"khook.yaml":          fmt.Sprintf("nats:\n  url: %s\nkagent:\n  url: %s\n  user_id: bench\nlog:\n  level: warn\nkubernetes:\n  hooks: file\n", e.natsURL, e.agentTS.URL),
+		"plugins.yaml":        fmt.Sprintf("plugins:\n  - name: webhook\n    config:\n      address: 127.0.0.1\n      port: %d\n      path: /webhook\n      maxConcurrentRequests: 1024\n", webhookPort),
+		"event-mappings.yaml": "mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n",
+		"hooks.yaml": `- apiVersion: kagent.dev/v1alpha2
+  kind: Hook
+  metadata: {name: bench, namespace: bench}
+  spec:
+    eventConfigurations:
+      - eventType: deploy-failed
+        agentRef: {name: agent, namespace: bench}
+        prompt: "{{.ResourceName}}"
+`,
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(e.dir, name), []byte(body), 0o600); err != nil {
+			return "", err
+		}
+	}
+	return filepath.Join(e.dir, "khook.yaml"), nil
+}
+
+func (e *env) khookStage(stage, cfg string, extra ...string) error {
+	metrics, probes := freePort(), freePort()
+	env := []string{fmt.Sprintf("KHOOK_SERVER_METRICS_ADDR=127.0.0.1:%d", metrics), fmt.Sprintf("KHOOK_SERVER_PROBES_ADDR=127.0.0.1:%d", probes)}
+	p, err := e.startStage(stage, env, append([]string{e.cfg.khookBin, stage, "--config", cfg}, extra...)...)
+	if err != nil {
+		return err
+	}
+	return waitReady(fmt.Sprintf("http://127.0.0.1:%d/readyz", probes), p)
+}
+
+var httpClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1024, MaxConnsPerHost: 1024}, Timeout: 60 * time.Second}
+
+func post(url, id string) error {
+	resp, err := httpClient.Post(url, "application/json", bytes.NewReader(payload(id)))
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("webhook answered %d", resp.StatusCode)
+	}
+	return nil
+}
+
+func khookWebhook(e *env, r *Result) error {
+	port := freePort()
+	cfg, err := e.khookConfig(port)
+	if err != nil {
+		return err
+	}
+	if err := e.khookStage("producer", cfg); err != nil {
+		return err
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/webhook", port)
+	return e.measure(r, httpInflight, func(id string) error {
+		err := post(url, id)
+		if err == nil {
+			e.recv.add(id, time.Now()) // 202 comes after JetStream stored the event
+		}
+		return err
+	}, true)
+}
+
+func rawEnvelope(id string) []byte {
+	b, _ := cloudevent.Encode(&cloudevent.Event{ID: id, Source: "webhook", Type: "deploy-failed", Time: time.Now().UTC(),
+		DataContentType: "application/json", Data: payload(id)})
+	return b
+}
+
+func khookMapper(e *env, r *Result) error {
+	cfg, err := e.khookConfig(freePort())
+	if err != nil {
+		return err
+	}
+	if err := e.khookStage("mapper", cfg); err != nil {
+		return err
+	}
+	sub, err := e.nc.Subscribe("khook.events.>", func(m *nats.Msg) { e.recv.add(m.Header.Get(jetstream.MsgIDHeader), time.Now()) })
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	return e.measure(r, jsInflight, func(id string) error { return e.publish("khook.raw.webhook.deploy-failed", id, rawEnvelope(id), nil) }, true)
+}
+
+func khookDispatcher(e *env, r *Result) error {
+	cfg, err := e.khookConfig(freePort())
+	if err != nil {
+		return err
+	}
+	if err := e.khookStage("dispatcher", cfg); err != nil {
+		return err
+	}
+	return e.measure(r, jsInflight, func(id string) error {
+		ev := mapping.Event{ID: id, Source: "webhook", SourceType: "deploy-failed", Type: "deploy-failed", Severity: "error",
+			Namespace: "bench", Resource: mapping.Resource{Name: id}, Message: "rollout stuck", Time: time.Now().UTC(), Data: payload(id)}
+		data, _ := json.Marshal(ev)
+		body, _ := cloudevent.Encode(&cloudevent.Event{ID: id, Source: "webhook", Type: "deploy-failed", Time: ev.Time,
+			DataContentType: "application/json", Data: data})
+		return e.publish("khook.events.deploy-failed", id, body, nil)
+	}, true)
+}
+
+func khookEndToEnd(e *env, r *Result) error {
+	port := freePort()
+	cfg, err := e.khookConfig(port)
+	if err != nil {
+		return err
+	}
+	for _, stage := range []string{"producer", "mapper", "dispatcher"} {
+		if err := e.khookStage(stage, cfg); err != nil {
+			return err
+		}
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/webhook", port)
+	return e.measure(r, httpInflight, func(id string) error { return post(url, id) }, true)
+}
+
+// Sends in flight: JetStream publishes are pipelined deeply, as an async publisher does;
+// HTTP clients hold a pool of keep-alive connections, as a busy webhook sender would.
+const (
+	jsInflight   = 1024
+	httpInflight = 64
+)
