@@ -3,6 +3,7 @@ package producers
 import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
+	"sync/atomic"
 
 	"context"
 	"crypto/sha256"
@@ -32,11 +33,45 @@ type Publisher struct {
 	mu          sync.Mutex
 	lastFailure time.Time // of the latest publish JetStream did not acknowledge
 	lastSuccess time.Time
+
+	// link is cancelled when the connection to NATS drops, and replaced by a fresh one.
+	link atomic.Pointer[context.Context]
 }
 
 // NewPublisher returns a publisher writing to the raw subjects of subjects.
 func NewPublisher(js jetstream.JetStream, subjects subject.Builder, m *Metrics) *Publisher {
-	return &Publisher{js: js, subjects: subjects, metrics: m, now: time.Now}
+	p := &Publisher{js: js, subjects: subjects, metrics: m, now: time.Now}
+	p.watchConnection()
+	return p
+}
+
+// watchConnection makes a dropped connection fail the publishes waiting on it at once.
+// A publish sent before the server died is never acknowledged; without this, its caller
+// (a webhook request, a plugin) would wait out its whole timeout. Failing fast with
+// ErrUnavailable lets the caller retry, and the event id makes a retry of an event that was
+// in fact stored a duplicate JetStream drops.
+func (p *Publisher) watchConnection() {
+	never := context.Background()
+	p.link.Store(&never)
+	nc := p.js.Conn()
+	if nc == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.link.Store(&ctx)
+	changes := nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED)
+	go func() {
+		for st := range changes {
+			next, nextCancel := context.WithCancel(context.Background())
+			p.link.Store(&next)
+			cancel()
+			cancel = nextCancel
+			if st == nats.CLOSED {
+				cancel()
+				return
+			}
+		}
+	}()
 }
 
 // Emitter returns the Emit function for the plugin called plugin. With types, events of
@@ -134,6 +169,12 @@ func (p *Publisher) publish(ctx context.Context, plugin string, ev Event) (Resul
 			attribute.String("khook.plugin", plugin), attribute.String("khook.event.id", ev.ID)))
 	defer span.End()
 	tracing.Inject(ctx, msg.Header)
+	if nc := p.js.Conn(); nc != nil && !nc.IsConnected() {
+		return Result{}, fmt.Errorf("%w: publish %s: not connected to NATS", ErrUnavailable, subj)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(*p.link.Load(), cancel)()
 	ack, err := p.js.PublishMsg(ctx, msg)
 	if err != nil {
 		tracing.Fail(span, err)
