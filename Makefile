@@ -4,7 +4,7 @@ BIN      := bin
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: all build run test test-short bench fuzz lint fmt vet clean docker-build helm-lint helm-template helm-upgrade
+.PHONY: all build run test test-short bench bench-packages fuzz lint fmt vet clean docker-build helm-lint helm-template helm-upgrade
 IMAGE_REPO ?= ghcr.io/khook/khook
 IMAGE    ?= $(IMAGE_REPO):$(VERSION)
 
@@ -33,7 +33,13 @@ test: vet
 test-short:
 	$(GO) test -count=1 -short ./...
 
+# bench runs every stage against raw JetStream in one run (about three minutes) and writes
+# bench/results.json, bench/results.md and bench/results.png; see docs/benchmarks.md.
+# bench-packages runs the per-package Go benchmarks (go test -bench).
 bench:
+	$(GO) run ./cmd/khook-bench --out bench
+
+bench-packages:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./...
 
 # fuzz runs every fuzzer for FUZZTIME each; the committed seeds run in every `make test`.
