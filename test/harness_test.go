@@ -176,15 +176,6 @@ func startNATS(t *testing.T, storeDir string, port int) (*proc, string) {
 	return startNATSArgs(t, port, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-sd", storeDir)
 }
 
-// startNATSSynced is startNATS with every write synced to disk before JetStream
-// acknowledges it (sync_interval: always), so a killed server loses nothing it acknowledged.
-func startNATSSynced(t *testing.T, storeDir string, port int) (*proc, string) {
-	t.Helper()
-	conf := storeDir + ".conf"
-	require.NoError(t, os.WriteFile(conf, []byte(fmt.Sprintf("listen: 127.0.0.1:%d\njetstream {\n  store_dir: %q\n  sync_interval: always\n}\n", port, storeDir)), 0o600))
-	return startNATSArgs(t, port, "-c", conf)
-}
-
 func startNATSArgs(t *testing.T, port int, args ...string) (*proc, string) {
 	t.Helper()
 	p := start(t, "nats-server", bins.natsServer, args...)
