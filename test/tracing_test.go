@@ -76,6 +76,7 @@ func checkChain(t *testing.T, spans []span, agentTraceparent string) {
 		require.Equal(t, parent, s.parentID, "%s's parent", name)
 		parent = s.spanID
 	}
+	require.Equal(t, byName["khook.dispatch"].spanID, byName["khook.match"].parentID)
 	require.Equal(t, byName["khook.dispatch"].spanID, byName["khook.suppress"].parentID)
 	require.Equal(t, "00-"+callerTraceID+"-"+byName["khook.deliver"].spanID+"-01", agentTraceparent,
 		"the agent is called with the delivery span as parent")
@@ -124,13 +125,13 @@ func TestTraceInProcess(t *testing.T) {
 	postTraced(t, (<-addr).(*net.TCPAddr).Port, "cart")
 	got := waitReceived(t, agent, 1, 10*time.Second)
 	// The dispatch span ends after the event is acknowledged, a moment after the call.
-	require.Eventually(t, func() bool { return len(exp.GetSpans()) >= 6 }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return len(exp.GetSpans()) >= 7 }, 10*time.Second, 5*time.Millisecond)
 	var spans []span
 	for _, s := range exp.GetSpans() {
 		spans = append(spans, span{name: s.Name, traceID: s.SpanContext.TraceID().String(),
 			spanID: s.SpanContext.SpanID().String(), parentID: s.Parent.SpanID().String()})
 	}
-	require.Len(t, spans, 6, "receive, publish, map, dispatch, suppress, deliver: %+v", spans)
+	require.Len(t, spans, 7, "receive, publish, map, dispatch, match, suppress, deliver: %+v", spans)
 	checkChain(t, spans, got[0].Traceparent)
 
 	cancel()
@@ -223,9 +224,9 @@ func TestTraceAcrossProcesses(t *testing.T) {
 
 	postTraced(t, base.webhook, "cart")
 	got := waitReceived(t, agent, 1, 10*time.Second)
-	require.Eventually(t, func() bool { return len(recv.get()) >= 6 }, 20*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return len(recv.get()) >= 7 }, 20*time.Second, 20*time.Millisecond)
 	spans := recv.get()
-	require.Len(t, spans, 6, "%+v", spans)
+	require.Len(t, spans, 7, "%+v", spans)
 	checkChain(t, spans, got[0].Traceparent)
 	services := map[string]string{}
 	for _, s := range spans {
@@ -233,7 +234,8 @@ func TestTraceAcrossProcesses(t *testing.T) {
 	}
 	require.Equal(t, map[string]string{
 		"khook.webhook.receive": "khook-producer", "khook.publish": "khook-producer", "khook.map": "khook-mapper",
-		"khook.dispatch": "khook-dispatcher", "khook.suppress": "khook-dispatcher", "khook.deliver": "khook-dispatcher",
+		"khook.dispatch": "khook-dispatcher", "khook.match": "khook-dispatcher", "khook.suppress": "khook-dispatcher",
+		"khook.deliver": "khook-dispatcher",
 	}, services)
 
 	// The dispatcher's log line about the delivery names the event and its trace.

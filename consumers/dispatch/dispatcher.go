@@ -211,7 +211,10 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		d.deadLetter(ctx, msg, deadletter.Letter{Stage: Stage, Reason: "invalid-event", Err: err, Msg: msg})
 		return
 	}
+	_, mspan := tracing.Tracer().Start(ctx, "khook.match")
 	matches := d.hooks.Load().Match(&ev)
+	mspan.SetAttributes(attribute.Int("khook.matches", len(matches)))
+	mspan.End()
 	span.SetAttributes(attribute.String("khook.event.id", ev.ID), attribute.String("khook.event.type", ev.Type),
 		attribute.String("khook.event.namespace", ev.Namespace), attribute.Int("khook.matches", len(matches)))
 	if len(matches) == 0 {

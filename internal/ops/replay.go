@@ -323,18 +323,8 @@ func (rp *Replayer) save(ctx context.Context, r *Replay) error {
 
 // count is how many messages r selects now, from the consumer JetStream would create.
 func count(ctx context.Context, js jetstream.JetStream, r Range) (int, error) {
-	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, HeadersOnly: true}
-	if r.Subject != "" {
-		cfg.FilterSubjects = []string{r.Subject}
-	}
-	switch {
-	case r.FromSeq > 0:
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, r.FromSeq
-	case !r.Since.IsZero():
-		since := r.Since
-		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
-	}
-	cons, err := js.OrderedConsumer(ctx, r.Stream, cfg)
+	r.HeadersOnly = true
+	cons, err := js.OrderedConsumer(ctx, r.Stream, r.consumer())
 	if err != nil {
 		return 0, err
 	}

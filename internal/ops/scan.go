@@ -37,6 +37,22 @@ type Range struct {
 	HeadersOnly bool
 }
 
+// consumer is the ordered consumer that delivers r from its start.
+func (r Range) consumer() jetstream.OrderedConsumerConfig {
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, HeadersOnly: r.HeadersOnly}
+	if r.Subject != "" {
+		cfg.FilterSubjects = []string{r.Subject}
+	}
+	switch {
+	case r.FromSeq > 0:
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, r.FromSeq
+	case !r.Since.IsZero():
+		since := r.Since
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	}
+	return cfg
+}
+
 // ErrStop ends a scan early without error.
 var ErrStop = errors.New("stop scan")
 
@@ -57,18 +73,7 @@ func Scan(ctx context.Context, js jetstream.JetStream, r Range, fn func(Msg) err
 	if state.Msgs == 0 || end == 0 || (r.FromSeq > 0 && r.FromSeq > end) {
 		return 0, nil
 	}
-	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, HeadersOnly: r.HeadersOnly}
-	if r.Subject != "" {
-		cfg.FilterSubjects = []string{r.Subject}
-	}
-	switch {
-	case r.FromSeq > 0:
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, r.FromSeq
-	case !r.Since.IsZero():
-		since := r.Since
-		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
-	}
-	cons, err := js.OrderedConsumer(ctx, r.Stream, cfg)
+	cons, err := js.OrderedConsumer(ctx, r.Stream, r.consumer())
 	if err != nil {
 		return 0, fmt.Errorf("stream %s: %w", r.Stream, err)
 	}
