@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -14,57 +13,20 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap/zaptest"
 
-	"github.com/khook/khook/consumers/dispatch"
-	"github.com/khook/khook/consumers/mapper"
 	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/mapping"
-	"github.com/khook/khook/producers"
-	"github.com/khook/khook/producers/webhook"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
-	"github.com/khook/khook/streams/streamstest"
 )
 
 // TestEndToEndInProcess wires every stage in this process: a JetStream server, the webhook
 // HTTP server, the mapper, the dispatcher, and a real A2A agent from a2a-go.
 func TestEndToEndInProcess(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	_, js := streamstest.Connect(t, streamstest.RunServer(t))
-	topo := streams.Default()
-	_, err := streams.Apply(ctx, js, topo)
-	require.NoError(t, err)
 	agent, agentURL := startAgent(t)
-	logger := zaptest.NewLogger(t)
-	reg := prometheus.NewRegistry()
-
-	rules, err := mapping.Parse([]byte("mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n"))
-	require.NoError(t, err)
-	hooks, err := dispatch.ParseHooks([]byte(hooksYAML))
-	require.NoError(t, err)
-
-	whCfg := webhook.DefaultConfig()
-	whCfg.Address, whCfg.Port = "127.0.0.1", 0
-	wh, err := webhook.New(whCfg, logger, reg)
-	require.NoError(t, err)
-	addr := make(chan net.Addr, 1)
-	wh.OnListen = func(a net.Addr) { addr <- a }
-	pub := producers.NewPublisher(js, topo.Subjects(), producers.NewMetrics(reg))
-	target := dispatch.NewKagent(dispatch.KagentConfig{URL: agentURL, UserID: "tester@example.com", Timeout: 5 * time.Second})
-	idx, err := dispatch.NewIndex(hooks)
-	require.NoError(t, err)
-	d := dispatch.New(js, topo, dispatch.DefaultConfig(), idx, dispatch.NewRouter(target), reg, logger)
-	m := mapper.New(js, topo, rules, reg, logger)
-
-	errc := make(chan error, 3)
-	go func() { errc <- wh.Run(ctx, pub.Emitter(webhook.Name)) }()
-	go func() { errc <- m.Run(ctx) }()
-	go func() { errc <- d.Run(ctx) }()
-	port := (<-addr).(*net.TCPAddr).Port
+	p := startInProcess(t, agentURL, "tester@example.com")
+	js, topo, port := p.js, p.topo, p.webhook
 
 	sent := time.Now()
 	code, body := postEvent(t, port, "cart", "rollout stuck")
@@ -85,11 +47,7 @@ func TestEndToEndInProcess(t *testing.T) {
 	require.NotEmpty(t, r.MessageID)
 	require.NotEmpty(t, r.ContextID)
 	require.NotEmpty(t, accepted.ID)
-
-	cancel()
-	for range 3 {
-		require.NoError(t, <-errc)
-	}
+	p.stop()
 }
 
 // TestKhookRun runs the README's main command: one `khook run` process with its embedded

@@ -24,11 +24,16 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
 
+	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/consumers/mapper"
 	"github.com/khook/khook/internal/demoagent"
+	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/producers"
 	"github.com/khook/khook/producers/webhook"
 	"github.com/khook/khook/streams"
+	"github.com/khook/khook/streams/streamstest"
 )
 
 // bins holds the binaries built once for the whole package.
@@ -352,4 +357,59 @@ func publishBacklog(t *testing.T, js jetstream.JetStream, total int) {
 		_, err := emit(context.Background(), producers.Event{ID: fmt.Sprintf("ev-%d", i), Type: "deploy-failed", Data: json.RawMessage(data)})
 		require.NoError(t, err)
 	}
+}
+
+// inProcess is the whole pipeline in the test process: the webhook producer, the mapper and
+// the dispatcher on an in-process JetStream server, delivering to agentURL.
+type inProcess struct {
+	js      jetstream.JetStream
+	topo    streams.Config
+	webhook int // the webhook's port
+	stop    func()
+}
+
+func startInProcess(t *testing.T, agentURL, userID string) *inProcess {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	_, js := streamstest.Connect(t, streamstest.RunServer(t))
+	topo := streams.Default()
+	_, err := streams.Apply(ctx, js, topo)
+	require.NoError(t, err)
+	logger := zaptest.NewLogger(t)
+	reg := prometheus.NewRegistry()
+	rules, err := mapping.Parse([]byte("mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n"))
+	require.NoError(t, err)
+	hooks, err := dispatch.ParseHooks([]byte(hooksYAML))
+	require.NoError(t, err)
+	idx, err := dispatch.NewIndex(hooks)
+	require.NoError(t, err)
+
+	whCfg := webhook.DefaultConfig()
+	whCfg.Address, whCfg.Port = "127.0.0.1", 0
+	wh, err := webhook.New(whCfg, logger, reg)
+	require.NoError(t, err)
+	addr := make(chan net.Addr, 1)
+	wh.OnListen = func(a net.Addr) { addr <- a }
+	pub := producers.NewPublisher(js, topo.Subjects(), producers.NewMetrics(reg))
+	target := dispatch.NewKagent(dispatch.KagentConfig{URL: agentURL, UserID: userID, Timeout: 5 * time.Second})
+	d := dispatch.New(js, topo, dispatch.DefaultConfig(), idx, dispatch.NewRouter(target), reg, logger)
+	m := mapper.New(js, topo, rules, reg, logger)
+	errc := make(chan error, 3)
+	go func() { errc <- wh.Run(ctx, pub.Emitter(webhook.Name)) }()
+	go func() { errc <- m.Run(ctx) }()
+	go func() { errc <- d.Run(ctx) }()
+	p := &inProcess{js: js, topo: topo, webhook: (<-addr).(*net.TCPAddr).Port}
+	stopped := false
+	p.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		for range 3 {
+			require.NoError(t, <-errc, "every stage stops cleanly")
+		}
+	}
+	t.Cleanup(p.stop)
+	return p
 }

@@ -3,11 +3,9 @@ package test
 import (
 	"bytes"
 	"compress/gzip"
-	"context"
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,22 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
-
-	"github.com/khook/khook/consumers/dispatch"
-	"github.com/khook/khook/consumers/mapper"
-	"github.com/khook/khook/mapping"
-	"github.com/khook/khook/producers"
-	"github.com/khook/khook/producers/webhook"
-	"github.com/khook/khook/streams"
-	"github.com/khook/khook/streams/streamstest"
 )
 
 // A caller's trace: khook must continue it, not start a new one.
@@ -91,38 +79,9 @@ func TestTraceInProcess(t *testing.T) {
 	otel.SetTracerProvider(tp)
 	t.Cleanup(func() { otel.SetTracerProvider(prev) })
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	_, js := streamstest.Connect(t, streamstest.RunServer(t))
-	topo := streams.Default()
-	_, err := streams.Apply(ctx, js, topo)
-	require.NoError(t, err)
 	agent, agentURL := startAgent(t)
-	logger := zaptest.NewLogger(t)
-	reg := prometheus.NewRegistry()
-	rules, err := mapping.Parse([]byte("mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n"))
-	require.NoError(t, err)
-	hooks, err := dispatch.ParseHooks([]byte(hooksYAML))
-	require.NoError(t, err)
-	idx, err := dispatch.NewIndex(hooks)
-	require.NoError(t, err)
-
-	whCfg := webhook.DefaultConfig()
-	whCfg.Address, whCfg.Port = "127.0.0.1", 0
-	wh, err := webhook.New(whCfg, logger, reg)
-	require.NoError(t, err)
-	addr := make(chan net.Addr, 1)
-	wh.OnListen = func(a net.Addr) { addr <- a }
-	pub := producers.NewPublisher(js, topo.Subjects(), producers.NewMetrics(reg))
-	target := dispatch.NewKagent(dispatch.KagentConfig{URL: agentURL, Timeout: 5 * time.Second})
-	d := dispatch.New(js, topo, dispatch.DefaultConfig(), idx, dispatch.NewRouter(target), reg, logger)
-	m := mapper.New(js, topo, rules, reg, logger)
-	errc := make(chan error, 3)
-	go func() { errc <- wh.Run(ctx, pub.Emitter(webhook.Name)) }()
-	go func() { errc <- m.Run(ctx) }()
-	go func() { errc <- d.Run(ctx) }()
-
-	postTraced(t, (<-addr).(*net.TCPAddr).Port, "cart")
+	p := startInProcess(t, agentURL, "")
+	postTraced(t, p.webhook, "cart")
 	got := waitReceived(t, agent, 1, 10*time.Second)
 	// The dispatch span ends after the event is acknowledged, a moment after the call.
 	require.Eventually(t, func() bool { return len(exp.GetSpans()) >= 7 }, 10*time.Second, 5*time.Millisecond)
@@ -133,11 +92,7 @@ func TestTraceInProcess(t *testing.T) {
 	}
 	require.Len(t, spans, 7, "receive, publish, map, dispatch, match, suppress, deliver: %+v", spans)
 	checkChain(t, spans, got[0].Traceparent)
-
-	cancel()
-	for range 3 {
-		require.NoError(t, <-errc)
-	}
+	p.stop()
 }
 
 // otlpReceiver is a minimal OTLP/HTTP traces endpoint: it decodes what khook's exporter
