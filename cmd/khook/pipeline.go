@@ -266,7 +266,9 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	}
 	if st.dispatcher {
 		router := newRouter(cfg, logger)
-		d := dispatch.New(js, cfg.Streams, dispatcherConfig(cfg), hooks, router, reg, logger.Named("dispatcher"))
+		dcfg := dispatcherConfig(cfg)
+		dcfg.ActiveEvents = cluster != nil // only Hook status reads them
+		d := dispatch.New(js, cfg.Streams, dcfg, hooks, router, reg, logger.Named("dispatcher"))
 		if cluster != nil {
 			lease := cfg.Kubernetes.LeaseNamespace
 			if lease == "" {

@@ -52,6 +52,10 @@ type Config struct {
 	Guard             GuardConfig
 	// DrainTimeout bounds how long Run waits for in-flight deliveries after its context ends.
 	DrainTimeout time.Duration
+	// ActiveEvents records each matched event in the dispatch bucket for Hook status
+	// (two KV round trips per match). Only the Kubernetes hook watcher reads the records, so
+	// a dispatcher with hooks from a file turns it off.
+	ActiveEvents bool
 }
 
 // DefaultConfig returns khook's defaults: 16 workers, khook's 10-minute window, 10 attempts.
@@ -61,6 +65,7 @@ func DefaultConfig() Config {
 		RetryBase: time.Second, RetryMax: 5 * time.Minute,
 		Guard:        GuardConfig{Concurrency: 8, BreakerFailures: 5, BreakerCooldown: 30 * time.Second},
 		DrainTimeout: 10 * time.Second,
+		ActiveEvents: true,
 	}
 }
 
@@ -259,11 +264,13 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 	log = log.With(zap.String("message_id", t.MessageID))
 	window := min(m.Hook.Window(d.cfg.SuppressionWindow), d.topo.DispatchTTL)
 
-	if err := d.state.Seen(ctx, ActiveEvent{
-		Hook: m.Hook.Key(), EventType: ev.Type, Namespace: ev.Namespace, ResourceKind: ev.Resource.Kind,
-		ResourceName: ev.Resource.Name, FirstSeen: time.Now(), LastSeen: time.Now(), Window: window,
-	}); err != nil {
-		log.Debug("active event not recorded", zap.Error(err))
+	if d.cfg.ActiveEvents {
+		if err := d.state.Seen(ctx, ActiveEvent{
+			Hook: m.Hook.Key(), EventType: ev.Type, Namespace: ev.Namespace, ResourceKind: ev.Resource.Kind,
+			ResourceName: ev.Resource.Name, FirstSeen: time.Now(), LastSeen: time.Now(), Window: window,
+		}); err != nil {
+			log.Debug("active event not recorded", zap.Error(err))
+		}
 	}
 	switch d.claim(ctx, t, window, msg.Headers().Get(streams.HeaderIgnoreSuppression) == "true", log) {
 	case claimRetry:

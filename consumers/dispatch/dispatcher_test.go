@@ -380,6 +380,22 @@ func TestSuppressionWindow(t *testing.T) {
 	}
 }
 
+// Without a reader of active events (hooks from a file), none are written, and suppression
+// works the same.
+func TestActiveEventsOff(t *testing.T) {
+	cfg := testConfig()
+	cfg.ActiveEvents = false
+	h := newHarness(t, cfg, "1.0")
+	for i := range 3 {
+		h.publish(t, mapping.Event{ID: fmt.Sprint("e", i), Type: "deploy-failed", Resource: mapping.Resource{Name: "cart"}})
+	}
+	h.settled(t, 3)
+	require.Len(t, h.agent.Received(), 1)
+	active, err := h.d.State().ActiveEvents(context.Background(), "shop/deploys")
+	require.NoError(t, err)
+	require.Empty(t, active)
+}
+
 func TestSeverityFloorAndLegacyRoute(t *testing.T) {
 	h := newHarness(t, testConfig(), "1.0")
 	h.publish(t, mapping.Event{ID: "e1", Type: "deploy-failed", Severity: "error", Resource: mapping.Resource{Name: "a"}})
