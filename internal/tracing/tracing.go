@@ -61,7 +61,8 @@ type Settings struct {
 // the SDK's: OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG (parentbased_always_on by
 // default; parentbased_traceidratio with a ratio for busy pipelines). OTEL_SDK_DISABLED=true
 // or OTEL_TRACES_EXPORTER=none turn tracing off. The returned function flushes and stops the
-// provider.
+// provider. getenv decides whether and how to trace; the OTLP exporters read their own
+// variables from the process environment, so in production getenv is os.Getenv.
 func Setup(ctx context.Context, service string, getenv func(string) string) (Settings, func(context.Context) error, error) {
 	noop := func(context.Context) error { return nil }
 	s := Settings{Service: firstOf(getenv("OTEL_SERVICE_NAME"), getenv("JAEGER_SERVICE_NAME"), service)}

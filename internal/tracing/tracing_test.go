@@ -2,11 +2,16 @@ package tracing
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"google.golang.org/grpc"
 
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
@@ -123,4 +128,49 @@ func BenchmarkStageSpan(b *testing.B) {
 		defer func() { _ = tp.Shutdown(context.Background()) }()
 		run(b, tp.Tracer(Name), traced)
 	})
+}
+
+// grpcReceiver is an OTLP/gRPC trace receiver counting the spans it is sent.
+type grpcReceiver struct {
+	collectortrace.UnimplementedTraceServiceServer
+	spans atomic.Int32
+	names chan string
+}
+
+func (g *grpcReceiver) Export(_ context.Context, req *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
+	for _, rs := range req.ResourceSpans {
+		for _, ss := range rs.ScopeSpans {
+			for _, s := range ss.Spans {
+				g.spans.Add(1)
+				g.names <- s.Name
+			}
+		}
+	}
+	return &collectortrace.ExportTraceServiceResponse{}, nil
+}
+
+// OTEL_EXPORTER_OTLP_PROTOCOL=grpc exports over gRPC, to a real gRPC server.
+func TestSetupExportsOverGRPC(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := grpc.NewServer()
+	recv := &grpcReceiver{names: make(chan string, 8)}
+	collectortrace.RegisterTraceServiceServer(srv, recv)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	prev := otel.GetTracerProvider()
+	t.Cleanup(func() { otel.SetTracerProvider(prev) })
+
+	// The exporters read their own variables from the process environment.
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+ln.Addr().String())
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+	s, stop, err := Setup(context.Background(), "khook-dispatcher", os.Getenv)
+	require.NoError(t, err)
+	require.True(t, s.Enabled)
+	require.Equal(t, "grpc", s.Protocol)
+	_, span := Tracer().Start(context.Background(), "khook.deliver")
+	span.End()
+	require.NoError(t, stop(context.Background()), "shutdown flushes the span")
+	require.Equal(t, int32(1), recv.spans.Load())
+	require.Equal(t, "khook.deliver", <-recv.names)
 }
