@@ -175,13 +175,33 @@ func (p *Publisher) publish(ctx context.Context, plugin string, ev Event) (Resul
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(*p.link.Load(), cancel)()
-	ack, err := p.js.PublishMsg(ctx, msg)
+	ack, err := p.publishRetrying(ctx, msg)
 	if err != nil {
 		tracing.Fail(span, err)
 		return Result{}, fmt.Errorf("%w: publish %s: %w", ErrUnavailable, subj, err)
 	}
 	span.SetAttributes(attribute.Bool("khook.duplicate", ack.Duplicate))
 	return Result{ID: ev.ID, Duplicate: ack.Duplicate}, nil
+}
+
+// attemptTimeout bounds one publish attempt. A healthy JetStream acknowledges in
+// milliseconds; an attempt sent to a stream leader that died is never answered, and without
+// a bound it would hold the caller until its own deadline (a webhook's 30 s) although a new
+// leader is elected within seconds.
+const attemptTimeout = 2 * time.Second
+
+// publishRetrying publishes msg, trying again after an unanswered attempt until ctx ends.
+// The message id makes a retry of an attempt that was in fact stored a duplicate JetStream
+// acknowledges without storing twice.
+func (p *Publisher) publishRetrying(ctx context.Context, msg *nats.Msg) (*jetstream.PubAck, error) {
+	for {
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		ack, err := p.js.PublishMsg(actx, msg)
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			return ack, err
+		}
+	}
 }
 
 // Metrics are the per-plugin metrics of the deployment guide, kept by the runtime so that no

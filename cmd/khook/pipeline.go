@@ -485,13 +485,21 @@ func openJetStream(cfg config.Config, ns *server.Server, extra ...nats.Option) (
 	if err != nil {
 		return nil, nil, err
 	}
-	js, err := jetstream.New(nc)
+	// An asynchronous publish whose acknowledgement is lost (its stream's leader died) would
+	// otherwise never complete, and the mapper settles its acknowledgements in order: one
+	// lost ack would hold every later raw event. With a timeout the publish fails, the raw
+	// event is redelivered, and its message id makes the republish a no-op if it was stored.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(asyncPublishTimeout))
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
 	}
 	return nc, js, nil
 }
+
+// asyncPublishTimeout bounds the wait for one asynchronous publish's acknowledgement; a
+// healthy JetStream answers in milliseconds, and a new stream leader is elected in seconds.
+const asyncPublishTimeout = 5 * time.Second
 
 // connectTo connects to the embedded server ns in-process when given, else to nats.url.
 // Reconnects never give up: a stage outlives NATS restarts.
