@@ -224,7 +224,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "khook_plugin_active",
-			Help: "1 while the plugin is running, 0 when it is stopped, restarting or failed.",
+			Help: "1 while the plugin is running, 0 while it is restarting or failed; a plugin disabled in or removed from plugins.yaml has no series.",
 		}, []string{"plugin"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "khook_plugin_errors_total",

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -278,9 +279,9 @@ func TestEventsAPIInKhookRun(t *testing.T) {
 		resp, err := http.DefaultClient.Do(req)
 		require.NoError(t, err)
 		defer resp.Body.Close()
-		var sb strings.Builder
-		_, _ = fmt.Fprint(&sb, readAll(resp))
-		return resp.StatusCode, sb.String()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(body)
 	}
 	code, _ = get("")
 	require.Equal(t, http.StatusUnauthorized, code)
@@ -292,16 +293,4 @@ func TestEventsAPIInKhookRun(t *testing.T) {
 		return strings.Contains(body, `"resource":{"kind":"","name":"cart"}`) || strings.Contains(body, `"name":"cart"`)
 	}, 10*time.Second, 20*time.Millisecond)
 	require.NoError(t, p.stop(t), "khook run stops cleanly with the API on")
-}
-
-func readAll(resp *http.Response) string {
-	var sb strings.Builder
-	buf := make([]byte, 4096)
-	for {
-		n, err := resp.Body.Read(buf)
-		sb.Write(buf[:n])
-		if err != nil {
-			return sb.String()
-		}
-	}
 }

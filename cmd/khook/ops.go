@@ -1,12 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
 	"slices"
@@ -26,7 +28,6 @@ import (
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/producers"
 	"github.com/khook/khook/streams/cloudevent"
-	"github.com/khook/khook/streams/subject"
 )
 
 // opsSession is what the operations commands share: the configuration and a JetStream
@@ -67,32 +68,13 @@ func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 }
 
-// timeFlag accepts an RFC 3339 time, or with allowAgo a duration back from now ("2h").
-func parseWhen(flagName, v string, allowAgo bool) (time.Time, error) {
-	if v == "" {
-		return time.Time{}, nil
+// parseWhen reads a time flag; see ops.ParseTime.
+func parseWhen(flagName, v string, ago bool) (time.Time, error) {
+	t, err := ops.ParseTime(v, ago)
+	if err != nil {
+		return t, fmt.Errorf("--%s: %w", flagName, err)
 	}
-	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-		return t, nil
-	}
-	if allowAgo {
-		if d, err := time.ParseDuration(v); err == nil && d > 0 {
-			return time.Now().Add(-d), nil
-		}
-	}
-	return time.Time{}, fmt.Errorf("--%s: want an RFC 3339 time (2026-11-27T10:00:00Z)%s, got %q", flagName,
-		map[bool]string{true: " or a duration such as 2h", false: ""}[allowAgo], v)
-}
-
-func checkTokens(vals map[string]string) error {
-	for name, v := range vals {
-		if v != "" {
-			if err := subject.CheckToken("--"+name, v); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return t, nil
 }
 
 // ---- khook replay ----
@@ -125,9 +107,6 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	if sel.Until, err = parseWhen("to", *to, false); err != nil {
-		return err
-	}
-	if err := checkTokens(map[string]string{"source": *source, "type": *typ}); err != nil {
 		return err
 	}
 	s, err := openOps(common)
@@ -324,7 +303,7 @@ func hookStatuses(idx *dispatch.Index) []ops.HookStatus {
 	for _, h := range idx.Hooks() {
 		hs := ops.HookStatus{Hook: h.Key()}
 		for _, ec := range h.Spec.EventConfigurations {
-			ns := cmpOr(ec.AgentRef.Namespace, h.Metadata.Namespace)
+			ns := cmp.Or(ec.AgentRef.Namespace, h.Metadata.Namespace)
 			hs.EventTypes = append(hs.EventTypes, ec.EventType)
 			if a := ns + "/" + ec.AgentRef.Name; !slices.Contains(hs.Agents, a) {
 				hs.Agents = append(hs.Agents, a)
@@ -333,13 +312,6 @@ func hookStatuses(idx *dispatch.Index) []ops.HookStatus {
 		out = append(out, hs)
 	}
 	return out
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 func writeAs(w io.Writer, format string, v any, table func(io.Writer) error) error {
@@ -417,7 +389,7 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}{d, d.Header, eventJSON(d.Event)}, func(w io.Writer) error {
 			fmt.Fprintf(w, "seq:       %d\nstored:    %s\nstage:     %s\nreason:    %s\nerror:     %s\nhook:      %s\ntarget:    %s\nattempts:  %d\nsubject:   %s\nevent id:  %s\nheaders:\n",
 				d.Seq, d.Time.Format(time.RFC3339), d.Stage, d.Reason, d.Error, d.Hook, d.Target, d.Attempts, d.OriginalSubject, d.EventID)
-			for _, k := range sortedKeys(d.Header) {
+			for _, k := range slices.Sorted(maps.Keys(d.Header)) {
 				fmt.Fprintf(w, "  %s: %s\n", k, strings.Join(d.Header[k], ", "))
 			}
 			fmt.Fprintf(w, "event:\n%s\n", indentJSON(d.Event))
@@ -437,7 +409,7 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			fmt.Fprintf(w, "%-8s %-20s %-10s %-14s %-22s %-28s %s\n", "SEQ", "STORED", "STAGE", "REASON", "HOOK", "EVENT", "ERROR")
 			for _, d := range letters {
 				fmt.Fprintf(w, "%-8d %-20s %-10s %-14s %-22s %-28s %s\n", d.Seq, d.Time.UTC().Format(time.RFC3339), d.Stage, d.Reason,
-					cmpOr(d.Hook, "-"), d.EventType+" "+d.EventID, d.Error)
+					cmp.Or(d.Hook, "-"), d.EventType+" "+d.EventID, d.Error)
 			}
 			return nil
 		})
@@ -478,15 +450,6 @@ func indentJSON(b []byte) string {
 	}
 	out, _ := json.MarshalIndent(v, "", "  ")
 	return string(out)
-}
-
-func sortedKeys(h nats.Header) []string {
-	keys := make([]string, 0, len(h))
-	for k := range h {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // parseInterspersed parses flags before and after positional arguments (khook dlq show 12
@@ -536,9 +499,6 @@ func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := f.Validate(); err != nil {
 		return err
 	}
-	if err := checkTokens(map[string]string{"type": *typ}); err != nil {
-		return err
-	}
 	s, err := openOps(common)
 	if err != nil {
 		return err
@@ -558,7 +518,7 @@ func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			replay = " (replay " + rec.ReplayID + ")"
 		}
 		_, err := fmt.Fprintf(stdout, "%s %-8s %-16s %-9s %s/%s/%s: %s%s\n", rec.Stored.UTC().Format(time.RFC3339), strconv.FormatUint(rec.Seq, 10),
-			rec.Type, rec.Severity, cmpOr(rec.Namespace, "-"), cmpOr(rec.Resource.Kind, "-"), cmpOr(rec.Resource.Name, "-"), rec.Message, replay)
+			rec.Type, rec.Severity, cmp.Or(rec.Namespace, "-"), cmp.Or(rec.Resource.Kind, "-"), cmp.Or(rec.Resource.Name, "-"), rec.Message, replay)
 		return err
 	}
 	if verb == "tail" {

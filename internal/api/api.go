@@ -143,43 +143,13 @@ func filter(r *http.Request) (ops.EventFilter, error) {
 	q := r.URL.Query()
 	f := ops.EventFilter{Type: q.Get("type"), Namespace: q.Get("namespace"), Resource: q.Get("resource"), MinSeverity: q.Get("severity")}
 	var err error
-	if f.Since, err = parseTime(q.Get("since"), true); err != nil {
+	if f.Since, err = ops.ParseTime(q.Get("since"), true); err != nil {
 		return f, fmt.Errorf("since: %w", err)
 	}
-	if f.Until, err = parseTime(q.Get("until"), false); err != nil {
+	if f.Until, err = ops.ParseTime(q.Get("until"), false); err != nil {
 		return f, fmt.Errorf("until: %w", err)
 	}
-	if f.Type != "" {
-		if err := checkToken(f.Type); err != nil {
-			return f, fmt.Errorf("type: %w", err)
-		}
-	}
 	return f, f.Validate()
-}
-
-func checkToken(s string) error {
-	for _, c := range s {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return errors.New("want lowercase letters, digits, - and _")
-		}
-	}
-	return nil
-}
-
-func parseTime(v string, durationOK bool) (time.Time, error) {
-	if v == "" {
-		return time.Time{}, nil
-	}
-	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-		return t, nil
-	}
-	if durationOK {
-		if d, err := time.ParseDuration(v); err == nil && d > 0 {
-			return time.Now().Add(-d), nil
-		}
-		return time.Time{}, fmt.Errorf("want an RFC 3339 time or a duration such as 2h, got %q", v)
-	}
-	return time.Time{}, fmt.Errorf("want an RFC 3339 time, got %q", v)
 }
 
 // stream sends every new event matching the filters as a Server-Sent Event: `id` is the

@@ -3,6 +3,7 @@ package ops
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
+	"github.com/khook/khook/streams/subject"
 )
 
 // EventFilter selects normalized events. Since and Until are when khook stored the event;
@@ -24,12 +26,33 @@ type EventFilter struct {
 	Match        func(*mapping.Event) bool
 }
 
-// Validate reports a severity khook does not know.
+// Validate reports a type that cannot be a subject token and a severity khook does not know.
 func (f EventFilter) Validate() error {
+	if f.Type != "" && !subject.ValidToken(f.Type) {
+		return fmt.Errorf("type: want lowercase letters, digits, - and _, got %q", f.Type)
+	}
 	if f.MinSeverity != "" && !slices.Contains(mapping.Severities, f.MinSeverity) {
 		return errors.New("severity: want one of info, warning, error, critical")
 	}
 	return nil
+}
+
+// ParseTime reads a time bound given by an operator: an RFC 3339 time, or with ago a
+// duration back from now ("2h"). Empty is no bound.
+func ParseTime(v string, ago bool) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return t, nil
+	}
+	if !ago {
+		return time.Time{}, fmt.Errorf("want an RFC 3339 time, got %q", v)
+	}
+	if d, err := time.ParseDuration(v); err == nil && d > 0 {
+		return time.Now().Add(-d), nil
+	}
+	return time.Time{}, fmt.Errorf("want an RFC 3339 time or a duration such as 2h, got %q", v)
 }
 
 func (f EventFilter) accepts(ev *mapping.Event) bool {

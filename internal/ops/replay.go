@@ -17,6 +17,7 @@ import (
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
+	"github.com/khook/khook/streams/subject"
 )
 
 // ReplayBucket holds the progress of every replay, so an interrupted one can resume.
@@ -91,6 +92,14 @@ func (rp *Replayer) Plan(ctx context.Context, sel Selection) (*Replay, error) {
 	r := &Replay{ID: newReplayID(), Through: sel.Through, Source: sel.Source, Namespace: sel.Namespace,
 		Since: sel.Since, Until: sel.Until, FromSeq: sel.FromSeq, IgnoreSuppression: sel.IgnoreSuppression,
 		Started: time.Now().UTC()}
+	// Source and type become subject tokens of the filter.
+	for what, v := range map[string]string{"source": sel.Source, "type": sel.Type} {
+		if v != "" {
+			if err := subject.CheckToken(what, v); err != nil {
+				return nil, err
+			}
+		}
+	}
 	subjects := rp.Topo.Subjects()
 	switch sel.Through {
 	case ThroughMapper:
