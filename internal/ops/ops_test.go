@@ -32,6 +32,7 @@ func setup(t *testing.T) (jetstream.JetStream, streams.Config) {
 // publishRaw stores n raw webhook events, the i-th in namespace ns-(i%3).
 func publishRaw(t *testing.T, js jetstream.JetStream, n int) {
 	t.Helper()
+	msgs := make([]*nats.Msg, 0, n)
 	for i := range n {
 		body, err := cloudevent.Encode(&cloudevent.Event{ID: fmt.Sprintf("ev-%d", i), Source: "webhook", Type: "deploy-failed",
 			Time: time.Now().UTC(), DataContentType: "application/json",
@@ -40,14 +41,9 @@ func publishRaw(t *testing.T, js jetstream.JetStream, n int) {
 		msg := nats.NewMsg("khook.raw.webhook.deploy-failed")
 		msg.Data = body
 		msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("ev-%d", i))
-		_, err = js.PublishMsgAsync(msg)
-		require.NoError(t, err)
+		msgs = append(msgs, msg)
 	}
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-time.After(30 * time.Second):
-		t.Fatal("raw events not stored")
-	}
+	streamstest.PublishAll(t, js, msgs)
 }
 
 // copiesOf counts, per original sequence, the replay copies of one replay in stream.

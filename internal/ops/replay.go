@@ -214,7 +214,9 @@ func (rp *Replayer) Run(ctx context.Context, r *Replay) error {
 		r.NextSeq = m.Seq + 1
 		if sinceSave++; sinceSave >= every {
 			sinceSave = 0
-			if err := rp.save(ctx, r); err != nil {
+			// Like the publish, the progress record is written even after an interrupt,
+			// so that it matches what was sent.
+			if err := rp.save(context.WithoutCancel(ctx), r); err != nil {
 				return err
 			}
 			if rp.Progress != nil {
@@ -223,6 +225,12 @@ func (rp *Replayer) Run(ctx context.Context, r *Replay) error {
 		}
 		return nil
 	})
+	// An interrupt can end the scan while it waits for the next message, which Scan
+	// reports as the context's error; that is the operator's Ctrl-C, not a failure, and
+	// the stored progress says where to resume.
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		err = nil
+	}
 	if err == nil && ctx.Err() == nil {
 		r.Done = true
 	}

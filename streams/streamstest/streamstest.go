@@ -50,3 +50,33 @@ func Connect(t testing.TB, ns *server.Server) (*nats.Conn, jetstream.JetStream) 
 	require.NoError(t, err)
 	return nc, js
 }
+
+// PublishAll stores msgs with asynchronous publishes, never more than a window of them
+// unacknowledged at once, and fails the test if any is refused. The window is the
+// back-pressure: a slow server (a busy CI machine) makes PublishAll wait rather than fail
+// with nats.go's "stalled with too many outstanding async published messages".
+func PublishAll(t testing.TB, js jetstream.JetStream, msgs []*nats.Msg) {
+	t.Helper()
+	const window = 512
+	futures := make([]jetstream.PubAckFuture, 0, window)
+	settle := func() {
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				require.NoError(t, err, "publish to %s", f.Msg().Subject)
+			case <-time.After(time.Minute):
+				t.Fatalf("publish to %s not acknowledged within a minute", f.Msg().Subject)
+			}
+		}
+		futures = futures[:0]
+	}
+	for _, m := range msgs {
+		f, err := js.PublishMsgAsync(m)
+		require.NoError(t, err)
+		if futures = append(futures, f); len(futures) == window {
+			settle()
+		}
+	}
+	settle()
+}
