@@ -9,6 +9,8 @@ package mapping
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/khook/khook/streams/cloudevent"
 )
 
 // Raw is one event as a producer published it.
@@ -45,3 +47,16 @@ type Event struct {
 
 // Severities, from least to most severe.
 var Severities = []string{"info", "warning", "error", "critical"}
+
+// RawOf is the raw event a stored raw message holds. source is the <source> token of the
+// message's subject, which NATS permissions tie to its publisher, so it wins over the
+// envelope's own source attribute (empty: no subject, as for an event read from a file);
+// msgID is the message's Nats-Msg-Id. The raw event's ID is the event's key, its id scoped
+// by its source (cloudevent.KeyOf), so that every id derived from it downstream is scoped.
+func RawOf(source, msgID string, ce *cloudevent.Event) Raw {
+	if source == "" {
+		source = ce.Source
+	}
+	return Raw{ID: cloudevent.KeyOf(source, msgID, ce.ID), Source: source, Type: ce.Type, Subject: ce.Subject,
+		Time: ce.Time, Data: ce.Data}
+}

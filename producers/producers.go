@@ -29,6 +29,13 @@ type Event struct {
 	Data json.RawMessage
 	// Traceparent is the W3C trace context to continue, if the source carried one.
 	Traceparent string
+	// Scope says where ID is unique when that is narrower than the source: the sender's
+	// CloudEvents source, or the endpoint an Idempotency-Key was sent to. Events with the
+	// same ID and different scopes are different events. Empty: the source is the scope.
+	Scope string
+	// Extensions are CloudEvents extension attributes to keep on the raw event (a sender's
+	// own source and extensions), by attribute name.
+	Extensions map[string]string
 	// Source overrides the plugin's name as the event's source, for plugins that receive
 	// events on behalf of several systems (a webhook endpoint per CI system). It is a
 	// subject token ([a-z0-9-_]).
@@ -37,6 +44,8 @@ type Event struct {
 
 // Result is what JetStream said about an emitted event.
 type Result struct {
+	// ID is the event's key inside khook: its id scoped by its source (see
+	// cloudevent.Key), the id the agent's messageId and every record derive from.
 	ID string
 	// Duplicate is true when the stream already held an event with this id inside its
 	// duplicate window, so nothing new was stored.

@@ -6,10 +6,12 @@ import (
 	"sync/atomic"
 
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -22,6 +24,10 @@ import (
 	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/subject"
 )
+
+// SenderIDExtension is the raw event's extension attribute that keeps an event's id as its
+// plugin or sender gave it; the raw event's own id is khook's key (cloudevent.Key).
+const SenderIDExtension = "senderid"
 
 // Publisher turns emitted events into CloudEvents on the raw stream.
 type Publisher struct {
@@ -139,19 +145,30 @@ func (p *Publisher) publish(ctx context.Context, plugin string, ev Event) (Resul
 	if ev.Time.IsZero() {
 		ev.Time = p.now().UTC()
 	}
+	ext := ev.Extensions
 	if ev.ID == "" {
 		// A plugin that has no id of its own gets one derived from the event's content, so
 		// that emitting the same event twice stores it once.
 		ev.ID = contentID(source, ev.Type, ev.Subject, string(ev.Data))
+	} else {
+		// The raw event's id is khook's key for it; the id as the plugin or its sender gave
+		// it stays beside it.
+		ext = maps.Clone(ext)
+		if ext == nil {
+			ext = map[string]string{}
+		}
+		ext[SenderIDExtension] = ev.ID
 	}
+	key := cloudevent.Key(source, ev.Scope, ev.ID)
 	ce := &cloudevent.Event{
-		ID:              ev.ID,
+		ID:              key,
 		Source:          source,
 		Type:            ev.Type,
 		Subject:         ev.Subject,
 		Time:            ev.Time,
 		DataContentType: "application/json",
 		Data:            ev.Data,
+		Extensions:      ext,
 	}
 	body, err := cloudevent.Encode(ce)
 	if err != nil {
@@ -159,7 +176,7 @@ func (p *Publisher) publish(ctx context.Context, plugin string, ev Event) (Resul
 	}
 	msg := nats.NewMsg(subj)
 	msg.Data = body
-	msg.Header.Set(jetstream.MsgIDHeader, ev.ID)
+	msg.Header.Set(jetstream.MsgIDHeader, key)
 	msg.Header.Set("Content-Type", cloudevent.ContentType)
 	// The publish span continues the plugin's trace (the webhook's request span, or a
 	// traceparent the event source carried) and travels in the headers to the mapper.
@@ -180,8 +197,50 @@ func (p *Publisher) publish(ctx context.Context, plugin string, ev Event) (Resul
 		tracing.Fail(span, err)
 		return Result{}, fmt.Errorf("%w: publish %s: %w", ErrUnavailable, subj, err)
 	}
+	if ack.Duplicate {
+		if ack, key, err = p.checkDuplicate(ctx, source, msg, ce, ack); err != nil {
+			tracing.Fail(span, err)
+			return Result{}, fmt.Errorf("%w: publish %s: %w", ErrUnavailable, subj, err)
+		}
+	}
 	span.SetAttributes(attribute.Bool("khook.duplicate", ack.Duplicate))
-	return Result{ID: ev.ID, Duplicate: ack.Duplicate}, nil
+	return Result{ID: key, Duplicate: ack.Duplicate}, nil
+}
+
+// checkDuplicate makes sure a duplicate acknowledgement is for this source's own event. The
+// raw stream's duplicate window is shared by every source, and a process allowed to publish
+// only on its own subjects could still send another source's predictable id (a Kubernetes
+// UID and count, an Alertmanager fingerprint) first, to have the real event dropped. So the
+// stored original is read back, and when it sits on another source's subjects the event is
+// stored under a fresh key instead: it is never lost, at the cost of duplicate detection for
+// that one event (the dispatcher's suppression window still applies).
+func (p *Publisher) checkDuplicate(ctx context.Context, source string, msg *nats.Msg, ce *cloudevent.Event,
+	ack *jetstream.PubAck) (*jetstream.PubAck, string, error) {
+	st, err := p.js.Stream(ctx, ack.Stream)
+	if err != nil {
+		return nil, "", fmt.Errorf("checking duplicate: %w", err)
+	}
+	orig, err := st.GetMsg(ctx, ack.Sequence)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		// Gone already (age or limits): nothing to compare, and nothing to suppress with.
+		return ack, ce.ID, nil
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("checking duplicate: %w", err)
+	}
+	if p.subjects.SourceOf(orig.Subject) == source {
+		return ack, ce.ID, nil
+	}
+	p.metrics.collisions.WithLabelValues(source).Inc()
+	var nonce [8]byte
+	_, _ = rand.Read(nonce[:])
+	ce.ID = cloudevent.DeriveKey(ce.ID, "/collision-"+hex.EncodeToString(nonce[:]))
+	if msg.Data, err = cloudevent.Encode(ce); err != nil {
+		return nil, "", err
+	}
+	msg.Header.Set(jetstream.MsgIDHeader, ce.ID)
+	ack, err = p.publishRetrying(ctx, msg)
+	return ack, ce.ID, err
 }
 
 // attemptTimeout bounds one publish attempt. A healthy JetStream acknowledges in
@@ -213,6 +272,7 @@ type Metrics struct {
 	duration   *prometheus.HistogramVec
 	events     *prometheus.CounterVec
 	restarts   *prometheus.CounterVec
+	collisions *prometheus.CounterVec
 
 	mu       sync.Mutex
 	inflight map[string]map[*time.Time]struct{} // start times of emits in progress, per plugin
@@ -247,10 +307,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "khook_plugin_restarts_total",
 			Help: "Times the runtime restarted a plugin after it failed.",
 		}, []string{"plugin"}),
+		collisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "khook_producer_id_collisions_total",
+			Help: "Events whose id was already taken in the raw stream's duplicate window by a message on another source's subjects; each was stored under a fresh id.",
+		}, []string{"source"}),
 		inflight: map[string]map[*time.Time]struct{}{},
 		last:     map[string]time.Duration{},
 	}
-	reg.MustRegister(m.active, m.errors, m.processing, m.duration, m.events, m.restarts)
+	reg.MustRegister(m.active, m.errors, m.processing, m.duration, m.events, m.restarts, m.collisions)
 	return m
 }
 

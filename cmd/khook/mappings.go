@@ -50,7 +50,7 @@ func runMappings(_ context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return fmt.Errorf("%s: %w", *eventFile, err)
 	}
-	ev, outcome := mapping.Map(rules, mapping.Raw{ID: ce.ID, Source: ce.Source, Type: ce.Type, Subject: ce.Subject, Time: ce.Time, Data: ce.Data})
+	ev, outcome := mapping.Map(rules, mapping.RawOf("", "", ce))
 	out := map[string]any{"outcome": outcome}
 	if rule, ok := rules.Lookup(ce.Source, ce.Type); ok && rule.Line() > 0 {
 		out["rule"] = fmt.Sprintf("%s line %d", path, rule.Line())

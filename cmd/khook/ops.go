@@ -28,6 +28,7 @@ import (
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/producers"
 	"github.com/khook/khook/streams/cloudevent"
+	"github.com/khook/khook/streams/subject"
 )
 
 // opsSession is what the operations commands share: the configuration and a JetStream
@@ -146,7 +147,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 		rp.Namespace = func(m ops.Msg) string {
-			if ev, ok := mapRaw(rules, m); ok {
+			if ev, ok := mapRaw(s.cfg.Streams.Subjects(), rules, m); ok {
 				return ev.Namespace
 			}
 			return ""
@@ -157,7 +158,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if err != nil {
 			return err
 		}
-		rp.Describe = func(m ops.Msg) string { return describe(rules, idx, r.Through, m) }
+		rp.Describe = func(m ops.Msg) string { return describe(s.cfg.Streams.Subjects(), rules, idx, r.Through, m) }
 	}
 	rp.Progress = newProgress(stderr, time.Now())
 	runErr := rp.Run(ctx, r)
@@ -181,22 +182,22 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 // mapRaw maps a raw event with the current rules.
-func mapRaw(rules *mapping.Rules, m ops.Msg) (mapping.Event, bool) {
+func mapRaw(subjects subject.Builder, rules *mapping.Rules, m ops.Msg) (mapping.Event, bool) {
 	ce, err := cloudevent.Decode(m.Data)
 	if err != nil {
 		return mapping.Event{}, false
 	}
-	ev, outcome := mapping.Map(rules, mapping.Raw{ID: ce.ID, Source: ce.Source, Type: ce.Type, Subject: ce.Subject, Time: ce.Time, Data: ce.Data})
+	ev, outcome := mapping.Map(rules, mapping.RawOf(subjects.SourceOf(m.Subject), m.Header.Get(jetstream.MsgIDHeader), ce))
 	return ev, outcome.HasEvent()
 }
 
 // describe says what one event would do: the internal type it maps to and the hooks and
 // agents it would reach.
-func describe(rules *mapping.Rules, idx *dispatch.Index, through string, m ops.Msg) string {
+func describe(subjects subject.Builder, rules *mapping.Rules, idx *dispatch.Index, through string, m ops.Msg) string {
 	var ev mapping.Event
 	if through == ops.ThroughMapper {
 		var ok bool
-		if ev, ok = mapRaw(rules, m); !ok {
+		if ev, ok = mapRaw(subjects, rules, m); !ok {
 			return "not mapped (no enabled rule): dropped or dead-lettered per the unmapped policy"
 		}
 	} else {

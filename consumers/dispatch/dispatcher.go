@@ -314,7 +314,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 		d.metrics.taskStates.WithLabelValues(res.State).Inc()
 		log.Info("delivered", zap.String("task_state", res.State), zap.Duration("took", time.Since(start)))
 		d.Observer.Delivered(t, res)
-		if err := d.state.MarkDelivered(ctx, t.MessageID, res.State); err != nil {
+		if err := d.state.MarkSettled(ctx, t.MessageID, "delivered "+res.State); err != nil {
 			// The agent has the task; without the record a redelivery would call it again.
 			log.Warn("delivery record not stored", zap.Error(err))
 		}
@@ -357,8 +357,8 @@ func (d *Dispatcher) claim(ctx context.Context, t Task, window time.Duration, ig
 	ctx, span := tracing.Tracer().Start(ctx, "khook.suppress", trace.WithAttributes(
 		attribute.String("khook.suppression_key", t.SuppressionKey), attribute.String("khook.window", window.String())))
 	defer span.End()
-	if d.state.Delivered(ctx, t.MessageID) {
-		span.SetAttributes(attribute.String("khook.result", "delivered-before"))
+	if d.state.Settled(ctx, t.MessageID) {
+		span.SetAttributes(attribute.String("khook.result", "settled-before"))
 		return claimDone
 	}
 	if ignore {
@@ -381,24 +381,30 @@ func (d *Dispatcher) claim(ctx context.Context, t Task, window time.Duration, ig
 	return claimOwned
 }
 
-// giveUp dead-letters the event for this task and releases its suppression claim, so the
-// next occurrence is not silently suppressed behind a task that never reached its agent.
+// giveUp dead-letters the event for this task, records the task as settled so that no
+// redelivery of the event (for another match that is still retrying) calls its agent again,
+// and releases its suppression claim, so the next occurrence is not silently suppressed
+// behind a task that never reached its agent.
 func (d *Dispatcher) giveUp(ctx context.Context, msg jetstream.Msg, t Task, target Target, reason string,
 	attempts int, cause error, log *zap.Logger) settle {
 	d.metrics.deliveries.WithLabelValues(target.Name(), "deadletter").Inc()
 	d.metrics.deadLetters.WithLabelValues(reason).Inc()
 	log.Warn("delivery failed, dead-lettering", zap.String("reason", reason), zap.Int("attempt", attempts), zap.Error(cause))
 	if err := deadletter.Publish(ctx, d.js, d.topo.Subjects(), deadletter.Letter{
-		Stage: Stage, Reason: reason, Err: cause, Msg: msg, Hook: t.Hook,
+		Stage: Stage, Reason: reason, Err: cause, Msg: msg, Hook: t.Hook, Key: t.MessageID,
 		Target: target.Name() + " " + target.Endpoint(t), Attempts: attempts,
 	}); err != nil {
 		log.Warn("dead letter not stored, will redeliver", zap.Error(err))
 		return settle{delay: d.cfg.RetryBase}
 	}
+	if err := d.state.MarkSettled(ctx, t.MessageID, "dead-lettered "+reason); err != nil {
+		// The dead letter is stored; without the record, a redelivery of this event for
+		// another match would call this agent again (a documented duplicate).
+		log.Warn("settled record not stored", zap.Error(err))
+	}
 	if err := d.state.Release(ctx, t.SuppressionKey, t.MessageID); err != nil {
 		log.Warn("suppression claim not released", zap.Error(err))
 	}
-	d.state.ForgetAttempts(ctx, t.MessageID)
 	// The event is settled for this hook; other matches of the same event still run, and
 	// the event is acknowledged when they are done.
 	return settle{ack: true}

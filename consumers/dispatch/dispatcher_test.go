@@ -44,13 +44,43 @@ type harness struct {
 type faults struct {
 	requests atomic.Int64
 	fail     atomic.Pointer[func(n int64) (status int, retryAfter string)]
+	// byPath decides per agent: it gets the request path and that path's request count.
+	byPath atomic.Pointer[func(path string, n int64) (status int, retryAfter string)]
+
+	mu    sync.Mutex
+	paths map[string]int64
 }
 
 func (f *faults) set(fn func(n int64) (int, string)) { f.fail.Store(&fn) }
 
+func (f *faults) setByPath(fn func(path string, n int64) (int, string)) { f.byPath.Store(&fn) }
+
+// calls returns how many requests reached path, failed or not.
+func (f *faults) calls(path string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.paths[path]
+}
+
 func (f *faults) wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := f.requests.Add(1)
+		f.mu.Lock()
+		if f.paths == nil {
+			f.paths = map[string]int64{}
+		}
+		f.paths[r.URL.Path]++
+		pn := f.paths[r.URL.Path]
+		f.mu.Unlock()
+		if fn := f.byPath.Load(); fn != nil {
+			if status, retryAfter := (*fn)(r.URL.Path, pn); status != 0 {
+				if retryAfter != "" {
+					w.Header().Set("Retry-After", retryAfter)
+				}
+				http.Error(w, "injected", status)
+				return
+			}
+		}
 		if fn := f.fail.Load(); fn != nil {
 			if status, retryAfter := (*fn)(n); status != 0 {
 				if retryAfter != "" {

@@ -187,6 +187,16 @@ type Match struct {
 	Index  int // which eventConfigurations entry
 	Agent  AgentRef
 	prompt *template.Template
+	entry  string
+}
+
+// Entry identifies the matched event configuration by what it is (its hook, event type,
+// agent and prompt), not by its position, so that reordering a Hook's entries changes no
+// task id, context id or suppression key, and in-flight events are not called again.
+func (m Match) Entry() string { return m.entry }
+
+func entryID(hook string, ec EventConfiguration, agent AgentRef) string {
+	return hook + "#" + hashKey(ec.EventType, agent.Namespace, agent.Name, ec.Prompt)
 }
 
 // Config returns the matched event configuration.
@@ -213,14 +223,22 @@ func NewIndex(hooks []Hook) (*Index, error) {
 			errs = append(errs, fmt.Errorf("hook %s: %w", h.Key(), err))
 			continue
 		}
+		entries := map[string]bool{}
 		for j, ec := range h.Spec.EventConfigurations {
 			agent := ec.AgentRef
 			if agent.Namespace == "" {
 				agent.Namespace = h.Metadata.Namespace
 			}
+			// Two identical entries are one task: calling the same agent twice with the same
+			// prompt for one event would only double the cost.
+			entry := entryID(h.Key(), ec, agent)
+			if entries[entry] {
+				continue
+			}
+			entries[entry] = true
 			tmpl, _ := compilePrompt(ec.Prompt) // validated above
 			k := indexKey{h.Metadata.Namespace, ec.EventType}
-			idx.byKey[k] = append(idx.byKey[k], Match{Hook: h, Index: j, Agent: agent, prompt: tmpl})
+			idx.byKey[k] = append(idx.byKey[k], Match{Hook: h, Index: j, Agent: agent, prompt: tmpl, entry: entry})
 		}
 		idx.hooks = append(idx.hooks, h)
 	}

@@ -17,7 +17,7 @@ import (
 //
 //	claim.<key>        the suppression claim of (hook, event type, namespace, resource), with
 //	                   the window as its TTL; the value is the message id that holds it
-//	delivered.<msgid>  a task the agent accepted, so a redelivery does not call it again
+//	settled.<msgid>    a task that was delivered or dead-lettered, so it is never called again
 //	attempts.<msgid>   how many real calls a task has used
 //	active.<hook>.<key> the firing/resolved record of one (event type, resource) per hook
 //
@@ -85,20 +85,22 @@ func (s *State) Release(ctx context.Context, key, messageID string) error {
 	return ignoreExists(s.kv.Delete(ctx, "claim."+key, jetstream.LastRevision(e.Revision())))
 }
 
-// Delivered reports whether the agent already accepted the task. A lookup error counts as
-// not delivered: a possible duplicate call is better than a lost one.
-func (s *State) Delivered(ctx context.Context, messageID string) bool {
-	_, err := s.kv.Get(ctx, "delivered."+messageID)
+// Settled reports whether the task is settled: its agent accepted it, or it was
+// dead-lettered. A settled task is never called again for that event. A lookup error counts
+// as not settled: a possible duplicate call is better than a lost one.
+func (s *State) Settled(ctx context.Context, messageID string) bool {
+	_, err := s.kv.Get(ctx, "settled."+messageID)
 	return err == nil
 }
 
-// MarkDelivered records that the agent accepted the task.
-func (s *State) MarkDelivered(ctx context.Context, messageID, finalState string) error {
-	_, err := s.kv.Create(ctx, "delivered."+messageID, []byte(finalState), jetstream.KeyTTL(s.ttl))
+// MarkSettled records how a task settled ("delivered <state>", "dead-lettered <reason>").
+// The task's attempt count is left to expire with the bucket's TTL: nothing reads it once
+// the task is settled, and purging it would cost a write on every delivery.
+func (s *State) MarkSettled(ctx context.Context, messageID, outcome string) error {
+	_, err := s.kv.Create(ctx, "settled."+messageID, []byte(outcome), jetstream.KeyTTL(s.ttl))
 	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
 		return err
 	}
-	_ = s.kv.Purge(ctx, "attempts."+messageID)
 	return nil
 }
 
@@ -124,11 +126,6 @@ func (s *State) Attempt(ctx context.Context, messageID string) (int, error) {
 		}
 	}
 	return 0, errors.New("attempt counter: too many concurrent updates")
-}
-
-// ForgetAttempts drops a task's attempt count (after it is dead-lettered).
-func (s *State) ForgetAttempts(ctx context.Context, messageID string) {
-	_ = s.kv.Purge(ctx, "attempts."+messageID)
 }
 
 // ActiveEvent is one event type on one resource that a hook has seen: firing while it

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
-	"strconv"
 	"strings"
 	"text/template"
 	"time"
@@ -22,8 +21,8 @@ type Task struct {
 	Agent AgentRef
 	// Text is the expanded prompt followed by the event context.
 	Text string
-	// MessageID is deterministic per (event, hook entry), so a retried send is recognisable
-	// by the agent and by khook's delivery record.
+	// MessageID is deterministic per (event key, hook entry), so a retried send is
+	// recognisable by the agent and by khook's settled-task record.
 	MessageID string
 	// ContextID is stable per (hook, event type, namespace, resource), so related events
 	// share one agent session.
@@ -43,10 +42,10 @@ func NewTask(m Match, ev *mapping.Event) (Task, error) {
 		prompt = expandPlaceholders(m.Config().Prompt, ev)
 		renderErr = fmt.Errorf("hook %s prompt: %w", m.Hook.Key(), renderErr)
 	}
-	// The entry index keeps two agents configured for one event type in one hook apart;
-	// for the usual hook, with one entry per type, the key is khook's (hook, event type,
-	// namespace, resource).
-	entry := m.Hook.Key() + "#" + strconv.Itoa(m.Index)
+	// The entry keeps two agents configured for one event type in one hook apart; for the
+	// usual hook, with one entry per type, the key is khook's (hook, event type, namespace,
+	// resource). ev.ID is the event's key, already scoped by its source.
+	entry := m.Entry()
 	key := eventKey{ev.Type, ev.Namespace, ev.Resource.Kind, ev.Resource.Name}
 	return Task{
 		Hook:           m.Hook.Key(),

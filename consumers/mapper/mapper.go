@@ -152,18 +152,18 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 		m.deadLetter(ctx, msg, "invalid-envelope", err)
 		return pending{}, false
 	}
-	raw := mapping.Raw{ID: ce.ID, Source: ce.Source, Type: ce.Type, Subject: ce.Subject, Time: ce.Time, Data: ce.Data}
+	raw := mapping.RawOf(m.topo.Subjects().SourceOf(msg.Subject()), msg.Headers().Get(jetstream.MsgIDHeader), ce)
 	ev, outcome := mapping.Map(m.rules.Load(), raw)
 	m.metrics.events.WithLabelValues(string(outcome)).Inc()
-	span.SetAttributes(attribute.String("khook.event.id", ce.ID), attribute.String("khook.event.source", ce.Source),
+	span.SetAttributes(attribute.String("khook.event.id", raw.ID), attribute.String("khook.event.source", raw.Source),
 		attribute.String("khook.event.type", ce.Type), attribute.String("khook.outcome", string(outcome)))
 	switch {
 	case outcome == mapping.UnmappedDead:
-		m.deadLetter(ctx, msg, "unmapped", fmt.Errorf("no mapping rule for source %q type %q", ce.Source, ce.Type))
+		m.deadLetter(ctx, msg, "unmapped", fmt.Errorf("no mapping rule for source %q type %q", raw.Source, ce.Type))
 		return pending{}, false
 	case !outcome.HasEvent():
 		// Counted above; logged so an operator can see which rule is missing or disabled.
-		m.logger.Info("event not mapped", zap.String("event_id", ce.ID), tracing.LogField(ctx), zap.String("source", ce.Source),
+		m.logger.Info("event not mapped", zap.String("event_id", raw.ID), tracing.LogField(ctx), zap.String("source", raw.Source),
 			zap.String("type", ce.Type), zap.String("outcome", string(outcome)))
 		ackOrLog(m.logger, msg)
 		return pending{}, false

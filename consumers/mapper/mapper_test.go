@@ -77,7 +77,7 @@ func TestMapperStage(t *testing.T) {
 	require.Equal(t, uint64(1), info.State.Msgs)
 	out, err := events.GetLastMsgForSubject(ctx, "khook.events.deploy-failed")
 	require.NoError(t, err)
-	require.Equal(t, "a", out.Header.Get(jetstream.MsgIDHeader))
+	require.Equal(t, "webhook/a", out.Header.Get(jetstream.MsgIDHeader), "the raw id, scoped by the subject's source")
 	require.Equal(t, "00-11111111111111111111111111111111-2222222222222222-01", out.Header.Get("traceparent"))
 	ce, err := cloudevent.Decode(out.Data)
 	require.NoError(t, err)
@@ -179,7 +179,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		require.False(t, seen[ev.ID], "duplicate %s", ev.ID)
 		seen[ev.ID] = true
 		var i int
-		_, err = fmt.Sscanf(ev.ID, "ev-%d", &i)
+		_, err = fmt.Sscanf(ev.ID, "webhook/ev-%d", &i)
 		require.NoError(t, err)
 		if i >= firstAfter {
 			require.Equal(t, "critical", ev.Severity, "event %d was published after the reload", i)

@@ -55,13 +55,16 @@ type Replay struct {
 	// NextSeq is where the replay continues: every selected message before it was sent.
 	NextSeq uint64 `json:"nextSeq"`
 	// Total is how many messages the range held when the replay was planned, for progress.
-	Total   int       `json:"total"`
-	Seen    int       `json:"seen"`
-	Sent    int       `json:"sent"`
-	Skipped int       `json:"skipped"`
-	Started time.Time `json:"started"`
-	Updated time.Time `json:"updated"`
-	Done    bool      `json:"done"`
+	Total   int `json:"total"`
+	Seen    int `json:"seen"`
+	Sent    int `json:"sent"`
+	Skipped int `json:"skipped"`
+	// Undecodable counts skipped messages whose envelope could not be read (they were
+	// dead-lettered when first handled).
+	Undecodable int       `json:"undecodable,omitempty"`
+	Started     time.Time `json:"started"`
+	Updated     time.Time `json:"updated"`
+	Done        bool      `json:"done"`
 }
 
 // Replayer replays retained events into a stage.
@@ -197,8 +200,10 @@ func (rp *Replayer) Run(ctx context.Context, r *Replay) error {
 		}
 		out, err := rp.copyOf(r, m)
 		if err != nil {
-			// An envelope that cannot be decoded was dead-lettered the first time too.
+			// An envelope that cannot be decoded was dead-lettered the first time too; it
+			// is counted, and reported, never skipped silently.
 			r.Skipped++
+			r.Undecodable++
 			r.NextSeq = m.Seq + 1
 			return nil
 		}
@@ -267,25 +272,30 @@ func (rp *Replayer) selected(r *Replay, m Msg) bool {
 	return true
 }
 
-// copyOf is m with a new event id (the original's plus the replay's), so the stream's
+// copyOf is m with a new event key (the original's plus the replay's), so the stream's
 // duplicate window and the dispatcher's delivery records treat it as a new event, while a
-// resumed replay sending it again produces the same id and is dropped as a duplicate.
+// resumed replay sending it again produces the same key and is dropped as a duplicate. The
+// key is bounded (cloudevent.DeriveKey), so no event is too long to replay.
 func (rp *Replayer) copyOf(r *Replay, m Msg) (*nats.Msg, error) {
 	ce, err := cloudevent.Decode(m.Data)
 	if err != nil {
 		return nil, err
 	}
-	original := ce.ID
-	ce.ID = original + "/replay-" + r.ID
+	var original string
 	if r.Through == ThroughDispatcher {
 		var ev mapping.Event
 		if err := json.Unmarshal(ce.Data, &ev); err != nil {
 			return nil, err
 		}
-		ev.ID = ce.ID
+		original = ev.ID
+		ev.ID = cloudevent.DeriveKey(original, "/replay-"+r.ID)
 		if ce.Data, err = json.Marshal(ev); err != nil {
 			return nil, err
 		}
+		ce.ID = ev.ID
+	} else {
+		original = mapping.RawOf(rp.Topo.Subjects().SourceOf(m.Subject), m.Header.Get(jetstream.MsgIDHeader), ce).ID
+		ce.ID = cloudevent.DeriveKey(original, "/replay-"+r.ID)
 	}
 	body, err := cloudevent.Encode(ce)
 	if err != nil {

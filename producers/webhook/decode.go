@@ -34,6 +34,10 @@ func badRequest(format string, args ...any) *httpError {
 // incoming is one event as found in a request, before ids and types are settled.
 type incoming struct {
 	ceType, ceID, subject string
+	// ceSource is the sender's CloudEvents source, where its id is unique; extensions are
+	// the sender's extension attributes. Both are kept on the raw event.
+	ceSource   string
+	extensions map[string]string
 	time                  time.Time
 	data                  json.RawMessage
 	bodyType              string // the "type" field of a plain JSON object
@@ -103,20 +107,28 @@ func decodeRequest(e Endpoint, source string, header http.Header, query url.Valu
 		if err := subject.CheckToken("event type", typ); err != nil {
 			return nil, false, badRequest("%v (set eventType on the endpoint to accept other CloudEvents types)", err)
 		}
-		id := it.ceID
+		// An id is unique only where it was made: a CloudEvents id per sender source, an
+		// Idempotency-Key per endpoint. The scope keeps equal ids from different places apart.
+		id, scope := it.ceID, it.ceSource
 		switch {
 		case key != "" && batch:
-			id = key + "/" + strconv.Itoa(i)
+			id, scope = key+"/"+strconv.Itoa(i), "endpoint:"+e.Path
 		case key != "":
-			id = key
+			id, scope = key, "endpoint:"+e.Path
 		case id == "":
-			id = contentID(source, typ, it.data)
+			id, scope = contentID(source, typ, it.data), ""
 		}
 		if len(id) > 256 {
 			return nil, false, badRequest("event id longer than 256 bytes")
 		}
-		events[i] = producers.Event{ID: id, Type: typ, Subject: it.subject, Time: it.time, Data: it.data,
-			Traceparent: header.Get("traceparent")}
+		events[i] = producers.Event{ID: id, Scope: scope, Type: typ, Subject: it.subject, Time: it.time, Data: it.data,
+			Traceparent: header.Get("traceparent"), Extensions: it.extensions}
+		if it.ceSource != "" {
+			if events[i].Extensions == nil {
+				events[i].Extensions = map[string]string{}
+			}
+			events[i].Extensions[SenderSourceExtension] = it.ceSource
+		}
 		if e.Source != "" {
 			events[i].Source = e.Source
 		}
@@ -173,7 +185,7 @@ func decodeStructured(body []byte) ([]incoming, error) {
 	if err != nil {
 		return nil, badRequest("%v", err)
 	}
-	return []incoming{fromCloudEvent(ce)}, nil
+	return []incoming{fromCloudEvent(ce, body)}, nil
 }
 
 func decodeStructuredBatch(body []byte) ([]incoming, error) {
@@ -187,13 +199,19 @@ func decodeStructuredBatch(body []byte) ([]incoming, error) {
 		if err != nil {
 			return nil, badRequest("event %d: %v", i, err)
 		}
-		items[i] = fromCloudEvent(ce)
+		items[i] = fromCloudEvent(ce, r)
 	}
 	return items, nil
 }
 
-func fromCloudEvent(ce *cloudevent.Event) incoming {
-	return incoming{ceType: ce.Type, ceID: ce.ID, subject: ce.Subject, time: ce.Time, data: ce.Data}
+// SenderSourceExtension is the raw event's extension attribute that keeps the sender's
+// CloudEvents source; the raw event's own source is khook's source token, which mappings
+// match on.
+const SenderSourceExtension = "sendersource"
+
+func fromCloudEvent(ce *cloudevent.Event, body []byte) incoming {
+	return incoming{ceType: ce.Type, ceID: ce.ID, ceSource: ce.Source, subject: ce.Subject, time: ce.Time, data: ce.Data,
+		extensions: cloudevent.DecodeExtensions(body)}
 }
 
 // decodeBinary reads a CloudEvent in binary mode: attributes in ce-* headers, data in the
@@ -217,7 +235,17 @@ func decodeBinary(h http.Header, body []byte) ([]incoming, error) {
 			return nil, &httpError{code: http.StatusUnsupportedMediaType, msg: fmt.Sprintf("CloudEvents data must be JSON, got %q", ct)}
 		}
 	}
-	it := incoming{ceType: h.Get("Ce-Type"), ceID: h.Get("Ce-Id"), subject: h.Get("Ce-Subject")}
+	it := incoming{ceType: h.Get("Ce-Type"), ceID: h.Get("Ce-Id"), ceSource: h.Get("Ce-Source"), subject: h.Get("Ce-Subject")}
+	// Binary mode carries extensions as ce-<name> headers.
+	for k, v := range h {
+		name := strings.ToLower(strings.TrimPrefix(k, "Ce-"))
+		if strings.HasPrefix(k, "Ce-") && len(v) > 0 && !binaryCore[name] && cloudevent.ValidExtensionName(name) {
+			if it.extensions == nil {
+				it.extensions = map[string]string{}
+			}
+			it.extensions[name] = v[0]
+		}
+	}
 	if t := h.Get("Ce-Time"); t != "" {
 		parsed, err := time.Parse(time.RFC3339Nano, t)
 		if err != nil {
@@ -233,6 +261,8 @@ func decodeBinary(h http.Header, body []byte) ([]incoming, error) {
 	}
 	return []incoming{it}, nil
 }
+
+var binaryCore = map[string]bool{"specversion": true, "id": true, "source": true, "type": true, "subject": true, "time": true}
 
 // contentID derives an event id from what the event says, so that a retried request without
 // an Idempotency-Key is stored once.

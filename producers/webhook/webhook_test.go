@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -115,6 +116,9 @@ func (f *fixture) last(t *testing.T, subject string) (*cloudevent.Event, *jetstr
 	msg, err := s.GetLastMsgForSubject(context.Background(), subject)
 	require.NoError(t, err)
 	ce, err := cloudevent.Decode(msg.Data)
+	if err == nil {
+		ce.Extensions = cloudevent.DecodeExtensions(msg.Data)
+	}
 	require.NoError(t, err)
 	return ce, msg
 }
@@ -146,7 +150,8 @@ func TestIDsAreDeterministic(t *testing.T) {
 	require.Equal(t, true, again.body["duplicate"], "JetStream's duplicate window recognised the repeat")
 
 	keyed := f.post(t, f.url, "application/json", body, "Idempotency-Key", "deploy-42")
-	require.Equal(t, "deploy-42", keyed.body["id"])
+	require.Equal(t, cloudevent.Key("webhook", "endpoint:/webhook", "deploy-42"), keyed.body["id"],
+		"an Idempotency-Key is scoped by its endpoint")
 	keyedAgain := f.post(t, f.url, "application/json", `{"type":"deploy-failed","resourceName":"other"}`, "Idempotency-Key", "deploy-42")
 	require.Equal(t, true, keyedAgain.body["duplicate"], "the idempotency key wins over the body")
 	require.Equal(t, uint64(2), f.stored(t))
@@ -161,8 +166,9 @@ func TestCloudEventsModes(t *testing.T) {
 	r := f.post(t, f.url, "application/cloudevents+json",
 		`{"specversion":"1.0","id":"ce-1","source":"ci/main","type":"build-failed","subject":"ci/Pipeline/main","time":"2026-11-27T10:00:00Z","data":{"step":"test"}}`)
 	require.Equal(t, http.StatusAccepted, r.code, r.body)
-	require.Equal(t, "ce-1", r.body["id"])
+	require.Equal(t, cloudevent.Key("webhook", "ci/main", "ce-1"), r.body["id"], "a CloudEvents id is scoped by its source")
 	ce, _ := f.last(t, "khook.raw.webhook.build-failed")
+	require.Equal(t, map[string]string{"senderid": "ce-1", "sendersource": "ci/main"}, ce.Extensions)
 	require.Equal(t, "ci/Pipeline/main", ce.Subject)
 	require.Equal(t, "2026-11-27T10:00:00Z", ce.Time.Format(time.RFC3339))
 	require.JSONEq(t, `{"step":"test"}`, string(ce.Data))
@@ -171,14 +177,14 @@ func TestCloudEventsModes(t *testing.T) {
 	r = f.post(t, f.url, "application/json", `{"step":"lint"}`,
 		"ce-specversion", "1.0", "ce-id", "ce-2", "ce-source", "ci", "ce-type", "lint-failed", "ce-subject", "ci/Pipeline/pr-7")
 	require.Equal(t, http.StatusAccepted, r.code, r.body)
-	require.Equal(t, "ce-2", r.body["id"])
+	require.Equal(t, cloudevent.Key("webhook", "ci", "ce-2"), r.body["id"])
 	ce, _ = f.last(t, "khook.raw.webhook.lint-failed")
 	require.Equal(t, "ci/Pipeline/pr-7", ce.Subject)
 
 	// The Idempotency-Key wins over the CloudEvents id.
 	r = f.post(t, f.url, "application/json", `{}`, "Idempotency-Key", "k-1",
 		"ce-specversion", "1.0", "ce-id", "ce-3", "ce-source", "ci", "ce-type", "lint-failed")
-	require.Equal(t, "k-1", r.body["id"])
+	require.Equal(t, cloudevent.Key("webhook", "endpoint:/webhook", "k-1"), r.body["id"])
 
 	// Batches: a JSON array and a CloudEvents batch, each answered with every id.
 	r = f.post(t, f.base+"/batch", "application/json", `[{"type":"a","n":1},{"type":"b","n":2}]`)
@@ -191,7 +197,7 @@ func TestCloudEventsModes(t *testing.T) {
 	for _, e := range r.body["events"].([]any) {
 		ids = append(ids, e.(map[string]any)["id"].(string))
 	}
-	require.Equal(t, []string{"b-1", "b-2"}, ids)
+	require.Equal(t, []string{cloudevent.Key("webhook", "s", "b-1"), cloudevent.Key("webhook", "s", "b-2")}, ids)
 	require.Equal(t, uint64(7), f.stored(t))
 }
 
@@ -411,4 +417,53 @@ func seqOf(t *testing.T, js jetstream.JetStream, id string) uint64 {
 	}
 	t.Fatalf("event %s not in the stream", id)
 	return 0
+}
+
+// Ids are unique only where they were made: a CloudEvents id per sender source, an
+// Idempotency-Key per endpoint. Equal ids from different places are different events, and
+// each is stored; the same id from the same place is still a duplicate.
+func TestIDsFromDifferentPlacesDoNotCollide(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Endpoints = []Endpoint{{Path: "/a"}, {Path: "/b"}}
+	f := start(t, cfg)
+	ce := func(source, data string) string {
+		return `{"specversion":"1.0","id":"1","source":"` + source + `","type":"deploy-failed","data":` + data + `}`
+	}
+	a := f.post(t, f.base+"/a", "application/cloudevents+json", ce("ci-a", `{"n":1}`))
+	b := f.post(t, f.base+"/a", "application/cloudevents+json", ce("ci-b", `{"n":2}`))
+	require.Equal(t, http.StatusAccepted, b.code, b.body)
+	require.Equal(t, false, b.body["duplicate"], "id 1 from ci-b is not id 1 from ci-a")
+	require.NotEqual(t, a.body["id"], b.body["id"])
+	again := f.post(t, f.base+"/a", "application/cloudevents+json", ce("ci-b", `{"n":2}`))
+	require.Equal(t, true, again.body["duplicate"], "the same source's repeat is a duplicate")
+
+	k1 := f.post(t, f.base+"/a", "application/json", `{"type":"deploy-failed","n":3}`, "Idempotency-Key", "k")
+	k2 := f.post(t, f.base+"/b", "application/json", `{"type":"deploy-failed","n":4}`, "Idempotency-Key", "k")
+	require.Equal(t, false, k2.body["duplicate"], "an Idempotency-Key is scoped by its endpoint")
+	require.NotEqual(t, k1.body["id"], k2.body["id"])
+	require.Equal(t, uint64(4), f.stored(t))
+}
+
+// A process that may publish only on its own source's subjects cannot suppress another
+// source's event by publishing its predictable id first: the producer sees that the stored
+// "original" sits on another source's subject and stores its event under a fresh key.
+func TestForgedIDFromAnotherSourceDoesNotSuppress(t *testing.T) {
+	f := start(t, DefaultConfig())
+	key := cloudevent.Key("webhook", "endpoint:/webhook", "deploy-7")
+	forged := nats.NewMsg("khook.raw.evil.deploy-failed")
+	forged.Data = []byte(`{"specversion":"1.0","id":"x","source":"evil","type":"deploy-failed"}`)
+	forged.Header.Set(jetstream.MsgIDHeader, key)
+	_, err := f.js.PublishMsg(context.Background(), forged)
+	require.NoError(t, err)
+
+	r := f.post(t, f.url, "application/json", `{"type":"deploy-failed","resourceName":"cart"}`, "Idempotency-Key", "deploy-7")
+	require.Equal(t, http.StatusAccepted, r.code, r.body)
+	require.Equal(t, false, r.body["duplicate"], "the real event is stored")
+	id := r.body["id"].(string)
+	require.True(t, strings.HasPrefix(id, key+"/collision-"), id)
+	ce, msg := f.last(t, "khook.raw.webhook.deploy-failed")
+	require.Equal(t, id, ce.ID)
+	require.Equal(t, id, msg.Header.Get(jetstream.MsgIDHeader))
+	require.JSONEq(t, `{"type":"deploy-failed","resourceName":"cart"}`, string(ce.Data))
+	require.Equal(t, uint64(2), f.stored(t))
 }

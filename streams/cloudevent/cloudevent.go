@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 	"unicode/utf8"
 )
@@ -30,6 +32,10 @@ type Event struct {
 	Time            time.Time       `json:"time,omitzero"`
 	DataContentType string          `json:"datacontenttype,omitempty"`
 	Data            json.RawMessage `json:"data,omitempty"`
+	// Extensions are extension attributes with string values, written after the core
+	// attributes. Decode leaves them out (the pipeline's stages do not read them);
+	// DecodeExtensions reads them.
+	Extensions map[string]string `json:"-"`
 }
 
 // maxIDLength bounds ids so that they stay usable as Nats-Msg-Id headers and KV keys.
@@ -60,6 +66,11 @@ func (e *Event) validateAttributes() error {
 	}
 	if e.Type == "" {
 		errs = append(errs, errors.New("type: required"))
+	}
+	for name := range e.Extensions {
+		if !ValidExtensionName(name) {
+			errs = append(errs, fmt.Errorf("extension %q: names are 1 to 20 lowercase letters and digits, and not a core attribute", name))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -95,6 +106,12 @@ func Encode(e *Event) ([]byte, error) {
 	if e.DataContentType != "" {
 		b = append(b, `,"datacontenttype":`...)
 		b = appendString(b, e.DataContentType)
+	}
+	for _, name := range slices.Sorted(maps.Keys(e.Extensions)) {
+		b = append(b, ',')
+		b = appendString(b, name)
+		b = append(b, ':')
+		b = appendString(b, e.Extensions[name])
 	}
 	if len(e.Data) > 0 {
 		b = append(b, `,"data":`...)
@@ -149,4 +166,54 @@ func Decode(b []byte) (*Event, error) {
 		return nil, fmt.Errorf("cloudevent: %w", err)
 	}
 	return &e, nil
+}
+
+// core lists the attributes Event holds itself; any other attribute is an extension.
+var core = map[string]bool{"specversion": true, "id": true, "source": true, "type": true, "subject": true,
+	"time": true, "datacontenttype": true, "dataschema": true, "data": true, "data_base64": true}
+
+// ValidExtensionName reports whether name may name an extension attribute: 1 to 20
+// lowercase letters and digits, and not a core attribute.
+func ValidExtensionName(name string) bool {
+	if name == "" || len(name) > 20 || core[name] {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// DecodeExtensions returns the extension attributes of a structured-mode CloudEvent whose
+// values are strings, numbers or booleans (as their JSON text, strings unquoted). Others,
+// and names that are not valid extension names, are left out.
+func DecodeExtensions(b []byte) map[string]string {
+	var attrs map[string]json.RawMessage
+	if json.Unmarshal(b, &attrs) != nil {
+		return nil
+	}
+	var out map[string]string
+	for name, raw := range attrs {
+		if !ValidExtensionName(name) || len(raw) == 0 {
+			continue
+		}
+		var v string
+		switch raw[0] {
+		case '"':
+			if json.Unmarshal(raw, &v) != nil {
+				continue
+			}
+		case '{', '[', 'n':
+			continue
+		default:
+			v = string(raw)
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[name] = v
+	}
+	return out
 }

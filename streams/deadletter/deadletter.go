@@ -32,14 +32,19 @@ type Letter struct {
 	Err    error
 	Msg    jetstream.Msg
 	Hook   string // namespace/name, for the dispatcher
+	// Key identifies what within the message was given up on, when a message can be dead-
+	// lettered more than once (the dispatcher: once per task, the task's message id). Two
+	// dead letters of one message with different keys are both stored.
+	Key    string
 	Target string // the agent or URL, for the dispatcher
 	// Attempts is how many calls were made; zero means the message's delivery count.
 	Attempts int
 }
 
 // Publish stores l in the dead-letter stream and returns after JetStream acknowledged it.
-// The dead letter's id is derived from the original's stream sequence, so a stage that
-// crashes after storing it and before terminating the original stores it only once.
+// The dead letter's id is derived from the original's stream and sequence and the letter's
+// Key, so a stage that crashes after storing it and before terminating the original stores
+// it only once, while two tasks of one event dead-lettered together are both kept.
 func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Builder, l Letter) error {
 	subj, err := subjects.DLQ(l.Stage)
 	if err != nil {
@@ -72,8 +77,8 @@ func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Build
 			out.Header.Set(HeaderAttempts, strconv.FormatUint(md.NumDelivered, 10))
 		}
 		id := fmt.Sprintf("dlq-%s-%s-%d", l.Stage, md.Stream, md.Sequence.Stream)
-		if l.Hook != "" {
-			id += "-" + l.Hook
+		if l.Key != "" {
+			id += "-" + l.Key
 		}
 		out.Header.Set(jetstream.MsgIDHeader, id)
 	}

@@ -5,6 +5,7 @@ package subject
 import (
 	"fmt"
 	"regexp"
+	"strings"
 )
 
 // tokenPattern is the alphabet of every subject token khook builds from outside input
@@ -65,3 +66,17 @@ func (s Builder) AllEvents() string { return s.Prefix + ".events.>" }
 
 // AllDLQ is the wildcard that matches every dead-letter subject.
 func (s Builder) AllDLQ() string { return s.Prefix + ".dlq.>" }
+
+// SourceOf returns the <source> of a raw subject under this prefix, or "" when subject is
+// not a raw subject of this prefix.
+func (s Builder) SourceOf(subject string) string {
+	rest, ok := strings.CutPrefix(subject, s.Prefix+".raw.")
+	if !ok {
+		return ""
+	}
+	source, _, ok := strings.Cut(rest, ".")
+	if !ok {
+		return ""
+	}
+	return source
+}

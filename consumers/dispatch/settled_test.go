@@ -1,0 +1,124 @@
+package dispatch
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/streams/deadletter"
+)
+
+const (
+	srePath    = "/api/a2a/kagent/sre/"
+	legacyPath = "/api/a2a/kagent/legacy-sre/"
+)
+
+// Two tasks of one event dead-lettered together are two dead letters: the dead letter's id
+// is scoped by the task, not by the hook, so the second is not dropped as a duplicate of the
+// first while the event is acknowledged.
+func TestTwoTasksOfOneEventAreBothDeadLettered(t *testing.T) {
+	h := newHarness(t, testConfig(), "1.0")
+	h.faults.set(func(int64) (int, string) { return http.StatusBadRequest, "" })
+	// Critical: both deploy-failed entries of the hook match, sre and legacy-sre.
+	h.publish(t, mapping.Event{ID: "e1", Type: "deploy-failed", Severity: "critical", Resource: mapping.Resource{Name: "cart"}})
+	h.settled(t, 1)
+	dl := h.deadLetters(t)
+	require.Len(t, dl, 2, "one dead letter per task")
+	targets := []string{dl[0].Header.Get(deadletter.HeaderTarget), dl[1].Header.Get(deadletter.HeaderTarget)}
+	require.ElementsMatch(t, []string{"kagent " + h.url + srePath, "kagent " + h.url + legacyPath}, targets)
+}
+
+// A task that was dead-lettered is settled: when the same event comes back because another
+// of its tasks is still retrying, the dead-lettered agent is not called again.
+func TestDeadLetteredTaskIsNeverCalledAgain(t *testing.T) {
+	h := newHarness(t, testConfig(), "1.0")
+	h.faults.setByPath(func(path string, n int64) (int, string) {
+		switch {
+		case path == srePath:
+			return http.StatusBadRequest, "" // permanent: dead-lettered at once
+		case path == legacyPath && n <= 3:
+			return http.StatusServiceUnavailable, "0" // retried: the event comes back 3 times
+		}
+		return 0, ""
+	})
+	h.publish(t, mapping.Event{ID: "e1", Type: "deploy-failed", Severity: "critical", Resource: mapping.Resource{Name: "cart"}})
+	h.settled(t, 1)
+	require.Equal(t, int64(4), h.faults.calls(legacyPath), "legacy-sre: 3 failures, then delivered")
+	require.Equal(t, int64(1), h.faults.calls(srePath), "the dead-lettered task was called once")
+	require.Len(t, h.deadLetters(t), 1)
+	require.Equal(t, 1, countAgent(h.agent.Received(), "kagent/legacy-sre"))
+}
+
+// Reordering a Hook's eventConfigurations while an event is in flight does not call again
+// the agent that already has its task: task ids and suppression keys come from what an
+// entry is, not from where it stands.
+func TestReorderedEntriesDoNotRepeatCalls(t *testing.T) {
+	h := newHarness(t, testConfig(), "1.0")
+	reordered, err := ParseHooks([]byte(`- apiVersion: kagent.dev/v1alpha2
+  kind: Hook
+  metadata: {name: deploys, namespace: shop}
+  spec:
+    eventConfigurations:
+      - eventType: deploy-failed
+        agentRef: {name: legacy-sre, namespace: kagent}
+        minSeverity: critical
+        prompt: "Legacy: {{.ResourceName}}"
+      - eventType: deploy-failed
+        agentRef: {name: sre, namespace: kagent}
+        prompt: "Deployment {{.ResourceName}} failed ({{.Severity}}, team {{.Tags.team}})"
+`))
+	require.NoError(t, err)
+	idx, err := NewIndex(reordered)
+	require.NoError(t, err)
+	h.faults.setByPath(func(path string, n int64) (int, string) {
+		if path == legacyPath && n <= 2 {
+			if n == 2 {
+				// The second failure comes after the reorder: the redelivery that follows
+				// sees the new order.
+				h.d.SetHooks(idx)
+			}
+			return http.StatusServiceUnavailable, "0"
+		}
+		return 0, ""
+	})
+	h.publish(t, mapping.Event{ID: "e1", Type: "deploy-failed", Severity: "critical", Resource: mapping.Resource{Name: "cart"}})
+	h.settled(t, 1)
+	require.Equal(t, int64(1), h.faults.calls(srePath), "sre got its task once, before and after the reorder")
+	require.Equal(t, int64(3), h.faults.calls(legacyPath))
+}
+
+// Entry ids, and so message ids, context ids and suppression keys, do not depend on an
+// entry's position; two identical entries are one task.
+func TestEntryIdentityIsItsContent(t *testing.T) {
+	hook := func(entries string) *Index {
+		t.Helper()
+		hooks, err := ParseHooks([]byte("- apiVersion: kagent.dev/v1alpha2\n  kind: Hook\n  metadata: {name: h, namespace: ns}\n  spec:\n    eventConfigurations:\n" + entries))
+		require.NoError(t, err)
+		idx, err := NewIndex(hooks)
+		require.NoError(t, err)
+		return idx
+	}
+	a := "      - {eventType: oom-kill, agentRef: {name: a}, prompt: \"A {{.ResourceName}}\"}\n"
+	b := "      - {eventType: oom-kill, agentRef: {name: b}, prompt: \"B {{.ResourceName}}\"}\n"
+	ev := &mapping.Event{ID: "kubernetes/uid-1", Type: "oom-kill", Namespace: "ns", Resource: mapping.Resource{Kind: "Pod", Name: "p"}}
+	tasks := func(idx *Index) map[string]Task {
+		out := map[string]Task{}
+		for _, m := range idx.Match(ev) {
+			task, err := NewTask(m, ev)
+			require.NoError(t, err)
+			out[m.Agent.Name] = task
+		}
+		return out
+	}
+	ab, ba := tasks(hook(a+b)), tasks(hook(b+a))
+	require.Len(t, ab, 2)
+	for _, agent := range []string{"a", "b"} {
+		require.Equal(t, ab[agent].MessageID, ba[agent].MessageID)
+		require.Equal(t, ab[agent].ContextID, ba[agent].ContextID)
+		require.Equal(t, ab[agent].SuppressionKey, ba[agent].SuppressionKey)
+	}
+	require.NotEqual(t, ab["a"].MessageID, ab["b"].MessageID)
+	require.Len(t, hook(a+a+b).Match(ev), 2, "an entry written twice is one task")
+}
