@@ -38,9 +38,9 @@ type incoming struct {
 	// the sender's extension attributes. Both are kept on the raw event.
 	ceSource   string
 	extensions map[string]string
-	time                  time.Time
-	data                  json.RawMessage
-	bodyType              string // the "type" field of a plain JSON object
+	time       time.Time
+	data       json.RawMessage
+	bodyType   string // the "type" field of a plain JSON object
 }
 
 // decodeRequest turns one request into events. It is pure: headers, query and body in,
