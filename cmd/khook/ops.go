@@ -53,7 +53,10 @@ func openOps(common *commonFlags) (*opsSession, error) {
 
 // hooks are the hooks the dispatcher would use: the cluster's Hook resources or hooks.yaml.
 func (s *opsSession) hooks(ctx context.Context) (*dispatch.Index, error) {
-	rc, err := hooksFromCluster(s.cfg, zap.NewNop())
+	// A command answers within a bound; only the dispatcher waits for an API server.
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	rc, err := hooksFromCluster(wctx, s.cfg, zap.NewNop())
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -187,15 +188,15 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	var hooksFile []byte
 	var cluster *rest.Config
 	if st.dispatcher {
-		if cluster, err = hooksFromCluster(cfg, logger); err != nil {
+		if cluster, err = hooksFromCluster(ctx, cfg, logger); err != nil {
 			return err
 		}
+		// From the cluster, hooks stays nil: the dispatcher pulls nothing until the Hook
+		// informer has synced and handed it every Hook.
 		if cluster == nil {
 			if hooks, hooksFile, err = loadHooks(cfg.Files.Hooks); err != nil {
 				return err
 			}
-		} else if hooks, err = dispatch.NewIndex(nil); err != nil {
-			return err
 		}
 	}
 
@@ -269,6 +270,7 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		dcfg := dispatcherConfig(cfg)
 		dcfg.ActiveEvents = cluster != nil // only Hook status reads them
 		d := dispatch.New(js, cfg.Streams, dcfg, hooks, router, reg, logger.Named("dispatcher"))
+		probes.Set("dispatcher", d.Ready)
 		if cluster != nil {
 			lease := cfg.Kubernetes.LeaseNamespace
 			if lease == "" {
@@ -304,7 +306,7 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 			apiServer := &telemetry.HTTPServer{Name: "api", Addr: cfg.API.Addr, Handler: srv.Handler(), Logger: logger}
 			addActor("api server", apiServer.Run)
 		}
-		logger.Info("dispatcher started", zap.Int("hooks", hooks.Len()), zap.String("default_target", cfg.Dispatcher.Target),
+		logger.Info("dispatcher started", zap.Int("hooks", d.Hooks().Len()), zap.String("default_target", cfg.Dispatcher.Target),
 			zap.Int("routes", len(cfg.Dispatcher.Routes)))
 	}
 	var pluginMetrics []prometheus.Gatherer
@@ -368,7 +370,7 @@ func dispatcherConfig(cfg config.Config) dispatch.Config {
 	d := cfg.Dispatcher
 	c := dispatch.DefaultConfig()
 	c.Workers, c.SuppressionWindow, c.MaxAttempts = d.Workers, d.SuppressionWindow, d.MaxAttempts
-	c.RetryBase, c.RetryMax = d.RetryBase, d.RetryMax
+	c.RetryBase, c.RetryMax, c.DrainTimeout = d.RetryBase, d.RetryMax, d.DrainTimeout
 	c.Guard = dispatch.GuardConfig{Concurrency: d.PerTargetConcurrency, BreakerFailures: d.Breaker.Failures, BreakerCooldown: d.Breaker.Cooldown}
 	return c
 }
@@ -407,13 +409,27 @@ func parseHooks(b []byte) (*dispatch.Index, error) {
 
 // hooksFromCluster decides where the dispatcher's Hooks come from (kubernetes.hooks) and
 // returns the cluster's config when they come from the cluster, else nil.
-func hooksFromCluster(cfg config.Config, logger *zap.Logger) (*rest.Config, error) {
+//
+// Only a definite answer makes "auto" fall back to the hooks file: no cluster configuration,
+// or an API server that says it does not serve the Hook CRD. An API server that cannot be
+// reached is waited for (until ctx ends), because falling back to a file that holds none of
+// the cluster's Hooks would acknowledge every event as unmatched.
+func hooksFromCluster(ctx context.Context, cfg config.Config, logger *zap.Logger) (*rest.Config, error) {
 	if cfg.Kubernetes.Hooks == "file" {
 		return nil, nil
 	}
 	rc, err := kube.Config(cfg.Kubernetes.Kubeconfig)
-	if err == nil {
-		err = hookCRDServed(rc)
+	for err == nil {
+		if err = hookCRDServed(rc); err == nil || errors.Is(err, errCRDNotServed) {
+			break
+		}
+		logger.Warn("kubernetes API server unreachable, waiting for it before consuming events", zap.String("server", rc.Host), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+		err = nil
 	}
 	switch {
 	case err == nil:
@@ -427,7 +443,11 @@ func hooksFromCluster(cfg config.Config, logger *zap.Logger) (*rest.Config, erro
 	}
 }
 
-// hookCRDServed checks that the API server serves kagent.dev/v1alpha2 hooks.
+// errCRDNotServed is the API server's definite answer that it has no Hook resource.
+var errCRDNotServed = errors.New("the Hook CRD is not served")
+
+// hookCRDServed checks that the API server serves kagent.dev/v1alpha2 hooks. It wraps
+// errCRDNotServed when the server answered that it does not.
 func hookCRDServed(rc *rest.Config) error {
 	rc = rest.CopyConfig(rc)
 	rc.Timeout = 5 * time.Second
@@ -436,15 +456,18 @@ func hookCRDServed(rc *rest.Config) error {
 		return err
 	}
 	list, err := cs.Discovery().ServerResourcesForGroupVersion(kubehooks.GVR.GroupVersion().String())
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("%w (%s)", errCRDNotServed, kubehooks.GVR.GroupVersion())
+	}
 	if err != nil {
-		return fmt.Errorf("the Hook CRD (%s) is not served: %w", kubehooks.GVR.GroupVersion(), err)
+		return fmt.Errorf("discovering %s: %w", kubehooks.GVR.GroupVersion(), err)
 	}
 	for _, r := range list.APIResources {
 		if r.Name == kubehooks.GVR.Resource {
 			return nil
 		}
 	}
-	return fmt.Errorf("the Hook CRD (%s) is not served", kubehooks.GVR.GroupVersion())
+	return fmt.Errorf("%w (%s)", errCRDNotServed, kubehooks.GVR.GroupVersion())
 }
 
 // applyWithRetry applies the stream topology, retrying while the server is still starting

@@ -29,6 +29,7 @@ import (
 
 	"github.com/khook/khook/internal/tracing"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -64,7 +65,7 @@ func DefaultConfig() Config {
 		Workers: 16, SuppressionWindow: 10 * time.Minute, MaxAttempts: 10,
 		RetryBase: time.Second, RetryMax: 5 * time.Minute,
 		Guard:        GuardConfig{Concurrency: 8, BreakerFailures: 5, BreakerCooldown: 30 * time.Second},
-		DrainTimeout: 10 * time.Second,
+		DrainTimeout: 25 * time.Second,
 		ActiveEvents: true,
 	}
 }
@@ -96,18 +97,25 @@ type Dispatcher struct {
 	topo    streams.Config
 	cfg     Config
 	hooks   atomic.Pointer[Index]
+	loaded  chan struct{} // closed once the hooks are complete
+	load    sync.Once
 	router  *Router
 	guards  *guards
 	logger  *zap.Logger
 	metrics *metrics
-	state   *State
+	state   atomic.Pointer[State]
+	pulling atomic.Bool
 }
 
 // New returns a dispatcher. It starts nothing; call Run.
+//
+// hooks nil means the hooks are not known yet (a Hook informer still syncing): Run then
+// pulls nothing until the first SetHooks, because an event handled against an incomplete
+// set of hooks would be acknowledged as unmatched and never delivered.
 func New(js jetstream.JetStream, topo streams.Config, cfg Config, hooks *Index, router *Router,
 	reg prometheus.Registerer, logger *zap.Logger) *Dispatcher {
 	m := newMetrics(reg, router.Kinds())
-	d := &Dispatcher{js: js, topo: topo, cfg: cfg, router: router, logger: logger, metrics: m}
+	d := &Dispatcher{js: js, topo: topo, cfg: cfg, router: router, logger: logger, metrics: m, loaded: make(chan struct{})}
 	d.guards = newGuards(cfg.Guard, func(state string) {
 		m.breakerTransitions.WithLabelValues(state).Inc()
 	})
@@ -116,23 +124,67 @@ func New(js jetstream.JetStream, topo streams.Config, cfg Config, hooks *Index, 
 		Help: "Endpoints whose circuit breaker is open or half-open.",
 	}, func() float64 { return float64(d.guards.openCount()) })
 	reg.MustRegister(m.breakersOpen)
-	d.hooks.Store(hooks)
+	if hooks != nil {
+		d.SetHooks(hooks)
+	}
 	d.Observer = noObserver{}
 	return d
 }
 
-// SetHooks replaces the hooks used for every event handled from now on.
-func (d *Dispatcher) SetHooks(idx *Index) { d.hooks.Store(idx) }
+// SetHooks replaces the hooks used for every event handled from now on. The first call
+// lets Run start pulling.
+func (d *Dispatcher) SetHooks(idx *Index) {
+	d.hooks.Store(idx)
+	d.load.Do(func() { close(d.loaded) })
+}
 
-// Hooks returns the active hooks.
-func (d *Dispatcher) Hooks() *Index { return d.hooks.Load() }
+// Hooks returns the active hooks, or an empty index before they are loaded.
+func (d *Dispatcher) Hooks() *Index {
+	if idx := d.hooks.Load(); idx != nil {
+		return idx
+	}
+	return &Index{byKey: map[indexKey][]Match{}}
+}
 
 // State returns the shared dispatch state once Run has opened it, else nil.
-func (d *Dispatcher) State() *State { return d.state }
+func (d *Dispatcher) State() *State { return d.state.Load() }
 
-// Run consumes until ctx ends. It then stops pulling and gives in-flight deliveries up to
-// DrainTimeout to finish; deliveries cut short are not acknowledged and will be redelivered.
+// Ready fails until the dispatcher has its hooks and pulls events; a readiness probe.
+func (d *Dispatcher) Ready(context.Context) error {
+	select {
+	case <-d.loaded:
+	default:
+		return errors.New("dispatcher: waiting for the hooks to load")
+	}
+	if !d.pulling.Load() {
+		return errors.New("dispatcher: not pulling events")
+	}
+	return nil
+}
+
+// fetchWait bounds one pull request. It is short so that shutdown, which lets the current
+// pull end rather than drop what it already received, is not held up.
+const fetchWait = time.Second
+
+// Run consumes until ctx ends. It pulls only once the hooks are loaded, and only as many
+// messages as it has idle workers, so every message it receives is owned by a worker, and
+// kept from redelivery by heartbeats, from the moment it arrives: no prefetched message can
+// outlive the ack wait in a buffer and be handled twice. When ctx ends it stops pulling and
+// gives in-flight deliveries up to DrainTimeout to finish; a delivery cut short then is not
+// counted as a failure and its event is redelivered.
 func (d *Dispatcher) Run(ctx context.Context) error {
+	select {
+	case <-d.loaded:
+	case <-ctx.Done():
+		return nil
+	default:
+		d.logger.Info("waiting for the hooks to load before pulling events")
+		select {
+		case <-d.loaded:
+		case <-ctx.Done():
+			return nil
+		}
+	}
 	cons, err := d.js.Consumer(ctx, d.topo.Events.Name, d.topo.Dispatcher.Durable)
 	if err != nil {
 		return fmt.Errorf("dispatcher: consumer %s on %s: %w", d.topo.Dispatcher.Durable, d.topo.Events.Name, err)
@@ -141,52 +193,91 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dispatcher: kv %s: %w", d.topo.DispatchBucket, err)
 	}
-	d.state = NewState(kv, d.topo.DispatchTTL)
-	// Batched pulls, bounded by the consumer's MaxAckPending: back-pressure for free.
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * d.cfg.Workers))
-	if err != nil {
-		return fmt.Errorf("dispatcher: %w", err)
-	}
+	d.state.Store(NewState(kv, d.topo.DispatchTTL))
+
 	// Deliveries run on their own context so that shutdown lets them finish, up to the drain
 	// timeout, instead of cutting every agent call at once.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
-	go func() {
-		<-ctx.Done()
-		it.Stop()
-	}()
+	owned := newHeartbeats(d.topo.Dispatcher.AckWait / 3)
+	stopBeats := owned.run()
+	defer stopBeats()
 
-	msgs := make(chan jetstream.Msg)
+	// idle holds one token per idle worker; a pull asks for at most that many messages.
+	idle := make(chan struct{}, d.cfg.Workers)
+	for range d.cfg.Workers {
+		idle <- struct{}{}
+	}
+	msgs := make(chan jetstream.Msg, d.cfg.Workers)
 	var wg sync.WaitGroup
 	for range d.cfg.Workers {
 		wg.Go(func() {
 			for msg := range msgs {
 				d.handle(work, msg)
+				owned.remove(msg)
+				idle <- struct{}{}
 			}
 		})
 	}
-	for {
-		msg, err := it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			break
-		}
-		if err != nil {
-			d.logger.Debug("pull", zap.Error(err))
-			continue
-		}
-		msgs <- msg
-	}
+	d.pulling.Store(true)
+	d.pull(ctx, cons, idle, msgs, owned)
+	d.pulling.Store(false)
 	close(msgs)
+
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(d.cfg.DrainTimeout):
-		d.logger.Warn("drain timeout: cancelling in-flight deliveries; they will be redelivered")
+		d.logger.Warn("drain timeout: interrupting in-flight deliveries; their events will be redelivered",
+			zap.Duration("drain_timeout", d.cfg.DrainTimeout))
 		cancelWork()
 		<-done
 	}
 	return nil
+}
+
+// pull fetches messages for idle workers until ctx ends.
+func (d *Dispatcher) pull(ctx context.Context, cons jetstream.Consumer, idle chan struct{}, msgs chan<- jetstream.Msg, owned *heartbeats) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-idle:
+		}
+		n := 1
+	more:
+		for n < d.cfg.Workers {
+			select {
+			case <-idle:
+				n++
+			default:
+				break more
+			}
+		}
+		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(fetchWait))
+		got := 0
+		if err == nil {
+			for msg := range batch.Messages() {
+				owned.add(msg)
+				msgs <- msg
+				got++
+			}
+			err = batch.Error()
+		}
+		for range n - got {
+			idle <- struct{}{}
+		}
+		if err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+			// A leader change or a reconnect: pull again shortly.
+			d.logger.Debug("pull", zap.Error(err))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
 }
 
 // settle is what happens to a message once handle is done with it.
@@ -231,10 +322,6 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	d.metrics.events.WithLabelValues("matched").Inc()
 
-	// Long agent calls would otherwise outlive the ack wait and be redelivered mid-call.
-	stopBeat := heartbeat(msg, d.topo.Dispatcher.AckWait/3)
-	defer stopBeat()
-
 	for _, m := range matches {
 		s := d.deliver(ctx, msg, m, &ev)
 		if !s.ack {
@@ -265,7 +352,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 	window := min(m.Hook.Window(d.cfg.SuppressionWindow), d.topo.DispatchTTL)
 
 	if d.cfg.ActiveEvents {
-		if err := d.state.Seen(ctx, ActiveEvent{
+		if err := d.State().Seen(ctx, ActiveEvent{
 			Hook: m.Hook.Key(), EventType: ev.Type, Namespace: ev.Namespace, ResourceKind: ev.Resource.Kind,
 			ResourceName: ev.Resource.Name, FirstSeen: time.Now(), LastSeen: time.Now(), Window: window,
 		}); err != nil {
@@ -303,6 +390,17 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 	start := time.Now()
 	res, err := target.Deliver(dctx, t)
 	d.metrics.duration.WithLabelValues(target.Name()).Observe(time.Since(start).Seconds())
+	if err != nil && ctx.Err() != nil {
+		// Cut short by shutdown after the drain timeout: not the agent's failure, so no
+		// attempt is counted, the breaker is not told, and the event comes back at once to
+		// another replica. The agent may have received the task; it is sent again with the
+		// same messageId (a documented duplicate).
+		g.done(false, false)
+		tracing.Fail(dspan, err)
+		d.metrics.deliveries.WithLabelValues(target.Name(), "interrupted").Inc()
+		log.Info("call interrupted by shutdown, the event will be redelivered", zap.Duration("took", time.Since(start)))
+		return settle{}
+	}
 	retryable, retryAfter := Classify(err)
 	g.done(err == nil, err != nil && retryable)
 	tracing.Fail(dspan, err)
@@ -314,7 +412,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 		d.metrics.taskStates.WithLabelValues(res.State).Inc()
 		log.Info("delivered", zap.String("task_state", res.State), zap.Duration("took", time.Since(start)))
 		d.Observer.Delivered(t, res)
-		if err := d.state.MarkSettled(ctx, t.MessageID, "delivered "+res.State); err != nil {
+		if err := d.State().MarkSettled(ctx, t.MessageID, "delivered "+res.State); err != nil {
 			// The agent has the task; without the record a redelivery would call it again.
 			log.Warn("delivery record not stored", zap.Error(err))
 		}
@@ -324,7 +422,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 		d.Observer.Failed(t, err, true)
 		return d.giveUp(ctx, msg, t, target, "permanent", 1, err, log)
 	}
-	attempts, aerr := d.state.Attempt(ctx, t.MessageID)
+	attempts, aerr := d.State().Attempt(ctx, t.MessageID)
 	if aerr != nil {
 		log.Warn("attempt not counted", zap.Error(aerr))
 		attempts = 1
@@ -357,7 +455,7 @@ func (d *Dispatcher) claim(ctx context.Context, t Task, window time.Duration, ig
 	ctx, span := tracing.Tracer().Start(ctx, "khook.suppress", trace.WithAttributes(
 		attribute.String("khook.suppression_key", t.SuppressionKey), attribute.String("khook.window", window.String())))
 	defer span.End()
-	if d.state.Settled(ctx, t.MessageID) {
+	if d.State().Settled(ctx, t.MessageID) {
 		span.SetAttributes(attribute.String("khook.result", "settled-before"))
 		return claimDone
 	}
@@ -365,7 +463,7 @@ func (d *Dispatcher) claim(ctx context.Context, t Task, window time.Duration, ig
 		span.SetAttributes(attribute.String("khook.result", "ignored"))
 		return claimOwned
 	}
-	owned, err := d.state.Claim(ctx, t.SuppressionKey, t.MessageID, window)
+	owned, err := d.State().Claim(ctx, t.SuppressionKey, t.MessageID, window)
 	if err != nil {
 		tracing.Fail(span, err)
 		log.Warn("suppression claim failed, will retry", zap.Error(err))
@@ -397,12 +495,12 @@ func (d *Dispatcher) giveUp(ctx context.Context, msg jetstream.Msg, t Task, targ
 		log.Warn("dead letter not stored, will redeliver", zap.Error(err))
 		return settle{delay: d.cfg.RetryBase}
 	}
-	if err := d.state.MarkSettled(ctx, t.MessageID, "dead-lettered "+reason); err != nil {
+	if err := d.State().MarkSettled(ctx, t.MessageID, "dead-lettered "+reason); err != nil {
 		// The dead letter is stored; without the record, a redelivery of this event for
 		// another match would call this agent again (a documented duplicate).
 		log.Warn("settled record not stored", zap.Error(err))
 	}
-	if err := d.state.Release(ctx, t.SuppressionKey, t.MessageID); err != nil {
+	if err := d.State().Release(ctx, t.SuppressionKey, t.MessageID); err != nil {
 		log.Warn("suppression claim not released", zap.Error(err))
 	}
 	// The event is settled for this hook; other matches of the same event still run, and
@@ -422,23 +520,6 @@ func backoff(attempt int, base, limit time.Duration) time.Duration {
 
 func jitter(d time.Duration) time.Duration {
 	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
-}
-
-func heartbeat(msg jetstream.Msg, every time.Duration) (stop func()) {
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = msg.InProgress()
-			}
-		}
-	}()
-	return func() { close(done) }
 }
 
 // deadLetter stores an undeliverable event and terminates it once the dead letter is stored.
@@ -483,7 +564,7 @@ func newMetrics(reg prometheus.Registerer, targets []string) *metrics {
 		}, []string{"outcome"}),
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "khook_dispatcher_deliveries_total",
-			Help: "Agent calls and deferrals, by target and result (success, retry, deadletter, delayed).",
+			Help: "Agent calls and deferrals, by target and result (success, retry, deadletter, delayed, interrupted by shutdown).",
 		}, []string{"target", "result"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "khook_dispatcher_delivery_duration_seconds",
@@ -521,7 +602,7 @@ func newMetrics(reg prometheus.Registerer, targets []string) *metrics {
 	}
 	for _, t := range targets {
 		m.duration.WithLabelValues(t)
-		for _, r := range []string{"success", "retry", "deadletter", "delayed"} {
+		for _, r := range []string{"success", "retry", "deadletter", "delayed", "interrupted"} {
 			m.deliveries.WithLabelValues(t, r)
 		}
 	}

@@ -119,10 +119,16 @@ const testHooks = `- apiVersion: kagent.dev/v1alpha2
 
 func newHarness(t *testing.T, cfg Config, protocol string) *harness {
 	t.Helper()
+	return newHarnessAckWait(t, cfg, protocol, 30*time.Second)
+}
+
+// newHarnessAckWait is newHarness with the dispatcher consumer's ack wait set.
+func newHarnessAckWait(t *testing.T, cfg Config, protocol string, ackWait time.Duration) *harness {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	_, js := streamstest.Connect(t, streamstest.RunServer(t))
 	topo := streams.Default()
-	topo.Dispatcher.AckWait = 30 * time.Second
+	topo.Dispatcher.AckWait = ackWait
 	_, err := streams.Apply(ctx, js, topo)
 	require.NoError(t, err)
 

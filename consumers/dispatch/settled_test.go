@@ -1,11 +1,15 @@
 package dispatch
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams/deadletter"
 )
@@ -121,4 +125,37 @@ func TestEntryIdentityIsItsContent(t *testing.T) {
 	}
 	require.NotEqual(t, ab["a"].MessageID, ab["b"].MessageID)
 	require.Len(t, hook(a+a+b).Match(ev), 2, "an entry written twice is one task")
+}
+
+// With slow agents, messages the dispatcher has received but not yet started must not
+// outlive the ack wait: a redelivered copy would be handled beside the stale one, and both
+// would call the agent. Every message is owned, and kept alive by heartbeats, from the
+// moment it is received.
+func TestSlowAgentsDoNotGetRedeliveredCopies(t *testing.T) {
+	cfg := testConfig()
+	cfg.Workers = 2
+	h := newHarnessAckWait(t, cfg, "1.0", time.Second)
+	h.agent.OnMessage = func(demoagent.Received) error {
+		time.Sleep(700 * time.Millisecond) // a slow agent, not synchronisation
+		return nil
+	}
+	const n = 16
+	for i := range n {
+		h.publish(t, mapping.Event{ID: fmt.Sprintf("e%d", i), Type: "deploy-failed", Resource: mapping.Resource{Name: fmt.Sprintf("svc-%d", i)}})
+	}
+	h.settled(t, n)
+	cons, err := h.js.Consumer(context.Background(), h.topo.Events.Name, h.topo.Dispatcher.Durable)
+	require.NoError(t, err)
+	info, err := cons.Info(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, uint64(n), info.Delivered.Consumer, "the server delivered each message once: none outlived its ack wait while the dispatcher held it")
+	got := h.agent.Received()
+	perMessage := map[string]int{}
+	for _, r := range got {
+		perMessage[r.MessageID]++
+	}
+	for id, calls := range perMessage {
+		require.Equal(t, 1, calls, "message %s called %d times", id, calls)
+	}
+	require.Len(t, got, n)
 }

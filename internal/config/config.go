@@ -83,6 +83,11 @@ type Dispatcher struct {
 	// take every worker.
 	PerTargetConcurrency int     `koanf:"per_target_concurrency"`
 	Breaker              Breaker `koanf:"breaker"`
+	// DrainTimeout is how long a stopping dispatcher lets calls in flight finish before it
+	// interrupts them (their events are then redelivered, and the agent may see the task
+	// twice). Keep it below the pod's termination grace period; the chart derives it from
+	// that. Calls longer than it are the one case where shutdown causes a duplicate call.
+	DrainTimeout time.Duration `koanf:"drain_timeout"`
 	// Routes send chosen agents somewhere other than the default target.
 	Routes []Route `koanf:"routes"`
 }
@@ -154,7 +159,8 @@ func Default() Config {
 		Dispatcher: Dispatcher{
 			Target: "kagent", Workers: 16, SuppressionWindow: 10 * time.Minute, MaxAttempts: 10,
 			RetryBase: time.Second, RetryMax: 5 * time.Minute, PerTargetConcurrency: 8,
-			Breaker: Breaker{Failures: 5, Cooldown: 30 * time.Second},
+			Breaker:      Breaker{Failures: 5, Cooldown: 30 * time.Second},
+			DrainTimeout: 25 * time.Second,
 		},
 		Kagent: Kagent{
 			URL:      "http://kagent-controller.kagent:8083",
@@ -245,6 +251,9 @@ func (d Dispatcher) validate(dispatchTTL time.Duration) error {
 	}
 	if d.MaxAttempts < 1 {
 		errs = append(errs, fmt.Errorf("dispatcher.max_attempts: must be at least 1, got %d", d.MaxAttempts))
+	}
+	if d.DrainTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("dispatcher.drain_timeout: must be positive, got %s", d.DrainTimeout))
 	}
 	if d.RetryBase <= 0 || d.RetryMax < d.RetryBase {
 		errs = append(errs, fmt.Errorf("dispatcher.retry_base, retry_max: need 0 < retry_base <= retry_max, got %s and %s", d.RetryBase, d.RetryMax))

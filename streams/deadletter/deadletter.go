@@ -5,6 +5,7 @@ package deadletter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -23,7 +24,36 @@ const (
 	HeaderOriginalSubject = "Khook-Original-Subject"
 	HeaderHook            = "Khook-Hook"
 	HeaderTarget          = "Khook-Target"
+	// HeaderTruncated is set, to the original body's size in bytes, on a dead letter whose
+	// body had to be cut to fit the server's max_payload.
+	HeaderTruncated = "Khook-Truncated"
 )
+
+// Unstorable reports whether a publish failed because the message can never be stored as it
+// is: larger than the server's max_payload or the stream's maximum message size. Retrying
+// cannot help, so the stage dead-letters its input instead of redelivering it forever.
+func Unstorable(err error) bool {
+	if errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum) {
+		return true
+	}
+	var api *jetstream.APIError
+	return errors.As(err, &api) && api.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
+}
+
+// Size is the number of bytes a message takes against the server's max_payload: its body
+// and its encoded headers.
+func Size(m *nats.Msg) int {
+	n := len(m.Data)
+	if len(m.Header) > 0 {
+		n += len("NATS/1.0\r\n\r\n")
+		for k, vs := range m.Header {
+			for _, v := range vs {
+				n += len(k) + len(v) + 4
+			}
+		}
+	}
+	return n
+}
 
 // Letter is one message a stage gives up on.
 type Letter struct {
@@ -81,6 +111,14 @@ func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Build
 			id += "-" + l.Key
 		}
 		out.Header.Set(jetstream.MsgIDHeader, id)
+	}
+	// A dead letter carries its message's headers and the reason on top of the message, so a
+	// message near the limit would not fit: its body is cut, and the cut is recorded.
+	if nc := js.Conn(); nc != nil && nc.MaxPayload() > 0 {
+		if over := Size(out) - int(nc.MaxPayload()) + 256; over > 0 && over < len(out.Data) {
+			out.Header.Set(HeaderTruncated, strconv.Itoa(len(out.Data)))
+			out.Data = out.Data[:len(out.Data)-over]
+		}
 	}
 	if _, err := js.PublishMsg(ctx, out); err != nil {
 		return fmt.Errorf("dead letter to %s: %w", subj, err)

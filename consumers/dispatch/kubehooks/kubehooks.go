@@ -57,7 +57,9 @@ type Watcher struct {
 	d        *dispatch.Dispatcher
 	logger   *zap.Logger
 	informer cache.SharedIndexInformer
-	recorder events.EventRecorder
+	// recorder is set once Run starts recording; the dispatcher's observer may be called
+	// from its workers at any time, so it is read atomically.
+	recorder atomic.Pointer[events.EventRecorder]
 	leading  atomic.Bool
 	synced   atomic.Bool
 
@@ -79,8 +81,11 @@ func New(rc *rest.Config, d *dispatch.Dispatcher, cfg Config, logger *zap.Logger
 	if cfg.Identity == "" {
 		cfg.Identity, _ = os.Hostname()
 	}
-	return &Watcher{cfg: cfg, dyn: dyn, cs: cs, d: d, logger: logger,
-		objects: map[string]*unstructured.Unstructured{}, invalid: map[string]string{}}, nil
+	w := &Watcher{cfg: cfg, dyn: dyn, cs: cs, d: d, logger: logger,
+		objects: map[string]*unstructured.Unstructured{}, invalid: map[string]string{}}
+	// Set here, before any actor runs, not from Run while the dispatcher may be working.
+	d.Observer = observer{w}
+	return w, nil
 }
 
 // Ready fails until the first list of Hooks has been given to the dispatcher.
@@ -96,8 +101,8 @@ func (w *Watcher) Run(ctx context.Context) error {
 	broadcaster := events.NewEventBroadcasterAdapter(w.cs)
 	broadcaster.StartRecordingToSink(ctx.Done())
 	defer broadcaster.Shutdown()
-	w.recorder = broadcaster.NewRecorder("khook-dispatcher")
-	w.d.Observer = observer{w}
+	var recorder events.EventRecorder = broadcaster.NewRecorder("khook-dispatcher")
+	w.recorder.Store(&recorder)
 
 	factory := dynamicinformer.NewDynamicSharedInformerFactory(w.dyn, 0)
 	w.informer = factory.ForResource(GVR).Informer()
@@ -159,7 +164,7 @@ func (w *Watcher) rebuild() {
 			w.mu.Unlock()
 			if report {
 				w.logger.Error("invalid Hook skipped", zap.String("hook", key), zap.Error(err))
-				w.recorder.Eventf(u, nil, corev1.EventTypeWarning, "InvalidHook", "Validate", "%v", err)
+				(*w.recorder.Load()).Eventf(u, nil, corev1.EventTypeWarning, "InvalidHook", "Validate", "%v", err)
 			}
 			continue
 		}
@@ -324,11 +329,12 @@ type observer struct{ w *Watcher }
 
 func (o observer) event(t dispatch.Task, eventtype, reason, note string, args ...any) {
 	u := o.w.object(t.Hook)
-	if u == nil {
+	rec := o.w.recorder.Load()
+	if u == nil || rec == nil {
 		return
 	}
 	var obj runtime.Object = u
-	o.w.recorder.Eventf(obj, nil, eventtype, reason, "Dispatch", note, args...)
+	(*rec).Eventf(obj, nil, eventtype, reason, "Dispatch", note, args...)
 }
 
 func (o observer) Firing(t dispatch.Task) {

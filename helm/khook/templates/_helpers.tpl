@@ -86,7 +86,8 @@ Call with (dict "root" $ "values" .Values.mapper).
   "podAnnotations" $v.podAnnotations
   "podLabels" $v.podLabels
   "autoscaling" $v.autoscaling
-  "podDisruptionBudget" $v.podDisruptionBudget }}
+  "podDisruptionBudget" $v.podDisruptionBudget
+  "terminationGracePeriodSeconds" $v.terminationGracePeriodSeconds }}
 {{- toYaml (mustMergeOverwrite (deepCopy $defaults) (deepCopy (default dict .values))) }}
 {{- end }}
 
@@ -117,7 +118,7 @@ Call with (dict "root" $ "values" .Values.mapper).
   "nats" $nats
   "streams" $streams
   "files" (dict "plugins" "/etc/khook/plugins/plugins.yaml" "mappings" "/etc/khook/mappings/event-mappings.yaml" "hooks" "/etc/khook/hooks/hooks.yaml")
-  "dispatcher" (dict "workers" ($v.dispatcher.workers | int) "suppression_window" $v.dispatcher.suppressionWindow "max_attempts" ($v.dispatcher.maxAttempts | int))
+  "dispatcher" (dict "workers" ($v.dispatcher.workers | int) "suppression_window" $v.dispatcher.suppressionWindow "max_attempts" ($v.dispatcher.maxAttempts | int) "drain_timeout" (printf "%ds" (max 1 (sub (int (default $v.terminationGracePeriodSeconds $v.dispatcher.terminationGracePeriodSeconds)) 10))))
   "kagent" $kagent
   "server" (dict "metrics_addr" ":8080" "probes_addr" ":8081")
   "log" (dict "level" $v.logLevel "format" $v.logFormat)
@@ -186,6 +187,7 @@ spec:
         {{- end }}
     spec:
       serviceAccountName: {{ .serviceAccount }}
+      terminationGracePeriodSeconds: {{ $s.terminationGracePeriodSeconds | int }}
       automountServiceAccountToken: {{ .needsAPI }}
       {{- with $v.imagePullSecrets }}
       imagePullSecrets:
