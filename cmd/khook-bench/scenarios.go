@@ -476,7 +476,10 @@ func khookMapper(e *env, r *Result) error {
 	if err := e.khookStage("mapper", cfg); err != nil {
 		return err
 	}
-	sub, err := e.nc.Subscribe("khook.events.>", func(m *nats.Msg) { e.recv.add(m.Header.Get(jetstream.MsgIDHeader), time.Now()) })
+	// The mapper scopes each id by its source (cloudevent.Key): "webhook/<id>".
+	sub, err := e.nc.Subscribe("khook.events.>", func(m *nats.Msg) {
+		e.recv.add(strings.TrimPrefix(m.Header.Get(jetstream.MsgIDHeader), "webhook/"), time.Now())
+	})
 	if err != nil {
 		return err
 	}

@@ -104,6 +104,17 @@ func (s *State) MarkSettled(ctx context.Context, messageID, outcome string) erro
 	return nil
 }
 
+// Reopen forgets that a task settled and how many attempts it used, so that it runs again:
+// `khook dlq retry` of a dead-lettered task.
+func (s *State) Reopen(ctx context.Context, messageID string) error {
+	for _, key := range []string{"settled." + messageID, "attempts." + messageID} {
+		if err := s.kv.Purge(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
 // Attempt counts one more failed call of a task and returns the total so far.
 func (s *State) Attempt(ctx context.Context, messageID string) (int, error) {
 	key := "attempts." + messageID

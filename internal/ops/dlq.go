@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/khook/khook/consumers/dispatch"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/deadletter"
@@ -33,7 +34,9 @@ type DeadLetter struct {
 	Attempts        int       `json:"attempts,omitempty"`
 	OriginalSubject string    `json:"originalSubject"`
 	EventID         string    `json:"eventId,omitempty"`
-	EventType       string    `json:"eventType,omitempty"`
+	// Task is the dispatcher task (A2A messageId) that was dead-lettered.
+	Task      string `json:"task,omitempty"`
+	EventType string `json:"eventType,omitempty"`
 	// Event is the original message body (the CloudEvent), for `khook dlq show`.
 	Event  []byte      `json:"-"`
 	Header nats.Header `json:"-"`
@@ -58,6 +61,7 @@ func letterOf(m Msg) DeadLetter {
 		Stage: m.Header.Get(deadletter.HeaderStage), Reason: m.Header.Get(deadletter.HeaderReason),
 		Error: m.Header.Get(deadletter.HeaderError), Hook: m.Header.Get(deadletter.HeaderHook),
 		Target: m.Header.Get(deadletter.HeaderTarget), OriginalSubject: m.Header.Get(deadletter.HeaderOriginalSubject),
+		Task: m.Header.Get(deadletter.HeaderTask),
 	}
 	d.Attempts, _ = strconv.Atoi(m.Header.Get(deadletter.HeaderAttempts))
 	if ce, err := cloudevent.Decode(m.Data); err == nil {
@@ -116,6 +120,18 @@ func RetryDeadLetter(ctx context.Context, js jetstream.JetStream, topo streams.C
 			continue
 		}
 		out.Header[k] = v
+	}
+	if d.Task != "" {
+		// The dead-lettered task is settled, so the republished event would not call its
+		// agent again; reopening it lets exactly that task run, while the event's other
+		// tasks, delivered before, stay settled and are not called twice.
+		kv, err := js.KeyValue(ctx, topo.DispatchBucket)
+		if err != nil {
+			return fmt.Errorf("dead letter %d: %w", d.Seq, err)
+		}
+		if err := dispatch.NewState(kv, topo.DispatchTTL).Reopen(ctx, d.Task); err != nil {
+			return fmt.Errorf("dead letter %d: reopening task %s: %w", d.Seq, d.Task, err)
+		}
 	}
 	id := d.EventID
 	if id == "" {

@@ -24,6 +24,8 @@ const (
 	HeaderOriginalSubject = "Khook-Original-Subject"
 	HeaderHook            = "Khook-Hook"
 	HeaderTarget          = "Khook-Target"
+	// HeaderTask is the dispatcher's task (its A2A messageId) that was given up on.
+	HeaderTask = "Khook-Task"
 	// HeaderTruncated is set, to the original body's size in bytes, on a dead letter whose
 	// body had to be cut to fit the server's max_payload.
 	HeaderTruncated = "Khook-Truncated"
@@ -98,6 +100,9 @@ func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Build
 	}
 	if l.Target != "" {
 		out.Header.Set(HeaderTarget, l.Target)
+	}
+	if l.Key != "" && l.Stage == "dispatcher" {
+		out.Header.Set(HeaderTask, l.Key)
 	}
 	if l.Attempts > 0 {
 		out.Header.Set(HeaderAttempts, strconv.Itoa(l.Attempts))
