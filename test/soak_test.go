@@ -18,6 +18,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	k8s "k8s.io/client-go/kubernetes"
 
@@ -54,22 +55,22 @@ type fault struct {
 // been delivered or dead-lettered with a reason; no task may be called after it settled;
 // and every duplicate call must fall in a documented window (a dispatcher killed, or NATS
 // restarted, between the agent's answer and the settled record). The seed is printed;
-// KHOOK_SOAK_SEED=<seed> replays the same fault sequence, KHOOK_SOAK_EVENTS changes the
+// SOAK_SEED=<seed> replays the same fault sequence, SOAK_EVENTS changes the
 // number of events.
 func TestSoakGuarantees(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("KHOOK_SOAK_SEED"); s != "" {
+	if s := os.Getenv("SOAK_SEED"); s != "" {
 		var err error
 		seed, err = strconv.ParseUint(s, 10, 64)
-		require.NoError(t, err, "KHOOK_SOAK_SEED")
+		require.NoError(t, err, "SOAK_SEED")
 	}
 	total := 20000
-	if s := os.Getenv("KHOOK_SOAK_EVENTS"); s != "" {
+	if s := os.Getenv("SOAK_EVENTS"); s != "" {
 		var err error
 		total, err = strconv.Atoi(s)
-		require.NoError(t, err, "KHOOK_SOAK_EVENTS")
+		require.NoError(t, err, "SOAK_EVENTS")
 	}
-	t.Logf("soak seed %d (KHOOK_SOAK_SEED=%d replays it), %d events", seed, seed, total)
+	t.Logf("soak seed %d (SOAK_SEED=%d replays it), %d events", seed, seed, total)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	began := time.Now()
 
@@ -197,10 +198,9 @@ drive:
 			// Hook for another event type, created and deleted.
 			edits++
 			record("hook edit")
-			h, err := hooks.Get(context.Background(), "restarts", metav1.GetOptions{})
-			require.NoError(t, err)
-			h.SetLabels(map[string]string{"edit": strconv.Itoa(edits)})
-			_, err = hooks.Update(context.Background(), h, metav1.UpdateOptions{})
+			// A merge patch, as kubectl label does: the status writer updates the Hook too.
+			patch := fmt.Sprintf(`{"metadata":{"labels":{"edit":"%d"}}}`, edits)
+			_, err := hooks.Patch(context.Background(), "restarts", types.MergePatchType, []byte(patch), metav1.PatchOptions{})
 			require.NoError(t, err)
 			if edits%2 == 1 {
 				other := hookObject("soak", "other", "OOM {{.ResourceName}}", "")
