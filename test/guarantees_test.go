@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -247,4 +248,29 @@ func TestUnstorableEventIsDeadLetteredNotLooped(t *testing.T) {
 	require.Equal(t, uint64(1), info.State.Msgs, "one dead letter")
 	got := waitReceived(t, agent, 1, 10*time.Second)
 	require.Equal(t, wantText("cart", "rollout stuck"), stripTime(got[0].Text))
+}
+
+// Two senders whose CloudEvents share an id are two events all the way to the agent: both
+// are stored, both are mapped, and each gets its own task and messageId, even though the
+// same hook matches both (before, the second was dropped as a duplicate, and past the
+// duplicate window the dispatcher's delivery record swallowed it).
+func TestSameIDFromTwoSendersReachesTheAgentTwice(t *testing.T) {
+	agent, agentURL := startAgent(t)
+	p := startInProcess(t, agentURL, "tester@example.com")
+	post := func(source, resource string) {
+		body := `{"specversion":"1.0","id":"1","source":"` + source + `","type":"deploy-failed",` +
+			`"data":{"namespace":"shop","resourceName":"` + resource + `","message":"m"}}`
+		resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/webhook", p.webhook), "application/cloudevents+json", strings.NewReader(body))
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	}
+	post("ci-a", "cart")
+	post("ci-b", "orders")
+	got := waitReceived(t, agent, 2, 10*time.Second)
+	waitSettled(t, p.js, p.topo.Events.Name, p.topo.Dispatcher.Durable, 2)
+	require.Len(t, agent.Received(), 2)
+	require.NotEqual(t, got[0].MessageID, got[1].MessageID)
+	require.ElementsMatch(t, []string{wantText("cart", "m"), wantText("orders", "m")},
+		[]string{stripTime(got[0].Text), stripTime(got[1].Text)})
 }
