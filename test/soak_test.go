@@ -34,10 +34,10 @@ import (
 
 // Agent behaviours the soak switches between.
 const (
-	agentNormal int32 = iota
-	agentSlow         // answers after 800 ms
-	agentFailing      // 503: retried
-	agentRefusing     // 400: dead-lettered
+	agentNormal   int32 = iota
+	agentSlow           // answers after 800 ms
+	agentFailing        // 503: retried
+	agentRefusing       // 400: dead-lettered
 )
 
 // fault is one thing the soak's driver did, and when.
