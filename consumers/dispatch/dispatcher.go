@@ -343,6 +343,11 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 		log = log.With(zap.String("replay_id", id), zap.String("original_id", msg.Headers().Get(streams.HeaderOriginalID)))
 	}
 	t, err := NewTask(m, ev)
+	if errors.Is(err, ErrPromptTooLarge) {
+		target := d.router.Target(m.Agent)
+		d.Observer.Failed(t, err, true)
+		return d.giveUp(ctx, msg, t, target, "prompt-too-large", 0, err, log.With(zap.String("message_id", t.MessageID)))
+	}
 	if err != nil {
 		// Delivered anyway, with khook's plain placeholder expansion.
 		d.metrics.promptFallbacks.Inc()
@@ -359,9 +364,12 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 			log.Debug("active event not recorded", zap.Error(err))
 		}
 	}
-	switch d.claim(ctx, t, window, msg.Headers().Get(streams.HeaderIgnoreSuppression) == "true", log) {
+	switch claim, err := d.claim(ctx, t, window, msg.Headers().Get(streams.HeaderIgnoreSuppression) == "true", log); claim {
 	case claimRetry:
 		return settle{delay: d.cfg.RetryBase}
+	case claimRefused:
+		d.Observer.Failed(t, err, true)
+		return d.giveUp(ctx, msg, t, d.router.Target(m.Agent), "claim-refused", 0, err, log)
 	case claimDone:
 		return settle{ack: true}
 	}
@@ -444,6 +452,7 @@ const (
 	claimOwned claimResult = iota // this delivery holds the suppression window: call the agent
 	claimDone                     // delivered before, or suppressed: nothing to do
 	claimRetry                    // the claim could not be made: try again later
+	claimRefused                  // the server refused the claim as invalid: no retry will help
 )
 
 // claim takes the hook's suppression window for this task, in a span of its own so a trace
@@ -451,32 +460,39 @@ const (
 //
 // A replay sent with --ignore-suppression skips the window (its delivery record still
 // prevents a second call for the same replayed event).
-func (d *Dispatcher) claim(ctx context.Context, t Task, window time.Duration, ignore bool, log *zap.Logger) claimResult {
+func (d *Dispatcher) claim(ctx context.Context, t Task, window time.Duration, ignore bool, log *zap.Logger) (claimResult, error) {
 	ctx, span := tracing.Tracer().Start(ctx, "khook.suppress", trace.WithAttributes(
 		attribute.String("khook.suppression_key", t.SuppressionKey), attribute.String("khook.window", window.String())))
 	defer span.End()
 	if d.State().Settled(ctx, t.MessageID) {
 		span.SetAttributes(attribute.String("khook.result", "settled-before"))
-		return claimDone
+		return claimDone, nil
 	}
 	if ignore {
 		span.SetAttributes(attribute.String("khook.result", "ignored"))
-		return claimOwned
+		return claimOwned, nil
 	}
 	owned, err := d.State().Claim(ctx, t.SuppressionKey, t.MessageID, window)
+	var api *jetstream.APIError
+	if errors.As(err, &api) && api.Code >= 400 && api.Code < 500 && api.Code != 408 {
+		// The server answered, and said no: an invalid TTL, say. Retrying would loop forever
+		// and hold a slot of the consumer's max_ack_pending each time.
+		tracing.Fail(span, err)
+		return claimRefused, fmt.Errorf("suppression claim refused: %w", err)
+	}
 	if err != nil {
 		tracing.Fail(span, err)
 		log.Warn("suppression claim failed, will retry", zap.Error(err))
-		return claimRetry
+		return claimRetry, err
 	}
 	if !owned {
 		// Counted, not logged one by one: a flapping pod would flood the logs.
 		span.SetAttributes(attribute.String("khook.result", "suppressed"))
 		d.metrics.suppressed.Inc()
-		return claimDone
+		return claimDone, nil
 	}
 	span.SetAttributes(attribute.String("khook.result", "claimed"))
-	return claimOwned
+	return claimOwned, nil
 }
 
 // giveUp dead-letters the event for this task, records the task as settled so that no
@@ -581,7 +597,7 @@ func newMetrics(reg prometheus.Registerer, targets []string) *metrics {
 		}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "khook_dispatcher_deadletters_total",
-			Help: "Events dead-lettered by the dispatcher, by reason (permanent, max-attempts, invalid-event).",
+			Help: "Events dead-lettered by the dispatcher, by reason (permanent, max-attempts, invalid-event, prompt-too-large, claim-refused).",
 		}, []string{"reason"}),
 		taskStates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "khook_dispatcher_task_states_total",
@@ -606,7 +622,7 @@ func newMetrics(reg prometheus.Registerer, targets []string) *metrics {
 			m.deliveries.WithLabelValues(t, r)
 		}
 	}
-	for _, r := range []string{"permanent", "max-attempts", "invalid-event"} {
+	for _, r := range []string{"permanent", "max-attempts", "invalid-event", "prompt-too-large", "claim-refused"} {
 		m.deadLetters.WithLabelValues(r)
 	}
 	for _, s := range []string{"open", "half-open", "closed"} {

@@ -59,12 +59,16 @@ type EventConfiguration struct {
 	TagSelector map[string]string `yaml:"tagSelector,omitempty" json:"tagSelector,omitempty"`
 }
 
-// Window returns the hook's own suppression window, or def when it sets none.
+// MinWindow is the shortest suppression window: JetStream's shortest per-key TTL.
+const MinWindow = time.Second
+
+// Window returns the hook's own suppression window, or def when it sets none; never less
+// than MinWindow.
 func (h *Hook) Window(def time.Duration) time.Duration {
 	if d, err := time.ParseDuration(h.Spec.SuppressionWindow); err == nil && d > 0 {
-		return d
+		def = d
 	}
-	return def
+	return max(def, MinWindow)
 }
 
 // AgentRef names a kagent agent. An empty namespace means the hook's namespace.
@@ -105,8 +109,10 @@ func (h *Hook) Validate() error {
 		}
 	}
 	if w := h.Spec.SuppressionWindow; w != "" {
-		if d, err := time.ParseDuration(w); err != nil || d <= 0 {
-			errs = append(errs, fmt.Errorf("spec.suppressionWindow: want a positive duration such as 10m, got %q", w))
+		// JetStream refuses per-key TTLs under a second: a shorter window could never be
+		// claimed, and every matching event would come back forever.
+		if d, err := time.ParseDuration(w); err != nil || d < MinWindow {
+			errs = append(errs, fmt.Errorf("spec.suppressionWindow: want a duration of at least 1s such as 10m, got %q", w))
 		}
 	}
 	return errors.Join(errs...)

@@ -1,7 +1,6 @@
 package dispatch
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -35,27 +34,35 @@ type Task struct {
 
 // NewTask builds the task that m asks for ev. When the prompt template fails on this event
 // (a .Data path the event lacks), the task still goes out with khook's placeholders
-// expanded, and the returned error says why, for the caller to log and count.
+// expanded, and the returned error says why, for the caller to log and count. When the
+// prompt renders past MaxPromptOutput the error wraps ErrPromptTooLarge and the task has no
+// text: it cannot be sent.
 func NewTask(m Match, ev *mapping.Event) (Task, error) {
-	prompt, renderErr := render(m.prompt, ev)
-	if renderErr != nil {
-		prompt = expandPlaceholders(m.Config().Prompt, ev)
-		renderErr = fmt.Errorf("hook %s prompt: %w", m.Hook.Key(), renderErr)
-	}
 	// The entry keeps two agents configured for one event type in one hook apart; for the
 	// usual hook, with one entry per type, the key is khook's (hook, event type, namespace,
 	// resource). ev.ID is the event's key, already scoped by its source.
 	entry := m.Entry()
 	key := eventKey{ev.Type, ev.Namespace, ev.Resource.Kind, ev.Resource.Name}
-	return Task{
+	t := Task{
 		Hook:           m.Hook.Key(),
 		Agent:          m.Agent,
-		Text:           prompt + EventContext(ev),
 		MessageID:      uuidFrom("message", ev.ID, entry),
 		ContextID:      uuidFrom("context", entry, key.Type, key.Namespace, key.Kind, key.Name),
 		Event:          ev,
 		SuppressionKey: SuppressionKey(entry, key),
-	}, renderErr
+	}
+	prompt, err := render(m.prompt, ev)
+	if errors.Is(err, ErrPromptTooLarge) {
+		// Not a missing field: the plain expansion would not help, and no retry will. The
+		// task has no text; the caller dead-letters it.
+		return t, fmt.Errorf("hook %s prompt: %w", m.Hook.Key(), err)
+	}
+	if err != nil {
+		prompt = expandPlaceholders(m.Config().Prompt, ev)
+		err = fmt.Errorf("hook %s prompt: %w", m.Hook.Key(), err)
+	}
+	t.Text = prompt + EventContext(ev)
+	return t, err
 }
 
 // promptData is what a prompt template sees: khook's placeholders, plus the whole
@@ -85,14 +92,14 @@ func newPromptData(ev *mapping.Event) promptData {
 	}
 }
 
-// maxPromptLength is khook's limit on a prompt template.
-const maxPromptLength = 10000
-
 // sandbox replaces the one built-in template function that can reach outside the event
 // data: templates see only plain data, and may not call functions from it.
 var sandbox = template.FuncMap{
-	"call": func(...any) (any, error) { return nil, errors.New("call is not allowed in prompts") },
-	"get":  lookup,
+	"call":    func(...any) (any, error) { return nil, errors.New("call is not allowed in prompts") },
+	"get":     lookup,
+	"printf":  boundedPrintf,
+	"print":   boundedPrint,
+	"println": boundedPrintln,
 }
 
 // lookup is the template function get: {{get .Data "labels.pod"}} reads a dotted path and
@@ -117,11 +124,14 @@ func lookup(v any, path string) any {
 // spaced or not, are template fields) and runs it once on an empty event, so that unknown
 // fields and broken syntax are load errors rather than failures at delivery.
 func compilePrompt(text string) (*template.Template, error) {
-	if len(text) > maxPromptLength {
-		return nil, fmt.Errorf("longer than %d characters", maxPromptLength)
+	if len(text) > MaxPromptSource {
+		return nil, fmt.Errorf("longer than %d characters", MaxPromptSource)
 	}
 	t, err := template.New("prompt").Option("missingkey=zero").Funcs(sandbox).Parse(text)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkPrompt(t); err != nil {
 		return nil, err
 	}
 	// Paths into .Data depend on each event's payload, not on the template, so only the
@@ -157,9 +167,13 @@ func expandPlaceholders(prompt string, ev *mapping.Event) string {
 	})
 }
 
+// render expands t for ev, failing with ErrPromptTooLarge past MaxPromptOutput.
 func render(t *template.Template, ev *mapping.Event) (string, error) {
-	var b bytes.Buffer
+	b := limitedBuffer{limit: MaxPromptOutput}
 	if err := t.Execute(&b, newPromptData(ev)); err != nil {
+		if errors.Is(err, ErrPromptTooLarge) {
+			return "", ErrPromptTooLarge
+		}
 		return "", err
 	}
 	return b.String(), nil

@@ -245,8 +245,10 @@ func (c Config) Validate() error {
 
 func (d Dispatcher) validate(dispatchTTL time.Duration) error {
 	var errs []error
-	if d.SuppressionWindow <= 0 || d.SuppressionWindow > dispatchTTL {
-		errs = append(errs, fmt.Errorf("dispatcher.suppression_window: must be positive and at most streams.dispatch_ttl (%s), got %s",
+	// JetStream refuses per-key TTLs under a second, so a shorter window could never be
+	// claimed.
+	if d.SuppressionWindow < time.Second || d.SuppressionWindow > dispatchTTL {
+		errs = append(errs, fmt.Errorf("dispatcher.suppression_window: must be at least 1s and at most streams.dispatch_ttl (%s), got %s",
 			dispatchTTL, d.SuppressionWindow))
 	}
 	if d.MaxAttempts < 1 {

@@ -1,0 +1,164 @@
+package dispatch
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"text/template"
+	"text/template/parse"
+)
+
+// Prompt limits. A Hook is written by whoever may create Hooks in a namespace, so a prompt is
+// untrusted input: it must not be able to run forever, take unbounded memory, or stall the
+// dispatcher's workers.
+const (
+	// MaxPromptSource is the longest prompt template accepted.
+	MaxPromptSource = 10000
+	// MaxPromptOutput is the most a prompt may render to for one event; an agent's context
+	// is the real bound, and 64 KiB is well beyond any useful prompt. A render past it fails
+	// the task permanently (dead-lettered as prompt-too-large).
+	MaxPromptOutput = 64 << 10
+	// maxFormatWidth bounds printf widths and precisions, which allocate before anything is
+	// written and so escape MaxPromptOutput.
+	maxFormatWidth = 1000
+)
+
+// ErrPromptTooLarge is a render that exceeded MaxPromptOutput.
+var ErrPromptTooLarge = fmt.Errorf("prompt renders to more than %d bytes", MaxPromptOutput)
+
+// checkPrompt rejects, at load, the template constructs whose cost does not depend on the
+// event's size: ranging over a number or over a function's result (text/template ranges over
+// integers, so {{range 1000000000000}} never ends), nested ranges (quadratic in the event's
+// size), and template definitions and calls (recursion). What remains costs time linear in
+// the event's size, and its output is capped by MaxPromptOutput.
+func checkPrompt(t *template.Template) error {
+	for _, tt := range t.Templates() {
+		if tt.Name() != t.Name() {
+			return errors.New("{{define}} and {{block}} are not allowed in prompts")
+		}
+	}
+	if t.Tree == nil {
+		return nil
+	}
+	return checkNode(t.Tree.Root, 0)
+}
+
+func checkNode(n parse.Node, ranges int) error {
+	switch n := n.(type) {
+	case *parse.ListNode:
+		if n == nil {
+			return nil
+		}
+		for _, c := range n.Nodes {
+			if err := checkNode(c, ranges); err != nil {
+				return err
+			}
+		}
+	case *parse.RangeNode:
+		if ranges > 0 {
+			return fmt.Errorf("line %d: nested {{range}} is not allowed in prompts", n.Line)
+		}
+		if err := checkRangePipe(n.Pipe); err != nil {
+			return fmt.Errorf("line %d: %w", n.Line, err)
+		}
+		if err := checkNode(n.List, ranges+1); err != nil {
+			return err
+		}
+		return checkNode(n.ElseList, ranges)
+	case *parse.IfNode:
+		if err := checkNode(n.List, ranges); err != nil {
+			return err
+		}
+		return checkNode(n.ElseList, ranges)
+	case *parse.WithNode:
+		if err := checkNode(n.List, ranges); err != nil {
+			return err
+		}
+		return checkNode(n.ElseList, ranges)
+	case *parse.TemplateNode:
+		return fmt.Errorf("line %d: {{template}} is not allowed in prompts", n.Line)
+	}
+	return nil
+}
+
+// checkRangePipe allows ranging only over the event's data: a field or variable chain such
+// as .Data.items or $.Data.items, never a literal or a function's result.
+func checkRangePipe(p *parse.PipeNode) error {
+	if p == nil || len(p.Cmds) != 1 || len(p.Cmds[0].Args) != 1 {
+		return errors.New("{{range}} in a prompt must range over a field of the event, such as .Data.items")
+	}
+	switch p.Cmds[0].Args[0].(type) {
+	case *parse.FieldNode, *parse.VariableNode, *parse.ChainNode, *parse.DotNode:
+		return nil
+	}
+	return errors.New("{{range}} in a prompt must range over a field of the event, such as .Data.items, not a number or a function's result")
+}
+
+// limitedBuffer fails writes past its limit, which stops the template's execution there.
+type limitedBuffer struct {
+	bytes.Buffer
+	limit int
+}
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	if b.Len()+len(p) > b.limit {
+		return 0, ErrPromptTooLarge
+	}
+	return b.Buffer.Write(p)
+}
+
+// boundedPrintf is text/template's printf with widths and precisions bounded, since
+// "%0999999999d" allocates its whole output before the template writes any of it.
+func boundedPrintf(format string, args ...any) (string, error) {
+	if err := checkFormat(format); err != nil {
+		return "", err
+	}
+	s := fmt.Sprintf(format, args...)
+	if len(s) > MaxPromptOutput {
+		return "", ErrPromptTooLarge
+	}
+	return s, nil
+}
+
+// checkFormat refuses printf formats whose widths or precisions exceed maxFormatWidth, and
+// the * and [n] forms that take them from the arguments.
+func checkFormat(format string) error {
+	n := 0 // the number being read, in a verb's flags, width or precision
+	inVerb := false
+	for i := 0; i < len(format); i++ {
+		c := format[i]
+		switch {
+		case !inVerb:
+			inVerb = c == '%'
+			n = 0
+		case c >= '0' && c <= '9':
+			if n = n*10 + int(c-'0'); n > maxFormatWidth {
+				return fmt.Errorf("printf: width or precision over %d in %q", maxFormatWidth, format)
+			}
+		case c == '*' || c == '[':
+			return fmt.Errorf("printf: * and [n] are not allowed in prompts (%q)", format)
+		case c == '.' || c == '-' || c == '+' || c == ' ' || c == '#':
+			n = 0
+		default: // the verb (or %%) ends it
+			inVerb = false
+		}
+	}
+	return nil
+}
+
+// boundedPrint and boundedPrintln bound the builtins' output the same way.
+func boundedPrint(args ...any) (string, error) {
+	s := fmt.Sprint(args...)
+	if len(s) > MaxPromptOutput {
+		return "", ErrPromptTooLarge
+	}
+	return s, nil
+}
+
+func boundedPrintln(args ...any) (string, error) {
+	s := fmt.Sprintln(args...)
+	if len(s) > MaxPromptOutput {
+		return "", ErrPromptTooLarge
+	}
+	return s, nil
+}

@@ -1,0 +1,80 @@
+package dispatch
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/streams/deadletter"
+)
+
+// Prompts that would run forever, allocate without bound or recurse are refused when the
+// Hook is loaded, with a reason, in bounded time; prompts that only read the event load.
+func TestHostilePromptsAreRefusedAtLoad(t *testing.T) {
+	for _, tc := range []struct{ name, prompt, err string }{
+		{"range over a huge literal", `{{range 1000000000000}}{{end}}`, "must range over a field"},
+		{"range over a literal with output", `{{range 3000000}}0123456789012345678901234567890123456789{{end}}`, "must range over a field"},
+		{"hidden behind data", `{{if .Data.x}}{{range 100000000000}}{{end}}{{end}}`, "must range over a field"},
+		{"range over a function", `{{range len .Data.items}}x{{end}}`, "must range over a field"},
+		{"nested ranges", `{{range .Data.a}}{{range $.Data.a}}{{end}}{{end}}`, "nested {{range}}"},
+		{"recursion", `{{define "x"}}{{template "x"}}{{end}}{{template "x"}}`, "not allowed"},
+		{"a huge printf width", `{{printf "%0999999999d" 1}}`, "width or precision"},
+		{"printf width from an argument", `{{printf "%*d" 999999999 1}}`, "not allowed"},
+		{"too long", strings.Repeat("a", MaxPromptSource+1), "longer than"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := compilePrompt(tc.prompt)
+			require.ErrorContains(t, err, tc.err)
+		})
+	}
+	for _, ok := range []string{
+		`Pod {{.ResourceName}} in {{ .Namespace }}: {{.Message}}`,
+		`{{range .Data.alerts}}- {{.labels.alertname}}{{"\n"}}{{end}}`,
+		`{{range $i, $a := .Data.alerts}}{{$i}}{{end}}`,
+		`{{with .Data.x}}{{printf "%5.2f" .}}{{end}}`,
+		`{{get .Data "labels.pod"}} {{printf "%d%%" 5}}`,
+	} {
+		_, err := compilePrompt(ok)
+		require.NoError(t, err, ok)
+	}
+}
+
+// A prompt whose output for one event passes MaxPromptOutput fails that task permanently:
+// it is dead-lettered with the reason, not sent cut short, and not retried.
+func TestPromptOverOutputLimitIsDeadLettered(t *testing.T) {
+	hooks, err := ParseHooks([]byte(`- apiVersion: kagent.dev/v1alpha2
+  kind: Hook
+  metadata: {name: deploys, namespace: shop}
+  spec:
+    eventConfigurations:
+      - eventType: deploy-failed
+        agentRef: {name: sre, namespace: kagent}
+        prompt: "{{range .Data.lines}}{{.}}{{end}}"
+`))
+	require.NoError(t, err)
+	idx, err := NewIndex(hooks)
+	require.NoError(t, err)
+	h := newHarness(t, testConfig(), "1.0")
+	h.d.SetHooks(idx)
+	lines := make([]string, 100)
+	for i := range lines {
+		lines[i] = strings.Repeat("x", 1000)
+	}
+	data, err := json.Marshal(map[string]any{"lines": lines})
+	require.NoError(t, err)
+	h.publish(t, mapping.Event{ID: "big", Type: "deploy-failed", Resource: mapping.Resource{Name: "cart"}, Data: data})
+	h.publish(t, mapping.Event{ID: "small", Type: "deploy-failed", Resource: mapping.Resource{Name: "orders"},
+		Data: json.RawMessage(`{"lines":["a","b"]}`)})
+	h.settled(t, 2)
+	dl := h.deadLetters(t)
+	require.Len(t, dl, 1)
+	require.Equal(t, "prompt-too-large", dl[0].Header.Get(deadletter.HeaderReason))
+	require.Contains(t, dl[0].Header.Get(deadletter.HeaderError), "65536")
+	got := h.agent.Received()
+	require.Len(t, got, 1, "only the event whose prompt fits is sent")
+	require.True(t, strings.HasPrefix(got[0].Text, "ab\n"), got[0].Text)
+	require.Equal(t, int64(1), h.faults.requests.Load(), "the oversized prompt never reached the agent")
+}
