@@ -449,10 +449,10 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev
 type claimResult int
 
 const (
-	claimOwned claimResult = iota // this delivery holds the suppression window: call the agent
-	claimDone                     // delivered before, or suppressed: nothing to do
-	claimRetry                    // the claim could not be made: try again later
-	claimRefused                  // the server refused the claim as invalid: no retry will help
+	claimOwned   claimResult = iota // this delivery holds the suppression window: call the agent
+	claimDone                       // delivered before, or suppressed: nothing to do
+	claimRetry                      // the claim could not be made: try again later
+	claimRefused                    // the server refused the claim as invalid: no retry will help
 )
 
 // claim takes the hook's suppression window for this task, in a span of its own so a trace
