@@ -10,6 +10,7 @@ import (
 	"github.com/go-viper/mapstructure/v2"
 	"gopkg.in/yaml.v3"
 
+	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/internal/strictyaml"
 )
 
@@ -79,6 +80,7 @@ var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 func expandEnv(n *yaml.Node, lookup func(string) (string, bool)) error {
 	if n.Kind == yaml.ScalarNode {
 		var missing []string
+		refs := envRef.FindAllString(n.Value, -1)
 		n.Value = envRef.ReplaceAllStringFunc(n.Value, func(ref string) string {
 			name := envRef.FindStringSubmatch(ref)[1]
 			v, ok := lookup(name)
@@ -89,6 +91,11 @@ func expandEnv(n *yaml.Node, lookup func(string) (string, bool)) error {
 		})
 		if len(missing) > 0 {
 			return fmt.Errorf("line %d: environment variable %s is not set", n.Line, strings.Join(missing, ", "))
+		}
+		if len(refs) > 0 && strings.TrimSpace(n.Value) == "" {
+			// ${VAR} is how secrets reach plugins.yaml; one that is set but empty would turn
+			// the check it feeds off (an endpoint with no token), so it fails closed here.
+			return fmt.Errorf("line %d: %s is set but empty", n.Line, strings.Join(refs, ""))
 		}
 		return nil
 	}
@@ -119,7 +126,7 @@ func (s Spec) DecodeConfig(out any) error {
 		WeaklyTypedInput: true,
 		// Embedded structs (`yaml:",inline"`) share their parent's keys.
 		Squash:     true,
-		DecodeHook: mapstructure.StringToTimeDurationHookFunc(),
+		DecodeHook: config.DurationHook,
 		Result:     out,
 	})
 	if err != nil {

@@ -51,10 +51,11 @@ func TestParseSpecsErrors(t *testing.T) {
 		{"bad enabled", "plugins:\n  - name: w\n    enabled: sometimes\n", []string{"line 3", "enabled"}},
 		{"no name", "plugins:\n  - enabled: true\n", []string{"plugins[0]: name: required"}},
 		{"twice", "plugins:\n  - name: w\n  - name: w\n", []string{`plugin "w" is listed twice`}},
+		{"empty secret", "plugins:\n  - name: w\n    config:\n      token: \"${EMPTY}\"\n", []string{"line 4", "${EMPTY} is set but empty"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseSpecs([]byte(tt.in), env(nil))
+			_, err := ParseSpecs([]byte(tt.in), env(map[string]string{"EMPTY": ""}))
 			require.Error(t, err)
 			for _, w := range tt.wants {
 				require.Contains(t, err.Error(), w)
@@ -70,4 +71,16 @@ func TestDecodeConfigRejectsUnknownKeys(t *testing.T) {
 	err = specs[0].DecodeConfig(&cfg)
 	require.ErrorContains(t, err, "plugins.w.config")
 	require.ErrorContains(t, err, `line 5: unknown key "prot"`)
+}
+
+// A duration in a plugin's config takes its unit; a bare number would be nanoseconds.
+func TestDecodeConfigRefusesBareDurations(t *testing.T) {
+	specs, err := ParseSpecs([]byte("plugins:\n  - name: w\n    config:\n      timeout: 30\n"), env(nil))
+	require.NoError(t, err)
+	var cfg testConfig
+	require.ErrorContains(t, specs[0].DecodeConfig(&cfg), "bare number 30")
+	specs, err = ParseSpecs([]byte("plugins:\n  - name: w\n    config:\n      timeout: 30s\n"), env(nil))
+	require.NoError(t, err)
+	require.NoError(t, specs[0].DecodeConfig(&cfg))
+	require.Equal(t, 30*time.Second, cfg.Timeout)
 }

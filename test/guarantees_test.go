@@ -274,3 +274,52 @@ func TestSameIDFromTwoSendersReachesTheAgentTwice(t *testing.T) {
 	require.ElementsMatch(t, []string{wantText("cart", "m"), wantText("orders", "m")},
 		[]string{stripTime(got[0].Text), stripTime(got[1].Text)})
 }
+
+// A credential that is configured but resolves empty stops khook at start, with the setting
+// named, instead of running an endpoint without auth or sending an empty token.
+func TestEmptySecretsFailClosed(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "empty-token")
+	require.NoError(t, os.WriteFile(empty, []byte("\n"), 0o600))
+	for _, tc := range []struct {
+		name, extraConfig, plugins string
+		env                        []string
+		want                       string
+	}{
+		{name: "webhook token from an empty variable", env: []string{"WEBHOOK_TOKEN="},
+			plugins: "plugins:\n  - name: webhook\n    config:\n      port: %d\n      token: \"${WEBHOOK_TOKEN}\"\n",
+			want:    "${WEBHOOK_TOKEN} is set but empty"},
+		{name: "webhook token file that is empty",
+			plugins: "plugins:\n  - name: webhook\n    config:\n      port: %d\n      tokenFile: " + empty + "\n",
+			want:    "token: the secret is empty"},
+		{name: "API token file that is empty", extraConfig: "api:\n  enabled: true\n  token_file: " + empty + "\n",
+			want: "api.token_file: the secret is empty"},
+		{name: "agent token file that is empty", extraConfig: "kagent_token_placeholder",
+			want: "kagent.token_file: the secret is empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := pipelineFiles{dir: t.TempDir(), agentURL: "http://127.0.0.1:1", webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
+				embeddedListen: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+			f.storeDir = f.dir + "/data"
+			if tc.extraConfig != "kagent_token_placeholder" {
+				f.extraConfig = tc.extraConfig
+			}
+			config := f.write(t)
+			if tc.extraConfig == "kagent_token_placeholder" {
+				b, err := os.ReadFile(config)
+				require.NoError(t, err)
+				require.NoError(t, os.WriteFile(config, []byte(strings.Replace(string(b), "kagent:\n", "kagent:\n  token_file: "+empty+"\n", 1)), 0o600))
+			}
+			if tc.plugins != "" {
+				require.NoError(t, os.WriteFile(filepath.Join(f.dir, "plugins.yaml"), []byte(fmt.Sprintf(tc.plugins, f.webhook)), 0o600))
+			}
+			p := startEnv(t, "khook run", tc.env, bins.khook, "run", "--config", config)
+			select {
+			case <-p.done:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("khook run did not stop on an empty secret\n%s", p.out.String())
+			}
+			require.Error(t, p.err, "a non-zero exit")
+			require.Contains(t, p.out.String(), tc.want)
+		})
+	}
+}

@@ -188,6 +188,9 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	var hooksFile []byte
 	var cluster *rest.Config
 	if st.dispatcher {
+		if err := requireSecrets(cfg); err != nil {
+			return err
+		}
 		if cluster, err = hooksFromCluster(ctx, cfg, logger); err != nil {
 			return err
 		}
@@ -327,6 +330,25 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		return nil
 	}
 	return err
+}
+
+// requireSecrets fails when a configured credential of the dispatcher resolves empty: the
+// API would otherwise refuse every caller without saying why, and an agent would be sent an
+// empty token.
+func requireSecrets(cfg config.Config) error {
+	var errs []error
+	if cfg.API.Enabled {
+		errs = append(errs, secret.New("", cfg.API.TokenFile).Require("api.token_file"))
+	}
+	if cfg.Kagent.TokenFile != "" {
+		errs = append(errs, secret.New("", cfg.Kagent.TokenFile).Require("kagent.token_file"))
+	}
+	for i, r := range cfg.Dispatcher.Routes {
+		if r.TokenFile != "" {
+			errs = append(errs, secret.New("", r.TokenFile).Require(fmt.Sprintf("dispatcher.routes[%d].token_file", i)))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // newRouter builds the default target and one target per route of khook.yaml.

@@ -162,3 +162,33 @@ func TestLoadMissingFile(t *testing.T) {
 	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"), nil, nil)
 	require.ErrorContains(t, err, "nope.yaml")
 }
+
+// A duration setting takes a duration with its unit. A bare number, which YAML reads as an
+// integer and a plain decoder as nanoseconds, is refused with the key, the line and the
+// reason: 10 would otherwise turn the suppression window off, and 1 make retries hot.
+func TestDurationsNeedUnits(t *testing.T) {
+	for _, tc := range []struct{ name, file, key, line string }{
+		{"suppression window", "dispatcher:\n  suppression_window: 10\n", "dispatcher.suppression_window", "line 2"},
+		{"retry base", "dispatcher:\n  workers: 4\n  retry_base: 1\n", "dispatcher.retry_base", "line 3"},
+		{"agent timeout", "kagent:\n  timeout: 60\n", "kagent.timeout", "line 2"},
+		{"a float", "streams:\n  raw:\n    max_age: 1.5\n", "streams.raw.max_age", "line 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(writeFile(t, tc.file), nil, nil)
+			require.ErrorContains(t, err, tc.key)
+			require.ErrorContains(t, err, tc.line)
+			require.ErrorContains(t, err, "bare number")
+		})
+	}
+	_, err := Load("", []string{"KHOOK_DISPATCHER_SUPPRESSION_WINDOW=10"}, nil)
+	require.ErrorContains(t, err, `dispatcher.suppression_window: want a duration such as 30s, 10m or 7d, got "10"`)
+
+	cfg, err := Load(writeFile(t, "streams:\n  raw:\n    max_age: 7d\n  dlq:\n    max_age: 1d12h\ndispatcher:\n  suppression_window: 90s\n"), nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, 7*24*time.Hour, cfg.Streams.Raw.MaxAge)
+	require.Equal(t, 36*time.Hour, cfg.Streams.DLQ.MaxAge)
+	require.Equal(t, 90*time.Second, cfg.Dispatcher.SuppressionWindow)
+
+	_, err = Load(writeFile(t, "dispatcher:\n  suppression_window: 500ms\n"), nil, nil)
+	require.ErrorContains(t, err, "at least 1s", "JetStream refuses per-key TTLs under a second")
+}

@@ -3,10 +3,13 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -89,6 +92,9 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, err
+	}
+	if err := checkDurations(k, known); err != nil {
+		return Config{}, withLines(path, lines, err)
 	}
 
 	var cfg Config
@@ -183,8 +189,9 @@ func hasPrefix(known map[string]keyKind, prefix string) bool {
 
 // keyKind describes one settable key.
 type keyKind struct {
-	list    reflect.Type // for a list of structs: the struct type of its items
-	strings bool         // a list of scalars
+	list     reflect.Type // for a list of structs: the struct type of its items
+	strings  bool         // a list of scalars
+	duration bool         // a time.Duration
 }
 
 // knownKeys lists the dotted keys of every leaf setting of t, by koanf tag.
@@ -206,11 +213,60 @@ func knownKeys(t reflect.Type, prefix string) map[string]keyKind {
 			keys[key] = keyKind{list: f.Type.Elem()}
 		case f.Type.Kind() == reflect.Slice:
 			keys[key] = keyKind{strings: true}
+		case f.Type == reflect.TypeOf(time.Duration(0)):
+			keys[key] = keyKind{duration: true}
 		default:
 			keys[key] = keyKind{}
 		}
 	}
 	return keys
+}
+
+// checkDurations makes every duration setting a duration string (10m, 30s, 7d), replacing it
+// with its value. A bare number is refused: YAML reads 10 as an integer, which a plain
+// decoder would take as 10 nanoseconds, silently turning a window off or a retry loop hot.
+func checkDurations(k *koanf.Koanf, known map[string]keyKind) error {
+	var errs []error
+	for _, key := range slices.Sorted(maps.Keys(known)) {
+		if !known[key].duration || !k.Exists(key) {
+			continue
+		}
+		switch v := k.Get(key).(type) {
+		case time.Duration: // a default, or a flag
+		case string:
+			d, err := ParseDuration(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: want a duration such as 30s, 10m or 7d, got %q", key, v))
+				continue
+			}
+			errs = append(errs, k.Set(key, d))
+		default:
+			errs = append(errs, fmt.Errorf("%s: want a duration with its unit, such as 30s, 10m or 7d, got the bare number %v", key, v))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ParseDuration reads a Go duration (300ms, 1h30m), also accepting whole days first (7d,
+// 1d12h), as retention settings are usually written.
+func ParseDuration(s string) (time.Duration, error) {
+	days, rest, found := strings.Cut(s, "d")
+	if !found {
+		return time.ParseDuration(s)
+	}
+	n, err := strconv.Atoi(days)
+	if err != nil || n < 0 || n > 36500 {
+		return 0, fmt.Errorf("time: invalid duration %q", s)
+	}
+	d := time.Duration(n) * 24 * time.Hour
+	if rest == "" {
+		return d, nil
+	}
+	more, err := time.ParseDuration(rest)
+	if err != nil {
+		return 0, fmt.Errorf("time: invalid duration %q", s)
+	}
+	return d + more, nil
 }
 
 // keyInError finds the setting an error is about: validation errors start with the key,
@@ -241,4 +297,21 @@ func parent(key string) string {
 		return ""
 	}
 	return key[:i]
+}
+
+// DurationHook is a mapstructure decode hook for plugin settings: a time.Duration field
+// takes a duration string (ParseDuration), never a bare number, which a weakly typed decoder
+// would read as nanoseconds.
+func DurationHook(from, to reflect.Type, data any) (any, error) {
+	if to != reflect.TypeOf(time.Duration(0)) {
+		return data, nil
+	}
+	if s, ok := data.(string); ok {
+		d, err := ParseDuration(s)
+		if err != nil {
+			return nil, fmt.Errorf("want a duration such as 30s, 10m or 7d, got %q", s)
+		}
+		return d, nil
+	}
+	return nil, fmt.Errorf("want a duration with its unit, such as 30s, 10m or 7d, got the bare number %v", data)
 }

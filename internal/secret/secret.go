@@ -58,6 +58,24 @@ func (s *Value) Get() ([]byte, error) {
 	return s.value, nil
 }
 
+// Require returns an error when the credential cannot be read or is empty. Services call it
+// at start-up for every credential that is configured: one that resolves empty (an empty
+// Secret, a file not yet written) must stop the service rather than run it unprotected or
+// send an empty token. A nil Value (none configured) passes.
+func (s *Value) Require(what string) error {
+	if s == nil {
+		return nil
+	}
+	v, err := s.Get()
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if len(v) == 0 {
+		return fmt.Errorf("%s: the secret is empty; refusing to start without it", what)
+	}
+	return nil
+}
+
 // ErrBearer is a missing or wrong bearer token.
 var ErrBearer = errors.New("missing or wrong bearer token")
 

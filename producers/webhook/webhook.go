@@ -70,6 +70,13 @@ func NewServer(name string, cfg Config, decode Decoder, types []string, logger *
 	if reg != nil {
 		reg = prometheus.WrapRegistererWith(prometheus.Labels{"plugin": name}, reg)
 	}
+	for i, e := range cfg.endpoints() {
+		auth := newAuthenticator(e)
+		key := fmt.Sprintf("plugins.%s.config.endpoints[%d] (%s)", name, i, e.Path)
+		if err := errors.Join(auth.token.Require(key+": token"), auth.hmacKey.Require(key+": hmac secret")); err != nil {
+			return nil, err
+		}
+	}
 	w := &Webhook{name: name, cfg: cfg, decode: decode, types: types, logger: logger, metrics: newMetrics(reg, cfg)}
 	if cfg.EnableTLS {
 		certs, err := newCertReloader(cfg.CertFile, cfg.KeyFile)
