@@ -7,6 +7,7 @@
 package producers
 
 import (
+	"fmt"
 	"context"
 	"encoding/json"
 	"errors"
@@ -77,6 +78,12 @@ type Plugin = EventSource
 // ErrInvalidEvent wraps every error about an event a plugin built wrongly; a plugin should
 // report it to its source as the source's fault (a webhook answers 400).
 var ErrInvalidEvent = errors.New("invalid event")
+
+// ErrTooLarge wraps the error for an event larger than the NATS server accepts (its
+// max_payload, less the envelope). It is an ErrInvalidEvent: the event, not the store, is at
+// fault, no retry will store it, and it never marks the producer unready. A webhook answers
+// 413 with the limit.
+var ErrTooLarge = fmt.Errorf("%w: too large", ErrInvalidEvent)
 
 // ErrUnavailable wraps every error that means JetStream could not store the event now; a
 // plugin should ask its source to retry later (a webhook answers 503).

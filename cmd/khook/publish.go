@@ -97,16 +97,33 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	sc := bufio.NewScanner(os.Stdin)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	// With --id, every line would get the same id and all but the first would be dropped as
+	// duplicates; so --id takes exactly one event, and nothing is published otherwise.
+	var held []byte
+	heldAt := 0
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" {
+			continue
+		}
+		if *id != "" {
+			if held != nil {
+				return fmt.Errorf("--id names one event, but stdin has more than one (lines %d and %d): give each line its own CloudEvents \"id\", or publish one event with --data", heldAt, n)
+			}
+			held, heldAt = []byte(line), n
 			continue
 		}
 		if err := publish([]byte(line), fmt.Sprintf("stdin line %d", n)); err != nil {
 			return err
 		}
 	}
-	return sc.Err()
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("stdin: %w", err)
+	}
+	if held != nil {
+		return publish(held, fmt.Sprintf("stdin line %d", heldAt))
+	}
+	return nil
 }
 
 // eventFromJSON reads one event: a CloudEvent in structured JSON (it has "specversion"), or

@@ -27,29 +27,38 @@ func newAuthenticator(e Endpoint) authenticator {
 	}
 }
 
-// check returns nil when the request carries every credential the endpoint requires. Its
-// errors name what failed for the server's log, never the expected values.
-func (a authenticator) check(h http.Header, body []byte) error {
+// checkHeaders checks what the headers alone can prove: the bearer token. It runs before
+// the body is read, so an unauthenticated caller never holds a request slot or makes the
+// server read its body.
+func (a authenticator) checkHeaders(h http.Header) error {
 	if a.token != nil {
-		if err := a.token.CheckBearer(h); err != nil {
-			return err
-		}
+		return a.token.CheckBearer(h)
 	}
-	if a.hmacKey != nil {
-		key, err := a.hmacKey.Get()
-		if err != nil {
-			return err
-		}
-		sig := strings.TrimPrefix(h.Get(a.hmacHeader), "sha256=")
-		got, err := hex.DecodeString(sig)
-		if err != nil || len(got) == 0 {
-			return fmt.Errorf("missing or malformed %s", a.hmacHeader)
-		}
-		mac := hmac.New(sha256.New, key)
-		mac.Write(body)
-		if !hmac.Equal(got, mac.Sum(nil)) {
-			return fmt.Errorf("wrong %s", a.hmacHeader)
-		}
+	return nil
+}
+
+// needsBody reports whether the credentials can only be checked against the body (HMAC).
+func (a authenticator) needsBody() bool { return a.hmacKey != nil }
+
+// checkBody checks the HMAC signature of the body, when the endpoint requires one. Its
+// errors name what failed for the server's log, never the expected values.
+func (a authenticator) checkBody(h http.Header, body []byte) error {
+	if a.hmacKey == nil {
+		return nil
+	}
+	key, err := a.hmacKey.Get()
+	if err != nil {
+		return err
+	}
+	sig := strings.TrimPrefix(h.Get(a.hmacHeader), "sha256=")
+	got, err := hex.DecodeString(sig)
+	if err != nil || len(got) == 0 {
+		return fmt.Errorf("missing or malformed %s", a.hmacHeader)
+	}
+	mac := hmac.New(sha256.New, key)
+	mac.Write(body)
+	if !hmac.Equal(got, mac.Sum(nil)) {
+		return fmt.Errorf("wrong %s", a.hmacHeader)
 	}
 	return nil
 }

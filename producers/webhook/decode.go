@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/khook/khook/producers"
 	"github.com/khook/khook/streams/cloudevent"
@@ -56,6 +57,11 @@ type incoming struct {
 // batch reports whether the request was a batch (even of one event), so that the answer
 // has the same shape as the request.
 func decodeRequest(e Endpoint, source string, header http.Header, query url.Values, body []byte) (events []producers.Event, batch bool, err error) {
+	// JSON is UTF-8 (RFC 8259); bytes that are not would be stored as they came and reach
+	// prompts and agents as mojibake.
+	if !utf8.Valid(body) {
+		return nil, false, badRequest("body is not valid UTF-8")
+	}
 	var items []incoming
 	if header.Get("Ce-Specversion") != "" {
 		items, err = decodeBinary(header, body)

@@ -167,8 +167,11 @@ func (w *Webhook) Handler(emit producers.Emit) http.Handler {
 		writeJSON(rw, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	inflight := make(chan struct{}, w.cfg.MaxConcurrentRequests)
+	// Bodies read before their signature is checked get a pool of their own, a quarter of
+	// the request slots, so unauthenticated uploads cannot take the slots signed ones need.
+	unverified := make(chan struct{}, max(1, w.cfg.MaxConcurrentRequests/4))
 	for _, e := range w.cfg.endpoints() {
-		ep := &endpoint{Endpoint: e, auth: newAuthenticator(e), w: w, emit: emit, inflight: inflight}
+		ep := &endpoint{Endpoint: e, auth: newAuthenticator(e), w: w, emit: emit, inflight: inflight, unverified: unverified}
 		if e.RateLimitRPS > 0 {
 			ep.limiter = rate.NewLimiter(rate.Limit(e.RateLimitRPS), int(math.Max(1, math.Ceil(e.RateLimitRPS))))
 		}
@@ -185,6 +188,8 @@ type endpoint struct {
 	w        *Webhook
 	emit     producers.Emit
 	inflight chan struct{}
+	// unverified bounds requests whose body is being read before its HMAC is checked.
+	unverified chan struct{}
 }
 
 // accepted is one stored event in a 202 answer.
@@ -217,12 +222,54 @@ func (ep *endpoint) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// unverifiedReadTimeout bounds how long a body whose signature is not yet checked may take
+// to arrive: such a request holds a slot of the small unverified pool, not a request slot.
+const unverifiedReadTimeout = 10 * time.Second
+
 // serve handles one request and returns its status and, for refusals, the reason given.
-// The checks run cheapest first, so floods are turned away before bodies are read.
+// The checks run cheapest first, so floods are turned away before bodies are read, and a
+// request holds one of maxConcurrentRequests slots only once its credentials check out:
+//
+//  1. the method, then the bearer token (headers only: 401 before any body is read);
+//  2. for an HMAC endpoint, the body is read within unverifiedReadTimeout while holding a
+//     slot of a separate, smaller pool, and the signature checked (401);
+//  3. a request slot (503 when all are taken) and the rate limit (429);
+//  4. the body, at most maxBodyBytes (413), decoding (400/415), and the store (413 for an
+//     event larger than the server takes, 503 when the store is unavailable).
 func (ep *endpoint) serve(rw http.ResponseWriter, r *http.Request) (int, string) {
+	// Until the body is read, a refusal closes the connection: otherwise the server would
+	// read (and wait for) the unread body before answering, which is exactly the cost a
+	// refusal must not have.
+	rw.Header().Set("Connection", "close")
 	if r.Method != http.MethodPost {
 		rw.Header().Set("Allow", http.MethodPost)
 		return refuse(rw, &httpError{http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed: POST events to %s", r.Method, ep.Path)})
+	}
+	if err := ep.auth.checkHeaders(r.Header); err != nil {
+		return ep.unauthenticated(rw, r, err)
+	}
+	var body []byte
+	if ep.auth.needsBody() {
+		select {
+		case ep.unverified <- struct{}{}:
+		default:
+			rw.Header().Set("Retry-After", "1")
+			return refuse(rw, &httpError{http.StatusServiceUnavailable, "too many requests awaiting signature checks, retry later"})
+		}
+		_ = http.NewResponseController(rw).SetReadDeadline(time.Now().Add(unverifiedReadTimeout))
+		var he *httpError
+		body, he = ep.readBody(rw, r)
+		if he == nil {
+			if err := ep.auth.checkBody(r.Header, body); err != nil {
+				<-ep.unverified
+				return ep.unauthenticated(rw, r, err)
+			}
+		}
+		<-ep.unverified
+		if he != nil {
+			return refuse(rw, he)
+		}
+		rw.Header().Del("Connection")
 	}
 	select {
 	case ep.inflight <- struct{}{}:
@@ -238,21 +285,13 @@ func (ep *endpoint) serve(rw http.ResponseWriter, r *http.Request) (int, string)
 			return refuse(rw, &httpError{http.StatusTooManyRequests, fmt.Sprintf("rate limit of %g requests/s exceeded", ep.RateLimitRPS)})
 		}
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, ep.MaxBodyBytes))
-	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return refuse(rw, &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", ep.MaxBodyBytes)})
+	if body == nil {
+		var he *httpError
+		if body, he = ep.readBody(rw, r); he != nil {
+			return refuse(rw, he)
 		}
-		return refuse(rw, badRequest("reading body: %v", err))
 	}
-	ep.w.metrics.bytes.WithLabelValues(ep.Path).Add(float64(len(body)))
-	if err := ep.auth.check(r.Header, body); err != nil {
-		// The reason is logged for the operator; the caller learns only that it failed.
-		ep.w.logger.Info("request not authenticated", zap.String("endpoint", ep.Path),
-			zap.String("remote", r.RemoteAddr), zap.String("reason", err.Error()))
-		return refuse(rw, &httpError{http.StatusUnauthorized, "missing or invalid credentials"})
-	}
+	rw.Header().Del("Connection")
 	events, batch, err := ep.w.decode(ep.Endpoint, ep.w.name, r.Header, r.URL.Query(), body)
 	if err != nil {
 		var he *httpError
@@ -268,6 +307,10 @@ func (ep *endpoint) serve(rw http.ResponseWriter, r *http.Request) (int, string)
 		res, err := ep.emit(ctx, ev)
 		ep.w.metrics.publish.WithLabelValues(ep.Path).Observe(time.Since(start).Seconds())
 		switch {
+		case errors.Is(err, producers.ErrTooLarge):
+			// The client's event, not the store, is the problem: no retry will help, and
+			// the producer stays ready.
+			return refuse(rw, &httpError{http.StatusRequestEntityTooLarge, err.Error()})
 		case errors.Is(err, producers.ErrInvalidEvent):
 			return refuse(rw, badRequest("%v", err))
 		case err != nil:
@@ -286,6 +329,28 @@ func (ep *endpoint) serve(rw http.ResponseWriter, r *http.Request) (int, string)
 		writeJSON(rw, http.StatusAccepted, out[0])
 	}
 	return http.StatusAccepted, ""
+}
+
+// unauthenticated logs why a request failed authentication and answers 401; the caller
+// learns only that it failed.
+func (ep *endpoint) unauthenticated(rw http.ResponseWriter, r *http.Request, err error) (int, string) {
+	ep.w.logger.Info("request not authenticated", zap.String("endpoint", ep.Path),
+		zap.String("remote", r.RemoteAddr), zap.String("reason", err.Error()))
+	return refuse(rw, &httpError{http.StatusUnauthorized, "missing or invalid credentials"})
+}
+
+// readBody reads the body, at most maxBodyBytes.
+func (ep *endpoint) readBody(rw http.ResponseWriter, r *http.Request) ([]byte, *httpError) {
+	body, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, ep.MaxBodyBytes))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", ep.MaxBodyBytes)}
+		}
+		return nil, badRequest("reading body: %v", err)
+	}
+	ep.w.metrics.bytes.WithLabelValues(ep.Path).Add(float64(len(body)))
+	return body, nil
 }
 
 func refuse(rw http.ResponseWriter, e *httpError) (int, string) {

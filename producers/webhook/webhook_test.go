@@ -467,3 +467,42 @@ func TestForgedIDFromAnotherSourceDoesNotSuppress(t *testing.T) {
 	require.JSONEq(t, `{"type":"deploy-failed","resourceName":"cart"}`, string(ce.Data))
 	require.Equal(t, uint64(2), f.stored(t))
 }
+
+// Slow uploads without a valid token are refused from their headers, before any body is
+// read, so they never hold the request slots that authenticated senders need.
+func TestUnauthenticatedUploadsDoNotTakeSlots(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MaxConcurrentRequests = 2
+	cfg.Token = "s3cret"
+	f := start(t, cfg)
+	for range 4 {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(f.base, "http://"))
+		require.NoError(t, err)
+		defer conn.Close()
+		// Headers with a wrong token and a body that never finishes.
+		_, err = fmt.Fprintf(conn, "POST /webhook HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"type\":")
+		require.NoError(t, err)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		require.NoError(t, err, "answered without waiting for the body")
+		resp.Body.Close()
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	}
+	r := f.post(t, f.url, "application/json", `{"type":"deploy-failed"}`, "Authorization", "Bearer s3cret")
+	require.Equal(t, http.StatusAccepted, r.code, r.body)
+}
+
+// An event larger than the NATS server takes is answered 413 with the limit: it is the
+// sender's to fix, not a store outage to retry (before: 503 with Retry-After, forever, and
+// the producer marked unready).
+func TestEventOverMaxPayloadIs413(t *testing.T) {
+	f := start(t, DefaultConfig())
+	// Under the 1 MiB body limit, over what fits NATS's 1 MiB max_payload with the envelope.
+	body := `{"type":"deploy-failed","pad":"` + strings.Repeat("x", (1<<20)-100) + `"}`
+	r := f.post(t, f.url, "application/json", body)
+	require.Equal(t, http.StatusRequestEntityTooLarge, r.code, r.body)
+	require.Contains(t, r.body["error"], "max_payload")
+	require.Empty(t, r.header.Get("Retry-After"))
+	require.Zero(t, f.stored(t))
+	ok := f.post(t, f.url, "application/json", `{"type":"deploy-failed","pad":"`+strings.Repeat("x", 1<<19)+`"}`)
+	require.Equal(t, http.StatusAccepted, ok.code, "an event that fits is stored")
+}
