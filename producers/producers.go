@@ -7,10 +7,10 @@
 package producers
 
 import (
-	"fmt"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 )
 
