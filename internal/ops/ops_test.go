@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -331,4 +332,35 @@ func TestQueryEventsFiltersAndPages(t *testing.T) {
 	}, 10*time.Second, 50*time.Millisecond)
 	cancel()
 	require.NoError(t, <-done)
+}
+
+// An event whose id is as long as the webhook accepts is replayed like any other: the copy's
+// key is shortened to a hash, never skipped (before, id plus suffix passed the id limit and
+// the event was skipped without a word).
+func TestReplayOfLongIDs(t *testing.T) {
+	js, topo := setup(t)
+	id := strings.Repeat("k", 256)
+	body, err := cloudevent.Encode(&cloudevent.Event{ID: id, Source: "webhook", Type: "deploy-failed", Data: json.RawMessage(`{}`)})
+	require.NoError(t, err)
+	msg := nats.NewMsg("khook.raw.webhook.deploy-failed")
+	msg.Data = body
+	msg.Header.Set(jetstream.MsgIDHeader, id)
+	streamstest.PublishAll(t, js, []*nats.Msg{msg})
+
+	rp := &ops.Replayer{JS: js, Topo: topo}
+	r, err := rp.Plan(context.Background(), ops.Selection{Through: ops.ThroughMapper})
+	require.NoError(t, err)
+	require.NoError(t, rp.Run(context.Background(), r))
+	require.Equal(t, 1, r.Sent)
+	require.Zero(t, r.Skipped)
+	copies := copiesOf(t, js, topo.Raw.Name, r.ID)
+	require.Len(t, copies, 1)
+	st, err := js.Stream(context.Background(), topo.Raw.Name)
+	require.NoError(t, err)
+	last, err := st.GetMsg(context.Background(), 2)
+	require.NoError(t, err)
+	key := last.Header.Get(jetstream.MsgIDHeader)
+	require.LessOrEqual(t, len(key), cloudevent.MaxKeyLength)
+	require.True(t, strings.HasPrefix(key, "webhook/sha256-"), key)
+	require.True(t, strings.HasSuffix(key, "/replay-"+r.ID), key)
 }
