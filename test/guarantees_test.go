@@ -19,13 +19,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
-	k8s "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/khook/khook/consumers/dispatch/kubehooks"
 	"github.com/khook/khook/internal/demoagent"
-	"github.com/khook/khook/internal/kubetest"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
@@ -105,14 +101,8 @@ func kubeconfigVia(t *testing.T, kubeconfig, addr string) string {
 // server was unreachable when the dispatcher started or answered at once. Before, every
 // event pulled while the Hook informer was still syncing was acknowledged as unmatched.
 func TestDispatcherWaitsForHooksFromCluster(t *testing.T) {
-	c := kubetest.Start(t, kubetest.Options{})
-	cs, err := k8s.NewForConfig(c.Config)
-	require.NoError(t, err)
-	dyn, err := dynamic.NewForConfig(c.Config)
-	require.NoError(t, err)
-	apply(t, c.Config, "../helm/khook/crds/kagent.dev_hooks.yaml", "")
-	ensureNamespace(t, cs, "shop")
-	_, err = dyn.Resource(kubehooks.GVR).Namespace("shop").Create(context.Background(),
+	c := startHookCluster(t, "shop")
+	_, err := c.hooks.Create(context.Background(),
 		hookObject("shop", "restarts", "Pod {{.ResourceName}} keeps restarting", ""), metav1.CreateOptions{})
 	require.NoError(t, err)
 

@@ -16,11 +16,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
-	k8s "k8s.io/client-go/kubernetes"
 
-	"github.com/khook/khook/consumers/dispatch/kubehooks"
-	"github.com/khook/khook/internal/kubetest"
 	"github.com/khook/khook/streams"
 )
 
@@ -142,17 +138,11 @@ func TestHostileWebhookInput(t *testing.T) {
 // Hook as InvalidHook with the reason, while a well-formed Hook in the same namespace keeps
 // delivering.
 func TestHostileHookDoesNotDelayOthers(t *testing.T) {
-	c := kubetest.Start(t, kubetest.Options{})
-	cs, err := k8s.NewForConfig(c.Config)
-	require.NoError(t, err)
-	dyn, err := dynamic.NewForConfig(c.Config)
-	require.NoError(t, err)
-	apply(t, c.Config, "../helm/khook/crds/kagent.dev_hooks.yaml", "")
-	ensureNamespace(t, cs, "shop")
-	hooks := dyn.Resource(kubehooks.GVR).Namespace("shop")
+	c := startHookCluster(t, "shop")
+	cs, hooks := c.cs, c.hooks
 	ctx := context.Background()
 
-	_, err = hooks.Create(ctx, hookObject("shop", "hot", "Pod {{.ResourceName}}", "500ms"), metav1.CreateOptions{})
+	_, err := hooks.Create(ctx, hookObject("shop", "hot", "Pod {{.ResourceName}}", "500ms"), metav1.CreateOptions{})
 	require.ErrorContains(t, err, "suppressionWindow must be at least 1s")
 	evil := hookObject("shop", "evil", "{{range 1000000000000}}{{end}}", "")
 	evil.Object["spec"].(map[string]any)["eventConfigurations"].([]any)[0].(map[string]any)["agentRef"] = map[string]any{"name": "evil-agent"}

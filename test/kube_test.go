@@ -97,6 +97,26 @@ func ensureNamespace(t *testing.T, cs k8s.Interface, ns string) {
 	}
 }
 
+// hookCluster is a real API server with the Hook CRD installed and one namespace created.
+type hookCluster struct {
+	*kubetest.Cluster
+	cs    k8s.Interface
+	hooks dynamic.ResourceInterface // the Hooks of the namespace
+}
+
+// startHookCluster starts an API server, installs the chart's Hook CRD and creates ns.
+func startHookCluster(t *testing.T, ns string) hookCluster {
+	t.Helper()
+	c := kubetest.Start(t, kubetest.Options{})
+	cs, err := k8s.NewForConfig(c.Config)
+	require.NoError(t, err)
+	dyn, err := dynamic.NewForConfig(c.Config)
+	require.NoError(t, err)
+	apply(t, c.Config, "../helm/khook/crds/kagent.dev_hooks.yaml", "")
+	ensureNamespace(t, cs, ns)
+	return hookCluster{Cluster: c, cs: cs, hooks: dyn.Resource(kubehooks.GVR).Namespace(ns)}
+}
+
 func hookObject(ns, name, prompt, window string) *unstructured.Unstructured {
 	spec := map[string]any{
 		"eventConfigurations": []any{map[string]any{

@@ -19,12 +19,8 @@ import (
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/dynamic"
-	k8s "k8s.io/client-go/kubernetes"
 
-	"github.com/khook/khook/consumers/dispatch/kubehooks"
 	"github.com/khook/khook/internal/demoagent"
-	"github.com/khook/khook/internal/kubetest"
 	"github.com/khook/khook/internal/ops"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
@@ -75,15 +71,9 @@ func TestSoakGuarantees(t *testing.T) {
 	began := time.Now()
 
 	// The cluster and its Hook.
-	c := kubetest.Start(t, kubetest.Options{})
-	cs, err := k8s.NewForConfig(c.Config)
-	require.NoError(t, err)
-	dyn, err := dynamic.NewForConfig(c.Config)
-	require.NoError(t, err)
-	apply(t, c.Config, "../helm/khook/crds/kagent.dev_hooks.yaml", "")
-	ensureNamespace(t, cs, "soak")
-	hooks := dyn.Resource(kubehooks.GVR).Namespace("soak")
-	_, err = hooks.Create(context.Background(), hookObject("soak", "restarts", "Pod {{.ResourceName}} restarted", ""), metav1.CreateOptions{})
+	c := startHookCluster(t, "soak")
+	hooks := c.hooks
+	_, err := hooks.Create(context.Background(), hookObject("soak", "restarts", "Pod {{.ResourceName}} restarted", ""), metav1.CreateOptions{})
 	require.NoError(t, err)
 
 	// The agent, behind a switch that makes it slow, failing or refusing.

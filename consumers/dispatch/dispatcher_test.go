@@ -160,6 +160,16 @@ func newHarnessAckWait(t *testing.T, cfg Config, protocol string, ackWait time.D
 	return &harness{js: js, topo: topo, agent: agent, url: srv.URL, faults: f, d: d}
 }
 
+// mustIndex parses hooks.yaml text and indexes it, failing the test on any error.
+func mustIndex(t *testing.T, hooksYAML string) *Index {
+	t.Helper()
+	hooks, err := ParseHooks([]byte(hooksYAML))
+	require.NoError(t, err)
+	idx, err := NewIndex(hooks)
+	require.NoError(t, err)
+	return idx
+}
+
 func testConfig() Config {
 	c := DefaultConfig()
 	c.Workers = 4

@@ -45,7 +45,7 @@ func TestHostilePromptsAreRefusedAtLoad(t *testing.T) {
 // A prompt whose output for one event passes MaxPromptOutput fails that task permanently:
 // it is dead-lettered with the reason, not sent cut short, and not retried.
 func TestPromptOverOutputLimitIsDeadLettered(t *testing.T) {
-	hooks, err := ParseHooks([]byte(`- apiVersion: kagent.dev/v1alpha2
+	idx := mustIndex(t, `- apiVersion: kagent.dev/v1alpha2
   kind: Hook
   metadata: {name: deploys, namespace: shop}
   spec:
@@ -53,10 +53,7 @@ func TestPromptOverOutputLimitIsDeadLettered(t *testing.T) {
       - eventType: deploy-failed
         agentRef: {name: sre, namespace: kagent}
         prompt: "{{range .Data.lines}}{{.}}{{end}}"
-`))
-	require.NoError(t, err)
-	idx, err := NewIndex(hooks)
-	require.NoError(t, err)
+`)
 	h := newHarness(t, testConfig(), "1.0")
 	h.d.SetHooks(idx)
 	lines := make([]string, 100)

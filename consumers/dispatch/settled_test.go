@@ -60,7 +60,7 @@ func TestDeadLetteredTaskIsNeverCalledAgain(t *testing.T) {
 // entry is, not from where it stands.
 func TestReorderedEntriesDoNotRepeatCalls(t *testing.T) {
 	h := newHarness(t, testConfig(), "1.0")
-	reordered, err := ParseHooks([]byte(`- apiVersion: kagent.dev/v1alpha2
+	idx := mustIndex(t, `- apiVersion: kagent.dev/v1alpha2
   kind: Hook
   metadata: {name: deploys, namespace: shop}
   spec:
@@ -72,10 +72,7 @@ func TestReorderedEntriesDoNotRepeatCalls(t *testing.T) {
       - eventType: deploy-failed
         agentRef: {name: sre, namespace: kagent}
         prompt: "Deployment {{.ResourceName}} failed ({{.Severity}}, team {{.Tags.team}})"
-`))
-	require.NoError(t, err)
-	idx, err := NewIndex(reordered)
-	require.NoError(t, err)
+`)
 	h.faults.setByPath(func(path string, n int64) (int, string) {
 		if path == legacyPath && n <= 2 {
 			if n == 2 {
@@ -98,11 +95,7 @@ func TestReorderedEntriesDoNotRepeatCalls(t *testing.T) {
 func TestEntryIdentityIsItsContent(t *testing.T) {
 	hook := func(entries string) *Index {
 		t.Helper()
-		hooks, err := ParseHooks([]byte("- apiVersion: kagent.dev/v1alpha2\n  kind: Hook\n  metadata: {name: h, namespace: ns}\n  spec:\n    eventConfigurations:\n" + entries))
-		require.NoError(t, err)
-		idx, err := NewIndex(hooks)
-		require.NoError(t, err)
-		return idx
+		return mustIndex(t, "- apiVersion: kagent.dev/v1alpha2\n  kind: Hook\n  metadata: {name: h, namespace: ns}\n  spec:\n    eventConfigurations:\n"+entries)
 	}
 	a := "      - {eventType: oom-kill, agentRef: {name: a}, prompt: \"A {{.ResourceName}}\"}\n"
 	b := "      - {eventType: oom-kill, agentRef: {name: b}, prompt: \"B {{.ResourceName}}\"}\n"
