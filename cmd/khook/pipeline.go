@@ -146,6 +146,9 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		return err
 	}
 	defer func() { _ = logger.Sync() }()
+	if len(cfg.IgnoredEnv) > 0 {
+		logger.Debug("ignoring the kubelet's Service link variables", zap.Strings("variables", cfg.IgnoredEnv))
+	}
 	tr, stopTracing, err := tracing.Setup(ctx, st.serviceName(), os.Getenv)
 	if err != nil {
 		return err

@@ -23,6 +23,9 @@ type Config struct {
 	API        API            `koanf:"api"`
 	Log        Log            `koanf:"log"`
 	Kubernetes Kubernetes     `koanf:"kubernetes"`
+	// IgnoredEnv lists the KHOOK_ variables that were not settings but Service links the
+	// kubelet injects (KHOOK_WEBHOOK_SERVICE_HOST, ...), for one debug line.
+	IgnoredEnv []string `koanf:"-"`
 }
 
 // Kubernetes says where the dispatcher finds Hooks.

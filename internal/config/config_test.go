@@ -192,3 +192,20 @@ func TestDurationsNeedUnits(t *testing.T) {
 	_, err = Load(writeFile(t, "dispatcher:\n  suppression_window: 500ms\n"), nil, nil)
 	require.ErrorContains(t, err, "at least 1s", "JetStream refuses per-key TTLs under a second")
 }
+
+// The kubelet gives a pod variables for every Service in its namespace; with a release named
+// khook they start with KHOOK_. They are ignored, while a mistyped setting is still an error.
+func TestServiceLinkVariablesAreIgnored(t *testing.T) {
+	links := []string{
+		"KHOOK_WEBHOOK_SERVICE_HOST=10.0.0.7", "KHOOK_WEBHOOK_SERVICE_PORT=8090", "KHOOK_WEBHOOK_SERVICE_PORT_WEBHOOK=8090",
+		"KHOOK_WEBHOOK_PORT=tcp://10.0.0.7:8090", "KHOOK_WEBHOOK_PORT_8090_TCP=tcp://10.0.0.7:8090",
+		"KHOOK_WEBHOOK_PORT_8090_TCP_PROTO=tcp", "KHOOK_WEBHOOK_PORT_8090_TCP_PORT=8090", "KHOOK_WEBHOOK_PORT_8090_TCP_ADDR=10.0.0.7",
+		"KHOOK_DISPATCHER_METRICS_SERVICE_HOST=10.0.0.8",
+	}
+	cfg, err := Load("", append(links, "KHOOK_DISPATCHER_WORKERS=3"), nil)
+	require.NoError(t, err)
+	require.Equal(t, 3, cfg.Dispatcher.Workers)
+	require.Len(t, cfg.IgnoredEnv, len(links))
+	_, err = Load("", append(links, "KHOOK_DISPATCHR_WORKERS=3"), nil)
+	require.ErrorContains(t, err, "environment KHOOK_DISPATCHR_WORKERS: no such setting")
+}

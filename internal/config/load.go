@@ -58,6 +58,7 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 	}
 
 	var errs []error
+	var ignored []string
 	for _, kv := range environ {
 		name, value, _ := strings.Cut(kv, "=")
 		if key, ok := legacyEnv[name]; ok {
@@ -77,6 +78,13 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 			continue
 		}
 		key, ok := envKeys[name]
+		if !ok && serviceLink.MatchString(name) {
+			// The kubelet gives every pod variables for each Service in its namespace; a
+			// release named khook has Services named khook-*, hence KHOOK_WEBHOOK_PORT and
+			// the like. They are not settings, and not mistakes.
+			ignored = append(ignored, name)
+			continue
+		}
 		if !ok {
 			errs = append(errs, fmt.Errorf("environment %s: no such setting", name))
 			continue
@@ -112,8 +120,14 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 	if err := cfg.Validate(); err != nil {
 		return Config{}, withLines(path, lines, err)
 	}
+	cfg.IgnoredEnv = ignored
 	return cfg, nil
 }
+
+// serviceLink matches the variables the kubelet injects for a Service (Docker links style):
+// <NAME>_SERVICE_HOST, <NAME>_SERVICE_PORT[_<PORT NAME>], <NAME>_PORT and
+// <NAME>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR].
+var serviceLink = regexp.MustCompile(`^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT|PORT_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$`)
 
 // readFile parses khook.yaml, rejects unknown keys, and returns the values and the line of
 // every key.

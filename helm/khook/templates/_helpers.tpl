@@ -187,6 +187,9 @@ spec:
         {{- end }}
     spec:
       serviceAccountName: {{ .serviceAccount }}
+      # A release named khook has Services named khook-*, for which the kubelet would inject
+      # KHOOK_* variables; khook finds its peers by DNS and needs none of them.
+      enableServiceLinks: false
       terminationGracePeriodSeconds: {{ $s.terminationGracePeriodSeconds | int }}
       automountServiceAccountToken: {{ .needsAPI }}
       {{- with $v.imagePullSecrets }}
