@@ -245,6 +245,11 @@ func (d *Dispatcher) pull(ctx context.Context, cons jetstream.Consumer, idle cha
 			return
 		case <-idle:
 		}
+		// When both were ready, select may have taken the idle token: stopping wins, or a
+		// shutdown could wait out several more pulls before its drain begins.
+		if ctx.Err() != nil {
+			return
+		}
 		n := 1
 	more:
 		for n < d.cfg.Workers {
