@@ -412,3 +412,33 @@ func peakRSS(t *testing.T, pid int) int64 {
 	t.Fatal("no VmHWM")
 	return 0
 }
+
+// A Hook resource fires on any internal type the mappings produce, not only Kubernetes
+// events: a webhook's deploy-failed reaches the agent through a Hook in the cluster, as it
+// does through hooks.yaml locally.
+func TestWebhookEventTriggersHookResource(t *testing.T) {
+	c := startHookCluster(t, "shop")
+	h := hookObject("shop", "deploys", "", "")
+	h.Object["spec"].(map[string]any)["eventConfigurations"] = []any{map[string]any{
+		"eventType": "deploy-failed", "agentRef": map[string]any{"name": "sre-agent", "namespace": "kagent"},
+		"prompt": "Deployment {{.ResourceName}} in {{ .Namespace }} failed: {{.Message}}",
+	}}
+	_, err := c.hooks.Create(context.Background(), h, metav1.CreateOptions{})
+	require.NoError(t, err, "the CRD takes a webhook's event type")
+	bad := hookObject("shop", "bad", "x", "")
+	bad.Object["spec"].(map[string]any)["eventConfigurations"].([]any)[0].(map[string]any)["eventType"] = "Deploy Failed"
+	_, err = c.hooks.Create(context.Background(), bad, metav1.CreateOptions{})
+	require.ErrorContains(t, err, "eventType", "a type that is not a subject token is refused")
+
+	agent, agentURL := startAgent(t)
+	f := pipelineFiles{dir: t.TempDir(), agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
+		embeddedListen: "127.0.0.1:" + strconv.Itoa(freePort(t)), kubeconfig: c.Kubeconfig}
+	f.storeDir = f.dir + "/data"
+	p := start(t, "khook run", bins.khook, "run", "--config", f.write(t))
+	waitReady(t, p, f.probes)
+	code, body := postEvent(t, f.webhook, "cart", "rollout stuck")
+	require.Equal(t, 202, code, body)
+	got := waitReceived(t, agent, 1, 30*time.Second)
+	require.Equal(t, wantText("cart", "rollout stuck"), stripTime(got[0].Text))
+	require.Equal(t, "kagent/sre-agent", got[0].Agent)
+}
