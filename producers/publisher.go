@@ -21,8 +21,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
-	"github.com/khook/khook/streams/deadletter"
 	"github.com/khook/khook/streams/subject"
 )
 
@@ -187,11 +187,11 @@ func (p *Publisher) publish(ctx context.Context, plugin string, ev Event) (Resul
 			attribute.String("khook.plugin", plugin), attribute.String("khook.event.id", ev.ID)))
 	defer span.End()
 	tracing.Inject(ctx, msg.Header)
-	if nc := p.js.Conn(); nc != nil && nc.MaxPayload() > 0 && deadletter.Size(msg) > int(nc.MaxPayload()) {
+	if limit, size := streams.MaxPayload(p.js), streams.MsgSize(msg); limit > 0 && size > limit {
 		// The server's limit, learnt when the connection was made: an event over it can
 		// never be stored, which is the sender's problem, not the store's.
 		return Result{}, fmt.Errorf("%w: the event is %d bytes in its envelope; the NATS server takes at most %d (max_payload), so send at most about %d bytes of data",
-			ErrTooLarge, deadletter.Size(msg), nc.MaxPayload(), max(0, int(nc.MaxPayload())-(deadletter.Size(msg)-len(ev.Data))))
+			ErrTooLarge, size, limit, max(0, limit-(size-len(ev.Data))))
 	}
 	if nc := p.js.Conn(); nc != nil && !nc.IsConnected() {
 		return Result{}, fmt.Errorf("%w: publish %s: not connected to NATS", ErrUnavailable, subj)
@@ -200,8 +200,9 @@ func (p *Publisher) publish(ctx context.Context, plugin string, ev Event) (Resul
 	defer cancel()
 	defer context.AfterFunc(*p.link.Load(), cancel)()
 	ack, err := p.publishRetrying(ctx, msg)
-	if deadletter.Unstorable(err) {
+	if streams.Unstorable(err) {
 		// The stream's own message size limit, smaller than the server's.
+		tracing.Fail(span, err)
 		return Result{}, fmt.Errorf("%w: %w", ErrTooLarge, err)
 	}
 	if err != nil {

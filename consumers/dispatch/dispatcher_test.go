@@ -160,6 +160,13 @@ func newHarnessAckWait(t *testing.T, cfg Config, protocol string, ackWait time.D
 	return &harness{js: js, topo: topo, agent: agent, url: srv.URL, faults: f, d: d}
 }
 
+// hookDoc is hooks.yaml with one Hook, namespace/name, whose eventConfigurations are entries
+// (YAML list items indented six spaces).
+func hookDoc(namespace, name, entries string) string {
+	return "- apiVersion: kagent.dev/v1alpha2\n  kind: Hook\n  metadata: {name: " + name + ", namespace: " + namespace +
+		"}\n  spec:\n    eventConfigurations:\n" + entries
+}
+
 // mustIndex parses hooks.yaml text and indexes it, failing the test on any error.
 func mustIndex(t *testing.T, hooksYAML string) *Index {
 	t.Helper()

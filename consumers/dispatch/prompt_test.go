@@ -45,15 +45,10 @@ func TestHostilePromptsAreRefusedAtLoad(t *testing.T) {
 // A prompt whose output for one event passes MaxPromptOutput fails that task permanently:
 // it is dead-lettered with the reason, not sent cut short, and not retried.
 func TestPromptOverOutputLimitIsDeadLettered(t *testing.T) {
-	idx := mustIndex(t, `- apiVersion: kagent.dev/v1alpha2
-  kind: Hook
-  metadata: {name: deploys, namespace: shop}
-  spec:
-    eventConfigurations:
-      - eventType: deploy-failed
+	idx := mustIndex(t, hookDoc("shop", "deploys", `      - eventType: deploy-failed
         agentRef: {name: sre, namespace: kagent}
         prompt: "{{range .Data.lines}}{{.}}{{end}}"
-`)
+`))
 	h := newHarness(t, testConfig(), "1.0")
 	h.d.SetHooks(idx)
 	lines := make([]string, 100)

@@ -60,19 +60,14 @@ func TestDeadLetteredTaskIsNeverCalledAgain(t *testing.T) {
 // entry is, not from where it stands.
 func TestReorderedEntriesDoNotRepeatCalls(t *testing.T) {
 	h := newHarness(t, testConfig(), "1.0")
-	idx := mustIndex(t, `- apiVersion: kagent.dev/v1alpha2
-  kind: Hook
-  metadata: {name: deploys, namespace: shop}
-  spec:
-    eventConfigurations:
-      - eventType: deploy-failed
+	idx := mustIndex(t, hookDoc("shop", "deploys", `      - eventType: deploy-failed
         agentRef: {name: legacy-sre, namespace: kagent}
         minSeverity: critical
         prompt: "Legacy: {{.ResourceName}}"
       - eventType: deploy-failed
         agentRef: {name: sre, namespace: kagent}
         prompt: "Deployment {{.ResourceName}} failed ({{.Severity}}, team {{.Tags.team}})"
-`)
+`))
 	h.faults.setByPath(func(path string, n int64) (int, string) {
 		if path == legacyPath && n <= 2 {
 			if n == 2 {
@@ -95,7 +90,7 @@ func TestReorderedEntriesDoNotRepeatCalls(t *testing.T) {
 func TestEntryIdentityIsItsContent(t *testing.T) {
 	hook := func(entries string) *Index {
 		t.Helper()
-		return mustIndex(t, "- apiVersion: kagent.dev/v1alpha2\n  kind: Hook\n  metadata: {name: h, namespace: ns}\n  spec:\n    eventConfigurations:\n"+entries)
+		return mustIndex(t, hookDoc("ns", "h", entries))
 	}
 	a := "      - {eventType: oom-kill, agentRef: {name: a}, prompt: \"A {{.ResourceName}}\"}\n"
 	b := "      - {eventType: oom-kill, agentRef: {name: b}, prompt: \"B {{.ResourceName}}\"}\n"

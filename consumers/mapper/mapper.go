@@ -175,15 +175,15 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 		m.deadLetter(ctx, msg, "invalid-event", err)
 		return pending{}, false
 	}
-	if limit := m.maxPayload(); limit > 0 && deadletter.Size(out) > limit {
+	if limit := streams.MaxPayload(m.js); limit > 0 && streams.MsgSize(out) > limit {
 		// The mapper adds the message beside the data, so a raw event that fit can map to an
 		// event that does not; no retry would make it fit.
 		m.metrics.events.WithLabelValues("invalid").Inc()
-		m.deadLetter(ctx, msg, "too-large", fmt.Errorf("normalized event is %d bytes, over the server's max_payload of %d", deadletter.Size(out), limit))
+		m.deadLetter(ctx, msg, "too-large", fmt.Errorf("normalized event is %d bytes, over the server's max_payload of %d", streams.MsgSize(out), limit))
 		return pending{}, false
 	}
 	fut, err := m.js.PublishMsgAsync(out)
-	if deadletter.Unstorable(err) {
+	if streams.Unstorable(err) {
 		m.metrics.events.WithLabelValues("invalid").Inc()
 		m.deadLetter(ctx, msg, "too-large", err)
 		return pending{}, false
@@ -238,21 +238,13 @@ func subjectOf(ev mapping.Event) string {
 	return ev.Namespace + "/" + ev.Resource.Kind + "/" + ev.Resource.Name
 }
 
-// maxPayload is the server's message size limit, or 0 when it is not known.
-func (m *Mapper) maxPayload() int {
-	if nc := m.js.Conn(); nc != nil {
-		return int(nc.MaxPayload())
-	}
-	return 0
-}
-
 // settle acks a raw message once its output is stored, or naks it for redelivery.
 func (m *Mapper) settle(p pending) {
 	select {
 	case <-p.ack.Ok():
 		ackOrLog(m.logger, p.msg)
 	case err := <-p.ack.Err():
-		if deadletter.Unstorable(err) {
+		if streams.Unstorable(err) {
 			// The stream refuses this event at any attempt (its max message size).
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()

@@ -5,13 +5,13 @@ package deadletter
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/subject"
 )
 
@@ -30,32 +30,6 @@ const (
 	// body had to be cut to fit the server's max_payload.
 	HeaderTruncated = "Khook-Truncated"
 )
-
-// Unstorable reports whether a publish failed because the message can never be stored as it
-// is: larger than the server's max_payload or the stream's maximum message size. Retrying
-// cannot help, so the stage dead-letters its input instead of redelivering it forever.
-func Unstorable(err error) bool {
-	if errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum) {
-		return true
-	}
-	var api *jetstream.APIError
-	return errors.As(err, &api) && api.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
-}
-
-// Size is the number of bytes a message takes against the server's max_payload: its body
-// and its encoded headers.
-func Size(m *nats.Msg) int {
-	n := len(m.Data)
-	if len(m.Header) > 0 {
-		n += len("NATS/1.0\r\n\r\n")
-		for k, vs := range m.Header {
-			for _, v := range vs {
-				n += len(k) + len(v) + 4
-			}
-		}
-	}
-	return n
-}
 
 // Letter is one message a stage gives up on.
 type Letter struct {
@@ -119,8 +93,8 @@ func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Build
 	}
 	// A dead letter carries its message's headers and the reason on top of the message, so a
 	// message near the limit would not fit: its body is cut, and the cut is recorded.
-	if nc := js.Conn(); nc != nil && nc.MaxPayload() > 0 {
-		if over := Size(out) - int(nc.MaxPayload()) + 256; over > 0 && over < len(out.Data) {
+	if limit := streams.MaxPayload(js); limit > 0 {
+		if over := streams.MsgSize(out) - limit + 256; over > 0 && over < len(out.Data) {
 			out.Header.Set(HeaderTruncated, strconv.Itoa(len(out.Data)))
 			out.Data = out.Data[:len(out.Data)-over]
 		}
