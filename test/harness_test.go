@@ -43,6 +43,10 @@ var bins struct {
 	natsServer string
 }
 
+// atExit holds clean-ups of resources shared by several tests (container images), run after
+// every test.
+var atExit []func()
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "khook-test-bin-")
 	if err != nil {
@@ -67,6 +71,9 @@ func TestMain(m *testing.M) {
 		}
 	}
 	code := m.Run()
+	for _, f := range atExit {
+		f()
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

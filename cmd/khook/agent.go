@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -21,6 +22,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("khook agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:8083", "address to serve A2A on (kagent's layout: /api/a2a/{namespace}/{agent}/)")
+	delay := fs.Duration("delay", 0, "answer each task after this long, as a slow agent would (to watch redelivery and drains)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -28,6 +30,10 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	srv.OnMessage = func(r demoagent.Received) error {
 		fmt.Fprintf(stdout, "\n=== agent %s received a task (message %s, context %s, user %s)\n%s\n===\n",
 			r.Agent, r.MessageID, r.ContextID, r.UserID, r.Text)
+		select {
+		case <-time.After(*delay):
+		case <-ctx.Done():
+		}
 		return nil
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)

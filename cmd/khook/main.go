@@ -51,7 +51,12 @@ func main() {
 // execute runs one subcommand and returns the process exit code.
 func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmds := commands()
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+		// Asked-for help is output, not an error: stdout and exit 0, as every CLI does.
+		usage(stdout, cmds)
+		return 0
+	}
+	if len(args) == 0 {
 		usage(stderr, cmds)
 		return 2
 	}
@@ -62,6 +67,10 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if err := cmd.run(ctx, args[1:], stdout, stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			// -h asked for the flags, which the flag package has printed.
+			return 0
+		}
 		var ue usageError
 		if errors.As(err, &ue) {
 			// The flag package has already printed the problem and the flags.
@@ -93,6 +102,8 @@ func runVersion(_ context.Context, _ []string, stdout, _ io.Writer) error {
 
 // usageError is a command line the command cannot parse; it exits 2.
 type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
 
 // parseFlags parses args, marking failures as usage errors.
 func parseFlags(fs *flag.FlagSet, args []string) error {
@@ -146,10 +157,18 @@ func environ() []string {
 }
 
 // runProbe is a healthcheck for images without curl: it exits 0 when the URL answers 200.
-func runProbe(ctx context.Context, args []string, stdout, _ io.Writer) error {
-	if len(args) != 1 {
+func runProbe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("khook probe", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintln(stderr, "usage: khook probe URL\n\nExits 0 when URL answers 200 (a healthcheck for images without curl).") }
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
 		return usageError{errors.New("usage: khook probe URL")}
 	}
+	args = fs.Args()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, args[0], nil)

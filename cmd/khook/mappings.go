@@ -21,13 +21,19 @@ func runMappings(_ context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fs, _ := newFlagSet("mappings check", stderr)
 	eventFile := fs.String("event", "", "a raw event (a CloudEvent in JSON) to map with the file's rules")
-	// The file comes first, as in the usage line; flags may follow it.
-	if len(args) < 2 {
+	// Flags may come before or after the file: parse up to the file, then after it.
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	}
+	if fs.NArg() < 1 {
 		return errors.New("usage: khook mappings check FILE [--event EVENT.json]")
 	}
-	path := args[1]
-	if err := parseFlags(fs, args[2:]); err != nil {
+	path := fs.Arg(0)
+	if err := parseFlags(fs, fs.Args()[1:]); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q: usage: khook mappings check FILE [--event EVENT.json]", fs.Args())
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {

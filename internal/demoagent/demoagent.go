@@ -5,6 +5,7 @@ package demoagent
 
 import (
 	"context"
+	"io"
 	"iter"
 	"net/http"
 	"sync"
@@ -53,6 +54,11 @@ func New() *Server {
 // Handler serves A2A JSON-RPC at /api/a2a/{namespace}/{agent}/.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
+	// A liveness endpoint, so that a container healthcheck (`khook probe`) can tell when the
+	// agent accepts calls.
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
 	mux.HandleFunc("/api/a2a/{namespace}/{agent}/", func(w http.ResponseWriter, r *http.Request) {
 		s.agent(r.PathValue("namespace")+"/"+r.PathValue("agent")).ServeHTTP(w, r)
 	})
