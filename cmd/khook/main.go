@@ -160,7 +160,9 @@ func environ() []string {
 func runProbe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("khook probe", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintln(stderr, "usage: khook probe URL\n\nExits 0 when URL answers 200 (a healthcheck for images without curl).") }
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: khook probe URL\n\nExits 0 when URL answers 200 (a healthcheck for images without curl).")
+	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
