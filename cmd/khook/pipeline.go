@@ -557,6 +557,10 @@ func connectTo(cfg config.Config, ns *server.Server, extra ...nats.Option) (*nat
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.Timeout(cfg.NATS.ConnectTimeout),
+		// Three unanswered pings and the client reconnects to another server: a server cut
+		// off by a network partition is left within three ping intervals.
+		nats.PingInterval(cfg.NATS.PingInterval),
+		nats.MaxPingsOutstanding(3),
 	}
 	if ns != nil {
 		opts = append(opts, nats.InProcessServer(ns))

@@ -48,25 +48,37 @@ type eventKey struct{ Type, Namespace, Kind, Name string }
 // Claim takes the suppression claim for key on behalf of messageID for window. It returns
 // true when the claim is (now) held by messageID, including when a redelivery of the same
 // message finds its own claim, and false when another event holds it.
+//
+// "Another event holds it" is concluded only from reading the holder. Reads may be served by
+// any replica of the bucket, and one that has not applied the latest write yet answers "not
+// found" for a claim that exists, typically this message's own claim, whose creation was
+// acknowledged too late during a leader change. Such a claim is neither ours nor someone
+// else's yet: Claim returns errClaimUnread, and the event is retried rather than
+// acknowledged as suppressed (which would lose it).
 func (s *State) Claim(ctx context.Context, key, messageID string, window time.Duration) (bool, error) {
-	_, err := s.kv.Create(ctx, "claim."+key, []byte(messageID), jetstream.KeyTTL(window))
-	if err == nil {
-		return true, nil
+	for range 3 {
+		_, err := s.kv.Create(ctx, "claim."+key, []byte(messageID), jetstream.KeyTTL(window))
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return false, err
+		}
+		e, err := s.kv.Get(ctx, "claim."+key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			// Expired between the two calls, or read from a replica that is behind.
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		return string(e.Value()) == messageID, nil
 	}
-	if !errors.Is(err, jetstream.ErrKeyExists) {
-		return false, err
-	}
-	e, err := s.kv.Get(ctx, "claim."+key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		// Expired between the two calls: try once more.
-		_, err = s.kv.Create(ctx, "claim."+key, []byte(messageID), jetstream.KeyTTL(window))
-		return err == nil, ignoreExists(err)
-	}
-	if err != nil {
-		return false, err
-	}
-	return string(e.Value()) == messageID, nil
+	return false, errClaimUnread
 }
+
+// errClaimUnread is a claim that exists but could not be read; the caller retries later.
+var errClaimUnread = errors.New("suppression claim exists but reads say it does not (a replica is behind)")
 
 // Release gives up a claim held by messageID, so that the next event in the window may call
 // the agent (used when a task is dead-lettered: suppressing events for a task that never

@@ -49,6 +49,10 @@ type NATS struct {
 	CredentialsFile string                 `koanf:"credentials_file"`
 	TLS             TLS                    `koanf:"tls"`
 	ConnectTimeout  time.Duration          `koanf:"connect_timeout"`
+	// PingInterval is how often the client checks that its server still answers. A server
+	// cut off by a partition sends no reset, so this is how long, times three, a client
+	// stays with it before reconnecting to another (nats.go's default is 2 minutes, times 2).
+	PingInterval time.Duration `koanf:"ping_interval"`
 }
 
 // TLS configures a TLS client connection. Files only: secrets never live in khook.yaml.
@@ -156,6 +160,7 @@ func Default() Config {
 		NATS: NATS{
 			Embedded:       streams.EmbeddedConfig{StoreDir: "./data", Listen: "127.0.0.1:4222"},
 			ConnectTimeout: 10 * time.Second,
+			PingInterval:   10 * time.Second,
 		},
 		Streams: streams.Default(),
 		Files:   Files{Plugins: "plugins.yaml", Mappings: "event-mappings.yaml", Hooks: "hooks.yaml", ReloadInterval: 10 * time.Second},
@@ -197,6 +202,9 @@ func (c Config) Validate() error {
 	}
 	if c.NATS.ConnectTimeout <= 0 {
 		errs = append(errs, errors.New("nats.connect_timeout: must be positive"))
+	}
+	if c.NATS.PingInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("nats.ping_interval: must be at least 100ms, got %s", c.NATS.PingInterval))
 	}
 	switch c.Dispatcher.Target {
 	case "kagent", "log":
