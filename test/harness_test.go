@@ -4,6 +4,7 @@ package test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -254,8 +255,9 @@ type pipelineFiles struct {
 	// extraStreams goes under streams (indented two spaces).
 	extraConfig, extraStreams string
 	// kubeconfig, when set, makes the dispatcher watch Hook resources in that cluster;
-	// otherwise hooks come from hooks.yaml.
-	kubeconfig string
+	// otherwise hooks come from hooks.yaml. hooksMode is then kubernetes.hooks (default
+	// cluster).
+	kubeconfig, hooksMode string
 }
 
 func (p pipelineFiles) write(t *testing.T) string {
@@ -276,7 +278,7 @@ func (p pipelineFiles) write(t *testing.T) string {
 		timeout = "2s"
 	}
 	if p.kubeconfig != "" {
-		natsBlock += "kubernetes:\n  hooks: cluster\n  kubeconfig: " + p.kubeconfig + "\n  status_interval: 200ms\n"
+		natsBlock += "kubernetes:\n  hooks: " + cmp.Or(p.hooksMode, "cluster") + "\n  kubeconfig: " + p.kubeconfig + "\n  status_interval: 200ms\n"
 	} else {
 		natsBlock += "kubernetes:\n  hooks: file\n"
 	}

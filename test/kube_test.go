@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -441,4 +442,68 @@ func TestWebhookEventTriggersHookResource(t *testing.T) {
 	got := waitReceived(t, agent, 1, 30*time.Second)
 	require.Equal(t, wantText("cart", "rollout stuck"), stripTime(got[0].Text))
 	require.Equal(t, "kagent/sre-agent", got[0].Agent)
+}
+
+// TestHooksFromClusterAndFile runs the dispatcher with kubernetes.hooks: both. Hook
+// resources and hooks.yaml fire together; a Hook resource wins over a file hook of the same
+// namespace and name; an edit of the file applies live, still merged with the cluster's.
+func TestHooksFromClusterAndFile(t *testing.T) {
+	c := startHookCluster(t, "shop")
+	// The same namespace and name as hooks.yaml's shop/shop-deployments, another agent.
+	h := hookObject("shop", "shop-deployments", "", "")
+	h.Object["spec"].(map[string]any)["eventConfigurations"] = []any{map[string]any{
+		"eventType": "deploy-failed", "agentRef": map[string]any{"name": "cluster-agent", "namespace": "kagent"},
+		"prompt": "from the cluster: {{.ResourceName}}",
+	}}
+	_, err := c.hooks.Create(context.Background(), h, metav1.CreateOptions{})
+	require.NoError(t, err)
+
+	fileHook := func(name, agent string) string {
+		return fmt.Sprintf(`- apiVersion: kagent.dev/v1alpha2
+  kind: Hook
+  metadata:
+    name: %s
+    namespace: shop
+  spec:
+    eventConfigurations:
+      - eventType: deploy-failed
+        agentRef:
+          name: %s
+          namespace: kagent
+        prompt: "from the file: {{.ResourceName}}"
+`, name, agent)
+	}
+	agent, agentURL := startAgent(t)
+	f := pipelineFiles{dir: t.TempDir(), agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
+		embeddedListen: "127.0.0.1:" + strconv.Itoa(freePort(t)), kubeconfig: c.Kubeconfig, hooksMode: "both",
+		extraHooks: fileHook("file-only", "file-agent")}
+	f.storeDir = f.dir + "/data"
+	p := start(t, "khook run", bins.khook, "run", "--config", f.write(t))
+	waitReady(t, p, f.probes)
+
+	agents := func(got []demoagent.Received) []string {
+		var out []string
+		for _, r := range got {
+			out = append(out, r.Agent)
+		}
+		return out
+	}
+	code, body := postEvent(t, f.webhook, "cart", "rollout stuck")
+	require.Equal(t, 202, code, body)
+	got := waitReceived(t, agent, 2, 30*time.Second)
+	require.ElementsMatch(t, []string{"kagent/cluster-agent", "kagent/file-agent"}, agents(got),
+		"the cluster's Hook and the file-only hook; not the file's shop/shop-deployments, which the resource overrides")
+	require.Contains(t, p.out.String(), "hook defined by two sources")
+
+	// A live edit of the file adds a hook; the cluster's are kept.
+	hooksFile := filepath.Join(f.dir, "hooks.yaml")
+	b, err := os.ReadFile(hooksFile)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(hooksFile+".new", append(b, fileHook("file-two", "second-file-agent")...), 0o600))
+	require.NoError(t, os.Rename(hooksFile+".new", hooksFile))
+	require.Eventually(t, func() bool { return strings.Count(p.out.String(), "hooks reloaded") >= 1 }, 30*time.Second, 20*time.Millisecond)
+	code, body = postEvent(t, f.webhook, "checkout", "rollout stuck")
+	require.Equal(t, 202, code, body)
+	got = waitReceived(t, agent, 5, 30*time.Second)
+	require.ElementsMatch(t, []string{"kagent/cluster-agent", "kagent/file-agent", "kagent/second-file-agent"}, agents(got[2:]))
 }

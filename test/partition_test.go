@@ -41,7 +41,7 @@ type partitionCluster struct {
 
 type natsNode struct {
 	name, container string
-	client int // published host port
+	client          int // published host port
 }
 
 // callsByPeer counts the agent calls in progress by the caller's IP address.

@@ -198,8 +198,9 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 			return err
 		}
 		// From the cluster, hooks stays nil: the dispatcher pulls nothing until the Hook
-		// informer has synced and handed it every Hook.
-		if cluster == nil {
+		// informer has synced and handed it every Hook. With both, the file is still read
+		// here, so that a broken file fails at start.
+		if cluster == nil || cfg.Kubernetes.Hooks == "both" {
 			if hooks, hooksFile, err = loadHooks(cfg.Files.Hooks); err != nil {
 				return err
 			}
@@ -275,8 +276,21 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		router := newRouter(cfg, logger)
 		dcfg := dispatcherConfig(cfg)
 		dcfg.ActiveEvents = cluster != nil // only Hook status reads them
-		d := dispatch.New(js, cfg.Streams, dcfg, hooks, router, reg, logger.Named("dispatcher"))
+		initial := hooks
+		if cluster != nil {
+			initial = nil // the dispatcher waits for the cluster's Hooks
+		}
+		d := dispatch.New(js, cfg.Streams, dcfg, initial, router, reg, logger.Named("dispatcher"))
 		probes.Set("dispatcher", d.Ready)
+		// With both, the cluster's Hooks and the file's are merged; the dispatcher gets
+		// hooks once the informer has listed the cluster's.
+		var sources *dispatch.HookSources
+		if cluster != nil && hooks != nil {
+			sources = dispatch.NewHookSources(d.SetHooks, logger.Named("hooks"), "cluster", "file")
+			if err := sources.Set("file", hookList(hooks)); err != nil {
+				return err
+			}
+		}
 		if cluster != nil {
 			lease := cfg.Kubernetes.LeaseNamespace
 			if lease == "" {
@@ -284,22 +298,28 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 			}
 			w, err := kubehooks.New(cluster, d, kubehooks.Config{
 				StatusInterval: cfg.Kubernetes.StatusInterval, LeaseNamespace: lease, LeaseName: "khook-dispatcher",
+				Sources: sources,
 			}, logger.Named("hooks"))
 			if err != nil {
 				return err
 			}
 			probes.Set("hooks", w.Ready)
 			addActor("hook watcher", w.Run)
-		} else {
+		}
+		if cluster == nil || sources != nil {
 			addActor("hooks file watcher", func(ctx context.Context) error {
 				return filewatch.Watch(ctx, cfg.Files.Hooks, hooksFile, cfg.Files.ReloadInterval, func(b []byte) {
 					idx, err := parseHooks(b)
+					if err == nil && sources != nil {
+						err = sources.Set("file", hookList(idx))
+					} else if err == nil {
+						d.SetHooks(idx)
+					}
 					if err != nil {
 						logger.Error("hooks file rejected, keeping the active hooks", zap.String("file", cfg.Files.Hooks), zap.Error(err))
 						return
 					}
-					d.SetHooks(idx)
-					logger.Info("hooks reloaded", zap.Int("hooks", idx.Len()))
+					logger.Info("hooks reloaded", zap.String("file", cfg.Files.Hooks), zap.Int("hooks", idx.Len()))
 				})
 			})
 		}
@@ -424,6 +444,15 @@ func loadHooks(path string) (*dispatch.Index, []byte, error) {
 	return idx, b, nil
 }
 
+// hookList is the valid hooks of an index, as values.
+func hookList(idx *dispatch.Index) []dispatch.Hook {
+	var out []dispatch.Hook
+	for _, h := range idx.Hooks() {
+		out = append(out, *h)
+	}
+	return out
+}
+
 func parseHooks(b []byte) (*dispatch.Index, error) {
 	hooks, err := dispatch.ParseHooks(b)
 	if err != nil {
@@ -443,6 +472,7 @@ func hooksFromCluster(ctx context.Context, cfg config.Config, logger *zap.Logger
 	if cfg.Kubernetes.Hooks == "file" {
 		return nil, nil
 	}
+	mode := cfg.Kubernetes.Hooks
 	rc, err := kube.Config(cfg.Kubernetes.Kubeconfig)
 	for err == nil {
 		if err = hookCRDServed(rc); err == nil || errors.Is(err, errCRDNotServed) {
@@ -458,10 +488,10 @@ func hooksFromCluster(ctx context.Context, cfg config.Config, logger *zap.Logger
 	}
 	switch {
 	case err == nil:
-		logger.Info("hooks come from Hook resources in the cluster", zap.String("server", rc.Host))
+		logger.Info("hooks come from Hook resources in the cluster", zap.String("server", rc.Host), zap.Bool("and_hooks_file", mode == "both"))
 		return rc, nil
-	case cfg.Kubernetes.Hooks == "cluster":
-		return nil, fmt.Errorf("kubernetes.hooks is cluster: %w", err)
+	case mode == "cluster" || mode == "both":
+		return nil, fmt.Errorf("kubernetes.hooks is %s: %w", mode, err)
 	default:
 		logger.Info("hooks come from the hooks file", zap.String("file", cfg.Files.Hooks), zap.String("no_cluster", err.Error()))
 		return nil, nil

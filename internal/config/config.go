@@ -30,8 +30,10 @@ type Config struct {
 
 // Kubernetes says where the dispatcher finds Hooks.
 type Kubernetes struct {
-	// Hooks is cluster (watch Hook resources), file (hooks.yaml) or auto: the cluster when a
-	// kubeconfig or in-cluster config is found and the Hook CRD is installed, else the file.
+	// Hooks is cluster (watch Hook resources), file (hooks.yaml), both (Hook resources and
+	// hooks.yaml, a Hook resource winning over a file hook of the same namespace and name) or
+	// auto: the cluster when a kubeconfig or in-cluster config is found and the Hook CRD is
+	// installed, else the file.
 	Hooks string `koanf:"hooks"`
 	// Kubeconfig names a kubeconfig file; empty means in-cluster, else $KUBECONFIG.
 	Kubeconfig string `koanf:"kubeconfig"`
@@ -231,9 +233,9 @@ func (c Config) Validate() error {
 			c.Kagent.Timeout, c.Streams.Dispatcher.AckWait))
 	}
 	switch c.Kubernetes.Hooks {
-	case "auto", "cluster", "file":
+	case "auto", "cluster", "file", "both":
 	default:
-		errs = append(errs, fmt.Errorf("kubernetes.hooks: must be auto, cluster or file, got %q", c.Kubernetes.Hooks))
+		errs = append(errs, fmt.Errorf("kubernetes.hooks: must be auto, cluster, file or both, got %q", c.Kubernetes.Hooks))
 	}
 	if c.Kubernetes.StatusInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("kubernetes.status_interval: must be at least 100ms, got %s", c.Kubernetes.StatusInterval))

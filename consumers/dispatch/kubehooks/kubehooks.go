@@ -47,6 +47,9 @@ type Config struct {
 	LeaseNamespace, LeaseName string
 	// Identity is this replica's name in the Lease; the hostname (pod name) by default.
 	Identity string
+	// Sources, when set, receives the cluster's hooks as the source "cluster" (to be merged
+	// with a hooks file) instead of the dispatcher directly.
+	Sources *dispatch.HookSources
 }
 
 // Watcher feeds a dispatcher from Hook resources.
@@ -171,15 +174,22 @@ func (w *Watcher) rebuild() {
 		hooks = append(hooks, h)
 		objects[key] = u
 	}
-	idx, err := dispatch.NewIndex(hooks)
-	if err != nil { // every hook was validated above, so this is a bug
-		w.logger.Error("hook index", zap.Error(err))
-		return
-	}
 	w.mu.Lock()
 	w.objects = objects
 	w.mu.Unlock()
-	w.d.SetHooks(idx)
+	if w.cfg.Sources != nil {
+		if err := w.cfg.Sources.Set("cluster", hooks); err != nil { // every hook was validated above
+			w.logger.Error("hook index", zap.Error(err))
+			return
+		}
+	} else {
+		idx, err := dispatch.NewIndex(hooks)
+		if err != nil { // every hook was validated above, so this is a bug
+			w.logger.Error("hook index", zap.Error(err))
+			return
+		}
+		w.d.SetHooks(idx)
+	}
 	w.logger.Info("hooks loaded from the cluster", zap.Int("hooks", len(hooks)))
 }
 
