@@ -37,6 +37,7 @@ import (
 	k8s "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/restmapper"
 
+	"github.com/khook/khook/consumers/dispatch"
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/internal/kubetest"
 	"github.com/khook/khook/mapping"
@@ -644,4 +645,21 @@ func writeSelfSigned(t *testing.T, dir string) {
 	require.NoError(t, os.MkdirAll(dir, 0o700))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "tls.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "tls.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600))
+}
+
+// hooks.source=both gives the dispatcher Hook resources and the hooks ConfigMap at once:
+// the mounted ConfigMap, the API access of the cluster source, and kubernetes.hooks: both.
+func TestChartHooksFromClusterAndFile(t *testing.T) {
+	r := renderChart(t, "--set", "hooks.source=both,networkPolicy.enabled=true",
+		"--set-json", `hooks.file=[{"apiVersion":"kagent.dev/v1alpha2","kind":"Hook","metadata":{"name":"deploys","namespace":"shop"},"spec":{"eventConfigurations":[{"eventType":"deploy-failed","agentRef":{"name":"sre"},"prompt":"{{.ResourceName}} failed"}]}}]`)
+	cfg, _, _ := r.loadRenderedConfig(t)
+	require.Equal(t, "both", cfg.Kubernetes.Hooks)
+	hooks := r.configMap(t, "khook-hooks").Data["hooks.yaml"]
+	idx, err := dispatch.ParseHooks([]byte(hooks))
+	require.NoError(t, err, hooks)
+	require.Len(t, idx, 1)
+	d := r.deployment(t, "khook-dispatcher")
+	require.Contains(t, mountNames(d.Spec.Template.Spec.Containers[0]), "hooks")
+	require.True(t, *d.Spec.Template.Spec.AutomountServiceAccountToken, "the dispatcher reads Hook resources")
+	require.Contains(t, r.names("ClusterRole"), "khook-dispatcher")
 }

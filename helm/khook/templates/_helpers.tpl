@@ -356,7 +356,7 @@ kubelet only updates directory mounts; khook's file watcher follows its ..data s
   configMap: {name: {{ $full }}-plugin-config}
 - name: mappings
   configMap: {name: {{ $full }}-event-mappings}
-{{- if eq $v.hooks.source "file" }}
+{{- if ne $v.hooks.source "cluster" }}
 - name: hooks
   configMap: {name: {{ $full }}-hooks}
 {{- end }}
@@ -396,7 +396,7 @@ kubelet only updates directory mounts; khook's file watcher follows its ..data s
 - {name: config, mountPath: /etc/khook/config, readOnly: true}
 - {name: plugins, mountPath: /etc/khook/plugins, readOnly: true}
 - {name: mappings, mountPath: /etc/khook/mappings, readOnly: true}
-{{- if eq $v.hooks.source "file" }}
+{{- if ne $v.hooks.source "cluster" }}
 - {name: hooks, mountPath: /etc/khook/hooks, readOnly: true}
 {{- end }}
 - {name: tmp, mountPath: /tmp}
