@@ -126,6 +126,13 @@ func TestComposeUp(t *testing.T) {
 		down()
 	})
 
+	// With the file's default pull policy (build), `docker compose pull` skips khook's
+	// services instead of failing on an image no registry has.
+	out, err := c.e.tryIn(context.Background(), dir, append(c.env, "KHOOK_PULL_POLICY=build"), nil,
+		"compose", "-p", c.name, "pull", "streams-apply", "producer", "mapper", "dispatcher", "agent")
+	require.NoError(t, err, "docker compose pull:\n%s", out)
+	require.Equal(t, 5, strings.Count(out, "Skipped"), out)
+
 	began := time.Now()
 	c.run(t, "up", "--detach", "--wait", "--wait-timeout", "120")
 	t.Logf("docker compose up --wait: every service healthy after %s", time.Since(began).Round(time.Millisecond))
