@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -197,11 +199,12 @@ func TestComposeUp(t *testing.T) {
 	// Written as editors and the kubelet do: a new file renamed over the old one.
 	require.NoError(t, os.WriteFile(mappings+".new", []byte(edited), 0o644))
 	require.NoError(t, os.Rename(mappings+".new", mappings))
-	mapperMetrics := "http://" + c.port(t, "mapper", 1, 8080) + "/metrics"
-	require.Eventually(t, func() bool {
-		_, body, err := httpGet(mapperMetrics)
-		return err == nil && strings.Contains(body, `khook_mapper_rules_reloads_total{result="success"} 1`)
-	}, 30*time.Second, 100*time.Millisecond, "the mapper reloads the edited mappings")
+	_, mapperPort, err := net.SplitHostPort(c.port(t, "mapper", 1, 8080))
+	require.NoError(t, err)
+	port, err := strconv.Atoi(mapperPort)
+	require.NoError(t, err)
+	waitFor(t, func() bool { return metric(t, port, `khook_mapper_rules_reloads_total{result="success"}`) == 1 },
+		30*time.Second, "the mapper to reload the edited mappings")
 	code, body = postEvent(t, c.webhook, "edited", "rollout stuck")
 	require.Equal(t, http.StatusAccepted, code, body)
 	c.waitLogs(t, "agent", "Tests failed for edited: rollout stuck", 30*time.Second)
@@ -291,7 +294,8 @@ func waitFor(t *testing.T, cond func() bool, timeout time.Duration, what string)
 	}
 }
 
-// postStatus POSTs a deploy-failed event for resource and returns the status and body.
+// postStatus POSTs a deploy-failed event for resource and returns the status, without
+// failing the test, so that it can run outside the test's goroutine.
 func postStatus(port int, resource string) (int, string, error) {
 	body := fmt.Sprintf(`{"type":"deploy-failed","namespace":"shop","resourceName":%q,"message":"m"}`, resource)
 	c := http.Client{Timeout: 30 * time.Second}
@@ -299,10 +303,8 @@ func postStatus(port int, resource string) (int, string, error) {
 	if err != nil {
 		return 0, "", err
 	}
-	defer resp.Body.Close()
-	var b strings.Builder
-	_, _ = fmt.Fprint(&b, resp.Status)
-	return resp.StatusCode, b.String(), nil
+	resp.Body.Close()
+	return resp.StatusCode, resp.Status, nil
 }
 
 func copyFile(t *testing.T, from, to string) {

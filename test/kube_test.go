@@ -419,11 +419,7 @@ func peakRSS(t *testing.T, pid int) int64 {
 // does through hooks.yaml locally.
 func TestWebhookEventTriggersHookResource(t *testing.T) {
 	c := startHookCluster(t, "shop")
-	h := hookObject("shop", "deploys", "", "")
-	h.Object["spec"].(map[string]any)["eventConfigurations"] = []any{map[string]any{
-		"eventType": "deploy-failed", "agentRef": map[string]any{"name": "sre-agent", "namespace": "kagent"},
-		"prompt": "Deployment {{.ResourceName}} in {{ .Namespace }} failed: {{.Message}}",
-	}}
+	h := hookFor("shop", "deploys", "deploy-failed", "sre-agent", "Deployment {{.ResourceName}} in {{ .Namespace }} failed: {{.Message}}")
 	_, err := c.hooks.Create(context.Background(), h, metav1.CreateOptions{})
 	require.NoError(t, err, "the CRD takes a webhook's event type")
 	bad := hookObject("shop", "bad", "x", "")
@@ -444,17 +440,22 @@ func TestWebhookEventTriggersHookResource(t *testing.T) {
 	require.Equal(t, "kagent/sre-agent", got[0].Agent)
 }
 
+// hookFor is a Hook resource with one entry: eventType calls the agent kagent/agent.
+func hookFor(ns, name, eventType, agent, prompt string) *unstructured.Unstructured {
+	h := hookObject(ns, name, "", "")
+	h.Object["spec"].(map[string]any)["eventConfigurations"] = []any{map[string]any{
+		"eventType": eventType, "agentRef": map[string]any{"name": agent, "namespace": "kagent"}, "prompt": prompt,
+	}}
+	return h
+}
+
 // TestHooksFromClusterAndFile runs the dispatcher with kubernetes.hooks: both. Hook
 // resources and hooks.yaml fire together; a Hook resource wins over a file hook of the same
 // namespace and name; an edit of the file applies live, still merged with the cluster's.
 func TestHooksFromClusterAndFile(t *testing.T) {
 	c := startHookCluster(t, "shop")
 	// The same namespace and name as hooks.yaml's shop/shop-deployments, another agent.
-	h := hookObject("shop", "shop-deployments", "", "")
-	h.Object["spec"].(map[string]any)["eventConfigurations"] = []any{map[string]any{
-		"eventType": "deploy-failed", "agentRef": map[string]any{"name": "cluster-agent", "namespace": "kagent"},
-		"prompt": "from the cluster: {{.ResourceName}}",
-	}}
+	h := hookFor("shop", "shop-deployments", "deploy-failed", "cluster-agent", "from the cluster: {{.ResourceName}}")
 	_, err := c.hooks.Create(context.Background(), h, metav1.CreateOptions{})
 	require.NoError(t, err)
 

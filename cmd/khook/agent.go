@@ -26,6 +26,8 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	srv := demoagent.New()
 	srv.OnMessage = func(r demoagent.Received) error {
 		fmt.Fprintf(stdout, "\n=== agent %s received a task (message %s, context %s, user %s)\n%s\n===\n",
@@ -36,8 +38,6 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return nil
 	}
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	logger, err := telemetry.NewLogger("info", "console")
 	if err != nil {
 		return err

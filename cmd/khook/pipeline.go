@@ -276,17 +276,20 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		router := newRouter(cfg, logger)
 		dcfg := dispatcherConfig(cfg)
 		dcfg.ActiveEvents = cluster != nil // only Hook status reads them
-		initial := hooks
-		if cluster != nil {
-			initial = nil // the dispatcher waits for the cluster's Hooks
-		}
-		d := dispatch.New(js, cfg.Streams, dcfg, initial, router, reg, logger.Named("dispatcher"))
+		// The dispatcher's hooks come from its sources, merged: Hook resources first, then the
+		// hooks file. It pulls nothing until every source has given its hooks, so with the
+		// cluster it waits for the Hook informer's first list.
+		d := dispatch.New(js, cfg.Streams, dcfg, nil, router, reg, logger.Named("dispatcher"))
 		probes.Set("dispatcher", d.Ready)
-		// With both, the cluster's Hooks and the file's are merged; the dispatcher gets
-		// hooks once the informer has listed the cluster's.
-		var sources *dispatch.HookSources
-		if cluster != nil && hooks != nil {
-			sources = dispatch.NewHookSources(d.SetHooks, logger.Named("hooks"), "cluster", "file")
+		var order []string
+		if cluster != nil {
+			order = append(order, "cluster")
+		}
+		if hooks != nil {
+			order = append(order, "file")
+		}
+		sources := dispatch.NewHookSources(d.SetHooks, logger.Named("hooks"), order...)
+		if hooks != nil {
 			if err := sources.Set("file", hookList(hooks)); err != nil {
 				return err
 			}
@@ -306,14 +309,12 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 			probes.Set("hooks", w.Ready)
 			addActor("hook watcher", w.Run)
 		}
-		if cluster == nil || sources != nil {
+		if hooks != nil {
 			addActor("hooks file watcher", func(ctx context.Context) error {
 				return filewatch.Watch(ctx, cfg.Files.Hooks, hooksFile, cfg.Files.ReloadInterval, func(b []byte) {
 					idx, err := parseHooks(b)
-					if err == nil && sources != nil {
+					if err == nil {
 						err = sources.Set("file", hookList(idx))
-					} else if err == nil {
-						d.SetHooks(idx)
 					}
 					if err != nil {
 						logger.Error("hooks file rejected, keeping the active hooks", zap.String("file", cfg.Files.Hooks), zap.Error(err))

@@ -47,8 +47,8 @@ type Config struct {
 	LeaseNamespace, LeaseName string
 	// Identity is this replica's name in the Lease; the hostname (pod name) by default.
 	Identity string
-	// Sources, when set, receives the cluster's hooks as the source "cluster" (to be merged
-	// with a hooks file) instead of the dispatcher directly.
+	// Sources receives the cluster's hooks as the source "cluster", to be merged with the
+	// others (a hooks file); by default the cluster is the dispatcher's only source.
 	Sources *dispatch.HookSources
 }
 
@@ -83,6 +83,9 @@ func New(rc *rest.Config, d *dispatch.Dispatcher, cfg Config, logger *zap.Logger
 	}
 	if cfg.Identity == "" {
 		cfg.Identity, _ = os.Hostname()
+	}
+	if cfg.Sources == nil {
+		cfg.Sources = dispatch.NewHookSources(d.SetHooks, logger, "cluster")
 	}
 	w := &Watcher{cfg: cfg, dyn: dyn, cs: cs, d: d, logger: logger,
 		objects: map[string]*unstructured.Unstructured{}, invalid: map[string]string{}}
@@ -177,18 +180,9 @@ func (w *Watcher) rebuild() {
 	w.mu.Lock()
 	w.objects = objects
 	w.mu.Unlock()
-	if w.cfg.Sources != nil {
-		if err := w.cfg.Sources.Set("cluster", hooks); err != nil { // every hook was validated above
-			w.logger.Error("hook index", zap.Error(err))
-			return
-		}
-	} else {
-		idx, err := dispatch.NewIndex(hooks)
-		if err != nil { // every hook was validated above, so this is a bug
-			w.logger.Error("hook index", zap.Error(err))
-			return
-		}
-		w.d.SetHooks(idx)
+	if err := w.cfg.Sources.Set("cluster", hooks); err != nil { // every hook was validated above, so this is a bug
+		w.logger.Error("hook index", zap.Error(err))
+		return
 	}
 	w.logger.Info("hooks loaded from the cluster", zap.Int("hooks", len(hooks)))
 }
