@@ -262,6 +262,20 @@ func (c *partitionCluster) suppressed(t *testing.T) int {
 	return sum
 }
 
+// waitHealthy waits until every node answers /healthz: connected to the cluster, with its
+// JetStream assets current. Each fault starts from a whole cluster, so that a node still
+// catching up from the previous one does not add leader changes (and their duplicates) to
+// the next.
+func (c *partitionCluster) waitHealthy(t *testing.T) {
+	t.Helper()
+	for _, n := range c.nodes {
+		waitFor(t, func() bool {
+			_, err := c.monitor(n, "/healthz")
+			return err == nil
+		}, 2*time.Minute, n.name+" healthy")
+	}
+}
+
 // hostPort is the loopback port a container's port is published on.
 func hostPort(t *testing.T, e *engine, container string, port int) int {
 	t.Helper()
@@ -510,6 +524,7 @@ func TestNATSPartitions(t *testing.T) {
 	bound := len(c.dispatchers) * workers
 
 	t.Run("stream leader cut off for 20s", func(t *testing.T) {
+		c.waitHealthy(t)
 		const total = 10000
 		l := c.post("lead", total, 8)
 		waitFor(t, func() bool { return l.count() >= total/4 }, 3*time.Minute, "a quarter of the events accepted")
@@ -549,6 +564,7 @@ func TestNATSPartitions(t *testing.T) {
 	})
 
 	t.Run("minority node cut off with clients on it", func(t *testing.T) {
+		c.waitHealthy(t)
 		const total = 2000
 		// The node leading neither stream the webhook path writes to, so the majority keeps
 		// both leaders; the clients connected to it must move.
@@ -602,6 +618,7 @@ func TestNATSPartitions(t *testing.T) {
 	})
 
 	t.Run("dispatcher cut off mid-call", func(t *testing.T) {
+		c.waitHealthy(t)
 		const total = 24
 		// Slow calls, so that a dispatcher is surely in the middle of some when it is cut.
 		c.agentDelay.Store(int64(3 * time.Second))
