@@ -273,7 +273,11 @@ func (ep *endpoint) serve(rw http.ResponseWriter, r *http.Request) (int, string)
 	}
 	select {
 	case ep.inflight <- struct{}{}:
-		defer func() { <-ep.inflight }()
+		ep.w.metrics.inflight.Inc()
+		defer func() {
+			ep.w.metrics.inflight.Dec()
+			<-ep.inflight
+		}()
 	default:
 		rw.Header().Set("Retry-After", "1")
 		return refuse(rw, &httpError{http.StatusServiceUnavailable, "too many concurrent requests, retry later"})
@@ -368,6 +372,7 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	publish  *prometheus.HistogramVec
 	bytes    *prometheus.CounterVec
+	inflight prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, cfg Config) *metrics {
@@ -385,6 +390,12 @@ func newMetrics(reg prometheus.Registerer, cfg Config) *metrics {
 			Name: "khook_webhook_received_bytes_total",
 			Help: "Request body bytes read, by endpoint path.",
 		}, []string{"endpoint"}),
+		// One gauge for the server, not per endpoint, because the slots it counts are shared
+		// by every endpoint: it is the number to compare with maxConcurrentRequests.
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "khook_webhook_requests_in_flight",
+			Help: "Webhook requests holding one of the maxConcurrentRequests slots.",
+		}),
 	}
 	for _, e := range cfg.endpoints() {
 		m.bytes.WithLabelValues(e.Path)
@@ -394,7 +405,7 @@ func newMetrics(reg prometheus.Registerer, cfg Config) *metrics {
 		}
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.publish, m.bytes)
+		reg.MustRegister(m.requests, m.publish, m.bytes, m.inflight)
 	}
 	return m
 }

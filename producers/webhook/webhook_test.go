@@ -351,7 +351,7 @@ func TestRateLimit(t *testing.T) {
 }
 
 // TestMaxConcurrentRequests holds one request open (its body half sent) and checks that the
-// next one is turned away with 503 and Retry-After.
+// next one is turned away with 503 and Retry-After, while the held one is served normally.
 func TestMaxConcurrentRequests(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.MaxConcurrentRequests = 1
@@ -361,24 +361,25 @@ func TestMaxConcurrentRequests(t *testing.T) {
 	defer conn.Close()
 	_, err = fmt.Fprintf(conn, "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"type\":")
 	require.NoError(t, err)
-	// The held request has taken the only slot once the server has read its headers; until
-	// then a probe may still get in, so probe with a body that would be refused (400) and
-	// could never store an event, until the first 503.
-	var r response
-	require.Eventually(t, func() bool {
-		r = f.post(t, f.url, "application/json", `{"no":"type"}`)
-		return r.code == http.StatusServiceUnavailable
-	}, 5*time.Second, 5*time.Millisecond)
+	// The held request takes the only slot once the server has read its headers. Probing
+	// before that could take the slot from it, so the probe waits for the in-flight gauge.
+	require.Eventually(t, func() bool { return testutil.ToFloat64(f.w.metrics.inflight) == 1 },
+		10*time.Second, 5*time.Millisecond, "the held request never took the slot")
+	r := f.post(t, f.url, "application/json", `{"type":"b"}`)
+	require.Equal(t, http.StatusServiceUnavailable, r.code)
 	require.Equal(t, "1", r.header.Get("Retry-After"))
+	require.Contains(t, r.body["error"], "too many concurrent requests")
 
-	// Finish the held request: it is served normally.
+	// Finish the held request: it is served normally, and gives its slot back.
 	_, err = fmt.Fprintf(conn, "%s", `"a"}`+strings.Repeat(" ", 100-12))
 	require.NoError(t, err)
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusAccepted, resp.StatusCode)
-	require.Equal(t, uint64(1), f.stored(t))
+	require.Equal(t, uint64(1), f.stored(t), "the refused request stored nothing")
+	require.Zero(t, testutil.ToFloat64(f.w.metrics.inflight))
+	require.Equal(t, http.StatusAccepted, f.post(t, f.url, "application/json", `{"type":"c"}`).code)
 }
 
 func TestConfigValidation(t *testing.T) {
