@@ -75,13 +75,16 @@ HELM      ?= $(shell command -v helm || test/helm/build-helm.sh)
 NAMESPACE ?= kagent
 VALUES    ?=
 helm-lint:
+	$(HELM) lint --strict helm/khook-crds
 	@for v in "" helm/khook/values-dev.yaml helm/khook/values-staging.yaml helm/khook/values-prod.yaml; do \
 		$(HELM) lint --strict helm/khook $${v:+--values $$v} || exit 1; done
 
 helm-template:
 	$(HELM) template khook helm/khook --namespace $(NAMESPACE) $(if $(VALUES),--values $(VALUES))
 
+# The CRD chart goes first, so a new Hook schema is in place before the dispatcher reads it.
 helm-upgrade:
+	$(HELM) upgrade --install khook-crds helm/khook-crds --namespace $(NAMESPACE) --create-namespace
 	$(HELM) upgrade --install khook helm/khook --namespace $(NAMESPACE) --create-namespace \
 		--set image.repository=$(IMAGE_REPO),image.tag=$(VERSION) $(if $(VALUES),--values $(VALUES))
 

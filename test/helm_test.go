@@ -540,7 +540,9 @@ func TestChartOnAPIServer(t *testing.T) {
 	crds := filepath.Join(t.TempDir(), "crds.yaml")
 	require.NoError(t, os.WriteFile(crds, []byte(stubCRDs), 0o644))
 	apply(t, cluster.Config, crds, "")
-	apply(t, cluster.Config, filepath.Join(chartDir, "crds", "kagent.dev_hooks.yaml"), "")
+	// The CRD comes from its own chart, installed as the docs say, before the main chart.
+	helmRun := helmOn(t, cluster)
+	mustHelm(t, helmRun, "install", "khook-crds", crdChartDir, "--namespace", "kagent", "--create-namespace")
 	for _, ns := range []string{"kagent", "development", "staging", "production"} {
 		ensureNamespace(t, cs, ns)
 	}
@@ -561,15 +563,9 @@ func TestChartOnAPIServer(t *testing.T) {
 	}
 
 	// The streams Job is a hook that needs NATS; it is checked by the dry run above.
-	env := append(os.Environ(), "KUBECONFIG="+cluster.Kubeconfig, "HELM_CACHE_HOME="+t.TempDir(),
-		"HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
 	run := func(args ...string) string {
 		t.Helper()
-		cmd := exec.Command(helmBin(t), args...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "helm %s\n%s", strings.Join(args, " "), out)
-		return string(out)
+		return mustHelm(t, helmRun, args...)
 	}
 	notes := run("install", "khook", chartDir, "--namespace", "kagent", "--no-hooks", "--set", "webhook.enabled=true")
 	require.Contains(t, notes, "khook-producer-kubernetes")

@@ -113,7 +113,7 @@ func startHookCluster(t *testing.T, ns string) hookCluster {
 	require.NoError(t, err)
 	dyn, err := dynamic.NewForConfig(c.Config)
 	require.NoError(t, err)
-	apply(t, c.Config, "../helm/khook/crds/kagent.dev_hooks.yaml", "")
+	apply(t, c.Config, hookCRD, "")
 	ensureNamespace(t, cs, ns)
 	return hookCluster{Cluster: c, cs: cs, hooks: dyn.Resource(kubehooks.GVR).Namespace(ns)}
 }
@@ -175,7 +175,7 @@ func TestKubernetesEndToEnd(t *testing.T) {
 	require.NoError(t, err)
 	dyn, err := dynamic.NewForConfig(c.Config)
 	require.NoError(t, err)
-	apply(t, c.Config, "../helm/khook/crds/kagent.dev_hooks.yaml", "")
+	apply(t, c.Config, hookCRD, "")
 	ensureNamespace(t, cs, "shop")
 	hooks := dyn.Resource(kubehooks.GVR).Namespace("shop")
 	_, err = hooks.Create(context.Background(), hookObject("shop", "restarts", "Pod {{.ResourceName}} in {{.Namespace}} keeps restarting", "3s"), metav1.CreateOptions{})
@@ -311,7 +311,7 @@ func TestKubernetesEndToEnd(t *testing.T) {
 // service account may do.
 func TestRBACIsLeastPrivilege(t *testing.T) {
 	c := kubetest.Start(t, kubetest.Options{})
-	apply(t, c.Config, "../helm/khook/crds/kagent.dev_hooks.yaml", "")
+	apply(t, c.Config, hookCRD, "")
 	apply(t, c.Config, "../helm/manifests/rbac.yaml", "kagent")
 	cs, err := k8s.NewForConfig(c.Config)
 	require.NoError(t, err)
