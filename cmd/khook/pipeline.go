@@ -201,7 +201,10 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		// informer has synced and handed it every Hook. With both, the file is still read
 		// here, so that a broken file fails at start.
 		if cluster == nil || cfg.Kubernetes.Hooks == "both" {
-			if hooks, hooksFile, err = loadHooks(cfg.Files.Hooks); err != nil {
+			if hooks, hooksFile, err = loadHooks(cfg.Files.Hooks); err == nil {
+				warnHooks(logger, hooks)
+			}
+			if err != nil {
 				return err
 			}
 		}
@@ -320,6 +323,7 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 						logger.Error("hooks file rejected, keeping the active hooks", zap.String("file", cfg.Files.Hooks), zap.Error(err))
 						return
 					}
+					warnHooks(logger, idx)
 					logger.Info("hooks reloaded", zap.String("file", cfg.Files.Hooks), zap.Int("hooks", idx.Len()))
 				})
 			})
@@ -452,6 +456,16 @@ func hookList(idx *dispatch.Index) []dispatch.Hook {
 		out = append(out, *h)
 	}
 	return out
+}
+
+// warnHooks logs what a hooks file's hooks load with but their authors may not mean; a Hook
+// resource gets the same as a Warning Event on it instead.
+func warnHooks(logger *zap.Logger, idx *dispatch.Index) {
+	for _, h := range idx.Hooks() {
+		for _, w := range h.Warnings() {
+			logger.Warn("hook loaded with a warning", zap.String("hook", h.Key()), zap.String("warning", w))
+		}
+	}
 }
 
 func parseHooks(b []byte) (*dispatch.Index, error) {

@@ -80,6 +80,20 @@ type AgentRef struct {
 // Key returns the hook's namespace/name.
 func (h *Hook) Key() string { return h.Metadata.Namespace + "/" + h.Metadata.Name }
 
+// Warnings reports what loads but may not be what the hook's author meant: prompt
+// placeholders that name no field, which are sent as written (see literalizeUnknown).
+func (h *Hook) Warnings() []string {
+	var out []string
+	for i, ec := range h.Spec.EventConfigurations {
+		if _, warnings, err := compilePrompt(ec.Prompt); err == nil {
+			for _, w := range warnings {
+				out = append(out, fmt.Sprintf("spec.eventConfigurations[%d].prompt: %s", i, w))
+			}
+		}
+	}
+	return out
+}
+
 // Validate reports every problem with the hook, naming the field.
 func (h *Hook) Validate() error {
 	var errs []error
@@ -101,7 +115,7 @@ func (h *Hook) Validate() error {
 		}
 		if ec.Prompt == "" {
 			errs = append(errs, fmt.Errorf("spec.eventConfigurations[%d].prompt: required", i))
-		} else if _, err := compilePrompt(ec.Prompt); err != nil {
+		} else if _, _, err := compilePrompt(ec.Prompt); err != nil {
 			errs = append(errs, fmt.Errorf("spec.eventConfigurations[%d].prompt: %w", i, err))
 		}
 		if ec.MinSeverity != "" && !slices.Contains(mapping.Severities, ec.MinSeverity) {
@@ -242,7 +256,7 @@ func NewIndex(hooks []Hook) (*Index, error) {
 				continue
 			}
 			entries[entry] = true
-			tmpl, _ := compilePrompt(ec.Prompt) // validated above
+			tmpl, _, _ := compilePrompt(ec.Prompt) // validated above
 			k := indexKey{h.Metadata.Namespace, ec.EventType}
 			idx.byKey[k] = append(idx.byKey[k], Match{Hook: h, Index: j, Agent: agent, prompt: tmpl, entry: entry})
 		}

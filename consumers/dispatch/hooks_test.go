@@ -72,7 +72,9 @@ func TestParseHooksErrors(t *testing.T) {
 		{"no agent", replace(hookYAML, "agentRef: {name: k8s-agent}", "agentRef: {}"), []string{"eventConfigurations[0].agentRef.name: required"}},
 		{"defined twice", hookYAML + "---\n" + hookYAML, []string{"prod/pods is defined twice"}},
 		{"not a hook", "42\n", []string{"expected a Hook"}},
-		{"unknown placeholder", replace(hookYAML, "restarted", "restarted {{.Pod}}"), []string{"prod/pods", "eventConfigurations[0].prompt", "Pod"}},
+		// An unknown field is sent as written (TestUnknownPlaceholdersAreSentAsWritten); an
+		// unknown function is a broken template.
+		{"unknown function", replace(hookYAML, "restarted", "restarted {{pod}}"), []string{"prod/pods", "eventConfigurations[0].prompt", `function "pod" not defined`}},
 		{"broken template", replace(hookYAML, "restarted", "restarted {{if}}"), []string{"prod/pods", "eventConfigurations[0].prompt"}},
 		{"call is sandboxed", replace(hookYAML, "restarted", "{{call .Data}}"), []string{"prod/pods", "call is not allowed"}},
 		{"bad severity floor", replace(hookYAML, "agentRef: {name: k8s-agent}", "agentRef: {name: k8s-agent}\n      minSeverity: fatal"), []string{"minSeverity"}},

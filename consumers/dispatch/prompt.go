@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
 	"text/template"
 	"text/template/parse"
 )
@@ -161,4 +165,71 @@ func boundedPrintln(args ...any) (string, error) {
 		return "", ErrPromptTooLarge
 	}
 	return s, nil
+}
+
+// promptFields are the names a prompt may use at the top level of its data: the fields of
+// promptData.
+var promptFields = func() map[string]bool {
+	fields := map[string]bool{}
+	t := reflect.TypeFor[promptData]()
+	for i := range t.NumField() {
+		fields[t.Field(i).Name] = true
+	}
+	return fields
+}()
+
+// literalizeUnknown keeps a prompt's unknown placeholders as written, as kagent's khook did:
+// it sent {{.PodName}} literally where it knew no PodName, and a migrated Hook must not stop
+// working over it. Each action that is nothing but a field of the event data that does not
+// exist is rewritten into a string constant of its own text; warnings name each one, for the
+// Hook's owner to fix. Only actions where the dot is the event are rewritten: inside
+// {{range}} and {{with}} the dot is something else, and fields there are the payload's.
+func literalizeUnknown(text string, root *parse.ListNode) (string, []string) {
+	type span struct{ start, end int }
+	var spans []span
+	var walk func(l *parse.ListNode)
+	walk = func(l *parse.ListNode) {
+		if l == nil {
+			return
+		}
+		for _, n := range l.Nodes {
+			switch n := n.(type) {
+			case *parse.ActionNode:
+				if f := soleField(n.Pipe); f != nil && !promptFields[f.Ident[0]] {
+					start := strings.LastIndex(text[:n.Pos], "{{")
+					end := strings.Index(text[n.Pos:], "}}")
+					if start >= 0 && end >= 0 {
+						spans = append(spans, span{start, int(n.Pos) + end + 2})
+					}
+				}
+			case *parse.IfNode:
+				walk(n.List)
+				walk(n.ElseList)
+			case *parse.RangeNode:
+				walk(n.ElseList)
+			case *parse.WithNode:
+				walk(n.ElseList)
+			}
+		}
+	}
+	walk(root)
+	var warnings []string
+	for i := len(spans) - 1; i >= 0; i-- {
+		s := spans[i]
+		orig := text[s.start:s.end]
+		warnings = append(warnings, fmt.Sprintf("%s is not a field khook knows, so it is sent as written", orig))
+		text = text[:s.start] + "{{" + strconv.Quote(orig) + "}}" + text[s.end:]
+	}
+	slices.Reverse(warnings)
+	return text, warnings
+}
+
+// soleField returns the field of a pipeline that is only a field, {{.Name}} or {{.A.B}}, and
+// nil for anything else.
+func soleField(p *parse.PipeNode) *parse.FieldNode {
+	if p == nil || len(p.Decl) > 0 || len(p.Cmds) != 1 || len(p.Cmds[0].Args) != 1 {
+		return nil
+	}
+	f, _ := p.Cmds[0].Args[0].(*parse.FieldNode)
+	return f
 }

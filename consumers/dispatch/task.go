@@ -121,25 +121,38 @@ func lookup(v any, path string) any {
 }
 
 // compilePrompt parses a prompt as a text/template (khook's {{.EventType}} placeholders,
-// spaced or not, are template fields) and runs it once on an empty event, so that unknown
-// fields and broken syntax are load errors rather than failures at delivery.
-func compilePrompt(text string) (*template.Template, error) {
+// spaced or not, are template fields) and runs it once on an empty event, so that broken
+// syntax is a load error rather than a failure at delivery. Unknown placeholders are kept as
+// written (see literalizeUnknown); the warnings name them.
+func compilePrompt(text string) (*template.Template, []string, error) {
 	if len(text) > MaxPromptSource {
-		return nil, fmt.Errorf("longer than %d characters", MaxPromptSource)
+		return nil, nil, fmt.Errorf("longer than %d characters", MaxPromptSource)
 	}
-	t, err := template.New("prompt").Option("missingkey=zero").Funcs(sandbox).Parse(text)
+	parse := func(text string) (*template.Template, error) {
+		return template.New("prompt").Option("missingkey=zero").Funcs(sandbox).Parse(text)
+	}
+	t, err := parse(text)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	var warnings []string
+	if t.Tree != nil {
+		var literal string
+		if literal, warnings = literalizeUnknown(text, t.Tree.Root); len(warnings) > 0 {
+			if t, err = parse(literal); err != nil {
+				return nil, nil, err
+			}
+		}
 	}
 	if err := checkPrompt(t); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// Paths into .Data depend on each event's payload, not on the template, so only the
 	// rest of the template must run cleanly on an empty event.
 	if _, err := render(t, &mapping.Event{}); err != nil && !strings.Contains(err.Error(), "at <.Data") {
-		return nil, err
+		return nil, nil, err
 	}
-	return t, nil
+	return t, warnings, nil
 }
 
 // placeholder matches khook's prompt placeholders, with or without spaces inside the braces.
@@ -181,7 +194,7 @@ func render(t *template.Template, ev *mapping.Event) (string, error) {
 
 // ExpandPrompt renders a prompt for an event; an invalid prompt is returned as written.
 func ExpandPrompt(prompt string, ev *mapping.Event) string {
-	t, err := compilePrompt(prompt)
+	t, _, err := compilePrompt(prompt)
 	if err != nil {
 		return prompt
 	}

@@ -75,6 +75,20 @@ files:
 	require.Equal(t, filepath.Join(filepath.Dir(p), "plugins.yaml"), cfg.Files.Plugins)
 }
 
+// Upstream khook's older KAGENT_API_BASE_URL sets the agent API when KAGENT_API_URL does not,
+// as upstream reads it.
+func TestLegacyBaseURL(t *testing.T) {
+	p := writeFile(t, "kagent:\n  url: http://from-file:8083\n")
+	cfg, err := Load(p, []string{"KAGENT_API_BASE_URL=http://base:8083"}, nil)
+	require.NoError(t, err)
+	require.Equal(t, "http://base:8083", cfg.Kagent.URL)
+	cfg, err = Load(p, []string{"KAGENT_API_BASE_URL=http://base:8083", "KAGENT_API_URL=http://url:8083"}, nil)
+	require.NoError(t, err)
+	require.Equal(t, "http://url:8083", cfg.Kagent.URL, "KAGENT_API_URL wins, as upstream")
+	_, err = Load(p, []string{"KAGENT_API_BASE_URL=ftp://x"}, nil)
+	require.ErrorContains(t, err, "kagent.url", "it is validated as kagent.url")
+}
+
 func TestLoadErrors(t *testing.T) {
 	tests := []struct {
 		name  string

@@ -59,11 +59,18 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 
 	var errs []error
 	var ignored []string
+	env := map[string]string{}
 	for _, kv := range environ {
 		name, value, _ := strings.Cut(kv, "=")
+		env[name] = value
 		if key, ok := legacyEnv[name]; ok {
 			errs = append(errs, k.Set(key, value))
 		}
+	}
+	// Older kagent khook releases named the agent API's address KAGENT_API_BASE_URL; upstream
+	// still reads it when KAGENT_API_URL is unset, and so does khook.
+	if v, ok := env["KAGENT_API_BASE_URL"]; ok && env["KAGENT_API_URL"] == "" {
+		errs = append(errs, k.Set("kagent.url", v))
 	}
 	envKeys := map[string]string{}
 	for key, kind := range known {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +70,7 @@ type Watcher struct {
 	mu      sync.Mutex
 	objects map[string]*unstructured.Unstructured // namespace/name → Hook
 	invalid map[string]string                     // namespace/name → resourceVersion already reported
+	warned  map[string]string                     // the same, for Hooks loaded with warnings
 }
 
 // New returns a watcher for the API server of rc. It starts nothing.
@@ -88,7 +90,7 @@ func New(rc *rest.Config, d *dispatch.Dispatcher, cfg Config, logger *zap.Logger
 		cfg.Sources = dispatch.NewHookSources(d.SetHooks, logger, "cluster")
 	}
 	w := &Watcher{cfg: cfg, dyn: dyn, cs: cs, d: d, logger: logger,
-		objects: map[string]*unstructured.Unstructured{}, invalid: map[string]string{}}
+		objects: map[string]*unstructured.Unstructured{}, invalid: map[string]string{}, warned: map[string]string{}}
 	// Set here, before any actor runs, not from Run while the dispatcher may be working.
 	d.Observer = observer{w}
 	return w, nil
@@ -173,6 +175,16 @@ func (w *Watcher) rebuild() {
 				(*w.recorder.Load()).Eventf(u, nil, corev1.EventTypeWarning, "InvalidHook", "Validate", "%v", err)
 			}
 			continue
+		}
+		if warnings := h.Warnings(); len(warnings) > 0 {
+			w.mu.Lock()
+			report := w.warned[key] != u.GetResourceVersion()
+			w.warned[key] = u.GetResourceVersion()
+			w.mu.Unlock()
+			if report {
+				w.logger.Warn("Hook loaded with warnings", zap.String("hook", key), zap.Strings("warnings", warnings))
+				(*w.recorder.Load()).Eventf(u, nil, corev1.EventTypeWarning, "UnknownPlaceholder", "Validate", "%s", strings.Join(warnings, "; "))
+			}
 		}
 		hooks = append(hooks, h)
 		objects[key] = u

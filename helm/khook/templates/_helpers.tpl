@@ -422,3 +422,27 @@ kubelet only updates directory mounts; khook's file watcher follows its ..data s
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{- /*
+khook.upstreamValues fails the release when the values carry upstream kagent-dev/khook's
+chart keys, which this chart does not read: ignoring them would install a khook that calls
+the wrong agent URL or logs at the wrong level, with nothing to say why. Each key names its
+replacement; docs/kubernetes.md#migrating-from-upstream-khook has the whole table.
+*/}}
+{{- define "khook.upstreamValues" -}}
+{{- $v := .Values }}
+{{- $found := list }}
+{{- $kagent := default dict $v.kagent }}
+{{- if hasKey $kagent "apiUrl" }}{{ $found = append $found "kagent.apiUrl: set kagent.url" }}{{ end }}
+{{- if or (hasKey $kagent "retryAttempts") (hasKey $kagent "retryBackoff") }}{{ $found = append $found "kagent.retryAttempts/retryBackoff: set dispatcher.maxAttempts (retries back off on their own)" }}{{ end }}
+{{- if hasKey $v "controller" }}{{ $found = append $found "controller.*: set logLevel and logFormat; controller.deduplication.timeoutMinutes is dispatcher.suppressionWindow; leader election is not needed (the dispatcher scales out)" }}{{ end }}
+{{- if hasKey $v "crds" }}{{ $found = append $found "crds.install: the CRD is the khook-crds chart (helm upgrade --install khook-crds ./helm/khook-crds)" }}{{ end }}
+{{- if hasKey $v "healthCheck" }}{{ $found = append $found "healthCheck: set probes.liveness and probes.readiness" }}{{ end }}
+{{- if hasKey (default dict $v.image) "registry" }}{{ $found = append $found "image.registry: put the registry in image.repository" }}{{ end }}
+{{- if hasKey $v "namespace" }}{{ $found = append $found "namespace.*: use helm's --namespace and --create-namespace" }}{{ end }}
+{{- $metrics := default dict $v.metrics }}
+{{- if or (hasKey $metrics "enabled") (hasKey $metrics "port") }}{{ $found = append $found "metrics.enabled/metrics.port: metrics are always on port 8080" }}{{ end }}
+{{- if $found }}
+{{- fail (printf "values from upstream kagent-dev/khook's chart, which this chart does not read:\n  - %s\nSee docs/kubernetes.md#migrating-from-upstream-khook." (join "\n  - " $found)) }}
+{{- end }}
+{{- end }}
