@@ -144,6 +144,10 @@ func TestCRDChartInstallsOnAFreshCluster(t *testing.T) {
 	dyn, err := dynamic.NewForConfig(cluster.Config)
 	require.NoError(t, err)
 	run := helmOn(t, cluster)
+	// The main chart, installed first by mistake, says what is missing.
+	ensureNamespace(t, mustClientset(t, cluster), "kagent")
+	notes := mustHelm(t, run, "install", "khook", chartDir, "--namespace", "kagent", "--dry-run=server")
+	require.Contains(t, notes, "WARNING: the Hook CRD (hooks.kagent.dev) is not served")
 	mustHelm(t, run, "install", "khook-crds", crdChartDir, "--namespace", "kagent", "--create-namespace")
 	ensureNamespace(t, mustClientset(t, cluster), "shop")
 	hooks := dyn.Resource(hooksGVR).Namespace("shop")
@@ -155,6 +159,8 @@ func TestCRDChartInstallsOnAFreshCluster(t *testing.T) {
 	mustHelm(t, run, "upgrade", "khook-crds", crdChartDir, "--namespace", "kagent")
 	_, err = hooks.Get(context.Background(), "deploys", metav1.GetOptions{})
 	require.NoError(t, err)
+	notes = mustHelm(t, run, "install", "khook", chartDir, "--namespace", "kagent", "--dry-run=server")
+	require.NotContains(t, notes, "WARNING")
 }
 
 func mustClientset(t *testing.T, cluster *kubetest.Cluster) k8s.Interface {
