@@ -171,7 +171,11 @@ current-context: c
 	return cfg, plugins, rules
 }
 
-var valuesFiles = []string{"", "values-dev.yaml", "values-staging.yaml", "values-prod.yaml"}
+// valuesFiles are the chart's values files, and (relative to the chart) the test's file that
+// turns on every optional object.
+var valuesFiles = []string{"", "values-dev.yaml", "values-staging.yaml", "values-prod.yaml", optionsValues}
+
+const optionsValues = "../../test/testdata/values-options.yaml"
 
 func valuesArgs(file string) []string {
 	if file == "" {
@@ -208,8 +212,12 @@ func TestChartLintsAndRendersEveryValuesFile(t *testing.T) {
 				}
 				require.Equal(t, int32(8080), ports["metrics"], name)
 				require.Equal(t, int32(8081), ports["probes"], name)
-				require.Equal(t, map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/metrics"},
-					d.Spec.Template.Annotations, name)
+				if file == optionsValues {
+					require.NotContains(t, d.Spec.Template.Annotations, "prometheus.io/scrape", "metrics.podAnnotations: false")
+				} else {
+					require.Equal(t, map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/metrics"},
+						d.Spec.Template.Annotations, name)
+				}
 				require.True(t, *pod.SecurityContext.RunAsNonRoot, name)
 				require.True(t, *c.SecurityContext.ReadOnlyRootFilesystem, name)
 				require.False(t, *c.SecurityContext.AllowPrivilegeEscalation, name)
@@ -264,6 +272,36 @@ func TestChartLintsAndRendersEveryValuesFile(t *testing.T) {
 				require.Len(t, r.names("NetworkPolicy"), 4)
 				require.NotNil(t, r.get(t, "ConfigMap", "khook-dashboard"))
 				require.Equal(t, "1Gi", r.deployment(t, "khook-mapper").Spec.Template.Spec.Containers[0].Resources.Limits.Memory().String())
+			case optionsValues:
+				// The alertmanager plugin: its Deployment, port, Service and network rule.
+				am := r.deployment(t, "khook-producer-alertmanager")
+				require.Equal(t, []string{"producer", "--plugin", "alertmanager"}, am.Spec.Template.Spec.Containers[0].Args[:3])
+				require.Equal(t, "alertmanager", am.Spec.Template.Spec.Containers[0].Ports[2].Name)
+				require.Equal(t, int32(9095), am.Spec.Template.Spec.Containers[0].Ports[2].ContainerPort)
+				require.Contains(t, plugins, "alertmanager")
+				svc := r.get(t, "Service", "khook-alertmanager")
+				sel, _, _ := unstructured.NestedStringMap(svc.Object, "spec", "selector")
+				require.Equal(t, "producer-alertmanager", sel["app.kubernetes.io/component"])
+				np, _ := json.Marshal(r.get(t, "NetworkPolicy", "khook-producer-alertmanager").Object)
+				require.Contains(t, string(np), `"port":9095`)
+				require.Contains(t, string(np), "monitoring")
+				// The webhook's Ingress and HTTPRoute reach its Service on its path.
+				ing, _ := json.Marshal(r.get(t, "Ingress", "khook-webhook").Object)
+				require.Contains(t, string(ing), `"path":"/webhook"`)
+				require.Contains(t, string(ing), `"name":"khook-webhook"`)
+				route, _ := json.Marshal(r.get(t, "HTTPRoute", "khook-webhook").Object)
+				require.Contains(t, string(route), `"value":"/webhook"`)
+				// One ServiceAccount, annotated, for every stage and the Job; RBAC binds it.
+				require.Equal(t, []string{"khook-iam"}, r.names("ServiceAccount"))
+				require.Equal(t, "arn:aws:iam::123456789012:role/khook", r.get(t, "ServiceAccount", "khook-iam").GetAnnotations()["eks.amazonaws.com/role-arn"])
+				for _, name := range r.names("Deployment") {
+					pod := r.deployment(t, name).Spec.Template.Spec
+					require.Equal(t, "khook-iam", pod.ServiceAccountName, name)
+					require.Equal(t, "ghcr.io/khook/khook@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", pod.Containers[0].Image, name)
+					require.Equal(t, "khook-extra-env", pod.Containers[0].EnvFrom[0].ConfigMapRef.Name, name)
+				}
+				rb, _ := json.Marshal(r.get(t, "ClusterRoleBinding", "khook-dispatcher").Object)
+				require.Contains(t, string(rb), `"name":"khook-iam"`)
 			}
 		})
 	}
@@ -273,7 +311,7 @@ func cmpName(file string) string {
 	if file == "" {
 		return "values.yaml"
 	}
-	return file
+	return filepath.Base(file)
 }
 
 func mountNames(c corev1.Container) []string {
@@ -460,6 +498,23 @@ func TestChartUsesRealMetrics(t *testing.T) {
 // stubCRDs are minimal CustomResourceDefinitions for the Prometheus operator's kinds, so the
 // API server can validate the chart's ServiceMonitor and PrometheusRule without the operator.
 const stubCRDs = `
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: httproutes.gateway.networking.k8s.io
+  # The Gateway API's own CRDs carry this: *.k8s.io groups are protected.
+  annotations: {api-approved.kubernetes.io: "https://github.com/kubernetes-sigs/gateway-api/pull/2466"}
+spec:
+  group: gateway.networking.k8s.io
+  scope: Namespaced
+  names: {plural: httproutes, singular: httproute, kind: HTTPRoute, listKind: HTTPRouteList}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+---
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata: {name: servicemonitors.monitoring.coreos.com}

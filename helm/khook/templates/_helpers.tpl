@@ -30,7 +30,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "khook.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -65,6 +69,19 @@ true or absent, as khook itself decides.
 {{- end }}
 
 {{/* khook.webhookPort is the rendered port of the webhook plugin, 8090 by default. */}}
+{{- define "khook.alertmanagerPort" -}}
+{{- $cfg := include "khook.pluginConfig" (dict "root" . "name" "alertmanager") | fromYaml }}
+{{- default 9095 $cfg.port | int }}
+{{- end }}
+
+{{/*
+khook.serviceAccount is the ServiceAccount of a stage: serviceAccount.name for all of them
+when set, else <fullname>-<stage>. Call with (dict "root" $ "stage" "producer").
+*/}}
+{{- define "khook.serviceAccount" -}}
+{{- default (printf "%s-%s" (include "khook.fullname" .root) .stage) .root.Values.serviceAccount.name }}
+{{- end }}
+
 {{- define "khook.webhookPort" -}}
 {{- $cfg := include "khook.pluginConfig" (dict "root" . "name" "webhook") | fromYaml }}
 {{- default 8090 $cfg.port | int }}
@@ -176,9 +193,11 @@ spec:
         {{- toYaml . | nindent 8 }}
         {{- end }}
       annotations:
+        {{- if $v.metrics.podAnnotations }}
         prometheus.io/scrape: "true"
         prometheus.io/port: "8080"
         prometheus.io/path: /metrics
+        {{- end }}
         {{- with include "khook.checksums" $root | trim }}
         {{- . | nindent 8 }}
         {{- end }}
@@ -254,6 +273,10 @@ spec:
             {{- with $v.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
+          {{- with $v.envFrom }}
+          envFrom:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
           livenessProbe:
             httpGet: {path: /healthz, port: probes}
             initialDelaySeconds: {{ $v.probes.liveness.initialDelaySeconds }}
