@@ -183,3 +183,21 @@ func TestChartRefusesUpstreamValues(t *testing.T) {
 	// userId and timeout are read by both charts, so they alone pass.
 	helm(t, "template", "khook", chartDir, "--set", "kagent.userId=admin@kagent.dev,kagent.timeout=30s")
 }
+
+// values.schema.json turns a typo or a wrong type into an error at `helm install`, naming the
+// key, instead of a pod that crash-loops.
+func TestChartValuesSchema(t *testing.T) {
+	for _, tc := range []struct{ set, want string }{
+		{"webhok.enabled=true", "additional properties 'webhok' not allowed"},
+		{"dispatcher.workers=many", "/dispatcher/workers': got string, want integer"},
+		{"hooks.source=crd", "/hooks/source"},
+		{"producers.perPlugin.webhook.replicaCont=2", "additional properties 'replicaCont' not allowed"},
+		{"image.pullPolicy=Sometimes", "/image/pullPolicy"},
+	} {
+		out, err := exec.Command(helmBin(t), "template", "khook", chartDir, "--set", tc.set).CombinedOutput()
+		require.Error(t, err, tc.set)
+		require.Contains(t, string(out), tc.want, tc.set)
+	}
+	// Stage overrides take the stage keys, per plugin too.
+	helm(t, "template", "khook", chartDir, "--set", "producers.perPlugin.kubernetes.replicaCount=2,dispatcher.workers=32,mapper.autoscaling.enabled=true")
+}

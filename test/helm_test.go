@@ -408,7 +408,7 @@ func TestChartRendersTemplatedPluginValues(t *testing.T) {
 	cmd := exec.Command(helmBin(t), "template", "khook", chartDir, "--set", "producers.mode=sideways")
 	out, err := cmd.CombinedOutput()
 	require.Error(t, err)
-	require.Contains(t, string(out), `producers.mode: want perPlugin or combined, got "sideways"`)
+	require.Contains(t, string(out), `at '/producers/mode': value must be one of 'perPlugin', 'combined'`)
 }
 
 // promtool is Debian's (package prometheus), which .ci/run installs; make test passes it as
