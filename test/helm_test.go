@@ -72,7 +72,12 @@ type rendered struct {
 
 func renderChart(t *testing.T, args ...string) rendered {
 	t.Helper()
-	out := helm(t, append([]string{"template", "khook", chartDir, "--namespace", "kagent"}, args...)...)
+	return decodeRendered(t, helm(t, append([]string{"template", "khook", chartDir, "--namespace", "kagent"}, args...)...))
+}
+
+// decodeRendered decodes a manifest stream, as helm template or helm get manifest print it.
+func decodeRendered(t *testing.T, out string) rendered {
+	t.Helper()
 	var r rendered
 	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(out), 4096)
 	for {
