@@ -30,8 +30,11 @@ type Constructor func(spec Spec, logger *zap.Logger, reg prometheus.Registerer) 
 // to /readyz and in khook_plugin_* metrics, and applies edits of plugins.yaml (a plugin
 // enabled, disabled or reconfigured) to just the plugins they touch, without a restart.
 type Supervisor struct {
-	Path     string                 // plugins.yaml
-	Only     string                 // run only this plugin (khook producer --plugin)
+	Path string // plugins.yaml
+	// Only runs just this plugin (khook producer --plugin), and only while plugins.yaml
+	// enables it: the chart runs one Deployment per plugin, and the guide's rollback is to
+	// disable the plugin in the file. A disabled plugin leaves the process running idle.
+	Only     string
 	Table    map[string]Constructor // the built-in plugins
 	Pub      *Publisher
 	Metrics  *Metrics
@@ -169,7 +172,7 @@ func (s *Supervisor) parse(b []byte) (map[string]Desired, error) {
 		if err != nil {
 			return nil, fmt.Errorf("plugins.%s.config: %w", spec.Name, err)
 		}
-		enabled := spec.IsEnabled() || s.Only == spec.Name
+		enabled := spec.IsEnabled()
 		reg := prometheus.NewRegistry()
 		logger := s.Logger.Named(spec.Name)
 		if !settings.VerboseLogging {

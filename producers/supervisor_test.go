@@ -170,3 +170,37 @@ func TestPluginsFileEditsTouchOnlyTheirPlugin(t *testing.T) {
 	require.Eventually(t, func() bool { return testutil.CollectAndCount(s.Metrics.active) == 0 }, 10*time.Second, time.Millisecond)
 	require.Equal(t, 0, testutil.CollectAndCount(s.Metrics.processing))
 }
+
+// With --plugin, disabling the plugin in plugins.yaml stops it and enabling it starts it
+// again: the one-plugin rollback of a per-plugin Deployment. The process itself keeps
+// running, so the Deployment does not crash-loop.
+func TestOnlyPluginFollowsEnabled(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "plugins.yaml")
+	write := func(enabled string) {
+		require.NoError(t, os.WriteFile(file, []byte("plugins:\n  - name: steady\n    enabled: "+enabled+"\n  - name: flaky\n"), 0o600))
+	}
+	write("'true'")
+	s, tp, _, _ := newSupervisor(t, file)
+	s.Only, s.Interval = "steady", 20*time.Millisecond
+	runSupervisor(t, s)
+	require.Eventually(t, func() bool { return tp.counts["steady"].Load() > 0 }, 20*time.Second, 5*time.Millisecond)
+	require.Zero(t, tp.runs["flaky"].Load(), "only the named plugin runs")
+
+	out, err := SetEnabled(mustRead(t, file), "steady", false)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(file, out, 0o600))
+	require.Eventually(t, func() bool { return testutil.ToFloat64(s.Metrics.active.WithLabelValues("steady")) == 0 },
+		20*time.Second, 5*time.Millisecond, "disabling the plugin stops it")
+	stopped := tp.counts["steady"].Load()
+	write("true")
+	require.Eventually(t, func() bool { return tp.counts["steady"].Load() > stopped }, 20*time.Second, 5*time.Millisecond,
+		"enabling it starts it again")
+	require.Equal(t, int64(2), tp.runs["steady"].Load())
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return b
+}
