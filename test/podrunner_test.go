@@ -174,7 +174,10 @@ func (r *podRunner) mount(pod corev1.PodSpec, c corev1.Container, podName string
 			t.Fatalf("%s: volume %s: only ConfigMap, Secret and emptyDir volumes are supported by the pod runner", podName, m.Name)
 		}
 		for k, d := range files {
-			require.NoError(t, os.WriteFile(filepath.Join(dir, k), d, 0o600))
+			// Replaced through a rename, as the kubelet swaps a volume's files atomically.
+			tmp := filepath.Join(dir, "."+k+".tmp")
+			require.NoError(t, os.WriteFile(tmp, d, 0o600))
+			require.NoError(t, os.Rename(tmp, filepath.Join(dir, k)))
 		}
 	}
 	return rewrite
@@ -415,6 +418,37 @@ func TestChartPodsRunAsInstalled(t *testing.T) {
 		require.Equal(t, 1, n, "message %s was delivered %d times", id, n)
 	}
 	pods["khook-dispatcher"] = replacement
+
+	// The one-plugin rollback docs/helm.md gives: `khook plugins disable` edits one entry of
+	// the plugin ConfigMap; once the kubelet has updated the mounted files, the alertmanager
+	// plugin stops and the webhook keeps delivering. `enable` brings it back.
+	toggle := func(verb string) {
+		t.Helper()
+		out, err := exec.Command(bins.khook, "plugins", verb, "alertmanager", "--configmap", "khook-plugin-config",
+			"--namespace", "kagent", "--kubeconfig", cluster.Kubeconfig).CombinedOutput()
+		require.NoError(t, err, string(out))
+		require.Contains(t, string(out), "plugin alertmanager "+verb+"d in configmap kagent/khook-plugin-config")
+		for name, p := range pods { // the kubelet's sync of every pod's volumes
+			r.mount(specs[name], specs[name].Containers[0], p.name)
+		}
+	}
+	alertUp := func() bool {
+		resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/alerts", alertPort), "application/json", strings.NewReader(alert))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusAccepted
+	}
+	toggle("disable")
+	require.Eventually(t, func() bool { return !alertUp() }, 30*time.Second, 50*time.Millisecond, "the alertmanager plugin stops")
+	before = deliveredTo("sre-agent")
+	require.Equal(t, http.StatusAccepted, postJSON(webhookPort, "/webhook",
+		`{"type":"deploy-failed","id":"while-disabled","namespace":"shop","resourceName":"while-disabled","message":"m"}`))
+	require.Eventually(t, func() bool { return deliveredTo("sre-agent") > before }, 30*time.Second, 20*time.Millisecond,
+		"the webhook keeps delivering while alertmanager is rolled back")
+	toggle("enable")
+	require.Eventually(t, alertUp, 30*time.Second, 50*time.Millisecond, "the alertmanager plugin is back")
 
 	// `helm upgrade` to the production values, then the guide's `helm rollback`: after each,
 	// the pods are replaced from what the API server then holds, and an event goes through.

@@ -35,6 +35,7 @@ func commands() map[string]command {
 		"agent":      {"run a local A2A demo agent that prints every task it receives", runAgent},
 		"mappings":   {"mappings check FILE [--event EVENT.json]: validate a mappings file", runMappings},
 		"publish":    {"publish events from a script or an out-of-process plugin", runPublish},
+		"plugins":    {"plugins disable|enable NAME: roll one plugin back, leaving the others running", runPlugins},
 		"probe":      {"probe URL: exit 0 when URL answers 200 (container healthchecks)", runProbe},
 		"replay":     {"replay retained events through the mapper or the dispatcher", runReplay},
 		"status":     {"streams, consumers, dead letters, plugins and hooks", runStatus},
