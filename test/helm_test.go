@@ -137,10 +137,22 @@ func (r rendered) configMap(t *testing.T, name string) *corev1.ConfigMap {
 func (r rendered) loadRenderedConfig(t *testing.T) (config.Config, map[string]producers.Desired, *mapping.Rules) {
 	t.Helper()
 	root := t.TempDir()
-	for cm, dir := range map[string]string{
-		"khook-config": "config", "khook-plugin-config": "plugins", "khook-event-mappings": "mappings",
-	} {
-		for key, data := range r.configMap(t, cm).Data {
+	// The ConfigMaps are found by the file they hold, since their names may be set.
+	dirs := map[string]string{"khook.yaml": "config", "plugins.yaml": "plugins", "event-mappings.yaml": "mappings"}
+	found := 0
+	for _, name := range r.names("ConfigMap") {
+		cm := r.configMap(t, name)
+		dir := ""
+		for file, d := range dirs {
+			if _, ok := cm.Data[file]; ok {
+				dir = d
+			}
+		}
+		if dir == "" {
+			continue
+		}
+		found++
+		for key, data := range cm.Data {
 			// The webhook's certificate is mounted at /etc/certs in the pod; here it is a
 			// self-signed one in the temporary root.
 			data = strings.ReplaceAll(data, "/etc/certs/", filepath.Join(root, "certs")+"/")
@@ -148,6 +160,7 @@ func (r rendered) loadRenderedConfig(t *testing.T) (config.Config, map[string]pr
 			require.NoError(t, os.WriteFile(filepath.Join(root, dir, key), []byte(data), 0o644))
 		}
 	}
+	require.Equal(t, 3, found, "the config, plugin and mapping ConfigMaps")
 	writeSelfSigned(t, filepath.Join(root, "certs"))
 	cfg, err := config.Load(filepath.Join(root, "config", "khook.yaml"), nil, nil)
 	require.NoError(t, err, "the rendered khook.yaml")
@@ -178,7 +191,7 @@ current-context: c
 
 // valuesFiles are the chart's values files, and (relative to the chart) the test's file that
 // turns on every optional object.
-var valuesFiles = []string{"", "values-dev.yaml", "values-staging.yaml", "values-prod.yaml", optionsValues}
+var valuesFiles = []string{"", "values-dev.yaml", "values-staging.yaml", "values-prod.yaml", "values-single.yaml", optionsValues}
 
 const optionsValues = "../../test/testdata/values-options.yaml"
 
@@ -277,6 +290,14 @@ func TestChartLintsAndRendersEveryValuesFile(t *testing.T) {
 				require.Len(t, r.names("NetworkPolicy"), 4)
 				require.NotNil(t, r.get(t, "ConfigMap", "khook-dashboard"))
 				require.Equal(t, "1Gi", r.deployment(t, "khook-mapper").Spec.Template.Spec.Containers[0].Resources.Limits.Memory().String())
+			case "values-single.yaml":
+				// One Deployment with the guide's names, running every stage.
+				require.Equal(t, []string{"khook"}, r.names("Deployment"))
+				require.Equal(t, []string{"run"}, r.deployment(t, "khook").Spec.Template.Spec.Containers[0].Args[:1])
+				require.Subset(t, r.names("ConfigMap"), []string{"plugin-config", "event-mappings"})
+				require.Equal(t, []string{"khook"}, r.names("ServiceAccount"))
+				sel, _, _ := unstructured.NestedStringMap(r.get(t, "Service", "khook-webhook").Object, "spec", "selector")
+				require.Equal(t, "single", sel["app.kubernetes.io/component"])
 			case optionsValues:
 				// The alertmanager plugin: its Deployment, port, Service and network rule.
 				am := r.deployment(t, "khook-producer-alertmanager")

@@ -516,3 +516,81 @@ func TestChartPodsRunAsInstalled(t *testing.T) {
 func keys[V any](m map[string]V) []string {
 	return slices.Sorted(maps.Keys(m))
 }
+
+// TestChartSingleDeploymentRuns is the small-cluster install of values-single.yaml: one
+// Deployment named khook runs every stage, the ConfigMaps have the deployment guide's names,
+// and the guide's objects (deployment/khook, configmap plugin-config) are what the commands
+// name. The pod runs as installed; a webhook event reaches the agent through a Hook, and the
+// one-plugin rollback on the guide's ConfigMap stops the webhook.
+func TestChartSingleDeploymentRuns(t *testing.T) {
+	cluster := kubetest.Start(t, kubetest.Options{})
+	cs := mustClientset(t, cluster)
+	dyn, err := dynamic.NewForConfig(cluster.Config)
+	require.NoError(t, err)
+	ctx := context.Background()
+	run := helmOn(t, cluster)
+	mustHelm(t, run, "install", "khook-crds", crdChartDir, "--namespace", "kagent", "--create-namespace")
+	ensureNamespace(t, cs, "shop")
+	dir := t.TempDir()
+	_, natsURL := startNATS(t, filepath.Join(dir, "nats"), freePort(t))
+	agent, agentURL := startAgent(t)
+	webhookPort := freePort(t)
+	mustHelm(t, run, "install", "khook", chartDir, "--namespace", "kagent", "--no-hooks",
+		"--values", filepath.Join(chartDir, "values-single.yaml"),
+		"--set", fmt.Sprintf("nats.url=%s,kagent.url=%s,webhook.port=%d,logFormat=console", natsURL, agentURL, webhookPort),
+		"--set-json", `eventMappings=[{"eventSource":"webhook","eventType":"deploy-failed","severity":"error"}]`)
+	_, err = cs.AppsV1().Deployments("kagent").Get(ctx, "khook", metav1.GetOptions{})
+	require.NoError(t, err, "the guide's deployment/khook")
+	for _, name := range []string{"plugin-config", "event-mappings"} {
+		_, err = cs.CoreV1().ConfigMaps("kagent").Get(ctx, name, metav1.GetOptions{})
+		require.NoError(t, err, "the guide's configmap %s", name)
+	}
+
+	manifest := mustHelm(t, run, "get", "manifest", "khook", "--namespace", "kagent")
+	svcs, err := cs.CoreV1().Services("kagent").List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	r := &podRunner{t: t, cs: cs, cluster: cluster, ns: "kagent", root: filepath.Join(dir, "pods"), services: svcs.Items}
+	jobs := decodeManifests[batchv1.Job](t, mustHelm(t, run, "get", "hooks", "khook", "--namespace", "kagent"), "Job")
+	require.Len(t, jobs, 1)
+	job := r.start(jobs[0].Spec.Template.Spec, jobs[0].Name+"-0")
+	<-job.done
+	require.NoError(t, job.err, job.out.String())
+	deployments := decodeManifests[appsv1.Deployment](t, manifest, "Deployment")
+	require.Len(t, deployments, 1)
+	require.Equal(t, "khook", deployments[0].Name)
+	spec := deployments[0].Spec.Template.Spec
+	require.Equal(t, []string{"run"}, spec.Containers[0].Args[:1])
+	pod := r.start(spec, "khook-0")
+	pod.ready(t, spec.Containers[0])
+
+	_, err = dyn.Resource(hooksGVR).Namespace("shop").Create(ctx,
+		hookFor("shop", "deploys", "deploy-failed", "sre-agent", "Deployment {{.ResourceName}} failed"), metav1.CreateOptions{})
+	require.NoError(t, err)
+	post := func(id string) (int, error) {
+		body := fmt.Sprintf(`{"type":"deploy-failed","id":%q,"namespace":"shop","resourceName":%q,"message":"m"}`, id, id)
+		resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/webhook", webhookPort), "application/json", strings.NewReader(body))
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	// The dispatcher may not have seen the new Hook yet: each try is a new resource.
+	i := 0
+	require.Eventually(t, func() bool {
+		i++
+		code, err := post(fmt.Sprintf("single-%d", i))
+		return err == nil && code == http.StatusAccepted && len(agent.Received()) > 0
+	}, 30*time.Second, 500*time.Millisecond, "a webhook event reaches the agent through the single Deployment")
+	require.Equal(t, "kagent/sre-agent", agent.Received()[0].Agent)
+
+	out, err := exec.Command(bins.khook, "plugins", "disable", "webhook", "--configmap", "plugin-config",
+		"--namespace", "kagent", "--kubeconfig", cluster.Kubeconfig).CombinedOutput()
+	require.NoError(t, err, string(out))
+	r.mount(spec, spec.Containers[0], "khook-0")
+	require.Eventually(t, func() bool {
+		_, err := post("after-disable")
+		return err != nil
+	}, 30*time.Second, 50*time.Millisecond, "the webhook stops once the guide's ConfigMap disables it")
+	require.Contains(t, pod.out.String(), "plugin stopped")
+}

@@ -79,7 +79,32 @@ khook.serviceAccount is the ServiceAccount of a stage: serviceAccount.name for a
 when set, else <fullname>-<stage>. Call with (dict "root" $ "stage" "producer").
 */}}
 {{- define "khook.serviceAccount" -}}
+{{- if eq .root.Values.deploymentMode "single" }}
+{{- default (include "khook.fullname" .root) .root.Values.serviceAccount.name }}
+{{- else }}
 {{- default (printf "%s-%s" (include "khook.fullname" .root) .stage) .root.Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+khook.component is the component label of the pods that run a stage or plugin: the single
+Deployment's in single mode, the combined producer's, or the stage's own. Call with
+(dict "root" $ "stage" "producer" "plugin" "webhook").
+*/}}
+{{- define "khook.component" -}}
+{{- if eq .root.Values.deploymentMode "single" }}single
+{{- else if and (eq .stage "producer") (eq .root.Values.producers.mode "combined") }}producer
+{{- else if eq .stage "producer" }}producer-{{ .plugin }}
+{{- else }}{{ .stage }}
+{{- end }}
+{{- end }}
+
+{{- define "khook.pluginConfigName" -}}
+{{- default (printf "%s-plugin-config" (include "khook.fullname" .)) .Values.configMapNames.pluginConfig }}
+{{- end }}
+
+{{- define "khook.eventMappingsName" -}}
+{{- default (printf "%s-event-mappings" (include "khook.fullname" .)) .Values.configMapNames.eventMappings }}
 {{- end }}
 
 {{- define "khook.webhookPort" -}}
@@ -167,7 +192,7 @@ durable name whose lag the HPA may scale on).
 {{- $root := .root }}
 {{- $v := $root.Values }}
 {{- $s := .stage }}
-{{- $name := printf "%s-%s" (include "khook.fullname" $root) .component }}
+{{- $name := .name | default (printf "%s-%s" (include "khook.fullname" $root) .component) }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -376,9 +401,9 @@ kubelet only updates directory mounts; khook's file watcher follows its ..data s
 - name: config
   configMap: {name: {{ $full }}-config}
 - name: plugins
-  configMap: {name: {{ $full }}-plugin-config}
+  configMap: {name: {{ include "khook.pluginConfigName" $root }}}
 - name: mappings
-  configMap: {name: {{ $full }}-event-mappings}
+  configMap: {name: {{ include "khook.eventMappingsName" $root }}}
 {{- if ne $v.hooks.source "cluster" }}
 - name: hooks
   configMap: {name: {{ $full }}-hooks}
