@@ -338,6 +338,19 @@ func TestChartPodsRunAsInstalled(t *testing.T) {
 		require.NotContains(t, p.out.String(), "no such setting", "%s: a Service-link variable was taken for a setting", p.name)
 	}
 
+	// `helm test`: its Pod publishes an event and succeeds once the mapper has taken it.
+	testPods := decodeManifests[corev1.Pod](t, hooks, "Pod")
+	require.Len(t, testPods, 1)
+	require.Equal(t, "test", testPods[0].Annotations["helm.sh/hook"])
+	helmTest := r.start(testPods[0].Spec, testPods[0].Name)
+	select {
+	case <-helmTest.done:
+		require.NoError(t, helmTest.err, helmTest.out.String())
+		require.Contains(t, helmTest.out.String(), "the mapper took the event")
+	case <-time.After(90 * time.Second):
+		t.Fatalf("the helm test Pod did not finish\n%s", helmTest.out.String())
+	}
+
 	// A webhook POST reaches one agent through a Hook resource of its type, and an
 	// Alertmanager notification another through its own.
 	hookRes := dyn.Resource(hooksGVR).Namespace("shop")
@@ -593,4 +606,19 @@ func TestChartSingleDeploymentRuns(t *testing.T) {
 		return err != nil
 	}, 30*time.Second, 50*time.Millisecond, "the webhook stops once the guide's ConfigMap disables it")
 	require.Contains(t, pod.out.String(), "plugin stopped")
+}
+
+// The helm test's check fails, and says why, when no mapper takes the event.
+func TestPublishWaitFailsWithoutAMapper(t *testing.T) {
+	dir := t.TempDir()
+	_, natsURL := startNATS(t, filepath.Join(dir, "nats"), freePort(t))
+	out, err := exec.Command(bins.khook, "streams", "apply", "--nats-url", natsURL).CombinedOutput()
+	require.NoError(t, err, string(out))
+	out, err = exec.Command(bins.khook, "publish", "--nats-url", natsURL, "--source", "helm-test", "--type", "helm-test",
+		"--data", `{"message":"m"}`, "--wait", "1s").CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "the mapper did not take the event")
+	out, err = exec.Command(bins.khook, "publish", "--nats-url", natsURL, "--source", "helm-test", "--wait", "1s").CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "--wait needs --data")
 }

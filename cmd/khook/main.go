@@ -74,7 +74,11 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		var ue usageError
 		if errors.As(err, &ue) {
-			// The flag package has already printed the problem and the flags.
+			// The flag package has already printed its own problems and the flags; a
+			// command's own usage problem is printed here.
+			if !ue.printed {
+				fmt.Fprintf(stderr, "khook %s: %v\n", args[0], err)
+			}
 			return 2
 		}
 		fmt.Fprintf(stderr, "khook %s: %v\n", args[0], err)
@@ -101,15 +105,19 @@ func runVersion(_ context.Context, _ []string, stdout, _ io.Writer) error {
 	return nil
 }
 
-// usageError is a command line the command cannot parse; it exits 2.
-type usageError struct{ error }
+// usageError is a command line the command cannot parse; it exits 2. printed says the flag
+// package has already told the user.
+type usageError struct {
+	error
+	printed bool
+}
 
 func (u usageError) Unwrap() error { return u.error }
 
 // parseFlags parses args, marking failures as usage errors.
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+		return usageError{err, true}
 	}
 	return nil
 }
@@ -169,7 +177,7 @@ func runProbe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if fs.NArg() != 1 {
 		fs.Usage()
-		return usageError{errors.New("usage: khook probe URL")}
+		return usageError{errors.New("usage: khook probe URL"), true}
 	}
 	args = fs.Args()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

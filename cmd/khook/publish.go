@@ -13,10 +13,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/producers"
+	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
 )
 
@@ -33,11 +35,12 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	user := fs.String("user", "", "NATS user (an embedded server's plugin user is the plugin's name)")
 	passwordFile := fs.String("password-file", "", "file holding the NATS password")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for each event to be stored")
+	wait := fs.Duration("wait", 0, "with --data: also wait this long for the mapper to take the event (a pipeline check, e.g. `helm test`)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *source == "" {
-		return usageError{errors.New("--source is required")}
+		return usageError{error: errors.New("--source is required")}
 	}
 	cfg, err := config.Load(common.config, environ(), common.overrides())
 	if err != nil {
@@ -90,10 +93,16 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		out, _ := json.Marshal(map[string]any{"id": res.ID, "duplicate": res.Duplicate})
 		fmt.Fprintln(stdout, string(out))
+		if *wait > 0 {
+			return waitMapped(ctx, js, cfg.Streams, *source, ev.Type, *wait, stdout)
+		}
 		return nil
 	}
 	if *data != "" {
 		return publish([]byte(*data), "--data")
+	}
+	if *wait > 0 {
+		return usageError{error: errors.New("--wait needs --data: it follows one event")}
 	}
 	sc := bufio.NewScanner(os.Stdin)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -157,4 +166,41 @@ func eventFromJSON(b []byte, typ, id, subj string) (producers.Event, error) {
 		return producers.Event{}, fmt.Errorf(`%w: no event type: give --type or a "type" field`, producers.ErrInvalidEvent)
 	}
 	return ev, nil
+}
+
+// waitMapped waits until the mapper's consumer has acknowledged the newest raw event of
+// source and type: the event went from a producer's subject through the mapper, whatever
+// the mappings made of it. Mapped or dropped, an acknowledged event proves the stages are
+// connected, which is what an install check needs; what the agent does is the Hook's part.
+func waitMapped(ctx context.Context, js jetstream.JetStream, topo streams.Config, source, eventType string, wait time.Duration, stdout io.Writer) error {
+	subj, err := topo.Subjects().Raw(source, eventType)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	st, err := js.Stream(ctx, topo.Raw.Name)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", topo.Raw.Name, err)
+	}
+	msg, err := st.GetLastMsgForSubject(ctx, subj)
+	if err != nil {
+		return fmt.Errorf("the event on %s: %w", subj, err)
+	}
+	start := time.Now()
+	for {
+		cons, err := js.Consumer(ctx, topo.Raw.Name, topo.Mapper.Durable)
+		if err == nil {
+			info, err := cons.Info(ctx)
+			if err == nil && info.AckFloor.Stream >= msg.Sequence {
+				fmt.Fprintf(stdout, "the mapper took the event (stream sequence %d) after %s\n", msg.Sequence, time.Since(start).Round(time.Millisecond))
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the mapper did not take the event (stream sequence %d) within %s: is the mapper running? (khook status)", msg.Sequence, wait)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
