@@ -82,11 +82,26 @@ func TestMain(m *testing.M) {
 // freePort returns a loopback port that was free a moment ago.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		// The kernel may hand a port it just freed out again before the process it was
+		// meant for has bound it; a port is never given twice in one test binary.
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port
+		}
+	}
 }
+
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
 
 // proc is a child process whose output is kept for the failure report.
 type proc struct {
@@ -124,9 +139,17 @@ func start(t *testing.T, name string, bin string, args ...string) *proc {
 // startEnv is start with extra environment variables, which win over the test's own.
 func startEnv(t *testing.T, name string, env []string, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(append(os.Environ(), "LOG_FORMAT=console"), env...)
+	return startCmd(t, name, cmd)
+}
+
+// startCmd starts cmd, collecting its output, and kills it when the test ends (showing the
+// output if the test failed).
+func startCmd(t *testing.T, name string, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.Env = append(append(os.Environ(), "LOG_FORMAT=console"), env...)
 	require.NoError(t, p.cmd.Start(), name)
 	go func() {
 		p.err = p.cmd.Wait()

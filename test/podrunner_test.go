@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/internal/kubetest"
 )
 
@@ -220,23 +221,11 @@ func (r *podRunner) start(pod corev1.PodSpec, podName string) *podProc {
 	for i, a := range c.Args {
 		args[i] = rewrite.Replace(a)
 	}
-	p := &proc{name: podName, cmd: exec.Command(bins.khook, args...), out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.Env = env
-	p.cmd.Dir = filepath.Join(r.root, podName)
-	require.NoError(t, os.MkdirAll(p.cmd.Dir, 0o755))
-	require.NoError(t, p.cmd.Start(), podName)
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("---- %s output ----\n%s", p.name, p.out.String())
-		}
-	})
-	return &podProc{proc: p, probes: probes}
+	cmd := exec.Command(bins.khook, args...)
+	cmd.Env = env // exactly the pod's: nothing of the test's own environment
+	cmd.Dir = filepath.Join(r.root, podName)
+	require.NoError(t, os.MkdirAll(cmd.Dir, 0o755))
+	return &podProc{proc: startCmd(t, podName, cmd), probes: probes}
 }
 
 // ready waits for the container's readiness probe, as the chart declares it.
@@ -278,19 +267,61 @@ func decodeManifests[T any](t *testing.T, manifest, kind string) []T {
 	return out
 }
 
-func TestChartPodsRunAsInstalled(t *testing.T) {
-	cluster := kubetest.Start(t, kubetest.Options{})
-	cs := mustClientset(t, cluster)
-	dyn, err := dynamic.NewForConfig(cluster.Config)
-	require.NoError(t, err)
-	ctx := context.Background()
-	run := helmOn(t, cluster)
-	mustHelm(t, run, "install", "khook-crds", crdChartDir, "--namespace", "kagent", "--create-namespace")
-	ensureNamespace(t, cs, "shop")
+// chartCluster is what a chart install runs against: an API server with the Hook CRD from
+// khook-crds and the namespace shop, a NATS server, and an A2A agent.
+type chartCluster struct {
+	cluster  *kubetest.Cluster
+	cs       k8s.Interface
+	hooks    dynamic.ResourceInterface // the Hooks of shop
+	run      func(args ...string) (string, error)
+	dir      string
+	natsURL  string
+	agent    *demoagent.Server
+	agentURL string
+}
 
-	dir := t.TempDir()
-	_, natsURL := startNATS(t, filepath.Join(dir, "nats"), freePort(t))
-	agent, agentURL := startAgent(t)
+func startChartCluster(t *testing.T) *chartCluster {
+	t.Helper()
+	c := &chartCluster{cluster: kubetest.Start(t, kubetest.Options{}), dir: t.TempDir()}
+	c.cs = mustClientset(t, c.cluster)
+	dyn, err := dynamic.NewForConfig(c.cluster.Config)
+	require.NoError(t, err)
+	c.hooks = dyn.Resource(hooksGVR).Namespace("shop")
+	c.run = helmOn(t, c.cluster)
+	mustHelm(t, c.run, "install", "khook-crds", crdChartDir, "--namespace", "kagent", "--create-namespace")
+	ensureNamespace(t, c.cs, "shop")
+	_, c.natsURL = startNATS(t, filepath.Join(c.dir, "nats"), freePort(t))
+	c.agent, c.agentURL = startAgent(t)
+	return c
+}
+
+// runner returns a pod runner for the release's namespace, once its Services exist.
+func (c *chartCluster) runner(t *testing.T) *podRunner {
+	t.Helper()
+	svcs, err := c.cs.CoreV1().Services("kagent").List(context.Background(), metav1.ListOptions{})
+	require.NoError(t, err)
+	require.NotEmpty(t, svcs.Items)
+	return &podRunner{t: t, cs: c.cs, cluster: c.cluster, ns: "kagent", root: filepath.Join(c.dir, "pods"), services: svcs.Items}
+}
+
+// runJob runs the release's one Job (the streams apply hook) to completion.
+func (c *chartCluster) runJob(t *testing.T, r *podRunner, hooks string) {
+	t.Helper()
+	jobs := decodeManifests[batchv1.Job](t, hooks, "Job")
+	require.Len(t, jobs, 1)
+	job := r.start(jobs[0].Spec.Template.Spec, jobs[0].Name+"-0")
+	select {
+	case <-job.done:
+		require.NoError(t, job.err, "the streams Job fails\n%s", job.out.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the streams Job did not finish\n%s", job.out.String())
+	}
+}
+
+func TestChartPodsRunAsInstalled(t *testing.T) {
+	c := startChartCluster(t)
+	cluster, cs, run, dir, natsURL, agent, agentURL := c.cluster, c.cs, c.run, c.dir, c.natsURL, c.agent, c.agentURL
+	ctx := context.Background()
 	webhookPort, alertPort := freePort(t), freePort(t)
 	// The release is installed as a user would install it (the streams Job is run by the
 	// test below, as there is no kubelet for Helm to wait on).
@@ -303,21 +334,8 @@ func TestChartPodsRunAsInstalled(t *testing.T) {
 		"--set-json", mappings)
 	manifest := mustHelm(t, run, "get", "manifest", "khook", "--namespace", "kagent")
 	hooks := mustHelm(t, run, "get", "hooks", "khook", "--namespace", "kagent")
-	svcs, err := cs.CoreV1().Services("kagent").List(ctx, metav1.ListOptions{})
-	require.NoError(t, err)
-	r := &podRunner{t: t, cs: cs, cluster: cluster, ns: "kagent", root: filepath.Join(dir, "pods"), services: svcs.Items}
-	require.NotEmpty(t, r.services)
-
-	// The post-install Job first: it must complete.
-	jobs := decodeManifests[batchv1.Job](t, hooks, "Job")
-	require.Len(t, jobs, 1)
-	job := r.start(jobs[0].Spec.Template.Spec, jobs[0].Name+"-0")
-	select {
-	case <-job.done:
-		require.NoError(t, job.err, "the streams Job fails\n%s", job.out.String())
-	case <-time.After(60 * time.Second):
-		t.Fatalf("the streams Job did not finish\n%s", job.out.String())
-	}
+	r := c.runner(t)
+	c.runJob(t, r, hooks) // the post-install Job first: it must complete
 
 	// Every Deployment's pod becomes ready on its readiness probe.
 	deployments := decodeManifests[appsv1.Deployment](t, manifest, "Deployment")
@@ -353,8 +371,8 @@ func TestChartPodsRunAsInstalled(t *testing.T) {
 
 	// A webhook POST reaches one agent through a Hook resource of its type, and an
 	// Alertmanager notification another through its own.
-	hookRes := dyn.Resource(hooksGVR).Namespace("shop")
-	_, err = hookRes.Create(ctx, hookFor("shop", "deploys", "deploy-failed", "sre-agent", "Deployment {{.ResourceName}} failed: {{.Message}}"), metav1.CreateOptions{})
+	hookRes := c.hooks
+	_, err := hookRes.Create(ctx, hookFor("shop", "deploys", "deploy-failed", "sre-agent", "Deployment {{.ResourceName}} failed: {{.Message}}"), metav1.CreateOptions{})
 	require.NoError(t, err)
 	_, err = hookRes.Create(ctx, hookFor("shop", "alerts", "alert-firing", "alert-agent", "Alert {{.Reason}} on {{.ResourceName}}"), metav1.CreateOptions{})
 	require.NoError(t, err)
@@ -536,23 +554,15 @@ func keys[V any](m map[string]V) []string {
 // name. The pod runs as installed; a webhook event reaches the agent through a Hook, and the
 // one-plugin rollback on the guide's ConfigMap stops the webhook.
 func TestChartSingleDeploymentRuns(t *testing.T) {
-	cluster := kubetest.Start(t, kubetest.Options{})
-	cs := mustClientset(t, cluster)
-	dyn, err := dynamic.NewForConfig(cluster.Config)
-	require.NoError(t, err)
+	c := startChartCluster(t)
+	cluster, cs, run, natsURL, agent, agentURL := c.cluster, c.cs, c.run, c.natsURL, c.agent, c.agentURL
 	ctx := context.Background()
-	run := helmOn(t, cluster)
-	mustHelm(t, run, "install", "khook-crds", crdChartDir, "--namespace", "kagent", "--create-namespace")
-	ensureNamespace(t, cs, "shop")
-	dir := t.TempDir()
-	_, natsURL := startNATS(t, filepath.Join(dir, "nats"), freePort(t))
-	agent, agentURL := startAgent(t)
 	webhookPort := freePort(t)
 	mustHelm(t, run, "install", "khook", chartDir, "--namespace", "kagent", "--no-hooks",
 		"--values", filepath.Join(chartDir, "values-single.yaml"),
 		"--set", fmt.Sprintf("nats.url=%s,kagent.url=%s,webhook.port=%d,logFormat=console", natsURL, agentURL, webhookPort),
 		"--set-json", `eventMappings=[{"eventSource":"webhook","eventType":"deploy-failed","severity":"error"}]`)
-	_, err = cs.AppsV1().Deployments("kagent").Get(ctx, "khook", metav1.GetOptions{})
+	_, err := cs.AppsV1().Deployments("kagent").Get(ctx, "khook", metav1.GetOptions{})
 	require.NoError(t, err, "the guide's deployment/khook")
 	for _, name := range []string{"plugin-config", "event-mappings"} {
 		_, err = cs.CoreV1().ConfigMaps("kagent").Get(ctx, name, metav1.GetOptions{})
@@ -560,14 +570,8 @@ func TestChartSingleDeploymentRuns(t *testing.T) {
 	}
 
 	manifest := mustHelm(t, run, "get", "manifest", "khook", "--namespace", "kagent")
-	svcs, err := cs.CoreV1().Services("kagent").List(ctx, metav1.ListOptions{})
-	require.NoError(t, err)
-	r := &podRunner{t: t, cs: cs, cluster: cluster, ns: "kagent", root: filepath.Join(dir, "pods"), services: svcs.Items}
-	jobs := decodeManifests[batchv1.Job](t, mustHelm(t, run, "get", "hooks", "khook", "--namespace", "kagent"), "Job")
-	require.Len(t, jobs, 1)
-	job := r.start(jobs[0].Spec.Template.Spec, jobs[0].Name+"-0")
-	<-job.done
-	require.NoError(t, job.err, job.out.String())
+	r := c.runner(t)
+	c.runJob(t, r, mustHelm(t, run, "get", "hooks", "khook", "--namespace", "kagent"))
 	deployments := decodeManifests[appsv1.Deployment](t, manifest, "Deployment")
 	require.Len(t, deployments, 1)
 	require.Equal(t, "khook", deployments[0].Name)
@@ -576,7 +580,7 @@ func TestChartSingleDeploymentRuns(t *testing.T) {
 	pod := r.start(spec, "khook-0")
 	pod.ready(t, spec.Containers[0])
 
-	_, err = dyn.Resource(hooksGVR).Namespace("shop").Create(ctx,
+	_, err = c.hooks.Create(ctx,
 		hookFor("shop", "deploys", "deploy-failed", "sre-agent", "Deployment {{.ResourceName}} failed"), metav1.CreateOptions{})
 	require.NoError(t, err)
 	post := func(id string) (int, error) {
