@@ -166,10 +166,7 @@ func (r *podRunner) mount(pod corev1.PodSpec, c corev1.Container, podName string
 		case v.Secret != nil:
 			s, err := r.cs.CoreV1().Secrets(r.ns).Get(ctx, v.Secret.SecretName, metav1.GetOptions{})
 			require.NoError(t, err, "%s: volume %s", podName, m.Name)
-			maps := s.Data
-			for k, d := range maps {
-				files[k] = d
-			}
+			maps.Copy(files, s.Data)
 		case v.EmptyDir != nil:
 		default:
 			t.Fatalf("%s: volume %s: only ConfigMap, Secret and emptyDir volumes are supported by the pod runner", podName, m.Name)
