@@ -445,3 +445,23 @@ func startInProcess(t *testing.T, agentURL, userID string) *inProcess {
 	t.Cleanup(p.stop)
 	return p
 }
+
+// rig is what a dispatcher test runs against: a NATS server with khook's streams, and an
+// A2A agent.
+type rig struct {
+	dir, natsURL, agentURL string
+	js                     jetstream.JetStream
+	topo                   streams.Config
+	agent                  *demoagent.Server
+}
+
+func startRig(t *testing.T) rig {
+	t.Helper()
+	r := rig{dir: t.TempDir(), topo: streams.Default()}
+	_, r.natsURL = startNATS(t, r.dir+"/nats", freePort(t))
+	r.js = connectJS(t, r.natsURL)
+	_, err := streams.Apply(context.Background(), r.js, r.topo)
+	require.NoError(t, err)
+	r.agent, r.agentURL = startAgent(t)
+	return r
+}

@@ -151,13 +151,8 @@ func TestHostileHookDoesNotDelayOthers(t *testing.T) {
 	_, err = hooks.Create(ctx, hookObject("shop", "good", "Pod {{.ResourceName}} restarted", ""), metav1.CreateOptions{})
 	require.NoError(t, err)
 
-	dir := t.TempDir()
-	_, natsURL := startNATS(t, dir+"/nats", freePort(t))
-	js := connectJS(t, natsURL)
-	topo := streams.Default()
-	_, err = streams.Apply(ctx, js, topo)
-	require.NoError(t, err)
-	agent, agentURL := startAgent(t)
+	rig := startRig(t)
+	dir, natsURL, js, topo, agent, agentURL := rig.dir, rig.natsURL, rig.js, rig.topo, rig.agent, rig.agentURL
 	f := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
 		kubeconfig: c.Kubeconfig}
 	d := start(t, "khook dispatcher", bins.khook, "dispatcher", "--config", f.write(t))

@@ -8,8 +8,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/khook/khook/streams"
 )
 
 // TestUpstreamSetupMigrates runs a dispatcher configured as an upstream khook deployment
@@ -23,13 +21,8 @@ func TestUpstreamSetupMigrates(t *testing.T) {
 	_, err := c.hooks.Create(ctx, hookObject("shop", "restarts", "Pod {{.ResourceName}} ({{ .PodUID }}) restarted", ""), metav1.CreateOptions{})
 	require.NoError(t, err)
 
-	dir := t.TempDir()
-	_, natsURL := startNATS(t, dir+"/nats", freePort(t))
-	js := connectJS(t, natsURL)
-	topo := streams.Default()
-	_, err = streams.Apply(ctx, js, topo)
-	require.NoError(t, err)
-	agent, agentURL := startAgent(t)
+	rig := startRig(t)
+	dir, natsURL, js, agent, agentURL := rig.dir, rig.natsURL, rig.js, rig.agent, rig.agentURL
 	f := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: "http://127.0.0.1:1", webhook: freePort(t), metrics: freePort(t),
 		probes: freePort(t), kubeconfig: c.Kubeconfig}
 	d := startEnv(t, "khook dispatcher", []string{"KAGENT_API_BASE_URL=" + agentURL}, bins.khook, "dispatcher", "--config", f.write(t))
