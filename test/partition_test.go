@@ -332,19 +332,28 @@ func (c *partitionCluster) leader(t *testing.T, js jetstream.JetStream, stream s
 	return leader
 }
 
-// cut partitions a container from the NATS network; heal reconnects it under its alias.
-func (c *partitionCluster) cut(t *testing.T, container string) {
+// cut partitions a container from the NATS network and returns the function that heals
+// it, reconnecting it under alias (none: its name only). A subtest that fails while the
+// container is cut off heals it in its cleanup, so that the next subtest does not wait for
+// a node that never comes back.
+func (c *partitionCluster) cut(t *testing.T, container, alias string) (heal func()) {
 	t.Helper()
 	c.e.run(t, "network", "disconnect", c.natsNet, container)
-}
-
-func (c *partitionCluster) heal(t *testing.T, container, alias string) {
-	t.Helper()
 	args := []string{"network", "connect"}
 	if alias != "" {
 		args = append(args, "--alias", alias)
 	}
-	c.e.run(t, append(args, c.natsNet, container)...)
+	args = append(args, c.natsNet, container)
+	var once sync.Once
+	var out string
+	var err error
+	connect := func() { once.Do(func() { out, err = c.e.try(context.Background(), args...) }) }
+	t.Cleanup(connect)
+	return func() {
+		t.Helper()
+		connect()
+		require.NoError(t, err, "docker %s: %s", strings.Join(args, " "), out)
+	}
 }
 
 // load posts events with the given prefix from workers senders, each retrying an event until
@@ -353,10 +362,18 @@ type load struct {
 	accepted []atomic.Int64 // unix nanoseconds of the 202
 	refused  atomic.Int64
 	done     chan struct{}
+	// held closes when release is called; no event from hold on is posted before.
+	held    chan struct{}
+	release func()
 }
 
-func (c *partitionCluster) post(prefix string, total, workers int) *load {
-	l := &load{accepted: make([]atomic.Int64, total), done: make(chan struct{})}
+// post starts the senders. Events from index hold on wait for l.release(), so that a fault
+// injected after the first part is surely met by the rest: on a fast machine the whole load
+// could otherwise be accepted before the fault, and the test would measure nothing.
+func (c *partitionCluster) post(prefix string, total, workers, hold int) *load {
+	l := &load{accepted: make([]atomic.Int64, total), done: make(chan struct{}), held: make(chan struct{})}
+	var once sync.Once
+	l.release = func() { once.Do(func() { close(l.held) }) }
 	client := &http.Client{Timeout: 10 * time.Second}
 	next := atomic.Int64{}
 	var wg sync.WaitGroup
@@ -368,6 +385,9 @@ func (c *partitionCluster) post(prefix string, total, workers int) *load {
 				i := int(next.Add(1) - 1)
 				if i >= total {
 					return
+				}
+				if i >= hold {
+					<-l.held
 				}
 				body := fmt.Sprintf(`{"type":"deploy-failed","namespace":"shop","resourceName":"%s-%d","message":"m"}`, prefix, i)
 				for {
@@ -387,6 +407,16 @@ func (c *partitionCluster) post(prefix string, total, workers int) *load {
 	}
 	go func() { wg.Wait(); close(l.done) }()
 	return l
+}
+
+// wait waits for every event to be accepted.
+func (l *load) wait(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	select {
+	case <-l.done:
+	case <-time.After(timeout):
+		t.Fatalf("only %d of %d events accepted within %s", l.count(), len(l.accepted), timeout)
+	}
 }
 
 func (l *load) count() int {
@@ -526,12 +556,14 @@ func TestNATSPartitions(t *testing.T) {
 	t.Run("stream leader cut off for 20s", func(t *testing.T) {
 		c.waitHealthy(t)
 		const total = 10000
-		l := c.post("lead", total, 8)
+		l := c.post("lead", total, 8, total/2)
+		defer l.release()
 		waitFor(t, func() bool { return l.count() >= total/4 }, 3*time.Minute, "a quarter of the events accepted")
 		leader := c.leader(t, js, "KHOOK_RAW")
 		node := c.node(leader)
 		cutAt := time.Now()
-		c.cut(t, node.container)
+		heal := c.cut(t, node.container, node.name)
+		l.release()
 		newLeader := ""
 		waitFor(t, func() bool {
 			newLeader = c.leader(t, js, "KHOOK_RAW")
@@ -540,17 +572,13 @@ func TestNATSPartitions(t *testing.T) {
 		elected := time.Since(cutAt)
 		time.Sleep(20*time.Second - time.Since(cutAt)) // the partition's length, not synchronisation
 		healAt := time.Now()
-		c.heal(t, node.container, node.name)
+		heal()
 		waitFor(t, func() bool {
 			_, err := c.monitor(node, "/healthz")
 			return err == nil
 		}, 2*time.Minute, leader+" to rejoin and catch up")
 		caughtUp := time.Since(healAt)
-		select {
-		case <-l.done:
-		case <-time.After(5 * time.Minute):
-			t.Fatalf("only %d of %d events accepted after 5 minutes", l.count(), total)
-		}
+		l.wait(t, 5*time.Minute)
 		counts := c.delivered(t, "lead", total, 5*time.Minute)
 		pause := l.longestPause(cutAt.Add(-time.Second), healAt.Add(10*time.Second))
 		dups := dupsOf(counts, "lead", total)
@@ -584,14 +612,16 @@ func TestNATSPartitions(t *testing.T) {
 				minority = n
 			}
 		}
-		l := c.post("minority", total, 8)
+		l := c.post("minority", total, 8, total/2)
+		defer l.release()
 		waitFor(t, func() bool { return l.count() >= total/4 }, 2*time.Minute, "a quarter of the events accepted")
 		before, all := clientsOn(minority), 0
 		for _, n := range c.nodes {
 			all += clientsOn(n)
 		}
 		cutAt := time.Now()
-		c.cut(t, minority.container)
+		heal := c.cut(t, minority.container, minority.name)
+		l.release()
 		// The clients that were on it reconnect to the majority: the majority then holds
 		// every stage's connections.
 		waitFor(t, func() bool {
@@ -606,8 +636,8 @@ func TestNATSPartitions(t *testing.T) {
 		failover := time.Since(cutAt)
 		waitFor(t, func() bool { return l.acceptedBetween(cutAt, time.Now()) >= 100 }, time.Minute, "the majority to accept events")
 		accepting := l.firstAfter(cutAt).Sub(cutAt)
-		c.heal(t, minority.container, minority.name)
-		<-l.done
+		heal()
+		l.wait(t, 3*time.Minute)
 		counts := c.delivered(t, "minority", total, 3*time.Minute)
 		dups := dupsOf(counts, "minority", total)
 		t.Logf("minority node %s (%d khook clients) cut off: the majority accepted the next event %s after the cut, its clients failed over within %s; "+
@@ -623,7 +653,7 @@ func TestNATSPartitions(t *testing.T) {
 		// Slow calls, so that a dispatcher is surely in the middle of some when it is cut.
 		c.agentDelay.Store(int64(3 * time.Second))
 		defer c.agentDelay.Store(0)
-		l := c.post("midcall", total, 4)
+		l := c.post("midcall", total, 4, total)
 		var victim, victimIP string
 		postedAt := time.Now()
 		waitFor(t, func() bool {
@@ -636,15 +666,15 @@ func TestNATSPartitions(t *testing.T) {
 			return false
 		}, time.Minute, "a dispatcher with calls in flight")
 		cutAt := time.Now()
-		c.cut(t, victim)
+		heal := c.cut(t, victim, "")
 		// The calls it began before it was cut off: each may be made once more.
 		held := c.inflight.startedBy(victimIP, postedAt, time.Now())
-		<-l.done
+		l.wait(t, time.Minute)
 		// Its calls finish (the agent is on another network), but it cannot record or
 		// acknowledge them: after the ack wait (8s) the other dispatcher gets them again.
 		counts := c.delivered(t, "midcall", total, 2*time.Minute)
 		redelivered := time.Since(cutAt)
-		c.heal(t, victim, "")
+		heal()
 		dups := dupsOf(counts, "midcall", total)
 		var repeated []string
 		for name, n := range counts {
