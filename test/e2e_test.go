@@ -71,6 +71,9 @@ func TestKhookRun(t *testing.T) {
 	require.Equal(t, wantText("cart", "rollout stuck"), stripTime(got[0].Text))
 	require.NoError(t, p.stop(t), "khook run exits 0 on SIGTERM")
 	require.Len(t, agent.Received(), 1)
+	// Its console logs went to a pipe, not a terminal: plain text, no colour codes.
+	require.Contains(t, p.out.String(), "\tINFO\t")
+	require.NotContains(t, p.out.String(), "\x1b[")
 }
 
 // TestSeparateProcesses runs each stage as its own process against a standalone NATS server,

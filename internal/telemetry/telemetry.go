@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,30 +16,50 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/term"
 )
 
-// NewLogger builds a zap logger. format is json (one object per line) or console.
+// NewLogger builds a zap logger writing to stderr. format is json (one object per line) or
+// console. Console levels are coloured only when stderr is a terminal and NO_COLOR is not
+// set (https://no-color.org), so files and log collectors get plain text.
 func NewLogger(level, format string) (*zap.Logger, error) {
+	_, noColor := os.LookupEnv("NO_COLOR")
+	return newLogger(level, format, os.Stderr, useColour(term.IsTerminal(int(os.Stderr.Fd())), noColor))
+}
+
+// useColour says whether console logs get ANSI colours: on a terminal, unless NO_COLOR is
+// set to anything.
+func useColour(terminal, noColor bool) bool {
+	return terminal && !noColor
+}
+
+// newLogger builds the logger on out. Nothing is sampled: zap's production preset keeps only
+// the first 100 of each message per second, which would drop the "delivered" and "dead
+// letter" lines of an event storm, the very lines an operator reads afterwards.
+func newLogger(level, format string, out zapcore.WriteSyncer, colour bool) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
 		return nil, fmt.Errorf("log.level: %w", err)
 	}
-	var cfg zap.Config
+	var enc zapcore.Encoder
+	opts := []zap.Option{zap.AddCaller(), zap.ErrorOutput(out)}
 	switch format {
 	case "json":
-		cfg = zap.NewProductionConfig()
-		cfg.EncoderConfig.TimeKey = "ts"
-		cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+		ec := zap.NewProductionEncoderConfig()
+		ec.TimeKey = "ts"
+		ec.EncodeTime = zapcore.ISO8601TimeEncoder
+		enc = zapcore.NewJSONEncoder(ec)
+		opts = append(opts, zap.AddStacktrace(zapcore.ErrorLevel))
 	case "console":
-		cfg = zap.NewDevelopmentConfig()
-		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
-		cfg.DisableStacktrace = true
+		ec := zap.NewDevelopmentEncoderConfig()
+		if colour {
+			ec.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		}
+		enc = zapcore.NewConsoleEncoder(ec)
 	default:
 		return nil, fmt.Errorf("log.format: must be json or console, got %q", format)
 	}
-	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	cfg.OutputPaths = []string{"stderr"}
-	return cfg.Build()
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(out), zap.NewAtomicLevelAt(lvl)), opts...), nil
 }
 
 // NewRegistry returns a registry with the Go runtime and process collectors.
