@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net/http"
@@ -202,8 +203,25 @@ func (r *podRunner) kubeconfigFor(pod corev1.PodSpec, podName string) string {
 
 // start runs one container of a pod template as a process named podName.
 func (r *podRunner) start(pod corev1.PodSpec, podName string) *podProc {
+	require.Len(r.t, pod.Containers, 1, podName)
+	c := pod.Containers[0]
+	require.Empty(r.t, c.Command, "%s: the image's entrypoint is khook; the chart sets only args", podName)
+	cmd, probes := r.command(pod, podName, c.Args)
+	return &podProc{proc: startCmd(r.t, podName, cmd), probes: probes}
+}
+
+// exec runs khook with args in the running pod podName, as `kubectl exec` would: with the
+// container's environment and files, and none of the test's. It returns the output.
+func (r *podRunner) exec(pod corev1.PodSpec, podName string, args ...string) (string, error) {
+	cmd, _ := r.command(pod, podName, args)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// command is khook with args (paths inside the pod rewritten to their files here) in the
+// environment the kubelet gives the pod's container, and the port of its probes.
+func (r *podRunner) command(pod corev1.PodSpec, podName string, args []string) (*exec.Cmd, int) {
 	t := r.t
-	require.Len(t, pod.Containers, 1, podName)
 	c := pod.Containers[0]
 	rewrite := r.mount(pod, c, podName)
 	env := r.envFor(pod, c, podName)
@@ -213,16 +231,15 @@ func (r *podRunner) start(pod corev1.PodSpec, podName string) *podProc {
 	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
 		env = append(env, "KUBECONFIG="+r.kubeconfigFor(pod, podName))
 	}
-	require.Empty(t, c.Command, "%s: the image's entrypoint is khook; the chart sets only args", podName)
-	args := make([]string, len(c.Args))
-	for i, a := range c.Args {
-		args[i] = rewrite.Replace(a)
+	rewritten := make([]string, len(args))
+	for i, a := range args {
+		rewritten[i] = rewrite.Replace(a)
 	}
-	cmd := exec.Command(bins.khook, args...)
+	cmd := exec.Command(bins.khook, rewritten...)
 	cmd.Env = env // exactly the pod's: nothing of the test's own environment
 	cmd.Dir = filepath.Join(r.root, podName)
 	require.NoError(t, os.MkdirAll(cmd.Dir, 0o755))
-	return &podProc{proc: startCmd(t, podName, cmd), probes: probes}
+	return cmd, probes
 }
 
 // ready waits for the container's readiness probe, as the chart declares it.
@@ -408,6 +425,20 @@ func TestChartPodsRunAsInstalled(t *testing.T) {
 			require.Contains(t, m.Text, "Alert KubePodCrashLooping on cart-7d9")
 		}
 	}
+
+	// The operations commands run in a stage's pod, as docs/operations.md shows with
+	// `kubectl exec`: the pod's configuration, credentials and service account suffice.
+	inDispatcher := func(args ...string) string {
+		out, err := r.exec(specs["khook-dispatcher"], "khook-dispatcher-0", append(args, "--config", "/etc/khook/config/khook.yaml")...)
+		require.NoError(t, err, "kubectl exec deploy/khook-dispatcher -- /khook %s\n%s", strings.Join(args, " "), out)
+		return out
+	}
+	status := inDispatcher("status")
+	require.Contains(t, status, "KHOOK_RAW")
+	require.Contains(t, status, "shop/deploys")
+	require.NotContains(t, status, "hooks:", "the hooks are read from the cluster with the dispatcher's account")
+	var letters []json.RawMessage
+	require.NoError(t, json.Unmarshal([]byte(inDispatcher("dlq", "list", "-o", "json")), &letters))
 
 	// A rollout of the dispatcher: SIGTERM the pod while events arrive, start its
 	// replacement; every event reaches the agent once.
