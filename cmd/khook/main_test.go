@@ -55,6 +55,27 @@ func TestExecute(t *testing.T) {
 	}
 }
 
+// TestRunWithoutConfig is a first run with no --config in a directory with no files: the
+// error says which files the defaults read, where, and how to pass a configuration.
+func TestRunWithoutConfig(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, 1, execute(context.Background(), []string{"run"}, &stdout, &stderr))
+	require.Empty(t, stdout.String())
+	for _, want := range []string{"khook run: plugins: open plugins.yaml", "no --config was given", "working directory " + dir, "--config examples/local/khook.yaml"} {
+		require.Contains(t, stderr.String(), want)
+	}
+
+	// With --config, a missing file is the file's problem alone.
+	stderr.Reset()
+	cfg := filepath.Join(dir, "khook.yaml")
+	require.NoError(t, os.WriteFile(cfg, []byte("files:\n  plugins: missing.yaml\n"), 0o600))
+	require.Equal(t, 1, execute(context.Background(), []string{"producer", "--config", cfg}, &stdout, &stderr))
+	require.Contains(t, stderr.String(), "missing.yaml: no such file or directory")
+	require.NotContains(t, stderr.String(), "no --config")
+}
+
 func TestProbe(t *testing.T) {
 	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"ready":true}`)) }))
 	defer ok.Close()

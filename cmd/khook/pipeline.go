@@ -135,6 +135,18 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return err
 }
 
+// withoutConfig explains a missing file when no --config was given: the defaults name files
+// in the working directory, which is rarely what a first run meant.
+func withoutConfig(common *commonFlags, err error) error {
+	if common.config != "" || !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	wd, _ := os.Getwd()
+	return fmt.Errorf("%w\n(no --config was given, so khook used its defaults, which read plugins.yaml, event-mappings.yaml "+
+		"and hooks.yaml from the working directory %s; pass --config FILE, e.g. --config examples/local/khook.yaml, "+
+		"or set files.plugins, files.mappings and files.hooks)", err, wd)
+}
+
 // runPipeline runs the chosen stages until SIGINT or SIGTERM, then drains and returns nil.
 func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	cfg, err := config.Load(common.config, environ(), common.overrides())
@@ -177,14 +189,14 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 			Logger: logger.Named("plugins"), Interval: cfg.Files.ReloadInterval,
 		}
 		if plugins, pluginsFile, err = sup.Load(); err != nil {
-			return err
+			return withoutConfig(common, err)
 		}
 	}
 	var rules *mapping.Rules
 	var rulesFile []byte
 	if st.mapper {
 		if rules, rulesFile, err = loadRules(cfg.Files.Mappings); err != nil {
-			return err
+			return withoutConfig(common, err)
 		}
 	}
 	var hooks *dispatch.Index
@@ -205,7 +217,7 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 				warnHooks(logger, hooks)
 			}
 			if err != nil {
-				return err
+				return withoutConfig(common, err)
 			}
 		}
 	}
