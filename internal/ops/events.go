@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/subject"
@@ -38,7 +39,8 @@ func (f EventFilter) Validate() error {
 }
 
 // ParseTime reads a time bound given by an operator: an RFC 3339 time, or with ago a
-// duration back from now ("2h"). Empty is no bound.
+// duration back from now ("2h", or "2d" in days, as the streams' retention is written).
+// Empty is no bound.
 func ParseTime(v string, ago bool) (time.Time, error) {
 	if v == "" {
 		return time.Time{}, nil
@@ -49,10 +51,10 @@ func ParseTime(v string, ago bool) (time.Time, error) {
 	if !ago {
 		return time.Time{}, fmt.Errorf("want an RFC 3339 time, got %q", v)
 	}
-	if d, err := time.ParseDuration(v); err == nil && d > 0 {
+	if d, err := config.ParseDuration(v); err == nil && d > 0 {
 		return time.Now().Add(-d), nil
 	}
-	return time.Time{}, fmt.Errorf("want an RFC 3339 time or a duration such as 2h, got %q", v)
+	return time.Time{}, fmt.Errorf("want an RFC 3339 time or a duration such as 2h or 2d, got %q", v)
 }
 
 func (f EventFilter) accepts(ev *mapping.Event) bool {

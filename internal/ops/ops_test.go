@@ -364,3 +364,26 @@ func TestReplayOfLongIDs(t *testing.T) {
 	require.True(t, strings.HasPrefix(key, "webhook/sha256-"), key)
 	require.True(t, strings.HasSuffix(key, "/replay-"+r.ID), key)
 }
+
+// TestParseTime reads the bounds operators type: durations back from now, days included (the
+// dead-letter stream keeps 14 days), and RFC 3339 times; anything else is refused.
+func TestParseTime(t *testing.T) {
+	before := time.Now()
+	for v, back := range map[string]time.Duration{"2h": 2 * time.Hour, "2d": 48 * time.Hour, "1d12h": 36 * time.Hour, "90m": 90 * time.Minute} {
+		got, err := ops.ParseTime(v, true)
+		require.NoError(t, err, v)
+		require.WithinRange(t, got, before.Add(-back), time.Now().Add(-back), v)
+	}
+	at, err := ops.ParseTime("2026-11-28T10:00:00Z", false)
+	require.NoError(t, err)
+	require.Equal(t, time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC), at.UTC())
+	none, err := ops.ParseTime("", true)
+	require.NoError(t, err)
+	require.True(t, none.IsZero())
+	for _, bad := range []string{"2x", "-2h", "0s", "yesterday"} {
+		_, err := ops.ParseTime(bad, true)
+		require.ErrorContains(t, err, "want an RFC 3339 time or a duration such as 2h or 2d", bad)
+	}
+	_, err = ops.ParseTime("2h", false)
+	require.ErrorContains(t, err, "want an RFC 3339 time")
+}
