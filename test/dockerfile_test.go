@@ -68,7 +68,7 @@ func TestDockerfile(t *testing.T) {
 
 	// With no arguments the image prints its commands and exits 0.
 	help := e.run(t, "run", "--rm", "--read-only", image)
-	require.Contains(t, help, "usage: khook <command>")
+	require.Contains(t, help, "Available Commands:")
 	require.Contains(t, e.run(t, "run", "--rm", "--read-only", image, "version"), "khook dockerfile-test")
 	// Every subcommand starts from the image: it parses its flags and prints its help.
 	for _, cmd := range [][]string{{"run"}, {"producer"}, {"mapper"}, {"dispatcher"}, {"agent"}, {"publish"}, {"replay"}, {"status"},

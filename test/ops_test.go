@@ -235,7 +235,7 @@ func TestDeadLetterRetryAfterAgentRecovers(t *testing.T) {
 
 	// Retry refuses to guess what to retry.
 	code, out = khookCmd(t, "dlq", "retry", "--config", cfg, "--nats-url", natsURL)
-	require.Equal(t, 1, code, out)
+	require.Equal(t, 2, code, out, "a usage error")
 	require.Contains(t, out, "name dead letters by sequence, or select them with filters and --all")
 
 	broken.Store(false)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -10,22 +9,27 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
 	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/internal/telemetry"
 )
 
-// runAgent serves the demo A2A agent and prints every task it receives, so that `make run`
+// agentCmd serves the demo A2A agent and prints every task it receives, so that `make run`
 // shows agent calls without a kagent installation.
-func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("khook agent", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	addr := fs.String("addr", "127.0.0.1:8083", "address to serve A2A on (kagent's layout: /api/a2a/{namespace}/{agent}/)")
-	delay := fs.Duration("delay", 0, "answer each task after this long, as a slow agent would (to watch redelivery and drains)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
+func agentCmd() *cobra.Command {
+	return leaf("agent", "run a local A2A demo agent that prints every task it receives", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
+		addr := fs.String("addr", "127.0.0.1:8083", "address to serve A2A on (kagent's layout: /api/a2a/{namespace}/{agent}/)")
+		delay := fs.Duration("delay", 0, "answer each task after this long, as a slow agent would (to watch redelivery and drains)")
+		return func(ctx context.Context, _ []string, stdout, _ io.Writer) error {
+			return serveAgent(ctx, *addr, *delay, stdout)
+		}
+	})
+}
+
+func serveAgent(ctx context.Context, addr string, delay time.Duration, stdout io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	srv := demoagent.New()
@@ -33,7 +37,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "\n=== agent %s received a task (message %s, context %s, user %s)\n%s\n===\n",
 			r.Agent, r.MessageID, r.ContextID, r.UserID, r.Text)
 		select {
-		case <-time.After(*delay):
+		case <-time.After(delay):
 		case <-ctx.Done():
 		}
 		return nil
@@ -42,6 +46,6 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	hs := &telemetry.HTTPServer{Name: "demo agent", Addr: *addr, Handler: srv.Handler(), Logger: logger.With(zap.String("component", "agent"))}
+	hs := &telemetry.HTTPServer{Name: "demo agent", Addr: addr, Handler: srv.Handler(), Logger: logger.With(zap.String("component", "agent"))}
 	return hs.Run(ctx)
 }

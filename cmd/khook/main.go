@@ -5,138 +5,146 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"runtime"
-	"sort"
+	"slices"
 	"strings"
-	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-type command struct {
-	summary string
-	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
-}
-
-func commands() map[string]command {
-	return map[string]command{
-		"run":        {"run the whole pipeline in one process (embedded NATS unless --nats-url)", runAll},
-		"producer":   {"run the enabled producer plugins of plugins.yaml", runProducer},
-		"mapper":     {"run the mapping consumer", runMapper},
-		"dispatcher": {"run the dispatch consumer", runDispatcher},
-		"streams":    {"streams apply: create or update streams, consumers and buckets", runStreams},
-		"agent":      {"run a local A2A demo agent that prints every task it receives", runAgent},
-		"mappings":   {"mappings check FILE [--event EVENT.json]: validate a mappings file", runMappings},
-		"publish":    {"publish events from a script or an out-of-process plugin", runPublish},
-		"plugins":    {"plugins disable|enable NAME: roll one plugin back, leaving the others running", runPlugins},
-		"probe":      {"probe URL: exit 0 when URL answers 200 (container healthchecks)", runProbe},
-		"replay":     {"replay retained events through the mapper or the dispatcher", runReplay},
-		"status":     {"streams, consumers, dead letters, plugins and hooks", runStatus},
-		"dlq":        {"dlq list|show|retry|purge: inspect and retry dead letters", runDLQ},
-		"events":     {"events tail|get: follow or list normalized events", runEvents},
-		"version":    {"print the version", runVersion},
-	}
-}
-
 func main() {
 	os.Exit(execute(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// execute runs one subcommand and returns the process exit code.
+// execute runs one command line and returns the process exit code: 0, 1 when the command
+// failed, 2 when the command line itself is wrong. Asked-for help goes to stdout with exit 0;
+// every error goes to stderr.
 func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cmds := commands()
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-		// Asked-for help is output, not an error: stdout and exit 0, as every CLI does.
-		usage(stdout, cmds)
+	root := newRoot()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
 		return 0
 	}
-	if len(args) == 0 {
-		usage(stderr, cmds)
+	name := "khook"
+	if cmd != nil {
+		name = cmd.CommandPath()
+	}
+	fmt.Fprintf(stderr, "%s: %v\n", name, err)
+	if isUsage(err) {
+		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", name)
 		return 2
 	}
-	cmd, ok := cmds[args[0]]
-	if !ok {
-		fmt.Fprintf(stderr, "khook: unknown command %q\n\n", args[0])
-		usage(stderr, cmds)
-		return 2
+	return 1
+}
+
+// newRoot builds the command tree. Each command is in the file of its concern; the groups
+// of verbs (dlq, events, streams, mappings, plugins) are commands with subcommands.
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "khook",
+		Short: "khook turns cluster and system events into tasks for AI agents, through NATS JetStream",
+		Long: `khook turns cluster and system events into tasks for AI agents, through NATS JetStream.
+
+Run the whole pipeline in one process with an embedded NATS server:
+  khook run --config examples/local/khook.yaml
+
+or each stage as its own process against a NATS server, as the Helm chart does:
+  khook producer|mapper|dispatcher --config khook.yaml`,
+		Version:       version,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		// No Args: cobra's own check for the root names an unknown command and suggests
+		// the nearest ("did you mean").
 	}
-	if err := cmd.run(ctx, args[1:], stdout, stderr); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			// -h asked for the flags, which the flag package has printed.
-			return 0
-		}
-		var ue usageError
-		if errors.As(err, &ue) {
-			// The flag package has already printed its own problems and the flags; a
-			// command's own usage problem is printed here.
-			if !ue.printed {
-				fmt.Fprintf(stderr, "khook %s: %v\n", args[0], err)
+	root.SetVersionTemplate(versionLine() + "\n")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(
+		runCmd(), producerCmd(), mapperCmd(), dispatcherCmd(), streamsCmd(),
+		agentCmd(), mappingsCmd(), publishCmd(), pluginsCmd(), probeCmd(),
+		replayCmd(), statusCmd(), dlqCmd(), eventsCmd(), versionCmd(),
+	)
+	return root
+}
+
+// runFunc is a command's work, once its flags are parsed: args are the positional ones.
+type runFunc func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+
+// leaf is a command whose flags setup declares on its flag set; setup returns the work.
+func leaf(use, short string, args cobra.PositionalArgs, setup func(fs *pflag.FlagSet) runFunc) *cobra.Command {
+	cmd := &cobra.Command{Use: use, Short: short, Args: usageArgs(args)}
+	run := setup(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return run(cmd.Context(), args, cmd.OutOrStdout(), cmd.ErrOrStderr())
+	}
+	return cmd
+}
+
+// group is a command of verbs: alone it prints its help; with an unknown verb it is a usage
+// error (cobra would print the help and exit 0).
+func group(use, short string, verbs ...*cobra.Command) *cobra.Command {
+	cmd := &cobra.Command{Use: use, Short: short,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError{fmt.Errorf("unknown command %q for %q", args[0], cmd.CommandPath())}
 			}
-			return 2
-		}
-		fmt.Fprintf(stderr, "khook %s: %v\n", args[0], err)
-		return 1
-	}
-	return 0
+			return cmd.Help()
+		}}
+	cmd.AddCommand(verbs...)
+	return cmd
 }
 
-func usage(w io.Writer, cmds map[string]command) {
-	fmt.Fprintln(w, "usage: khook <command> [flags]\n\ncommands:")
-	names := make([]string, 0, len(cmds))
-	for n := range cmds {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-11s %s\n", n, cmds[n].summary)
-	}
-	fmt.Fprintln(w, "\nrun 'khook <command> -h' for a command's flags")
-}
-
-func runVersion(_ context.Context, _ []string, stdout, _ io.Writer) error {
-	fmt.Fprintf(stdout, "khook %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-	return nil
-}
-
-// usageError is a command line the command cannot parse; it exits 2. printed says the flag
-// package has already told the user.
-type usageError struct {
-	error
-	printed bool
-}
+// usageError is a command line the command cannot run: unknown flags or commands, missing
+// or extra arguments. It exits 2.
+type usageError struct{ error }
 
 func (u usageError) Unwrap() error { return u.error }
 
-// parseFlags parses args, marking failures as usage errors.
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		return usageError{err, true}
-	}
-	return nil
+// isUsage says whether err is a usage error; cobra's own "unknown command" for the root is
+// one too.
+func isUsage(err error) bool {
+	var ue usageError
+	return errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command ")
 }
 
-// commonFlags are the flags every pipeline command takes.
+// usageArgs makes an argument check's failure a usage error.
+func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	if check == nil {
+		return nil
+	}
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}
+
+// commonFlags are the flags every pipeline and operations command takes.
 type commonFlags struct {
 	config     string
 	natsURL    string
 	kubeconfig string
 }
 
-func newFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *commonFlags) {
-	fs := flag.NewFlagSet("khook "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func addCommonFlags(fs *pflag.FlagSet) *commonFlags {
 	c := &commonFlags{}
 	fs.StringVar(&c.config, "config", "", "path to khook.yaml")
 	fs.StringVar(&c.natsURL, "nats-url", "", "NATS server URL (overrides nats.url)")
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file for Hook resources and the kubernetes plugin (default: in-cluster, else $KUBECONFIG)")
-	return fs, c
+	return c
 }
 
 // overrides turns the flags that were set into config keys. --kubeconfig also becomes
@@ -165,36 +173,73 @@ func environ() []string {
 	return out
 }
 
-// runProbe is a healthcheck for images without curl: it exits 0 when the URL answers 200.
-func runProbe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("khook probe", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: khook probe URL\n\nExits 0 when URL answers 200 (a healthcheck for images without curl).")
+// outputFlag is -o, --output: a format from a fixed list, checked when the flag is parsed,
+// so a wrong one fails before any connection is made.
+type outputFlag struct {
+	value   string
+	choices []string
+}
+
+func (o *outputFlag) String() string { return o.value }
+func (o *outputFlag) Type() string   { return "format" }
+func (o *outputFlag) Set(v string) error {
+	if !slices.Contains(o.choices, v) {
+		return fmt.Errorf("want %s, got %q", strings.Join(o.choices, ", "), v)
 	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return usageError{errors.New("usage: khook probe URL"), true}
-	}
-	args = fs.Args()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, args[0], nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s %s", args[0], resp.Status, strings.TrimSpace(string(body)))
-	}
-	fmt.Fprintln(stdout, strings.TrimSpace(string(body)))
+	o.value = v
 	return nil
+}
+
+// addOutput declares -o, --output with the formats a command can print, the first being the
+// default.
+func addOutput(fs *pflag.FlagSet, choices ...string) *outputFlag {
+	o := &outputFlag{value: choices[0], choices: choices}
+	fs.VarP(o, "output", "o", "output format: "+strings.Join(choices, ", "))
+	return o
+}
+
+// writeAs prints v as JSON or YAML, or through table for the table format.
+func writeAs(w io.Writer, format string, v any, table func(io.Writer) error) error {
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case "yaml":
+		// Through JSON, so that YAML has the same field names as JSON.
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		y, err := yaml.JSONToYAML(b)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(y)
+		return err
+	default:
+		return table(w)
+	}
+}
+
+func versionLine() string {
+	return fmt.Sprintf("khook %s (%s, %s/%s)", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+func versionCmd() *cobra.Command {
+	return leaf("version", "print the version", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
+		output := addOutput(fs, "text", "json", "yaml")
+		return func(_ context.Context, _ []string, stdout, _ io.Writer) error {
+			v := struct {
+				Version string `json:"version"`
+				Go      string `json:"go"`
+				OS      string `json:"os"`
+				Arch    string `json:"arch"`
+			}{version, runtime.Version(), runtime.GOOS, runtime.GOARCH}
+			return writeAs(stdout, output.value, v, func(w io.Writer) error {
+				_, err := fmt.Fprintln(w, versionLine())
+				return err
+			})
+		}
+	})
 }

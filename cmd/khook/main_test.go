@@ -27,20 +27,31 @@ func TestExecute(t *testing.T) {
 		stdout string
 		stderr []string
 	}{
-		{"no command", nil, 2, "", []string{"usage: khook"}},
-		{"unknown command", []string{"frobnicate"}, 2, "", []string{`unknown command "frobnicate"`}},
+		{"no command prints help", nil, 0, "Available Commands:", nil},
+		{"unknown command", []string{"frobnicate"}, 2, "", []string{`unknown command "frobnicate"`, "Run 'khook --help' for usage."}},
+		{"a near miss is suggested", []string{"stauts"}, 2, "", []string{"Did you mean this?", "status"}},
 		{"version", []string{"version"}, 0, "khook dev", nil},
+		{"--version", []string{"--version"}, 0, "khook dev (go", nil},
 		{"broken config names keys and lines", []string{"run", "--config", broken}, 1, "",
 			[]string{"khook run:", "line 3: unknown key kagnet"}},
 		{"invalid hook fails before connecting", []string{"dispatcher", "--config", badHooks}, 1, "",
 			[]string{"hooks.yaml", "eventType", `"X"`}},
-		{"streams needs apply", []string{"streams"}, 1, "", []string{"usage: khook streams apply"}},
-		{"bad flag", []string{"mapper", "--no-such-flag"}, 2, "", []string{"flag provided but not defined"}},
+		{"streams alone prints its verbs", []string{"streams"}, 0, "apply", nil},
+		{"unknown verb", []string{"streams", "destroy"}, 2, "", []string{`khook streams: unknown command "destroy" for "khook streams"`}},
+		{"bad flag", []string{"mapper", "--no-such-flag"}, 2, "", []string{"khook mapper: unknown flag: --no-such-flag"}},
+		{"missing argument", []string{"probe"}, 2, "", []string{"khook probe: accepts 1 arg(s), received 0"}},
+		{"required flag", []string{"publish", "--data", "{}"}, 2, "", []string{"khook publish: --source is required"}},
+		{"wrong output format fails before connecting", []string{"status", "-o", "xml", "--nats-url", "nats://127.0.0.1:1"}, 2, "",
+			[]string{`invalid argument "xml" for "-o, --output" flag: want table, json, yaml`}},
+		{"bad time", []string{"events", "get", "--since", "yesterday", "--nats-url", "nats://127.0.0.1:1"}, 2, "", []string{"--since: want an RFC 3339 time"}},
+		{"purge needs a selection", []string{"dlq", "purge", "--nats-url", "nats://127.0.0.1:1"}, 2, "", []string{"name dead letters by sequence"}},
 		{"mappings check ok", []string{"mappings", "check", "../../mapping/testdata/event-mappings.yaml"}, 0,
 			"ok, 8 rules", nil},
 		{"mappings check maps an event", []string{"mappings", "check", "../../mapping/testdata/event-mappings.yaml",
 			"--event", "../../mapping/testdata/alertmanager-firing.in.json"}, 0, `"type": "prometheus-alert"`, nil},
-		{"mappings check rejects", []string{"mappings", "check", broken}, 1, "", []string{"khook mappings:", "event mappings"}},
+		{"flags after the file", []string{"mappings", "check", "--event", "../../mapping/testdata/alertmanager-firing.in.json",
+			"../../mapping/testdata/event-mappings.yaml", "-o", "yaml"}, 0, "type: prometheus-alert", nil},
+		{"mappings check rejects", []string{"mappings", "check", broken}, 1, "", []string{"khook mappings check:", "event mappings", "line 3"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -50,6 +61,9 @@ func TestExecute(t *testing.T) {
 			require.Contains(t, stdout.String(), tt.stdout)
 			for _, w := range tt.stderr {
 				require.Contains(t, stderr.String(), w)
+			}
+			if code != 0 {
+				require.Empty(t, stdout.String(), "errors go to stderr only")
 			}
 		})
 	}

@@ -3,38 +3,33 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams/cloudevent"
 )
 
-// runMappings implements `khook mappings check FILE [--event EVENT.json]`: it validates a
-// mappings file and, given a raw CloudEvent, shows what the event maps to. It exits 1 when
-// the file is invalid, so operators can run it in CI before shipping a ConfigMap.
-func runMappings(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "check" {
-		return errors.New("usage: khook mappings check FILE [--event EVENT.json]")
-	}
-	fs, _ := newFlagSet("mappings check", stderr)
-	eventFile := fs.String("event", "", "a raw event (a CloudEvent in JSON) to map with the file's rules")
-	// Flags may come before or after the file: parse up to the file, then after it.
-	if err := parseFlags(fs, args[1:]); err != nil {
-		return err
-	}
-	if fs.NArg() < 1 {
-		return errors.New("usage: khook mappings check FILE [--event EVENT.json]")
-	}
-	path := fs.Arg(0)
-	if err := parseFlags(fs, fs.Args()[1:]); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q: usage: khook mappings check FILE [--event EVENT.json]", fs.Args())
-	}
+// mappingsCmd is `khook mappings check FILE [--event EVENT.json]`: it validates a mappings
+// file and, given a raw event, shows what the event maps to. It exits 1 when the file is
+// invalid, so operators can run it in CI before shipping a ConfigMap.
+func mappingsCmd() *cobra.Command {
+	check := leaf("check FILE", "validate a mappings file, and show what an event maps to", cobra.ExactArgs(1), func(fs *pflag.FlagSet) runFunc {
+		eventFile := fs.String("event", "", "a raw event (a CloudEvent in JSON) to map with the file's rules")
+		output := addOutput(fs, "text", "json", "yaml")
+		return func(_ context.Context, args []string, stdout, _ io.Writer) error {
+			return checkMappings(args[0], *eventFile, output.value, stdout)
+		}
+	})
+	check.Example = "  khook mappings check event-mappings.yaml\n  khook mappings check event-mappings.yaml --event alert.json -o yaml"
+	return group("mappings", "check event-mappings.yaml files", check)
+}
+
+func checkMappings(path, eventFile, output string, stdout io.Writer) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -43,30 +38,37 @@ func runMappings(_ context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	fmt.Fprintf(stdout, "%s: ok, %d rules (built-in Kubernetes rules included), unmapped events: %s, hash %s\n",
-		path, rules.Len(), rules.Unmapped(), rules.Hash())
-	if *eventFile == "" {
-		return nil
+	summary := map[string]any{"file": path, "rules": rules.Len(), "unmapped": rules.Unmapped(), "hash": rules.Hash()}
+	var mapped map[string]any
+	if eventFile != "" {
+		eb, err := os.ReadFile(eventFile)
+		if err != nil {
+			return err
+		}
+		ce, err := cloudevent.Decode(eb)
+		if err != nil {
+			return fmt.Errorf("%s: %w", eventFile, err)
+		}
+		ev, outcome := mapping.Map(rules, mapping.RawOf("", "", ce))
+		mapped = map[string]any{"outcome": outcome}
+		if rule, ok := rules.Lookup(ce.Source, ce.Type); ok && rule.Line() > 0 {
+			mapped["rule"] = fmt.Sprintf("%s line %d", path, rule.Line())
+		} else if ok {
+			mapped["rule"] = "built-in"
+		}
+		if outcome.HasEvent() {
+			mapped["event"] = ev
+		}
+		summary["mapping"] = mapped
 	}
-	eb, err := os.ReadFile(*eventFile)
-	if err != nil {
-		return err
-	}
-	ce, err := cloudevent.Decode(eb)
-	if err != nil {
-		return fmt.Errorf("%s: %w", *eventFile, err)
-	}
-	ev, outcome := mapping.Map(rules, mapping.RawOf("", "", ce))
-	out := map[string]any{"outcome": outcome}
-	if rule, ok := rules.Lookup(ce.Source, ce.Type); ok && rule.Line() > 0 {
-		out["rule"] = fmt.Sprintf("%s line %d", path, rule.Line())
-	} else if ok {
-		out["rule"] = "built-in"
-	}
-	if outcome.HasEvent() {
-		out["event"] = ev
-	}
-	enc := json.NewEncoder(stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(out)
+	return writeAs(stdout, output, summary, func(w io.Writer) error {
+		fmt.Fprintf(w, "%s: ok, %d rules (built-in Kubernetes rules included), unmapped events: %s, hash %s\n",
+			path, rules.Len(), rules.Unmapped(), rules.Hash())
+		if mapped == nil {
+			return nil
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(mapped)
+	})
 }

@@ -1,11 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -15,11 +15,15 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
+	"golang.org/x/term"
 
 	"github.com/khook/khook/consumers/dispatch"
 	"github.com/khook/khook/consumers/dispatch/kubehooks"
@@ -83,105 +87,127 @@ func parseWhen(flagName, v string, ago bool) (time.Time, error) {
 
 // ---- khook replay ----
 
-func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, common := newFlagSet("replay", stderr)
-	through := fs.String("through", "mapper", "where events re-enter: mapper (raw events, re-mapped with today's mappings) or dispatcher (normalized events, to today's hooks)")
-	since := fs.String("since", "", "replay events stored since this long ago (2h, 2d) or this RFC 3339 time")
-	from := fs.String("from", "", "same as --since, for symmetry with --to")
-	to := fs.String("to", "", "replay events stored up to this RFC 3339 time")
-	fromSeq := fs.Uint64("from-seq", 0, "first stream sequence to replay")
-	toSeq := fs.Uint64("to-seq", 0, "last stream sequence to replay")
-	source := fs.String("source", "", "only events from this source (plugin)")
-	typ := fs.String("type", "", "only events of this type (the raw type through the mapper, the internal type through the dispatcher)")
-	namespace := fs.String("namespace", "", "only events in this namespace")
-	rate := fs.Float64("rate", 0, "at most this many events per second (0: as fast as JetStream takes them)")
-	dryRun := fs.Bool("dry-run", false, "print which hooks and agents each event would reach; send nothing")
-	ignoreSuppression := fs.Bool("ignore-suppression", false, "deliver even inside a hook's suppression window")
-	resume := fs.String("resume", "", "continue an interrupted replay by its id")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	sel := ops.Selection{Through: *through, FromSeq: *fromSeq, ToSeq: *toSeq, Source: *source, Type: *typ,
-		Namespace: *namespace, IgnoreSuppression: *ignoreSuppression}
-	var err error
-	if *since != "" && *from != "" {
-		return errors.New("--since and --from are the same bound: give one")
-	}
-	if sel.Since, err = parseWhen("since", *since+*from, true); err != nil {
-		return err
-	}
-	if sel.Until, err = parseWhen("to", *to, false); err != nil {
-		return err
-	}
-	s, err := openOps(common)
-	if err != nil {
-		return err
-	}
-	defer s.nc.Close()
-	ctx, stop := interruptible(ctx)
-	defer stop()
+func replayCmd() *cobra.Command {
+	return leaf("replay", "replay retained events through the mapper or the dispatcher", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		through := fs.String("through", "mapper", "where events re-enter: mapper (raw events, re-mapped with today's mappings) or dispatcher (normalized events, to today's hooks)")
+		since := fs.String("since", "", "replay events stored since this long ago (2h, 2d) or this RFC 3339 time")
+		from := fs.String("from", "", "same as --since, for symmetry with --to")
+		to := fs.String("to", "", "replay events stored up to this RFC 3339 time")
+		fromSeq := fs.Uint64("from-seq", 0, "first stream sequence to replay")
+		toSeq := fs.Uint64("to-seq", 0, "last stream sequence to replay")
+		source := fs.String("source", "", "only events from this source (plugin)")
+		typ := fs.String("type", "", "only events of this type (the raw type through the mapper, the internal type through the dispatcher)")
+		namespace := fs.String("namespace", "", "only events in this namespace")
+		rate := fs.Float64("rate", 0, "at most this many events per second (0: as fast as JetStream takes them)")
+		dryRun := fs.Bool("dry-run", false, "print which hooks and agents each event would reach; send nothing")
+		ignoreSuppression := fs.Bool("ignore-suppression", false, "deliver even inside a hook's suppression window")
+		resume := fs.String("resume", "", "continue an interrupted replay by its id")
+		output := addOutput(fs, "text", "json", "yaml")
+		return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+			sel := ops.Selection{Through: *through, FromSeq: *fromSeq, ToSeq: *toSeq, Source: *source, Type: *typ,
+				Namespace: *namespace, IgnoreSuppression: *ignoreSuppression}
+			var err error
+			if *since != "" && *from != "" {
+				return usageError{errors.New("--since and --from are the same bound: give one")}
+			}
+			if sel.Since, err = parseWhen("since", *since+*from, true); err != nil {
+				return usageError{err}
+			}
+			if sel.Until, err = parseWhen("to", *to, false); err != nil {
+				return usageError{err}
+			}
+			s, err := openOps(common)
+			if err != nil {
+				return err
+			}
+			defer s.nc.Close()
+			ctx, stop := interruptible(ctx)
+			defer stop()
 
-	rp := &ops.Replayer{JS: s.js, Topo: s.cfg.Streams, Rate: *rate, DryRun: *dryRun,
-		OnDescribe: func(line string) { fmt.Fprintln(stdout, line) }}
-	var r *ops.Replay
-	if *resume != "" {
-		if r, err = rp.Load(ctx, *resume); err != nil {
-			return err
-		}
-		if r.Done {
-			fmt.Fprintf(stdout, "replay %s is already complete: %d sent\n", r.ID, r.Sent)
+			// With -o json or yaml, stdout holds one document: the replay's record, with a dry
+			// run's lines in it.
+			var described []string
+			rp := &ops.Replayer{JS: s.js, Topo: s.cfg.Streams, Rate: *rate, DryRun: *dryRun,
+				OnDescribe: func(line string) {
+					if output.value == "text" {
+						fmt.Fprintln(stdout, line)
+					} else {
+						described = append(described, line)
+					}
+				}}
+			var r *ops.Replay
+			if *resume != "" {
+				if r, err = rp.Load(ctx, *resume); err != nil {
+					return err
+				}
+				if r.Done {
+					return writeAs(stdout, output.value, r, func(w io.Writer) error {
+						_, err := fmt.Fprintf(w, "replay %s is already complete: %d sent\n", r.ID, r.Sent)
+						return err
+					})
+				}
+				fmt.Fprintf(stderr, "resuming replay %s through the %s at sequence %d (%d sent so far)\n", r.ID, r.Through, r.NextSeq, r.Sent)
+			} else {
+				if r, err = rp.Plan(ctx, sel); err != nil {
+					return err
+				}
+				if !*dryRun {
+					fmt.Fprintf(stderr, "replay %s: up to %d events of %s (%s) through the %s; resume with: khook replay --resume %s\n",
+						r.ID, r.Total, r.Stream, r.Subject, r.Through, r.ID)
+				}
+			}
+			// Raw events are mapped with the current mappings to find their namespace and, for a
+			// dry run, what they would become; known once the replay is planned or loaded.
+			var rules *mapping.Rules
+			if r.Through == ops.ThroughMapper && (r.Namespace != "" || *dryRun) {
+				if rules, _, err = loadRules(s.cfg.Files.Mappings); err != nil {
+					return err
+				}
+				rp.Namespace = func(m ops.Msg) string {
+					if ev, ok := mapRaw(s.cfg.Streams.Subjects(), rules, m); ok {
+						return ev.Namespace
+					}
+					return ""
+				}
+			}
+			if *dryRun {
+				idx, err := s.hooks(ctx)
+				if err != nil {
+					return err
+				}
+				rp.Describe = func(m ops.Msg) string { return describe(s.cfg.Streams.Subjects(), rules, idx, r.Through, m) }
+			}
+			rp.Progress = newProgress(stderr, time.Now())
+			runErr := rp.Run(ctx, r)
+			verb := "sent"
+			if *dryRun {
+				verb = "would send"
+			}
+			state := "complete"
+			if !r.Done {
+				state = "interrupted; resume with: khook replay --resume " + r.ID
+			}
+			if err := writeAs(stdout, output.value, struct {
+				*ops.Replay
+				DryRun bool     `json:"dryRun,omitempty"`
+				Events []string `json:"events,omitempty"`
+			}{r, *dryRun, described}, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "replay %s: %s %d events, skipped %d; %s\n", r.ID, verb, r.Sent, r.Skipped, state)
+				return err
+			}); err != nil {
+				return err
+			}
+			if runErr != nil {
+				return runErr
+			}
+			if !r.Done && !*dryRun {
+				// Interrupted on purpose: the progress is stored and the exit code says so.
+				return errors.New("interrupted")
+			}
 			return nil
 		}
-		fmt.Fprintf(stderr, "resuming replay %s through the %s at sequence %d (%d sent so far)\n", r.ID, r.Through, r.NextSeq, r.Sent)
-	} else {
-		if r, err = rp.Plan(ctx, sel); err != nil {
-			return err
-		}
-		if !*dryRun {
-			fmt.Fprintf(stderr, "replay %s: up to %d events of %s (%s) through the %s; resume with: khook replay --resume %s\n",
-				r.ID, r.Total, r.Stream, r.Subject, r.Through, r.ID)
-		}
-	}
-	// Raw events are mapped with the current mappings to find their namespace and, for a
-	// dry run, what they would become; known once the replay is planned or loaded.
-	var rules *mapping.Rules
-	if r.Through == ops.ThroughMapper && (r.Namespace != "" || *dryRun) {
-		if rules, _, err = loadRules(s.cfg.Files.Mappings); err != nil {
-			return err
-		}
-		rp.Namespace = func(m ops.Msg) string {
-			if ev, ok := mapRaw(s.cfg.Streams.Subjects(), rules, m); ok {
-				return ev.Namespace
-			}
-			return ""
-		}
-	}
-	if *dryRun {
-		idx, err := s.hooks(ctx)
-		if err != nil {
-			return err
-		}
-		rp.Describe = func(m ops.Msg) string { return describe(s.cfg.Streams.Subjects(), rules, idx, r.Through, m) }
-	}
-	rp.Progress = newProgress(stderr, time.Now())
-	runErr := rp.Run(ctx, r)
-	verb := "sent"
-	if *dryRun {
-		verb = "would send"
-	}
-	state := "complete"
-	if !r.Done {
-		state = "interrupted; resume with: khook replay --resume " + r.ID
-	}
-	fmt.Fprintf(stdout, "replay %s: %s %d events, skipped %d; %s\n", r.ID, verb, r.Sent, r.Skipped, state)
-	if runErr != nil {
-		return runErr
-	}
-	if !r.Done && !*dryRun {
-		// Interrupted on purpose: the progress is stored and the exit code says so.
-		return errors.New("interrupted")
-	}
-	return nil
+	})
 }
 
 // mapRaw maps a raw event with the current rules.
@@ -263,27 +289,28 @@ func isTerminal(w io.Writer) bool {
 
 // ---- khook status ----
 
-func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, common := newFlagSet("status", stderr)
-	output := fs.String("o", "table", "output: table or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	s, err := openOps(common)
-	if err != nil {
-		return err
-	}
-	defer s.nc.Close()
-	idx, err := s.hooks(ctx)
-	if err != nil {
-		// Status is for troubleshooting: a broken hooks source is reported, not fatal.
-		fmt.Fprintf(stderr, "hooks: %v\n", err)
-	}
-	st, err := pipelineStatus(ctx, s.js, s.cfg, idx)
-	if err != nil {
-		return err
-	}
-	return writeAs(stdout, *output, st, st.WriteTable)
+func statusCmd() *cobra.Command {
+	return leaf("status", "show the streams, consumers, dead letters, plugins and hooks", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		output := addOutput(fs, "table", "json", "yaml")
+		return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+			s, err := openOps(common)
+			if err != nil {
+				return err
+			}
+			defer s.nc.Close()
+			idx, err := s.hooks(ctx)
+			if err != nil {
+				// Status is for troubleshooting: a broken hooks source is reported, not fatal.
+				fmt.Fprintf(stderr, "hooks: %v\n", err)
+			}
+			st, err := pipelineStatus(ctx, s.js, s.cfg, idx)
+			if err != nil {
+				return err
+			}
+			return writeAs(stdout, output.value, st, st.WriteTable)
+		}
+	})
 }
 
 // pipelineStatus is the status with plugins from plugins.yaml and the given hooks.
@@ -318,125 +345,215 @@ func hookStatuses(idx *dispatch.Index) []ops.HookStatus {
 	return out
 }
 
-func writeAs(w io.Writer, format string, v any, table func(io.Writer) error) error {
-	switch format {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
-	case "table", "":
-		return table(w)
-	default:
-		return fmt.Errorf("-o: want table or json, got %q", format)
+// ---- khook dlq ----
+
+// dlqSelection is the flags that select dead letters, with the sequence numbers given as
+// arguments.
+type dlqSelection struct {
+	stage, reason, hook, typ, since *string
+	limit                           *int
+}
+
+func addDLQSelection(fs *pflag.FlagSet) *dlqSelection {
+	return &dlqSelection{
+		stage:  fs.String("stage", "", "only dead letters of this stage (mapper, dispatcher)"),
+		reason: fs.String("reason", "", "only this reason (permanent, max-attempts, unmapped, ...)"),
+		hook:   fs.String("hook", "", "only dead letters of this hook (namespace/name)"),
+		typ:    fs.String("type", "", "only events of this type"),
+		since:  fs.String("since", "", "only dead letters stored since this long ago (2h, 2d) or this RFC 3339 time"),
+		limit:  fs.Int("limit", 0, "at most this many (0: all)"),
 	}
 }
 
-// ---- khook dlq ----
-
-func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	const usageText = "usage: khook dlq list|show SEQ|retry|purge [flags]"
-	if len(args) == 0 {
-		return errors.New(usageText)
+func (d *dlqSelection) filter(seqs []string) (ops.DLQFilter, error) {
+	f := ops.DLQFilter{Stage: *d.stage, Reason: *d.reason, Hook: *d.hook, Type: *d.typ}
+	var err error
+	if f.Since, err = parseWhen("since", *d.since, true); err != nil {
+		return f, usageError{err}
 	}
-	verb, rest := args[0], args[1:]
-	fs, common := newFlagSet("dlq "+verb, stderr)
-	stage := fs.String("stage", "", "only dead letters of this stage (mapper, dispatcher)")
-	reason := fs.String("reason", "", "only this reason (permanent, max-attempts, unmapped, ...)")
-	hook := fs.String("hook", "", "only dead letters of this hook (namespace/name)")
-	typ := fs.String("type", "", "only events of this type")
-	since := fs.String("since", "", "only dead letters stored since this long ago (2h, 2d) or this RFC 3339 time")
-	limit := fs.Int("limit", 0, "at most this many (0: all)")
-	all := fs.Bool("all", false, "retry or purge every dead letter the filters select")
-	output := fs.String("o", "table", "output: table or json")
-	switch verb {
-	case "list", "show", "retry", "purge":
-	default:
-		return errors.New(usageText)
-	}
-	positional, err := parseInterspersed(fs, rest)
-	if err != nil {
-		return err
-	}
-	f := ops.DLQFilter{Stage: *stage, Reason: *reason, Hook: *hook, Type: *typ}
-	if f.Since, err = parseWhen("since", *since, true); err != nil {
-		return err
-	}
-	for _, a := range positional {
+	for _, a := range seqs {
 		seq, err := strconv.ParseUint(a, 10, 64)
 		if err != nil {
-			return fmt.Errorf("%q is not a dead letter's sequence number", a)
+			return f, usageError{fmt.Errorf("%q is not a dead letter's sequence number", a)}
 		}
 		f.Seqs = append(f.Seqs, seq)
 	}
-	if (verb == "retry" || verb == "purge") && len(f.Seqs) == 0 && !*all {
-		return fmt.Errorf("dlq %s: name dead letters by sequence, or select them with filters and --all", verb)
-	}
-	if verb == "show" && len(f.Seqs) != 1 {
-		return errors.New("usage: khook dlq show SEQ")
-	}
-	s, err := openOps(common)
-	if err != nil {
-		return err
-	}
-	defer s.nc.Close()
-	topo := s.cfg.Streams
+	return f, nil
+}
 
-	if verb == "show" {
-		d, err := ops.GetDeadLetter(ctx, s.js, topo, f.Seqs[0])
-		if err != nil {
-			return err
-		}
-		return writeAs(stdout, *output, struct {
-			ops.DeadLetter
-			Headers nats.Header     `json:"headers"`
-			Event   json.RawMessage `json:"event"`
-		}{d, d.Header, eventJSON(d.Event)}, func(w io.Writer) error {
-			fmt.Fprintf(w, "seq:       %d\nstored:    %s\nstage:     %s\nreason:    %s\nerror:     %s\nhook:      %s\ntarget:    %s\nattempts:  %d\nsubject:   %s\nevent id:  %s\nheaders:\n",
-				d.Seq, d.Time.Format(time.RFC3339), d.Stage, d.Reason, d.Error, d.Hook, d.Target, d.Attempts, d.OriginalSubject, d.EventID)
-			for _, k := range slices.Sorted(maps.Keys(d.Header)) {
-				fmt.Fprintf(w, "  %s: %s\n", k, strings.Join(d.Header[k], ", "))
-			}
-			fmt.Fprintf(w, "event:\n%s\n", indentJSON(d.Event))
-			return nil
-		})
-	}
-	letters, err := ops.ListDeadLetters(ctx, s.js, topo, f, *limit)
+// selection checks what a destructive verb acts on: dead letters named by sequence, or with
+// all every one the filters select. It is checked before connecting.
+func (d *dlqSelection) selection(seqs []string, all bool) (ops.DLQFilter, error) {
+	f, err := d.filter(seqs)
 	if err != nil {
-		return err
+		return f, err
 	}
-	switch verb {
-	case "list":
-		if letters == nil {
-			letters = []ops.DeadLetter{}
+	if len(f.Seqs) == 0 && !all {
+		return f, usageError{errors.New("name dead letters by sequence, or select them with filters and --all")}
+	}
+	if len(f.Seqs) > 0 && all {
+		return f, usageError{errors.New("give sequence numbers or --all, not both")}
+	}
+	return f, nil
+}
+
+func dlqCmd() *cobra.Command {
+	list := leaf("list [SEQ...]", "list dead letters, newest last", nil, func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		sel := addDLQSelection(fs)
+		output := addOutput(fs, "table", "json", "yaml")
+		return func(ctx context.Context, args []string, stdout, _ io.Writer) error {
+			f, err := sel.filter(args)
+			if err != nil {
+				return err
+			}
+			s, err := openOps(common)
+			if err != nil {
+				return err
+			}
+			defer s.nc.Close()
+			letters, err := ops.ListDeadLetters(ctx, s.js, s.cfg.Streams, f, *sel.limit)
+			if err != nil {
+				return err
+			}
+			if letters == nil {
+				letters = []ops.DeadLetter{}
+			}
+			return writeAs(stdout, output.value, letters, func(w io.Writer) error {
+				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "SEQ\tSTORED\tSTAGE\tREASON\tHOOK\tEVENT\tERROR")
+				for _, d := range letters {
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Seq, d.Time.UTC().Format(time.RFC3339), d.Stage, d.Reason,
+						cmp.Or(d.Hook, "-"), d.EventType+" "+d.EventID, d.Error)
+				}
+				return tw.Flush()
+			})
 		}
-		return writeAs(stdout, *output, letters, func(w io.Writer) error {
-			fmt.Fprintf(w, "%-8s %-20s %-10s %-14s %-22s %-28s %s\n", "SEQ", "STORED", "STAGE", "REASON", "HOOK", "EVENT", "ERROR")
+	})
+	show := leaf("show SEQ", "show one dead letter: why, its headers and its event", cobra.ExactArgs(1), func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		output := addOutput(fs, "table", "json", "yaml")
+		return func(ctx context.Context, args []string, stdout, _ io.Writer) error {
+			seq, err := strconv.ParseUint(args[0], 10, 64)
+			if err != nil {
+				return usageError{fmt.Errorf("%q is not a dead letter's sequence number", args[0])}
+			}
+			s, err := openOps(common)
+			if err != nil {
+				return err
+			}
+			defer s.nc.Close()
+			d, err := ops.GetDeadLetter(ctx, s.js, s.cfg.Streams, seq)
+			if err != nil {
+				return err
+			}
+			return writeAs(stdout, output.value, struct {
+				ops.DeadLetter
+				Headers nats.Header     `json:"headers"`
+				Event   json.RawMessage `json:"event"`
+			}{d, d.Header, eventJSON(d.Event)}, func(w io.Writer) error {
+				fmt.Fprintf(w, "seq:       %d\nstored:    %s\nstage:     %s\nreason:    %s\nerror:     %s\nhook:      %s\ntarget:    %s\nattempts:  %d\nsubject:   %s\nevent id:  %s\nheaders:\n",
+					d.Seq, d.Time.Format(time.RFC3339), d.Stage, d.Reason, d.Error, d.Hook, d.Target, d.Attempts, d.OriginalSubject, d.EventID)
+				for _, k := range slices.Sorted(maps.Keys(d.Header)) {
+					fmt.Fprintf(w, "  %s: %s\n", k, strings.Join(d.Header[k], ", "))
+				}
+				fmt.Fprintf(w, "event:\n%s\n", indentJSON(d.Event))
+				return nil
+			})
+		}
+	})
+	retry := leaf("retry [SEQ...]", "send dead letters back where they failed, and remove them", nil, func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		sel := addDLQSelection(fs)
+		all := fs.Bool("all", false, "retry every dead letter the filters select")
+		dryRun := fs.Bool("dry-run", false, "list what would be retried; change nothing")
+		return func(ctx context.Context, args []string, stdout, _ io.Writer) error {
+			f, err := sel.selection(args, *all)
+			if err != nil {
+				return err
+			}
+			s, err := openOps(common)
+			if err != nil {
+				return err
+			}
+			defer s.nc.Close()
+			letters, err := ops.ListDeadLetters(ctx, s.js, s.cfg.Streams, f, *sel.limit)
+			if err != nil {
+				return err
+			}
+			n := 0
 			for _, d := range letters {
-				fmt.Fprintf(w, "%-8d %-20s %-10s %-14s %-22s %-28s %s\n", d.Seq, d.Time.UTC().Format(time.RFC3339), d.Stage, d.Reason,
-					cmp.Or(d.Hook, "-"), d.EventType+" "+d.EventID, d.Error)
+				if *dryRun {
+					fmt.Fprintf(stdout, "would retry %d: %s %s -> %s\n", d.Seq, d.EventType, d.EventID, d.OriginalSubject)
+					continue
+				}
+				if err := ops.RetryDeadLetter(ctx, s.js, s.cfg.Streams, d); err != nil {
+					fmt.Fprintf(stdout, "retried %d of %d\n", n, len(letters))
+					return err
+				}
+				n++
+				fmt.Fprintf(stdout, "retried %d: %s %s -> %s\n", d.Seq, d.EventType, d.EventID, d.OriginalSubject)
+			}
+			if !*dryRun {
+				fmt.Fprintf(stdout, "retried %d dead letters\n", n)
 			}
 			return nil
-		})
-	case "retry":
-		n := 0
-		for _, d := range letters {
-			if err := ops.RetryDeadLetter(ctx, s.js, topo, d); err != nil {
-				fmt.Fprintf(stdout, "retried %d of %d\n", n, len(letters))
+		}
+	})
+	purge := leaf("purge [SEQ...]", "delete dead letters (asks first, unless --force)", nil, func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		sel := addDLQSelection(fs)
+		all := fs.Bool("all", false, "purge every dead letter the filters select")
+		dryRun := fs.Bool("dry-run", false, "list what would be purged; delete nothing")
+		force := fs.Bool("force", false, "delete without asking (needed when stdin is not a terminal)")
+		return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+			f, err := sel.selection(args, *all)
+			if err != nil {
 				return err
 			}
-			n++
-			fmt.Fprintf(stdout, "retried %d: %s %s -> %s\n", d.Seq, d.EventType, d.EventID, d.OriginalSubject)
-		}
-		fmt.Fprintf(stdout, "retried %d dead letters\n", n)
-	case "purge":
-		for _, d := range letters {
-			if err := ops.PurgeDeadLetter(ctx, s.js, topo, d.Seq); err != nil {
+			s, err := openOps(common)
+			if err != nil {
 				return err
 			}
+			defer s.nc.Close()
+			letters, err := ops.ListDeadLetters(ctx, s.js, s.cfg.Streams, f, *sel.limit)
+			if err != nil {
+				return err
+			}
+			if *dryRun {
+				for _, d := range letters {
+					fmt.Fprintf(stdout, "would purge %d: %s %s (%s, %s)\n", d.Seq, d.EventType, d.EventID, d.Stage, d.Reason)
+				}
+				fmt.Fprintf(stdout, "would purge %d dead letters\n", len(letters))
+				return nil
+			}
+			if len(letters) > 0 && !*force {
+				if !confirm(os.Stdin, stderr, fmt.Sprintf("purge %d dead letters? They cannot be retried afterwards. [y/N] ", len(letters))) {
+					return errors.New("nothing purged: not confirmed (pass --force to purge without asking, --dry-run to see what would go)")
+				}
+			}
+			for _, d := range letters {
+				if err := ops.PurgeDeadLetter(ctx, s.js, s.cfg.Streams, d.Seq); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(stdout, "purged %d dead letters\n", len(letters))
+			return nil
 		}
-		fmt.Fprintf(stdout, "purged %d dead letters\n", len(letters))
+	})
+	return group("dlq", "inspect, retry and purge dead letters", list, show, retry, purge)
+}
+
+// confirm asks question on w and reads the answer from in; only a terminal can answer, so a
+// script that did not pass --force is refused rather than read from.
+func confirm(in *os.File, w io.Writer, question string) bool {
+	if !term.IsTerminal(int(in.Fd())) {
+		return false
 	}
-	return nil
+	fmt.Fprint(w, question)
+	answer, _ := bufio.NewReader(in).ReadString('\n')
+	answer = strings.ToLower(strings.TrimSpace(answer))
+	return answer == "y" || answer == "yes"
 }
 
 func eventJSON(b []byte) json.RawMessage {
@@ -456,94 +573,116 @@ func indentJSON(b []byte) string {
 	return string(out)
 }
 
-// parseInterspersed parses flags before and after positional arguments (khook dlq show 12
-// --config khook.yaml), and returns the positional ones.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var positional []string
-	for {
-		if err := parseFlags(fs, args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return positional, nil
-		}
-		positional = append(positional, fs.Arg(0))
-		args = fs.Args()[1:]
+// ---- khook events ----
+
+// eventSelection is the flags that select normalized events, shared by tail and get.
+type eventSelection struct {
+	typ, namespace, resource, severity *string
+}
+
+func addEventSelection(fs *pflag.FlagSet) *eventSelection {
+	return &eventSelection{
+		typ:       fs.String("type", "", "only this internal event type"),
+		namespace: fs.String("namespace", "", "only this namespace"),
+		resource:  fs.String("resource", "", "only this resource name"),
+		severity:  fs.String("severity", "", "only this severity and above (info, warning, error, critical)"),
 	}
 }
 
-// ---- khook events ----
+func (e *eventSelection) filter() ops.EventFilter {
+	return ops.EventFilter{Type: *e.typ, Namespace: *e.namespace, Resource: *e.resource, MinSeverity: *e.severity}
+}
 
-func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	const usageText = "usage: khook events tail|get [flags]"
-	if len(args) == 0 || (args[0] != "tail" && args[0] != "get") {
-		return errors.New(usageText)
+// eventLine prints one event as a table line.
+func eventLine(w io.Writer, rec ops.EventRecord) error {
+	replay := ""
+	if rec.ReplayID != "" {
+		replay = " (replay " + rec.ReplayID + ")"
 	}
-	verb := args[0]
-	fs, common := newFlagSet("events "+verb, stderr)
-	typ := fs.String("type", "", "only this internal event type")
-	namespace := fs.String("namespace", "", "only this namespace")
-	resource := fs.String("resource", "", "only this resource name")
-	severity := fs.String("severity", "", "only this severity and above (info, warning, error, critical)")
-	since := fs.String("since", "", "get: events stored since this long ago (2h, 2d) or this RFC 3339 time")
-	until := fs.String("until", "", "get: events stored up to this RFC 3339 time")
-	limit := fs.Int("limit", 100, "get: at most this many events")
-	output := fs.String("o", "table", "output: table or json (one object per line for tail)")
-	if err := parseFlags(fs, args[1:]); err != nil {
-		return err
-	}
-	f := ops.EventFilter{Type: *typ, Namespace: *namespace, Resource: *resource, MinSeverity: *severity}
-	var err error
-	if f.Since, err = parseWhen("since", *since, true); err != nil {
-		return err
-	}
-	if f.Until, err = parseWhen("until", *until, false); err != nil {
-		return err
-	}
-	if err := f.Validate(); err != nil {
-		return err
-	}
-	s, err := openOps(common)
-	if err != nil {
-		return err
-	}
-	defer s.nc.Close()
-	line := func(rec ops.EventRecord) error {
-		if *output == "json" {
-			b, err := json.Marshal(rec)
+	_, err := fmt.Fprintf(w, "%s %-8s %-16s %-9s %s/%s/%s: %s%s\n", rec.Stored.UTC().Format(time.RFC3339), strconv.FormatUint(rec.Seq, 10),
+		rec.Type, rec.Severity, cmp.Or(rec.Namespace, "-"), cmp.Or(rec.Resource.Kind, "-"), cmp.Or(rec.Resource.Name, "-"), rec.Message, replay)
+	return err
+}
+
+func eventsCmd() *cobra.Command {
+	tail := leaf("tail", "follow normalized events as they are stored", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		sel := addEventSelection(fs)
+		output := addOutput(fs, "table", "json", "yaml")
+		return func(ctx context.Context, _ []string, stdout, _ io.Writer) error {
+			f := sel.filter()
+			if err := f.Validate(); err != nil {
+				return usageError{err}
+			}
+			s, err := openOps(common)
 			if err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(stdout, "%s\n", b)
-			return err
+			defer s.nc.Close()
+			ctx, stop := interruptible(ctx)
+			defer stop()
+			return ops.TailEvents(ctx, s.js, s.cfg.Streams, f, func(rec ops.EventRecord) error {
+				switch output.value {
+				case "json":
+					// One object per line, for jq and log shippers.
+					b, err := json.Marshal(rec)
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintf(stdout, "%s\n", b)
+					return err
+				case "yaml":
+					// One document per event.
+					if _, err := fmt.Fprintln(stdout, "---"); err != nil {
+						return err
+					}
+					return writeAs(stdout, "yaml", rec, nil)
+				default:
+					return eventLine(stdout, rec)
+				}
+			})
 		}
-		replay := ""
-		if rec.ReplayID != "" {
-			replay = " (replay " + rec.ReplayID + ")"
+	})
+	get := leaf("get", "list retained normalized events, oldest first", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		sel := addEventSelection(fs)
+		since := fs.String("since", "", "events stored since this long ago (2h, 2d) or this RFC 3339 time")
+		until := fs.String("until", "", "events stored up to this RFC 3339 time")
+		limit := fs.Int("limit", 100, "at most this many events")
+		output := addOutput(fs, "table", "json", "yaml")
+		return func(ctx context.Context, _ []string, stdout, _ io.Writer) error {
+			f := sel.filter()
+			var err error
+			if f.Since, err = parseWhen("since", *since, true); err != nil {
+				return usageError{err}
+			}
+			if f.Until, err = parseWhen("until", *until, false); err != nil {
+				return usageError{err}
+			}
+			if err := f.Validate(); err != nil {
+				return usageError{err}
+			}
+			s, err := openOps(common)
+			if err != nil {
+				return err
+			}
+			defer s.nc.Close()
+			events, _, err := ops.QueryEvents(ctx, s.js, s.cfg.Streams, f, 0, *limit)
+			if err != nil {
+				return err
+			}
+			if events == nil {
+				events = []ops.EventRecord{}
+			}
+			return writeAs(stdout, output.value, events, func(w io.Writer) error {
+				for _, rec := range events {
+					if err := eventLine(w, rec); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
 		}
-		_, err := fmt.Fprintf(stdout, "%s %-8s %-16s %-9s %s/%s/%s: %s%s\n", rec.Stored.UTC().Format(time.RFC3339), strconv.FormatUint(rec.Seq, 10),
-			rec.Type, rec.Severity, cmp.Or(rec.Namespace, "-"), cmp.Or(rec.Resource.Kind, "-"), cmp.Or(rec.Resource.Name, "-"), rec.Message, replay)
-		return err
-	}
-	if verb == "tail" {
-		ctx, stop := interruptible(ctx)
-		defer stop()
-		return ops.TailEvents(ctx, s.js, s.cfg.Streams, f, line)
-	}
-	events, _, err := ops.QueryEvents(ctx, s.js, s.cfg.Streams, f, 0, *limit)
-	if err != nil {
-		return err
-	}
-	if *output == "json" {
-		if events == nil {
-			events = []ops.EventRecord{}
-		}
-		return writeAs(stdout, "json", events, nil)
-	}
-	for _, rec := range events {
-		if err := line(rec); err != nil {
-			return err
-		}
-	}
-	return nil
+	})
+	return group("events", "follow or list normalized events", tail, get)
 }

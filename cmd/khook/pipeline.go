@@ -18,6 +18,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes"
@@ -78,61 +80,64 @@ func (st stages) streamStages() []streams.Stage {
 	return out
 }
 
-func runAll(ctx context.Context, args []string, _, stderr io.Writer) error {
-	fs, common := newFlagSet("run", stderr)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	return runPipeline(ctx, common, stages{producers: true, mapper: true, dispatcher: true, embedded: true})
+func runCmd() *cobra.Command {
+	return leaf("run", "run the whole pipeline in one process (embedded NATS unless --nats-url)", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		return func(ctx context.Context, _ []string, _, _ io.Writer) error {
+			return runPipeline(ctx, common, stages{producers: true, mapper: true, dispatcher: true, embedded: true})
+		}
+	})
 }
 
-func runProducer(ctx context.Context, args []string, _, stderr io.Writer) error {
-	fs, common := newFlagSet("producer", stderr)
-	plugin := fs.String("plugin", "", "run only this plugin (one plugin per process)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	return runPipeline(ctx, common, stages{producers: true, plugin: *plugin})
+func producerCmd() *cobra.Command {
+	return leaf("producer", "run the enabled producer plugins of plugins.yaml", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		plugin := fs.String("plugin", "", "run only this plugin (one plugin per process)")
+		return func(ctx context.Context, _ []string, _, _ io.Writer) error {
+			return runPipeline(ctx, common, stages{producers: true, plugin: *plugin})
+		}
+	})
 }
 
-func runMapper(ctx context.Context, args []string, _, stderr io.Writer) error {
-	fs, common := newFlagSet("mapper", stderr)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	return runPipeline(ctx, common, stages{mapper: true})
+func mapperCmd() *cobra.Command {
+	return leaf("mapper", "run the mapping consumer", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		return func(ctx context.Context, _ []string, _, _ io.Writer) error {
+			return runPipeline(ctx, common, stages{mapper: true})
+		}
+	})
 }
 
-func runDispatcher(ctx context.Context, args []string, _, stderr io.Writer) error {
-	fs, common := newFlagSet("dispatcher", stderr)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	return runPipeline(ctx, common, stages{dispatcher: true})
+func dispatcherCmd() *cobra.Command {
+	return leaf("dispatcher", "run the dispatch consumer", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		return func(ctx context.Context, _ []string, _, _ io.Writer) error {
+			return runPipeline(ctx, common, stages{dispatcher: true})
+		}
+	})
 }
 
-func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "apply" {
-		return errors.New("usage: khook streams apply [--config FILE] [--nats-url URL]")
-	}
-	fs, common := newFlagSet("streams apply", stderr)
-	if err := parseFlags(fs, args[1:]); err != nil {
-		return err
-	}
-	cfg, err := config.Load(common.config, environ(), common.overrides())
-	if err != nil {
-		return err
-	}
-	nc, js, err := openJetStream(cfg, nil)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	changes, err := streams.Apply(ctx, js, cfg.Streams)
-	for _, c := range changes {
-		fmt.Fprintln(stdout, c)
-	}
-	return err
+func streamsCmd() *cobra.Command {
+	apply := leaf("apply", "create or update the streams, consumers and buckets khook.yaml describes", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		return func(ctx context.Context, _ []string, stdout, _ io.Writer) error {
+			cfg, err := config.Load(common.config, environ(), common.overrides())
+			if err != nil {
+				return err
+			}
+			nc, js, err := openJetStream(cfg, nil)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			changes, err := streams.Apply(ctx, js, cfg.Streams)
+			for _, c := range changes {
+				fmt.Fprintln(stdout, c)
+			}
+			return err
+		}
+	})
+	return group("streams", "manage the JetStream streams, consumers and buckets", apply)
 }
 
 // withoutConfig explains a missing file when no --config was given: the defaults name files

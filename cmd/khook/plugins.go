@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8s "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -16,41 +18,43 @@ import (
 	"github.com/khook/khook/producers"
 )
 
-const pluginsUsage = "usage: khook plugins disable|enable NAME (--file PLUGINS.yaml | --configmap NAME [--namespace NS]) [--dry-run]"
+// pluginToggle is where `khook plugins disable|enable` edits plugins.yaml.
+type pluginToggle struct {
+	common                          *commonFlags
+	file, configMap, namespace, key *string
+	dryRun                          *bool
+}
 
-// runPlugins implements `khook plugins disable|enable NAME`: the one-plugin rollback. It
-// edits one entry of plugins.yaml, in a file or in the ConfigMap the producers mount, and
-// leaves every other plugin running; the producers apply the change live.
-func runPlugins(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "disable" && args[0] != "enable") {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(stdout, pluginsUsage)
-			return nil
-		}
-		return errors.New(pluginsUsage)
+// pluginsCmd is `khook plugins disable|enable NAME`: the one-plugin rollback. It edits one
+// entry of plugins.yaml, in a file or in the ConfigMap the producers mount, and leaves every
+// other plugin running; the producers apply the change live.
+func pluginsCmd() *cobra.Command {
+	verb := func(verb, short string) *cobra.Command {
+		cmd := leaf(verb+" NAME", short, cobra.ExactArgs(1), func(fs *pflag.FlagSet) runFunc {
+			o := &pluginToggle{
+				common:    addCommonFlags(fs),
+				file:      fs.String("file", "", "a plugins.yaml file to edit in place"),
+				configMap: fs.String("configmap", "", "a ConfigMap holding plugins.yaml, e.g. khook-plugin-config"),
+				namespace: fs.String("namespace", "", "the ConfigMap's namespace (default: the kubeconfig context's, else $POD_NAMESPACE)"),
+				key:       fs.String("key", "plugins.yaml", "the ConfigMap key holding plugins.yaml"),
+				dryRun:    fs.Bool("dry-run", false, "print the edited plugins.yaml and change nothing"),
+			}
+			return func(ctx context.Context, args []string, stdout, _ io.Writer) error {
+				if (*o.file == "") == (*o.configMap == "") {
+					return usageError{errors.New("give either --file PLUGINS.yaml or --configmap NAME")}
+				}
+				return togglePlugin(ctx, o, verb, args[0], stdout)
+			}
+		})
+		cmd.Example = fmt.Sprintf("  khook plugins %s kubernetes --configmap khook-plugin-config --namespace kagent\n  khook plugins %s webhook --file plugins.yaml --dry-run", verb, verb)
+		return cmd
 	}
-	verb := args[0]
-	fs, common := newFlagSet("plugins "+verb, stderr)
-	file := fs.String("file", "", "a plugins.yaml file to edit in place")
-	configMap := fs.String("configmap", "", "a ConfigMap holding plugins.yaml, e.g. khook-plugin-config")
-	namespace := fs.String("namespace", "", "the ConfigMap's namespace (default: the kubeconfig context's, else $POD_NAMESPACE)")
-	key := fs.String("key", "plugins.yaml", "the ConfigMap key holding plugins.yaml")
-	dryRun := fs.Bool("dry-run", false, "print the edited plugins.yaml and change nothing")
-	// The name may come before or after the flags.
-	if err := parseFlags(fs, args[1:]); err != nil {
-		return err
-	}
-	rest := fs.Args()
-	if len(rest) < 1 {
-		return errors.New(pluginsUsage)
-	}
-	name := rest[0]
-	if err := parseFlags(fs, rest[1:]); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 || (*file == "") == (*configMap == "") {
-		return errors.New(pluginsUsage)
-	}
+	return group("plugins", "roll one plugin back (or forward), leaving the others running",
+		verb("disable", "disable one plugin in plugins.yaml"), verb("enable", "enable one plugin in plugins.yaml"))
+}
+
+func togglePlugin(ctx context.Context, o *pluginToggle, verb, name string, stdout io.Writer) error {
+	file, configMap, namespace, key, dryRun, common := o.file, o.configMap, o.namespace, o.key, o.dryRun, o.common
 	enabled := verb == "enable"
 	edit := func(b []byte) ([]byte, error) {
 		out, err := producers.SetEnabled(b, name, enabled)

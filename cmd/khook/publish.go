@@ -15,6 +15,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/producers"
@@ -22,117 +24,118 @@ import (
 	"github.com/khook/khook/streams/cloudevent"
 )
 
-// runPublish implements `khook publish`: the out-of-process plugin's way in. It publishes one
+// publishCmd is `khook publish`: the out-of-process plugin's way in. It publishes one
 // event (--data), or one event per line of newline-delimited JSON on stdin, to
 // <prefix>.raw.<source>.<type>, exactly as built-in plugins do, and prints each stored id.
-func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, common := newFlagSet("publish", stderr)
-	source := fs.String("source", "", "the plugin's name: the source token of its events (required)")
-	eventType := fs.String("type", "", "the event type, when the data has no \"type\" field")
-	id := fs.String("id", "", "the event id (default: the CloudEvents id, else a hash of the event)")
-	subj := fs.String("subject", "", "the CloudEvents subject, namespace/kind/name")
-	data := fs.String("data", "", "one event's data as a JSON object; without it, events are read from stdin, one JSON object per line")
-	user := fs.String("user", "", "NATS user (an embedded server's plugin user is the plugin's name)")
-	passwordFile := fs.String("password-file", "", "file holding the NATS password")
-	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for each event to be stored")
-	wait := fs.Duration("wait", 0, "with --data: also wait this long for the mapper to take the event (a pipeline check, e.g. `helm test`)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if *source == "" {
-		return usageError{error: errors.New("--source is required")}
-	}
-	cfg, err := config.Load(common.config, environ(), common.overrides())
-	if err != nil {
-		return err
-	}
-	// The server reports a publish it refuses asynchronously; the handler records it and
-	// ends the wait for an acknowledgement that will never come.
-	var denied atomic.Value
-	var cancelWait atomic.Pointer[context.CancelFunc]
-	extra := []nats.Option{nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-		if err != nil && strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
-			denied.Store(err)
-			if c := cancelWait.Load(); c != nil {
-				(*c)()
+func publishCmd() *cobra.Command {
+	return leaf("publish", "publish events from a script or an out-of-process plugin", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		source := fs.String("source", "", "the plugin's name: the source token of its events (required)")
+		eventType := fs.String("type", "", "the event type, when the data has no \"type\" field")
+		id := fs.String("id", "", "the event id (default: the CloudEvents id, else a hash of the event)")
+		subj := fs.String("subject", "", "the CloudEvents subject, namespace/kind/name")
+		data := fs.String("data", "", "one event's data as a JSON object; without it, events are read from stdin, one JSON object per line")
+		user := fs.String("user", "", "NATS user (an embedded server's plugin user is the plugin's name)")
+		passwordFile := fs.String("password-file", "", "file holding the NATS password")
+		timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for each event to be stored")
+		wait := fs.Duration("wait", 0, "with --data: also wait this long for the mapper to take the event (a pipeline check, e.g. `helm test`)")
+		return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+			if *source == "" {
+				return usageError{error: errors.New("--source is required")}
 			}
-		}
-	})}
-	if *user != "" {
-		pw := ""
-		if *passwordFile != "" {
-			b, err := os.ReadFile(*passwordFile)
+			cfg, err := config.Load(common.config, environ(), common.overrides())
 			if err != nil {
-				return fmt.Errorf("--password-file: %w", err)
+				return err
 			}
-			pw = strings.TrimSpace(string(b))
-		}
-		extra = append(extra, nats.UserInfo(*user, pw))
-	}
-	nc, js, err := openJetStream(cfg, nil, extra...)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	emit := producers.NewPublisher(js, cfg.Streams.Subjects(), producers.NewMetrics(prometheus.NewRegistry())).Emitter(*source)
+			// The server reports a publish it refuses asynchronously; the handler records it and
+			// ends the wait for an acknowledgement that will never come.
+			var denied atomic.Value
+			var cancelWait atomic.Pointer[context.CancelFunc]
+			extra := []nats.Option{nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+				if err != nil && strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+					denied.Store(err)
+					if c := cancelWait.Load(); c != nil {
+						(*c)()
+					}
+				}
+			})}
+			if *user != "" {
+				pw := ""
+				if *passwordFile != "" {
+					b, err := os.ReadFile(*passwordFile)
+					if err != nil {
+						return fmt.Errorf("--password-file: %w", err)
+					}
+					pw = strings.TrimSpace(string(b))
+				}
+				extra = append(extra, nats.UserInfo(*user, pw))
+			}
+			nc, js, err := openJetStream(cfg, nil, extra...)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			emit := producers.NewPublisher(js, cfg.Streams.Subjects(), producers.NewMetrics(prometheus.NewRegistry())).Emitter(*source)
 
-	publish := func(line []byte, where string) error {
-		ev, err := eventFromJSON(line, *eventType, *id, *subj)
-		if err != nil {
-			return fmt.Errorf("%s: %w", where, err)
-		}
-		pctx, cancel := context.WithTimeout(ctx, *timeout)
-		defer cancel()
-		cancelWait.Store(&cancel)
-		res, err := emit(pctx, ev)
-		if d := denied.Load(); d != nil {
-			return fmt.Errorf("%s: permission denied: %v (plugin %q may publish only to its own subjects)", where, d, *source)
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", where, err)
-		}
-		out, _ := json.Marshal(map[string]any{"id": res.ID, "duplicate": res.Duplicate})
-		fmt.Fprintln(stdout, string(out))
-		if *wait > 0 {
-			return waitMapped(ctx, js, cfg.Streams, *source, ev.Type, *wait, stdout)
-		}
-		return nil
-	}
-	if *data != "" {
-		return publish([]byte(*data), "--data")
-	}
-	if *wait > 0 {
-		return usageError{error: errors.New("--wait needs --data: it follows one event")}
-	}
-	sc := bufio.NewScanner(os.Stdin)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	// With --id, every line would get the same id and all but the first would be dropped as
-	// duplicates; so --id takes exactly one event, and nothing is published otherwise.
-	var held []byte
-	heldAt := 0
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" {
-			continue
-		}
-		if *id != "" {
-			if held != nil {
-				return fmt.Errorf("--id names one event, but stdin has more than one (lines %d and %d): give each line its own CloudEvents \"id\", or publish one event with --data", heldAt, n)
+			publish := func(line []byte, where string) error {
+				ev, err := eventFromJSON(line, *eventType, *id, *subj)
+				if err != nil {
+					return fmt.Errorf("%s: %w", where, err)
+				}
+				pctx, cancel := context.WithTimeout(ctx, *timeout)
+				defer cancel()
+				cancelWait.Store(&cancel)
+				res, err := emit(pctx, ev)
+				if d := denied.Load(); d != nil {
+					return fmt.Errorf("%s: permission denied: %v (plugin %q may publish only to its own subjects)", where, d, *source)
+				}
+				if err != nil {
+					return fmt.Errorf("%s: %w", where, err)
+				}
+				out, _ := json.Marshal(map[string]any{"id": res.ID, "duplicate": res.Duplicate})
+				fmt.Fprintln(stdout, string(out))
+				if *wait > 0 {
+					return waitMapped(ctx, js, cfg.Streams, *source, ev.Type, *wait, stdout)
+				}
+				return nil
 			}
-			held, heldAt = []byte(line), n
-			continue
+			if *data != "" {
+				return publish([]byte(*data), "--data")
+			}
+			if *wait > 0 {
+				return usageError{error: errors.New("--wait needs --data: it follows one event")}
+			}
+			sc := bufio.NewScanner(os.Stdin)
+			sc.Buffer(make([]byte, 64<<10), 1<<20)
+			// With --id, every line would get the same id and all but the first would be dropped as
+			// duplicates; so --id takes exactly one event, and nothing is published otherwise.
+			var held []byte
+			heldAt := 0
+			for n := 1; sc.Scan(); n++ {
+				line := strings.TrimSpace(sc.Text())
+				if line == "" {
+					continue
+				}
+				if *id != "" {
+					if held != nil {
+						return fmt.Errorf("--id names one event, but stdin has more than one (lines %d and %d): give each line its own CloudEvents \"id\", or publish one event with --data", heldAt, n)
+					}
+					held, heldAt = []byte(line), n
+					continue
+				}
+				if err := publish([]byte(line), fmt.Sprintf("stdin line %d", n)); err != nil {
+					return err
+				}
+			}
+			if err := sc.Err(); err != nil {
+				return fmt.Errorf("stdin: %w", err)
+			}
+			if held != nil {
+				return publish(held, fmt.Sprintf("stdin line %d", heldAt))
+			}
+			return nil
 		}
-		if err := publish([]byte(line), fmt.Sprintf("stdin line %d", n)); err != nil {
-			return err
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("stdin: %w", err)
-	}
-	if held != nil {
-		return publish(held, fmt.Sprintf("stdin line %d", heldAt))
-	}
-	return nil
+	})
 }
 
 // eventFromJSON reads one event: a CloudEvent in structured JSON (it has "specversion"), or

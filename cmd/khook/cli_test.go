@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/spf13/cobra"
+	"github.com/stretchr/testify/require"
+	"sigs.k8s.io/yaml"
+
+	"github.com/khook/khook/streams/deadletter"
+	"github.com/khook/khook/streams/streamstest"
+)
+
+var update = flag.Bool("update", false, "rewrite docs/cli.md from the commands")
+
+// commandPaths lists every command of the tree as its arguments, root first.
+func commandPaths() [][]string {
+	var out [][]string
+	var walk func(c *cobra.Command, path []string)
+	walk = func(c *cobra.Command, path []string) {
+		out = append(out, path)
+		for _, sub := range c.Commands() {
+			if sub.Hidden || sub.Name() == "help" {
+				continue
+			}
+			walk(sub, append(append([]string{}, path...), sub.Name()))
+		}
+	}
+	walk(newRoot(), nil)
+	return out
+}
+
+// TestEveryCommandHelps asks every command and verb for help both ways: each answers on
+// stdout with exit 0, and names itself.
+func TestEveryCommandHelps(t *testing.T) {
+	paths := commandPaths()
+	require.Greater(t, len(paths), 25, "the whole tree, verbs and completion included")
+	for _, path := range paths {
+		for _, help := range []string{"--help", "-h"} {
+			args := append(append([]string{}, path...), help)
+			t.Run(strings.Join(args, " "), func(t *testing.T) {
+				var stdout, stderr bytes.Buffer
+				require.Equal(t, 0, execute(context.Background(), args, &stdout, &stderr), stderr.String())
+				require.Empty(t, stderr.String())
+				require.Contains(t, stdout.String(), "Usage:")
+				require.Contains(t, stdout.String(), strings.Join(append([]string{"khook"}, path...), " "))
+			})
+		}
+	}
+}
+
+// TestOutputFormats runs every command that prints data against a real NATS server with
+// khook's streams, with -o json and -o yaml: each prints one valid document.
+func TestOutputFormats(t *testing.T) {
+	ns := streamstest.RunServer(t)
+	url := ns.ClientURL()
+	run := func(t *testing.T, args ...string) string {
+		t.Helper()
+		var stdout, stderr bytes.Buffer
+		code := execute(context.Background(), args, &stdout, &stderr)
+		require.Equal(t, 0, code, "khook %s: %s", strings.Join(args, " "), stderr.String())
+		return stdout.String()
+	}
+	require.Contains(t, run(t, "streams", "apply", "--nats-url", url), "stream KHOOK_RAW created")
+
+	dir := t.TempDir()
+	hooks := filepath.Join(dir, "hooks.yaml")
+	require.NoError(t, os.WriteFile(hooks, []byte("[]\n"), 0o600))
+	cfg := filepath.Join(dir, "khook.yaml")
+	mappings, err := filepath.Abs("../../mapping/testdata/event-mappings.yaml")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf("files:\n  hooks: %s\n  mappings: %s\nkubernetes:\n  hooks: file\n", hooks, mappings)), 0o600))
+
+	for _, tc := range []struct {
+		args []string
+		// key is a field the document must have (for a list, its first item's, when any).
+		key string
+	}{
+		{[]string{"status", "--config", cfg, "--nats-url", url}, "streams"},
+		{[]string{"dlq", "list", "--config", cfg, "--nats-url", url}, ""},
+		{[]string{"events", "get", "--config", cfg, "--nats-url", url}, ""},
+		{[]string{"replay", "--dry-run", "--config", cfg, "--nats-url", url}, "id"},
+		{[]string{"version"}, "version"},
+		{[]string{"mappings", "check", mappings, "--event", "../../mapping/testdata/alertmanager-firing.in.json"}, "mapping"},
+	} {
+		for _, format := range []string{"json", "yaml"} {
+			t.Run(strings.Join(tc.args[:min(2, len(tc.args))], " ")+" -o "+format, func(t *testing.T) {
+				out := run(t, append(tc.args, "-o", format)...)
+				var doc any
+				if format == "json" {
+					require.NoError(t, json.Unmarshal([]byte(out), &doc), out)
+				} else {
+					require.NoError(t, yaml.Unmarshal([]byte(out), &doc), out)
+					if tc.key != "" {
+						require.False(t, json.Valid([]byte(out)), "yaml, not json:\n%s", out)
+					}
+				}
+				if tc.key != "" {
+					obj, ok := doc.(map[string]any)
+					require.True(t, ok, "an object:\n%s", out)
+					require.Contains(t, obj, tc.key)
+				} else {
+					_, ok := doc.([]any)
+					require.True(t, ok, "a list:\n%s", out)
+				}
+			})
+		}
+	}
+}
+
+// TestCLIReference keeps docs/cli.md what the commands say of themselves; run with -update
+// after changing a command.
+func TestCLIReference(t *testing.T) {
+	got := cliReference()
+	path := "../../docs/cli.md"
+	if *update {
+		require.NoError(t, os.WriteFile(path, []byte(got), 0o644))
+	}
+	want, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Equal(t, string(want), got, "docs/cli.md is stale: go test ./cmd/khook -run TestCLIReference -update")
+}
+
+// cliReference renders every command's help as one Markdown page.
+func cliReference() string {
+	var b strings.Builder
+	b.WriteString("# khook command reference\n\n")
+	b.WriteString("Generated from the commands themselves (`go test ./cmd/khook -run TestCLIReference -update`); a test\n")
+	b.WriteString("fails when it is stale. Every command prints the same with `--help`.\n\n")
+	b.WriteString("Conventions: help goes to stdout with exit 0; errors go to stderr, with exit 1 when the\n")
+	b.WriteString("command failed and 2 when the command line is wrong. Commands that print data take\n")
+	b.WriteString("`-o, --output` (`table` or `text`, `json`, `yaml`). Durations take `d` for days (`--since 2d`).\n")
+	b.WriteString("`khook completion bash|zsh|fish|powershell` prints a shell completion script.\n")
+	for _, path := range commandPaths() {
+		var stdout, stderr bytes.Buffer
+		execute(context.Background(), append(path, "--help"), &stdout, &stderr)
+		fmt.Fprintf(&b, "\n## %s\n\n```text\n%s```\n", strings.Join(append([]string{"khook"}, path...), " "), stdout.String())
+	}
+	return b.String()
+}
+
+// TestPurgeAsksFirst: purge deletes for good, so without a terminal to ask on it refuses
+// unless --force; --dry-run says what would go and deletes nothing.
+func TestPurgeAsksFirst(t *testing.T) {
+	ns := streamstest.RunServer(t)
+	url := ns.ClientURL()
+	khook := func(args ...string) (int, string, string) {
+		var stdout, stderr bytes.Buffer
+		code := execute(context.Background(), append(args, "--nats-url", url), &stdout, &stderr)
+		return code, stdout.String(), stderr.String()
+	}
+	code, _, stderr := khook("streams", "apply")
+	require.Equal(t, 0, code, stderr)
+	_, js := streamstest.Connect(t, ns)
+	for i := range 2 {
+		msg := nats.NewMsg("khook.dlq.mapper")
+		msg.Header.Set(deadletter.HeaderStage, "mapper")
+		msg.Header.Set(deadletter.HeaderReason, "invalid-envelope")
+		msg.Header.Set(deadletter.HeaderOriginalSubject, "khook.raw.webhook.x")
+		msg.Data = []byte(fmt.Sprintf(`{"n":%d}`, i))
+		_, err := js.PublishMsg(context.Background(), msg)
+		require.NoError(t, err)
+	}
+	count := func() int {
+		code, out, stderr := khook("dlq", "list", "-o", "json")
+		require.Equal(t, 0, code, stderr)
+		var letters []any
+		require.NoError(t, json.Unmarshal([]byte(out), &letters))
+		return len(letters)
+	}
+	require.Equal(t, 2, count())
+
+	code, out, _ := khook("dlq", "purge", "--all", "--dry-run")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "would purge 2 dead letters")
+	require.Equal(t, 2, count())
+
+	// The test's stdin is not a terminal: nothing can confirm.
+	code, out, stderr = khook("dlq", "purge", "--all")
+	require.Equal(t, 1, code)
+	require.Empty(t, out)
+	require.Contains(t, stderr, "nothing purged: not confirmed (pass --force")
+	require.Equal(t, 2, count())
+
+	code, _, stderr = khook("dlq", "purge", "--all", "1")
+	require.Equal(t, 2, code)
+	require.Contains(t, stderr, "give sequence numbers or --all, not both")
+
+	code, out, stderr = khook("dlq", "purge", "--all", "--force")
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, out, "purged 2 dead letters")
+	require.Equal(t, 0, count())
+}
