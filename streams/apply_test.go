@@ -2,9 +2,11 @@ package streams_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/khook/khook/streams"
@@ -50,6 +52,59 @@ func TestApplyIsIdempotentAndAppliesChanges(t *testing.T) {
 	require.Equal(t, 45*time.Second, c.CachedInfo().Config.AckWait)
 	// The stream's data subjects follow the prefix.
 	require.Equal(t, []string{"khook.raw.>"}, s.CachedInfo().Config.Subjects)
+}
+
+// TestPlanChangesNothingAndSaysWhatWouldGo: the dry run of streams apply creates nothing on
+// an empty server, and on an existing one names every setting it would change, with what a
+// shorter retention would delete, while the server keeps its settings and its messages.
+func TestPlanChangesNothingAndSaysWhatWouldGo(t *testing.T) {
+	ctx := context.Background()
+	_, js := streamstest.Connect(t, streamstest.RunServer(t))
+	cfg := streams.Default()
+
+	plan, err := streams.Plan(ctx, js, cfg)
+	require.NoError(t, err)
+	require.Len(t, plan, 6)
+	for _, c := range plan {
+		require.Equal(t, streams.Created, c.Action)
+		require.True(t, strings.HasSuffix(c.String(), "would be created"), c.String())
+	}
+	_, err = js.Stream(ctx, "KHOOK_RAW")
+	require.ErrorIs(t, err, jetstream.ErrStreamNotFound, "a dry run creates nothing")
+
+	_, err = streams.Apply(ctx, js, cfg)
+	require.NoError(t, err)
+	_, err = js.Publish(ctx, "khook.raw.webhook.x", []byte("{}"))
+	require.NoError(t, err)
+
+	cfg.Raw.MaxAge = 24 * time.Hour
+	cfg.Raw.MaxMsgs = 1000
+	cfg.Dispatcher.MaxAckPending = 64
+	plan, err = streams.Plan(ctx, js, cfg)
+	require.NoError(t, err)
+	byName := map[string]streams.Change{}
+	for _, c := range plan {
+		byName[c.Kind+" "+c.Name] = c
+	}
+	raw := byName["stream KHOOK_RAW"]
+	require.Equal(t, streams.Updated, raw.Action)
+	require.Equal(t, []string{
+		"max_age: 72h0m0s -> 24h0m0s (deletes the messages older than the new age now)",
+		"max_msgs: -1 -> 1000 (deletes the oldest messages over the new count now)",
+	}, raw.Diff)
+	require.Contains(t, raw.String(), "stream KHOOK_RAW would be updated\n  max_age: 72h0m0s -> 24h0m0s")
+	require.Equal(t, []string{"max_ack_pending: 256 -> 64"}, byName["consumer KHOOK_EVENTS/khook-dispatcher"].Diff)
+	require.Equal(t, streams.Unchanged, byName["stream KHOOK_EVENTS"].Action)
+
+	s, err := js.Stream(ctx, "KHOOK_RAW")
+	require.NoError(t, err)
+	require.Equal(t, 72*time.Hour, s.CachedInfo().Config.MaxAge, "the dry run changed nothing")
+	require.Equal(t, uint64(1), s.CachedInfo().State.Msgs)
+
+	applied, err := streams.Apply(ctx, js, cfg)
+	require.NoError(t, err)
+	require.Equal(t, raw.Diff, applied[0].Diff, "apply reports the same changes it made")
+	require.Equal(t, "stream KHOOK_RAW updated\n  "+strings.Join(raw.Diff, "\n  "), applied[0].String())
 }
 
 func TestApplyWithCustomPrefixSharesServer(t *testing.T) {

@@ -70,6 +70,7 @@ func TestOutputFormats(t *testing.T) {
 		require.Equal(t, 0, code, "khook %s: %s", strings.Join(args, " "), stderr.String())
 		return stdout.String()
 	}
+	require.Contains(t, run(t, "streams", "apply", "--nats-url", url, "--dry-run"), "stream KHOOK_RAW would be created")
 	require.Contains(t, run(t, "streams", "apply", "--nats-url", url), "stream KHOOK_RAW created")
 
 	dir := t.TempDir()
@@ -90,6 +91,7 @@ func TestOutputFormats(t *testing.T) {
 		{[]string{"events", "get", "--config", cfg, "--nats-url", url}, ""},
 		{[]string{"replay", "--dry-run", "--config", cfg, "--nats-url", url}, "id"},
 		{[]string{"version"}, "version"},
+		{[]string{"streams", "apply", "--dry-run", "--nats-url", url}, ""},
 		{[]string{"mappings", "check", mappings, "--event", "../../mapping/testdata/alertmanager-firing.in.json"}, "mapping"},
 	} {
 		for _, format := range []string{"json", "yaml"} {
