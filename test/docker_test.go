@@ -20,13 +20,12 @@ import (
 )
 
 // The container tests run khook's images on the machine's Docker engine, through the docker
-// CLI with the Compose v2 plugin (the Dockerfile test builds with the engine's built-in
-// BuildKit). No registry is reachable, so every image is
+// CLI with the Compose v2 and buildx plugins. No registry is reachable, so every image is
 // built here: khook and nats-server as static binaries on scratch, imported with
 // `docker import`.
 
 // engine runs the docker CLI with a private DOCKER_CONFIG whose cli-plugins are those built
-// by test/docker/build-plugins.sh (DOCKER_PLUGINS), or the machine's own.
+// by test/docker/build-plugins.sh (DOCKER_PLUGINS), or the machine's own when it has both.
 type engine struct {
 	env []string
 }
@@ -48,17 +47,19 @@ func dockerEngine(t *testing.T) *engine {
 				engineOnce.err = err
 				return
 			}
-			if err := os.Symlink(filepath.Join(dir, "docker-compose"), filepath.Join(cfg, "cli-plugins", "docker-compose")); err != nil {
-				engineOnce.err = err
-				return
+			for _, p := range []string{"docker-compose", "docker-buildx"} {
+				if err := os.Symlink(filepath.Join(dir, p), filepath.Join(cfg, "cli-plugins", p)); err != nil {
+					engineOnce.err = err
+					return
+				}
 			}
 			env = append(env, "DOCKER_CONFIG="+cfg)
 		}
 		e := &engine{env: env}
-		for _, probe := range [][]string{{"version", "--format", "{{.Server.Version}}"}, {"compose", "version"}} {
+		for _, probe := range [][]string{{"version", "--format", "{{.Server.Version}}"}, {"compose", "version"}, {"buildx", "version"}} {
 			if out, err := e.try(context.Background(), probe...); err != nil {
-				engineOnce.err = fmt.Errorf("docker %s: %v: %s\n(the container tests need a running Docker engine and the Compose v2 plugin; "+
-					"`make test` builds the plugin with test/docker/build-plugins.sh and sets DOCKER_PLUGINS)", strings.Join(probe, " "), err, out)
+				engineOnce.err = fmt.Errorf("docker %s: %v: %s\n(the container tests need a running Docker engine and the Compose v2 and buildx plugins; "+
+					"`make test` builds the plugins with test/docker/build-plugins.sh and sets DOCKER_PLUGINS)", strings.Join(probe, " "), err, out)
 				return
 			}
 		}

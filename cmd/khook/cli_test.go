@@ -202,3 +202,31 @@ func TestPurgeAsksFirst(t *testing.T) {
 	require.Contains(t, out, "purged 2 dead letters")
 	require.Equal(t, 0, count())
 }
+
+// TestOperationsFindNATS: with no nats.url, an operations command dials the embedded
+// server's listen address from the same khook.yaml; NATS_URL (the nats CLI's variable)
+// reaches a server too, and --nats-url wins over it.
+func TestOperationsFindNATS(t *testing.T) {
+	ns := streamstest.RunServer(t)
+	addr := ns.Addr().String()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "khook.yaml")
+	require.NoError(t, os.WriteFile(cfg, []byte("nats:\n  embedded:\n    listen: "+addr+"\n"), 0o600))
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, 0, execute(context.Background(), []string{"streams", "apply", "--config", cfg}, &stdout, &stderr), stderr.String())
+	require.Contains(t, stdout.String(), "stream KHOOK_RAW created")
+
+	t.Setenv("NATS_URL", ns.ClientURL())
+	stdout.Reset()
+	require.Equal(t, 0, execute(context.Background(), []string{"streams", "apply"}, &stdout, &stderr), stderr.String())
+	require.Contains(t, stdout.String(), "stream KHOOK_RAW unchanged")
+
+	stderr.Reset()
+	code := execute(context.Background(), []string{"streams", "apply", "--nats-url", "nats://127.0.0.1:1"}, &stdout, &stderr)
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr.String(), "nats://127.0.0.1:1", "the flag wins over NATS_URL")
+
+	// A stage ignores NATS_URL: the variable belongs to the nats CLI's shell.
+	require.Equal(t, map[string]any{}, (&commonFlags{}).overrides())
+	require.Equal(t, map[string]any{"nats.url": ns.ClientURL()}, (&commonFlags{}).opsOverrides())
+}

@@ -17,6 +17,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
+
+	"github.com/khook/khook/internal/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -136,13 +138,15 @@ func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
 type commonFlags struct {
 	config     string
 	natsURL    string
+	creds      string
 	kubeconfig string
 }
 
 func addCommonFlags(fs *pflag.FlagSet) *commonFlags {
 	c := &commonFlags{}
 	fs.StringVar(&c.config, "config", "", "path to khook.yaml")
-	fs.StringVar(&c.natsURL, "nats-url", "", "NATS server URL (overrides nats.url)")
+	fs.StringVarP(&c.natsURL, "nats-url", "s", "", "NATS server URL (overrides nats.url; the operations commands also read $NATS_URL)")
+	fs.StringVar(&c.creds, "creds", "", "NATS credentials file (overrides nats.credentials_file; the operations commands also read $NATS_CREDS)")
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file for Hook resources and the kubernetes plugin (default: in-cluster, else $KUBECONFIG)")
 	return c
 }
@@ -154,9 +158,39 @@ func (c *commonFlags) overrides() map[string]any {
 	if c.natsURL != "" {
 		o["nats.url"] = c.natsURL
 	}
+	if c.creds != "" {
+		o["nats.credentials_file"] = c.creds
+	}
 	if c.kubeconfig != "" {
 		o["kubernetes.kubeconfig"] = c.kubeconfig
 		_ = os.Setenv("KUBECONFIG", c.kubeconfig)
+	}
+	return o
+}
+
+// natsEnv are the nats CLI's variables the operations commands honour, so that a shell set
+// up for the nats CLI reaches the same server, with the setting each stands for. A stage
+// (run, producer, mapper, dispatcher) ignores them: a variable left in a shell must not move
+// a pipeline off its embedded or configured server.
+var natsEnv = map[string]string{
+	"NATS_URL":   "nats.url",
+	"NATS_CREDS": "nats.credentials_file",
+	"NATS_CA":    "nats.tls.ca_file",
+	"NATS_CERT":  "nats.tls.cert_file",
+	"NATS_KEY":   "nats.tls.key_file",
+}
+
+// opsOverrides are overrides with the nats CLI's variables under them: a flag wins over a
+// NATS_ variable, and so does khook's own KHOOK_NATS_ variable for the same setting.
+func (c *commonFlags) opsOverrides() map[string]any {
+	o := c.overrides()
+	for name, key := range natsEnv {
+		v := os.Getenv(name)
+		own := config.EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+		if _, set := o[key]; v == "" || set || os.Getenv(own) != "" {
+			continue
+		}
+		o[key] = v
 	}
 	return o
 }

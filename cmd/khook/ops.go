@@ -44,7 +44,7 @@ type opsSession struct {
 }
 
 func openOps(common *commonFlags) (*opsSession, error) {
-	cfg, err := config.Load(common.config, environ(), common.overrides())
+	cfg, err := config.Load(common.config, environ(), common.opsOverrides())
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"syscall"
@@ -123,7 +124,7 @@ func streamsCmd() *cobra.Command {
 		dryRun := fs.Bool("dry-run", false, "say what would change, setting by setting, and change nothing")
 		output := addOutput(fs, "text", "json", "yaml")
 		return func(ctx context.Context, _ []string, stdout, _ io.Writer) error {
-			cfg, err := config.Load(common.config, environ(), common.overrides())
+			cfg, err := config.Load(common.config, environ(), common.opsOverrides())
 			if err != nil {
 				return err
 			}
@@ -608,7 +609,7 @@ func applyWithRetry(ctx context.Context, js jetstream.JetStream, topo streams.Co
 // nats://127.0.0.1:4222), and returns the connection and its JetStream context.
 func openJetStream(cfg config.Config, ns *server.Server, extra ...nats.Option) (*nats.Conn, jetstream.JetStream, error) {
 	if cfg.NATS.URL == "" {
-		cfg.NATS.URL = config.DefaultNATSURL
+		cfg.NATS.URL = localNATSURL(cfg)
 	}
 	nc, err := connectTo(cfg, ns, extra...)
 	if err != nil {
@@ -624,6 +625,24 @@ func openJetStream(cfg config.Config, ns *server.Server, extra ...nats.Option) (
 		return nil, nil, err
 	}
 	return nc, js, nil
+}
+
+// localNATSURL is where a command finds NATS when nats.url is empty: the embedded server's
+// listen address when the configuration gives one (what `khook run` with the same file
+// serves), else the default local server.
+func localNATSURL(cfg config.Config) string {
+	listen := cfg.NATS.Embedded.Listen
+	if listen == "" {
+		return config.DefaultNATSURL
+	}
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return config.DefaultNATSURL
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return "nats://" + net.JoinHostPort(host, port)
 }
 
 // asyncPublishTimeout bounds the wait for one asynchronous publish's acknowledgement; a

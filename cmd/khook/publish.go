@@ -43,7 +43,7 @@ func publishCmd() *cobra.Command {
 			if *source == "" {
 				return usageError{error: errors.New("--source is required")}
 			}
-			cfg, err := config.Load(common.config, environ(), common.overrides())
+			cfg, err := config.Load(common.config, environ(), common.opsOverrides())
 			if err != nil {
 				return err
 			}

@@ -1,21 +1,20 @@
 #!/usr/bin/env bash
-# Builds the Docker CLI plugin the engine tests use, Compose v2 (`docker compose`), from the
-# Go module proxy into a cache outside the clone keyed by version, and reuses it when
-# present. Prints the directory that holds it; the tests point a private DOCKER_CONFIG's
-# cli-plugins at it.
+# Builds the Docker CLI plugins the engine tests use, Compose v2 (`docker compose`) and
+# buildx (`docker build` with BuildKit), from the Go module proxy into a cache outside the
+# clone keyed by version, and reuses them when present. Prints the directory that holds
+# them; the tests point a private DOCKER_CONFIG's cli-plugins at it.
 #
-#   test/docker/build-plugins.sh     # build if missing (about 3 minutes), print the directory
+#   test/docker/build-plugins.sh     # build if missing (about 4 minutes), print the directory
 #
-# Debian's docker.io does not ship it (only the Python docker-compose v1), and no registry
-# is reachable to download it. The version is one known to build here. The buildx plugin is
-# not needed: the Dockerfile test uses the engine's built-in BuildKit (DOCKER_BUILDKIT=1),
-# and Compose builds with its own copy of buildx's builder when the plugin is absent.
+# Debian's docker.io ships neither plugin (only the Python docker-compose v1), and no
+# registry is reachable to download them. The versions are those known to build here.
 set -euo pipefail
 
 COMPOSE_VERSION=${COMPOSE_VERSION:-v2.40.3}
-CACHE=${KUBE_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/khook}/docker-plugins-compose-${COMPOSE_VERSION}
+BUILDX_VERSION=${BUILDX_VERSION:-v0.29.1}
+CACHE=${KUBE_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/khook}/docker-plugins-compose-${COMPOSE_VERSION}-buildx-${BUILDX_VERSION}
 
-if [ -x "$CACHE/docker-compose" ]; then
+if [ -x "$CACHE/docker-compose" ] && [ -x "$CACHE/docker-buildx" ]; then
   echo "$CACHE"
   exit 0
 fi
@@ -37,4 +36,6 @@ build() {
 
 build github.com/docker/compose/v2 "$COMPOSE_VERSION" ./cmd docker-compose \
   "-X github.com/docker/compose/v2/internal.Version=$COMPOSE_VERSION"
+build github.com/docker/buildx "$BUILDX_VERSION" ./cmd/buildx docker-buildx \
+  "-X github.com/docker/buildx/version.Version=$BUILDX_VERSION -X github.com/docker/buildx/version.Package=github.com/docker/buildx"
 echo "$CACHE"
