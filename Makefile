@@ -25,10 +25,10 @@ run: build
 # module proxy into ~/.cache/khook (test/kube/build-assets.sh; a few minutes the first time).
 # The chart tests use helm built from the module proxy (test/helm/build-helm.sh, cached in
 # ~/.cache/khook) and promtool from Debian's prometheus package (.ci/run installs it).
-# The container tests run on the Docker engine (its built-in BuildKit builds the Dockerfile)
-# with the Compose v2 plugin, built from the module proxy (test/docker/build-plugins.sh,
-# cached in ~/.cache/khook), and use Debian's busybox-static as the shell of a stand-in Go
-# image. test/tools.sh builds the three tools side by side and sets the variables.
+# The container tests run on the Docker engine with the Compose v2 and buildx plugins, built
+# from the module proxy (test/docker/build-plugins.sh, cached in ~/.cache/khook), and use
+# Debian's busybox-static as the shell of a stand-in Go image. test/tools.sh builds the
+# tools side by side and sets the variables.
 test: vet
 	eval "$$(test/tools.sh)" && \
 	$(GO) test -race -count=1 -timeout 30m ./...

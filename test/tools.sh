@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds, or finds in the cache outside the clone, every tool `make test` runs: kube-apiserver
-# and etcd, helm, and the Compose v2 plugin, each from the Go module proxy. The builds run
+# and etcd, helm, and the Compose v2 and buildx plugins, each from the Go module proxy. The builds run
 # side by side, because on a cold machine much of each is waiting on module downloads. Prints
 # the variables the tests read, for `eval`, and each build's time on stderr.
 #
