@@ -34,8 +34,12 @@ build() {
   mv "$CACHE/.$out" "$CACHE/$out"
 }
 
-build github.com/docker/compose/v2 "$COMPOSE_VERSION" ./cmd docker-compose \
-  "-X github.com/docker/compose/v2/internal.Version=$COMPOSE_VERSION"
-build github.com/docker/buildx "$BUILDX_VERSION" ./cmd/buildx docker-buildx \
-  "-X github.com/docker/buildx/version.Version=$BUILDX_VERSION -X github.com/docker/buildx/version.Package=github.com/docker/buildx"
+if [ ! -x "$CACHE/docker-compose" ]; then
+  build github.com/docker/compose/v2 "$COMPOSE_VERSION" ./cmd docker-compose \
+    "-X github.com/docker/compose/v2/internal.Version=$COMPOSE_VERSION"
+fi
+if [ ! -x "$CACHE/docker-buildx" ]; then
+  build github.com/docker/buildx "$BUILDX_VERSION" ./cmd/buildx docker-buildx \
+    "-X github.com/docker/buildx/version.Version=$BUILDX_VERSION -X github.com/docker/buildx/version.Package=github.com/docker/buildx"
+fi
 echo "$CACHE"
