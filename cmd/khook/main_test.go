@@ -20,6 +20,12 @@ func TestExecute(t *testing.T) {
 	require.NoError(t, os.WriteFile(badHooks, []byte("files:\n  hooks: hooks.yaml\n"), 0o600))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "hooks.yaml"), []byte("- apiVersion: kagent.dev/v1alpha2\n  kind: Hook\n  metadata: {name: h}\n  spec: {eventConfigurations: [{eventType: X, agentRef: {name: a}, prompt: p}]}\n"), 0o600))
 
+	// A webhook body as senders post it: no CloudEvents envelope.
+	plainBody := filepath.Join(dir, "plain.json")
+	require.NoError(t, os.WriteFile(plainBody, []byte(`{"type":"deploy-failed","namespace":"shop","resourceName":"cart","message":"rollout stuck"}`), 0o600))
+	untyped := filepath.Join(dir, "untyped.json")
+	require.NoError(t, os.WriteFile(untyped, []byte(`{"namespace":"shop","resourceName":"cart"}`), 0o600))
+
 	tests := []struct {
 		name   string
 		args   []string
@@ -49,6 +55,12 @@ func TestExecute(t *testing.T) {
 			"ok, 8 rules", nil},
 		{"mappings check maps an event", []string{"mappings", "check", "../../mapping/testdata/event-mappings.yaml",
 			"--event", "../../mapping/testdata/alertmanager-firing.in.json"}, 0, `"type": "prometheus-alert"`, nil},
+		{"mappings check maps a plain webhook body", []string{"mappings", "check", "../../mapping/testdata/event-mappings.yaml",
+			"--event", plainBody, "-o", "json"}, 0, `"rule": "../../mapping/testdata/event-mappings.yaml line 4"`, nil},
+		{"a plain body needs a type", []string{"mappings", "check", "../../mapping/testdata/event-mappings.yaml",
+			"--event", untyped}, 1, "", []string{`no event type: give --type or a "type" field`}},
+		{"--type gives a plain body its type", []string{"mappings", "check", "../../mapping/testdata/event-mappings.yaml",
+			"--event", untyped, "--type", "deploy-failed", "-o", "yaml"}, 0, "severity: error", nil},
 		{"flags after the file", []string{"mappings", "check", "--event", "../../mapping/testdata/alertmanager-firing.in.json",
 			"../../mapping/testdata/event-mappings.yaml", "-o", "yaml"}, 0, "type: prometheus-alert", nil},
 		{"mappings check rejects", []string{"mappings", "check", broken}, 1, "", []string{"khook mappings check:", "event mappings", "line 3"}},

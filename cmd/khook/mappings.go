@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -19,17 +20,19 @@ import (
 // invalid, so operators can run it in CI before shipping a ConfigMap.
 func mappingsCmd() *cobra.Command {
 	check := leaf("check FILE", "validate a mappings file, and show what an event maps to", cobra.ExactArgs(1), func(fs *pflag.FlagSet) runFunc {
-		eventFile := fs.String("event", "", "a raw event (a CloudEvent in JSON) to map with the file's rules")
+		eventFile := fs.String("event", "", "an event to map with the file's rules: a CloudEvent in JSON, or a plain JSON body as a webhook receives it")
+		source := fs.String("source", "webhook", "for a plain JSON body: the plugin it arrives through")
+		eventType := fs.String("type", "", "for a plain JSON body without a \"type\" field: its event type (as the webhook endpoint's eventType)")
 		output := addOutput(fs, "text", "json", "yaml")
 		return func(_ context.Context, args []string, stdout, _ io.Writer) error {
-			return checkMappings(args[0], *eventFile, output.value, stdout)
+			return checkMappings(args[0], *eventFile, *source, *eventType, output.value, stdout)
 		}
 	})
 	check.Example = "  khook mappings check event-mappings.yaml\n  khook mappings check event-mappings.yaml --event alert.json -o yaml"
 	return group("mappings", "check event-mappings.yaml files", check)
 }
 
-func checkMappings(path, eventFile, output string, stdout io.Writer) error {
+func checkMappings(path, eventFile, source, eventType, output string, stdout io.Writer) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -45,7 +48,7 @@ func checkMappings(path, eventFile, output string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		ce, err := cloudevent.Decode(eb)
+		ce, err := checkedEvent(eb, source, eventType)
 		if err != nil {
 			return fmt.Errorf("%s: %w", eventFile, err)
 		}
@@ -71,4 +74,21 @@ func checkMappings(path, eventFile, output string, stdout io.Writer) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(mapped)
 	})
+}
+
+// checkedEvent reads the event to check: a CloudEvent as it is, or a plain JSON body as the
+// webhook plugin of source would turn it into one (its type from eventType, else the body's
+// "type").
+func checkedEvent(b []byte, source, eventType string) (*cloudevent.Event, error) {
+	var probe struct {
+		SpecVersion string `json:"specversion"`
+	}
+	if json.Unmarshal(b, &probe) == nil && probe.SpecVersion != "" {
+		return cloudevent.Decode(b)
+	}
+	ev, err := eventFromJSON(b, eventType, "", "")
+	if err != nil {
+		return nil, err
+	}
+	return &cloudevent.Event{ID: "check", Source: source, Type: ev.Type, Subject: ev.Subject, Time: time.Now().UTC(), Data: ev.Data}, nil
 }
