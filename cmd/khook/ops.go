@@ -397,6 +397,25 @@ func (d *dlqSelection) selection(seqs []string, all bool) (ops.DLQFilter, error)
 	return f, nil
 }
 
+// openSelected checks the selection, connects, and lists the dead letters it names; the
+// caller closes the session.
+func (d *dlqSelection) openSelected(ctx context.Context, common *commonFlags, seqs []string, all bool) (*opsSession, []ops.DeadLetter, error) {
+	f, err := d.selection(seqs, all)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := openOps(common)
+	if err != nil {
+		return nil, nil, err
+	}
+	letters, err := ops.ListDeadLetters(ctx, s.js, s.cfg.Streams, f, *d.limit)
+	if err != nil {
+		s.nc.Close()
+		return nil, nil, err
+	}
+	return s, letters, nil
+}
+
 func dlqCmd() *cobra.Command {
 	list := leaf("list [SEQ...]", "list dead letters, newest last", nil, func(fs *pflag.FlagSet) runFunc {
 		common := addCommonFlags(fs)
@@ -468,19 +487,11 @@ func dlqCmd() *cobra.Command {
 		all := fs.Bool("all", false, "retry every dead letter the filters select")
 		dryRun := fs.Bool("dry-run", false, "list what would be retried; change nothing")
 		return func(ctx context.Context, args []string, stdout, _ io.Writer) error {
-			f, err := sel.selection(args, *all)
-			if err != nil {
-				return err
-			}
-			s, err := openOps(common)
+			s, letters, err := sel.openSelected(ctx, common, args, *all)
 			if err != nil {
 				return err
 			}
 			defer s.nc.Close()
-			letters, err := ops.ListDeadLetters(ctx, s.js, s.cfg.Streams, f, *sel.limit)
-			if err != nil {
-				return err
-			}
 			n := 0
 			for _, d := range letters {
 				if *dryRun {
@@ -507,19 +518,11 @@ func dlqCmd() *cobra.Command {
 		dryRun := fs.Bool("dry-run", false, "list what would be purged; delete nothing")
 		force := fs.Bool("force", false, "delete without asking (needed when stdin is not a terminal)")
 		return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-			f, err := sel.selection(args, *all)
-			if err != nil {
-				return err
-			}
-			s, err := openOps(common)
+			s, letters, err := sel.openSelected(ctx, common, args, *all)
 			if err != nil {
 				return err
 			}
 			defer s.nc.Close()
-			letters, err := ops.ListDeadLetters(ctx, s.js, s.cfg.Streams, f, *sel.limit)
-			if err != nil {
-				return err
-			}
 			if *dryRun {
 				for _, d := range letters {
 					fmt.Fprintf(stdout, "would purge %d: %s %s (%s, %s)\n", d.Seq, d.EventType, d.EventID, d.Stage, d.Reason)
