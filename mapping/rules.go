@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"slices"
 
-	"gopkg.in/yaml.v3"
+	"github.com/goccy/go-yaml/ast"
 
 	"github.com/khook/khook/internal/strictyaml"
 	"github.com/khook/khook/streams/subject"
@@ -74,7 +74,7 @@ type Rules struct {
 
 type file struct {
 	Unmapped UnmappedPolicy `yaml:"unmapped"`
-	Mappings []yaml.Node    `yaml:"mappings"`
+	Mappings []ast.Node     `yaml:"mappings"`
 }
 
 // Parse reads event-mappings.yaml and adds the built-in Kubernetes rules that no rule of the
@@ -100,13 +100,13 @@ func Parse(b []byte) (*Rules, error) {
 		errs = append(errs, fmt.Errorf("unmapped: must be drop, passthrough or deadletter, got %q", f.Unmapped))
 	}
 	for i := range f.Mappings {
-		node := &f.Mappings[i]
+		node := f.Mappings[i]
 		r := &Rule{}
 		if err := strictyaml.Decode(node, r); err != nil {
 			errs = append(errs, fmt.Errorf("mappings[%d]: %w", i, err))
 			continue
 		}
-		r.line = node.Line
+		r.line = strictyaml.Line(node)
 		if err := r.complete(); err != nil {
 			errs = append(errs, fmt.Errorf("mappings[%d] (line %d): %w", i, r.line, err))
 			continue

@@ -8,7 +8,8 @@ import (
 	"strings"
 
 	"github.com/go-viper/mapstructure/v2"
-	"gopkg.in/yaml.v3"
+	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
 
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/internal/strictyaml"
@@ -21,9 +22,9 @@ import (
 //	    enabled: true
 //	    config: {port: 8090, path: /webhook}
 type Spec struct {
-	Name    string    `yaml:"name"`
-	Enabled flexBool  `yaml:"enabled"`
-	Config  yaml.Node `yaml:"config"`
+	Name    string   `yaml:"name"`
+	Enabled flexBool `yaml:"enabled"`
+	Config  ast.Node `yaml:"config"`
 }
 
 // IsEnabled reports whether the plugin should run; a plugin without `enabled` runs.
@@ -33,10 +34,17 @@ func (s Spec) IsEnabled() bool { return !s.Enabled.set || s.Enabled.value }
 // guide's `enabled: "{{ .Values.webhook.enabled }}"` as a string.
 type flexBool struct{ set, value bool }
 
-func (b *flexBool) UnmarshalYAML(n *yaml.Node) error {
-	v, err := strconv.ParseBool(strings.TrimSpace(n.Value))
-	if err != nil || n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: enabled: want true or false, got %q", n.Line, n.Value)
+func (b *flexBool) UnmarshalYAML(n ast.Node) error {
+	var text string
+	switch v := n.(type) {
+	case *ast.BoolNode:
+		text = fmt.Sprint(v.Value)
+	case *ast.StringNode:
+		text = v.Value
+	}
+	v, err := strconv.ParseBool(strings.TrimSpace(text))
+	if err != nil {
+		return fmt.Errorf("line %d: enabled: want true or false, got %s", strictyaml.Line(n), strings.TrimSpace(n.String()))
 	}
 	b.set, b.value = true, v
 	return nil
@@ -68,7 +76,7 @@ func ParseSpecs(b []byte, lookup func(string) (string, bool)) ([]Spec, error) {
 			return nil, fmt.Errorf("plugins[%d]: plugin %q is listed twice", i, s.Name)
 		}
 		seen[s.Name] = true
-		if err := expandEnv(&s.Config, lookup); err != nil {
+		if err := expandEnv(s.Config, lookup); err != nil {
 			return nil, fmt.Errorf("plugins.%s.config: %w", s.Name, err)
 		}
 	}
@@ -77,31 +85,44 @@ func ParseSpecs(b []byte, lookup func(string) (string, bool)) ([]Spec, error) {
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
-func expandEnv(n *yaml.Node, lookup func(string) (string, bool)) error {
-	if n.Kind == yaml.ScalarNode {
+func expandEnv(n ast.Node, lookup func(string) (string, bool)) error {
+	switch v := n.(type) {
+	case *ast.StringNode:
 		var missing []string
-		refs := envRef.FindAllString(n.Value, -1)
-		n.Value = envRef.ReplaceAllStringFunc(n.Value, func(ref string) string {
+		refs := envRef.FindAllString(v.Value, -1)
+		v.Value = envRef.ReplaceAllStringFunc(v.Value, func(ref string) string {
 			name := envRef.FindStringSubmatch(ref)[1]
-			v, ok := lookup(name)
+			value, ok := lookup(name)
 			if !ok {
 				missing = append(missing, name)
 			}
-			return v
+			return value
 		})
 		if len(missing) > 0 {
-			return fmt.Errorf("line %d: environment variable %s is not set", n.Line, strings.Join(missing, ", "))
+			return fmt.Errorf("line %d: environment variable %s is not set", strictyaml.Line(v), strings.Join(missing, ", "))
 		}
-		if len(refs) > 0 && strings.TrimSpace(n.Value) == "" {
+		if len(refs) > 0 && strings.TrimSpace(v.Value) == "" {
 			// ${VAR} is how secrets reach plugins.yaml; one that is set but empty would turn
 			// the check it feeds off (an endpoint with no token), so it fails closed here.
-			return fmt.Errorf("line %d: %s is set but empty", n.Line, strings.Join(refs, ""))
+			return fmt.Errorf("line %d: %s is set but empty", strictyaml.Line(v), strings.Join(refs, ""))
 		}
-		return nil
-	}
-	for _, c := range n.Content {
-		if err := expandEnv(c, lookup); err != nil {
-			return err
+	case *ast.LiteralNode:
+		return expandEnv(v.Value, lookup)
+	case *ast.AnchorNode:
+		return expandEnv(v.Value, lookup)
+	case *ast.TagNode:
+		return expandEnv(v.Value, lookup)
+	case *ast.MappingNode:
+		for _, kv := range v.Values {
+			if err := expandEnv(kv.Value, lookup); err != nil {
+				return err
+			}
+		}
+	case *ast.SequenceNode:
+		for _, item := range v.Values {
+			if err := expandEnv(item, lookup); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -111,14 +132,14 @@ func expandEnv(n *yaml.Node, lookup func(string) (string, bool)) error {
 // Unknown keys are errors naming their line. Numbers, booleans and durations may also be
 // given as strings, as Helm templates render them.
 func (s Spec) DecodeConfig(out any) error {
-	if s.Config.Kind == 0 {
+	if s.Config == nil {
 		return nil
 	}
-	if err := strictyaml.CheckKeys(&s.Config, reflect.TypeOf(out).Elem()); err != nil {
+	if err := strictyaml.CheckKeys(s.Config, reflect.TypeOf(out).Elem()); err != nil {
 		return fmt.Errorf("plugins.%s.config: %w", s.Name, err)
 	}
 	var m map[string]any
-	if err := s.Config.Decode(&m); err != nil {
+	if err := yaml.NodeToValue(s.Config, &m); err != nil {
 		return fmt.Errorf("plugins.%s.config: %w", s.Name, err)
 	}
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
@@ -133,7 +154,7 @@ func (s Spec) DecodeConfig(out any) error {
 		return err
 	}
 	if err := dec.Decode(m); err != nil {
-		return fmt.Errorf("plugins.%s.config (line %d): %w", s.Name, s.Config.Line, err)
+		return fmt.Errorf("plugins.%s.config (line %d): %w", s.Name, strictyaml.Line(s.Config), err)
 	}
 	return nil
 }

@@ -70,7 +70,7 @@ func TestDecodeConfigRejectsUnknownKeys(t *testing.T) {
 	var cfg testConfig
 	err = specs[0].DecodeConfig(&cfg)
 	require.ErrorContains(t, err, "plugins.w.config")
-	require.ErrorContains(t, err, `line 5: unknown key "prot"`)
+	require.ErrorContains(t, err, `line 5, column 7: unknown key "prot" (did you mean "port"?)`)
 }
 
 // A duration in a plugin's config takes its unit; a bare number would be nanoseconds.

@@ -12,10 +12,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
-	"gopkg.in/yaml.v3"
 
 	"github.com/khook/khook/internal/filewatch"
 	"github.com/khook/khook/internal/telemetry"
@@ -185,8 +186,13 @@ func (s *Supervisor) parse(b []byte) (map[string]Desired, error) {
 		if !enabled {
 			continue
 		}
-		cfg, _ := yaml.Marshal(&spec.Config)
-		want[spec.Name] = Desired{plugin: p, reg: reg, settings: settings, fingerprint: fmt.Sprintf("%+v|%s", settings, cfg)}
+		// The fingerprint is of the values, after ${VAR} expansion, so that a changed
+		// secret restarts the plugin as a changed setting does.
+		var cfg any
+		if spec.Config != nil {
+			_ = yaml.NodeToValue(spec.Config, &cfg)
+		}
+		want[spec.Name] = Desired{plugin: p, reg: reg, settings: settings, fingerprint: fmt.Sprintf("%+v|%v", settings, cfg)}
 	}
 	if s.Only != "" && !found {
 		return nil, fmt.Errorf("plugin %q is not listed", s.Only)
@@ -345,24 +351,24 @@ func runSafely(ctx context.Context, p EventSource, emit Emit) (err error) {
 // takeSettings removes the runtime's keys from the plugin's config and returns them.
 func (s *Spec) takeSettings() (Settings, error) {
 	settings := defaultSettings()
-	if s.Config.Kind != yaml.MappingNode {
+	m, ok := s.Config.(*ast.MappingNode)
+	if !ok {
 		return settings, nil
 	}
 	keys := map[string]bool{"maxRetries": true, "retryInterval": true, "healthCheckInterval": true, "verboseLogging": true}
-	runtime := &yaml.Node{Kind: yaml.MappingNode}
-	rest := s.Config.Content[:0:0]
-	for i := 0; i+1 < len(s.Config.Content); i += 2 {
-		if keys[s.Config.Content[i].Value] {
-			runtime.Content = append(runtime.Content, s.Config.Content[i], s.Config.Content[i+1])
+	var runtime, rest []*ast.MappingValueNode
+	for _, kv := range m.Values {
+		if keys[kv.Key.String()] {
+			runtime = append(runtime, kv)
 		} else {
-			rest = append(rest, s.Config.Content[i], s.Config.Content[i+1])
+			rest = append(rest, kv)
 		}
 	}
-	s.Config.Content = rest
-	if len(runtime.Content) == 0 {
+	m.Values = rest
+	if len(runtime) == 0 {
 		return settings, nil
 	}
-	tmp := Spec{Name: s.Name, Config: *runtime}
+	tmp := Spec{Name: s.Name, Config: ast.Mapping(m.GetToken(), false, runtime...)}
 	if err := tmp.DecodeConfig(&settings); err != nil {
 		return settings, err
 	}

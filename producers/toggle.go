@@ -1,13 +1,14 @@
 package producers
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 
-	"gopkg.in/yaml.v3"
+	"github.com/goccy/go-yaml/ast"
+
+	"github.com/khook/khook/internal/strictyaml"
 )
 
 // SetEnabled returns plugins.yaml with one plugin's `enabled` set, every other entry, key
@@ -15,30 +16,42 @@ import (
 // rollback replaces the whole file with a single disabled entry, which under khook's
 // whole-file semantics stops every other plugin too.
 //
-// An unknown name is an error that lists the plugins the file has, and the result must
+// The file is edited as text at the positions the parser found, rather than re-rendered, so
+// that nothing but the one value changes: not the quoting, not the comments, not the blank
+// lines. An unknown name is an error that lists the plugins the file has, and the result must
 // still parse, so a rollback can never leave a file the producers would refuse.
 func SetEnabled(b []byte, name string, enabled bool) ([]byte, error) {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(b, &doc); err != nil {
+	root, err := strictyaml.Document(b)
+	if err != nil {
 		return nil, fmt.Errorf("plugins: %w", err)
 	}
-	if len(doc.Content) != 1 || doc.Content[0].Kind != yaml.MappingNode {
+	doc, ok := root.(*ast.MappingNode)
+	if !ok {
 		return nil, errors.New("plugins: not a mapping with a plugins list")
 	}
-	list := mapValue(doc.Content[0], "plugins")
-	if list == nil || list.Kind != yaml.SequenceNode {
+	list, ok := mapValue(doc, "plugins").(*ast.SequenceNode)
+	if !ok {
 		return nil, errors.New("plugins: no plugins list")
 	}
 	var names []string
-	var entry *yaml.Node
-	for _, item := range list.Content {
-		if item.Kind != yaml.MappingNode {
+	var entry *ast.MappingNode
+	var nameKey *ast.MappingValueNode
+	for _, item := range list.Values {
+		m, ok := item.(*ast.MappingNode)
+		if !ok {
 			continue
 		}
-		if n := mapValue(item, "name"); n != nil {
-			names = append(names, n.Value)
-			if n.Value == name {
-				entry = item
+		for _, kv := range m.Values {
+			if kv.Key.String() != "name" {
+				continue
+			}
+			n := strings.TrimSpace(kv.Value.String())
+			if s, ok := kv.Value.(*ast.StringNode); ok {
+				n = s.Value
+			}
+			names = append(names, n)
+			if n == name {
+				entry, nameKey = m, kv
 			}
 		}
 	}
@@ -46,36 +59,55 @@ func SetEnabled(b []byte, name string, enabled bool) ([]byte, error) {
 		slices.Sort(names)
 		return nil, fmt.Errorf("no plugin %q in plugins.yaml (it has: %s)", name, strings.Join(names, ", "))
 	}
+
+	lines := strings.SplitAfter(string(b), "\n")
 	value := fmt.Sprint(enabled)
 	if v := mapValue(entry, "enabled"); v != nil {
 		// A plain boolean, whatever it was before: the chart renders `enabled: 'true'`.
-		v.Kind, v.Tag, v.Style, v.Value = yaml.ScalarNode, "!!bool", 0, value
+		pos := v.GetToken().Position
+		line := lines[pos.Line-1]
+		start := pos.Column - 1
+		lines[pos.Line-1] = line[:start] + value + line[start+scalarLen(line[start:]):]
+	} else if entry.IsFlowStyle {
+		// {name: x, config: {...}}: the key goes before the closing brace.
+		pos := entry.End.Position
+		line := lines[pos.Line-1]
+		lines[pos.Line-1] = line[:pos.Column-1] + ", enabled: " + value + line[pos.Column-1:]
 	} else {
-		entry.Content = append(entry.Content,
-			&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: "enabled"},
-			&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: value})
+		// A new line under `name:`, at its indentation.
+		pos := nameKey.Key.GetToken().Position
+		added := strings.Repeat(" ", pos.Column-1) + "enabled: " + value + "\n"
+		if !strings.HasSuffix(lines[pos.Line-1], "\n") {
+			lines[pos.Line-1] += "\n"
+		}
+		lines = slices.Insert(lines, pos.Line, added)
 	}
-	var out bytes.Buffer
-	enc := yaml.NewEncoder(&out)
-	enc.SetIndent(2)
-	if err := enc.Encode(&doc); err != nil {
-		return nil, fmt.Errorf("plugins: %w", err)
-	}
-	if err := enc.Close(); err != nil {
-		return nil, fmt.Errorf("plugins: %w", err)
-	}
+	out := []byte(strings.Join(lines, ""))
 	// ${VAR} references stay as written; only the structure is checked here.
-	if _, err := ParseSpecs(out.Bytes(), func(string) (string, bool) { return "set", true }); err != nil {
+	if _, err := ParseSpecs(out, func(string) (string, bool) { return "set", true }); err != nil {
 		return nil, err
 	}
-	return out.Bytes(), nil
+	return out, nil
 }
 
-// mapValue returns the value of key in a YAML mapping node, or nil.
-func mapValue(m *yaml.Node, key string) *yaml.Node {
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		if m.Content[i].Value == key {
-			return m.Content[i+1]
+// scalarLen is the length of the scalar at the start of s, with its quotes.
+func scalarLen(s string) int {
+	if s != "" && (s[0] == '\'' || s[0] == '"') {
+		if end := strings.IndexByte(s[1:], s[0]); end >= 0 {
+			return end + 2
+		}
+	}
+	if end := strings.IndexAny(s, " \t\r\n#,}"); end >= 0 {
+		return end
+	}
+	return len(s)
+}
+
+// mapValue returns the value of key in a YAML mapping, or nil.
+func mapValue(m *ast.MappingNode, key string) ast.Node {
+	for _, kv := range m.Values {
+		if kv.Key.String() == key {
+			return kv.Value
 		}
 	}
 	return nil

@@ -1,6 +1,7 @@
 package producers
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -31,9 +32,9 @@ func TestSetEnabledDisablesOnePlugin(t *testing.T) {
 		enabled[s.Name] = s.IsEnabled()
 	}
 	require.Equal(t, map[string]bool{"kubernetes": true, "webhook": false, "heartbeat": true}, enabled)
-	require.Contains(t, string(out), "# The guide's plugin-config.")
-	require.Contains(t, string(out), "namespace: production # watched namespace")
-	require.Contains(t, string(out), "${WEBHOOK_TOKEN}", "references stay for the producer to resolve")
+	// Nothing but the one value changes: not quoting, comments, or references, which stay
+	// for the producer to resolve.
+	require.Equal(t, strings.Replace(togglePlugins, "enabled: 'true'", "enabled: false", 1), string(out))
 
 	// An entry without `enabled` gets one; enabling again is the reverse.
 	out, err = SetEnabled(out, "heartbeat", false)
@@ -48,6 +49,11 @@ func TestSetEnabledDisablesOnePlugin(t *testing.T) {
 	again, err := SetEnabled(out, "webhook", true)
 	require.NoError(t, err)
 	require.Equal(t, string(out), string(again), "idempotent")
+
+	// A flow-style entry gets the key inside its braces.
+	flow, err := SetEnabled([]byte("plugins:\n  - {name: a, config: {x: 1}}\n  - name: b\n"), "a", false)
+	require.NoError(t, err)
+	require.Equal(t, "plugins:\n  - {name: a, config: {x: 1}, enabled: false}\n  - name: b\n", string(flow))
 
 	_, err = SetEnabled([]byte(togglePlugins), "webhok", false)
 	require.ErrorContains(t, err, `no plugin "webhok" in plugins.yaml (it has: heartbeat, kubernetes, webhook)`)

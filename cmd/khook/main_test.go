@@ -39,7 +39,7 @@ func TestExecute(t *testing.T) {
 		{"version", []string{"version"}, 0, "khook dev", nil},
 		{"--version", []string{"--version"}, 0, "khook dev (go", nil},
 		{"broken config names keys and lines", []string{"run", "--config", broken}, 1, "",
-			[]string{"khook run:", "line 3: unknown key kagnet"}},
+			[]string{"khook run:", "line 3, column 1: unknown key kagnet (did you mean kagent?)", "line 2: log.level"}},
 		{"invalid hook fails before connecting", []string{"dispatcher", "--config", badHooks}, 1, "",
 			[]string{"hooks.yaml", "eventType", `"X"`}},
 		{"streams alone prints its verbs", []string{"streams"}, 0, "apply", nil},

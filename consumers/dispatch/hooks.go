@@ -1,15 +1,13 @@
 package dispatch
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"text/template"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"github.com/goccy/go-yaml/ast"
 
 	"github.com/khook/khook/internal/strictyaml"
 	"github.com/khook/khook/mapping"
@@ -137,30 +135,25 @@ func (h *Hook) Validate() error {
 // kubectl would put it.
 func ParseHooks(b []byte) ([]Hook, error) {
 	var hooks []Hook
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	for doc := 0; ; doc++ {
-		var n yaml.Node
-		err := dec.Decode(&n)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("hooks: document %d: %w", doc, err)
-		}
-		items, err := hookNodes(&n)
+	docs, err := strictyaml.Documents(b)
+	if err != nil {
+		return nil, fmt.Errorf("hooks: %w", err)
+	}
+	for doc, n := range docs {
+		items, err := hookNodes(n)
 		if err != nil {
 			return nil, fmt.Errorf("hooks: document %d: %w", doc, err)
 		}
 		for _, item := range items {
 			var h Hook
 			if err := strictyaml.Decode(item, &h); err != nil {
-				return nil, fmt.Errorf("hooks: line %d: %w", item.Line, err)
+				return nil, fmt.Errorf("hooks: %w", err)
 			}
 			if h.Metadata.Namespace == "" {
 				h.Metadata.Namespace = "default"
 			}
 			if err := h.Validate(); err != nil {
-				return nil, fmt.Errorf("hooks: %s (line %d): %w", h.Key(), item.Line, err)
+				return nil, fmt.Errorf("hooks: %s (line %d): %w", h.Key(), strictyaml.Line(item), err)
 			}
 			hooks = append(hooks, h)
 		}
@@ -175,30 +168,21 @@ func ParseHooks(b []byte) ([]Hook, error) {
 	return hooks, nil
 }
 
-func hookNodes(doc *yaml.Node) ([]*yaml.Node, error) {
-	n := doc
-	if n.Kind == yaml.DocumentNode {
-		if len(n.Content) == 0 {
-			return nil, nil
-		}
-		n = n.Content[0]
-	}
-	switch n.Kind {
-	case yaml.SequenceNode:
-		return n.Content, nil
-	case yaml.MappingNode:
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			if n.Content[i].Value == "items" && n.Content[i+1].Kind == yaml.SequenceNode {
-				return n.Content[i+1].Content, nil
+func hookNodes(n ast.Node) ([]ast.Node, error) {
+	switch v := n.(type) {
+	case nil:
+		return nil, nil
+	case *ast.SequenceNode:
+		return v.Values, nil
+	case *ast.MappingNode:
+		for _, kv := range v.Values {
+			if items, ok := kv.Value.(*ast.SequenceNode); ok && kv.Key.String() == "items" {
+				return items.Values, nil
 			}
 		}
-		return []*yaml.Node{n}, nil
-	case yaml.ScalarNode:
-		if n.Tag == "!!null" {
-			return nil, nil
-		}
+		return []ast.Node{v}, nil
 	}
-	return nil, fmt.Errorf("line %d: expected a Hook, a list of Hooks or a List", n.Line)
+	return nil, fmt.Errorf("line %d: expected a Hook, a list of Hooks or a List", strictyaml.Line(n))
 }
 
 // Match is one event configuration of one hook that an event fires.

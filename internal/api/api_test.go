@@ -14,10 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goccy/go-yaml"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
-	"gopkg.in/yaml.v3"
 
 	"github.com/khook/khook/consumers/dispatch"
 	"github.com/khook/khook/internal/api"

@@ -144,7 +144,32 @@ func TestLoadErrors(t *testing.T) {
 		{
 			name:  "routes are checked item by item",
 			file:  "dispatcher:\n  routes:\n    - agent: ops/pager\n      type: http\n      url: ftp://x\n    - agent: kagent\n      type: kagent\n      protocl: \"0.3\"\n",
-			wants: []string{"line 8: unknown key protocl"},
+			wants: []string{"line 8, column 7: unknown key protocl (did you mean protocol?)"},
+		},
+		{
+			name:  "syntax error names its exact line and column",
+			file:  "log:\n  level: info\nnats:\n  url: [nats://x:4222\nkagent:\n  user_id: me\n",
+			wants: []string{"khook.yaml: line 5, column 1: ", ">  5 | kagent:"},
+		},
+		{
+			name: "wrong types and typos, every problem at once, in plain words",
+			file: "dispatcher:\n  workers: many\n  target: pager\nlog:\n  levle: info\napi:\n  enabled: maybe\n",
+			wants: []string{
+				`line 2, column 12: dispatcher.workers: want a whole number, got "many"`,
+				"line 3: dispatcher.target: must be kagent or log",
+				"line 5, column 3: unknown key log.levle (did you mean log.level?)",
+				`line 7, column 12: api.enabled: want true or false, got "maybe"`,
+			},
+		},
+		{
+			name:  "a section given a list",
+			file:  "kagent:\n  - url: http://x\n",
+			wants: []string{"line 2, column 3: kagent: want a mapping of settings"},
+		},
+		{
+			name:  "environment values of the wrong kind, and a mistyped name",
+			env:   []string{"KHOOK_DISPATCHER_WORKERS=lots", "KHOOK_NATS_URLL=nats://x"},
+			wants: []string{`environment KHOOK_DISPATCHER_WORKERS: dispatcher.workers: want a whole number, got "lots"`, "KHOOK_NATS_URLL: no such setting (did you mean KHOOK_NATS_URL?)"},
 		},
 		{
 			name:  "route values",
@@ -168,6 +193,9 @@ func TestLoadErrors(t *testing.T) {
 			for _, w := range tt.wants {
 				require.Contains(t, err.Error(), w)
 			}
+			// The decoder's own wording never reaches the operator.
+			require.NotContains(t, err.Error(), "decoding failed")
+			require.NotContains(t, err.Error(), "strconv.")
 		})
 	}
 }

@@ -13,10 +13,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
 	"github.com/knadh/koanf/providers/confmap"
 	"github.com/knadh/koanf/providers/structs"
 	"github.com/knadh/koanf/v2"
-	"gopkg.in/yaml.v3"
+
+	"github.com/khook/khook/internal/strictyaml"
 )
 
 // EnvPrefix prefixes every environment variable that sets a khook.yaml key: the key in upper
@@ -40,37 +43,49 @@ var legacyEnv = map[string]string{
 // each error names the key and, for the file, its line.
 func Load(path string, environ []string, overrides map[string]any) (Config, error) {
 	known := knownKeys(reflect.TypeOf(Config{}), "")
-	k := koanf.New(".")
-	if err := k.Load(structs.Provider(Default(), "koanf"), nil); err != nil {
+	defaults := koanf.New(".")
+	if err := defaults.Load(structs.Provider(Default(), "koanf"), nil); err != nil {
 		return Config{}, fmt.Errorf("config defaults: %w", err)
 	}
+	k := defaults.Copy()
 
+	// Every problem is collected, so that one run reports them all: a value that cannot be
+	// used is reported and left at its default, and the rest is still checked.
+	var errs []error
 	lines := map[string]int{}
 	if path != "" {
 		m, l, err := readFile(path, known)
-		if err != nil {
+		var fileErr *fileError
+		if err != nil && !errors.As(err, &fileErr) {
 			return Config{}, err
 		}
+		errs = append(errs, err)
 		lines = l
 		if err := k.Load(confmap.Provider(m, "."), nil); err != nil {
 			return Config{}, fmt.Errorf("%s: %w", path, err)
 		}
 	}
 
-	var errs []error
 	var ignored []string
 	env := map[string]string{}
+	set := func(source, key, value string) {
+		if err := known[key].parse(value); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %s: %w", source, key, err))
+			return
+		}
+		errs = append(errs, k.Set(key, value))
+	}
 	for _, kv := range environ {
 		name, value, _ := strings.Cut(kv, "=")
 		env[name] = value
 		if key, ok := legacyEnv[name]; ok {
-			errs = append(errs, k.Set(key, value))
+			set("environment "+name, key, value)
 		}
 	}
 	// Older kagent khook releases named the agent API's address KAGENT_API_BASE_URL; upstream
 	// still reads it when KAGENT_API_URL is unset, and so does khook.
 	if v, ok := env["KAGENT_API_BASE_URL"]; ok && env["KAGENT_API_URL"] == "" {
-		errs = append(errs, k.Set("kagent.url", v))
+		set("environment KAGENT_API_BASE_URL", "kagent.url", v)
 	}
 	envKeys := map[string]string{}
 	for key, kind := range known {
@@ -93,10 +108,14 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 			continue
 		}
 		if !ok {
-			errs = append(errs, fmt.Errorf("environment %s: no such setting", name))
+			hint := ""
+			if near := strictyaml.Nearest(name, slices.Collect(maps.Keys(envKeys))); near != "" {
+				hint = fmt.Sprintf(" (did you mean %s?)", near)
+			}
+			errs = append(errs, fmt.Errorf("environment %s: no such setting%s", name, hint))
 			continue
 		}
-		errs = append(errs, k.Set(key, value))
+		set("environment "+name, key, value)
 	}
 	for key, v := range overrides {
 		if _, ok := known[key]; !ok {
@@ -105,16 +124,12 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 		}
 		errs = append(errs, k.Set(key, v))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return Config{}, err
-	}
-	if err := checkDurations(k, known); err != nil {
-		return Config{}, withLines(path, lines, err)
-	}
+	errs = append(errs, withLines(path, lines, checkDurations(k, defaults, known)))
 
 	var cfg Config
 	if err := k.UnmarshalWithConf("", &cfg, koanf.UnmarshalConf{Tag: "koanf"}); err != nil {
-		return Config{}, withLines(path, lines, err)
+		// Values are checked above, so this is not expected; it is reported, not hidden.
+		return Config{}, withLines(path, lines, errors.Join(append(errs, err)...))
 	}
 	if path != "" {
 		dir := filepath.Dir(path)
@@ -124,8 +139,9 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 			}
 		}
 	}
-	if err := cfg.Validate(); err != nil {
-		return Config{}, withLines(path, lines, err)
+	errs = append(errs, withLines(path, lines, cfg.Validate()))
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, err
 	}
 	cfg.IgnoredEnv = ignored
 	return cfg, nil
@@ -136,67 +152,139 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 // <NAME>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR].
 var serviceLink = regexp.MustCompile(`^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT|PORT_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$`)
 
-// readFile parses khook.yaml, rejects unknown keys, and returns the values and the line of
-// every key.
+// fileError is a problem with a value or key of khook.yaml, after which the rest of the
+// configuration is still checked.
+type fileError struct{ error }
+
+func (e *fileError) Unwrap() error { return e.error }
+
+// readFile parses khook.yaml and returns the values that can be used and the line of every
+// key. Unknown keys and values of the wrong kind are left out and reported together, each
+// with its line and column, as a *fileError; a file that cannot be read or parsed is any
+// other error.
 func readFile(path string, known map[string]keyKind) (map[string]any, map[string]int, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("config: %w", err)
 	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(b, &doc); err != nil {
+	root, err := strictyaml.Document(b)
+	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	m := map[string]any{}
 	lines := map[string]int{}
-	if doc.Kind == 0 {
+	if root == nil {
 		return m, lines, nil
 	}
-	root := doc.Content[0]
-	if root.Kind != yaml.MappingNode {
-		return nil, nil, fmt.Errorf("%s line %d: the file must be a mapping of settings", path, root.Line)
+	top, ok := root.(*ast.MappingNode)
+	if !ok {
+		return nil, nil, fmt.Errorf("%s line %d: the file must be a mapping of settings", path, strictyaml.Line(root))
 	}
 	var errs []error
-	var walk func(n *yaml.Node, prefix string, known map[string]keyKind)
-	walk = func(n *yaml.Node, prefix string, known map[string]keyKind) {
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			key := prefix + n.Content[i].Value
-			v := n.Content[i+1]
-			lines[key] = n.Content[i].Line
+	problem := func(n ast.Node, format string, args ...any) {
+		p := n.GetToken().Position
+		errs = append(errs, fmt.Errorf("%s line %d, column %d: %s", path, p.Line, p.Column, fmt.Sprintf(format, args...)))
+	}
+	var walk func(n *ast.MappingNode, prefix string, known map[string]keyKind, out map[string]any)
+	walk = func(n *ast.MappingNode, prefix string, known map[string]keyKind, out map[string]any) {
+		for _, kv := range n.Values {
+			name := kv.Key.String()
+			if s, ok := kv.Key.(*ast.StringNode); ok {
+				name = s.Value
+			}
+			key := prefix + name
+			v := kv.Value
+			if prefix == "" || out != nil {
+				lines[key] = strictyaml.Line(kv.Key)
+			}
 			kind, isKey := known[key]
 			switch {
 			case isKey && kind.list != nil:
-				if v.Kind != yaml.SequenceNode {
-					errs = append(errs, fmt.Errorf("%s line %d: %s: expected a list", path, v.Line, key))
+				seq, ok := v.(*ast.SequenceNode)
+				if !ok {
+					problem(v, "%s: want a list", key)
 					continue
 				}
 				itemKeys := knownKeys(kind.list, "")
-				for j, item := range v.Content {
-					if item.Kind != yaml.MappingNode {
-						errs = append(errs, fmt.Errorf("%s line %d: %s[%d]: expected a mapping", path, item.Line, key, j))
+				var items []any
+				good := true
+				for j, item := range seq.Values {
+					mi, ok := item.(*ast.MappingNode)
+					if !ok {
+						problem(item, "%s[%d]: want a mapping", key, j)
+						good = false
 						continue
 					}
-					walk(item, "", itemKeys)
+					before := len(errs)
+					fields := map[string]any{}
+					walk(mi, "", itemKeys, fields)
+					good = good && len(errs) == before
+					items = append(items, fields)
+				}
+				if good {
+					out[key] = items
 				}
 			case isKey:
-				if v.Kind == yaml.MappingNode || (v.Kind == yaml.SequenceNode && !kind.strings) {
-					errs = append(errs, fmt.Errorf("%s line %d: %s: expected a single value", path, v.Line, key))
+				if _, isNull := v.(*ast.NullNode); isNull {
+					continue // key: with no value keeps the default
 				}
-			case v.Kind == yaml.MappingNode && hasPrefix(known, key+"."):
-				walk(v, key+".", known)
+				switch v.(type) {
+				case *ast.MappingNode:
+					problem(v, "%s: want a single value, got a mapping", key)
+					continue
+				case *ast.SequenceNode:
+					if !kind.strings {
+						problem(v, "%s: want a single value, got a list", key)
+						continue
+					}
+				}
+				var value any
+				if err := yaml.NodeToValue(v, &value); err != nil {
+					problem(v, "%s: %v", key, err)
+					continue
+				}
+				if s, ok := value.(string); ok && !kind.duration {
+					if err := kind.parse(s); err != nil {
+						problem(v, "%s: %v", key, err)
+						continue
+					}
+				} else if err := kind.accepts(value); err != nil {
+					problem(v, "%s: %v", key, err)
+					continue
+				}
+				out[key] = value
+			case hasPrefix(known, key+"."):
+				mv, ok := v.(*ast.MappingNode)
+				if !ok {
+					problem(v, "%s: want a mapping of settings", key)
+					continue
+				}
+				walk(mv, key+".", known, out)
 			default:
-				errs = append(errs, fmt.Errorf("%s line %d: unknown key %s", path, n.Content[i].Line, key))
+				problem(kv.Key, "unknown key %s%s", key, didYouMean(key, prefix, known))
 			}
 		}
 	}
-	walk(root, "", known)
-	if err := errors.Join(errs...); err != nil {
-		return nil, nil, err
-	}
-	if err := doc.Decode(&m); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	walk(top, "", known, m)
+	if len(errs) > 0 {
+		return m, lines, &fileError{errors.Join(errs...)}
 	}
 	return m, lines, nil
+}
+
+// didYouMean suggests the known key at the same level nearest to a mistyped one.
+func didYouMean(key, prefix string, known map[string]keyKind) string {
+	var here []string
+	for k := range known {
+		if rest, ok := strings.CutPrefix(k, prefix); ok {
+			first, _, _ := strings.Cut(rest, ".")
+			here = append(here, prefix+first)
+		}
+	}
+	if near := strictyaml.Nearest(key, here); near != "" {
+		return fmt.Sprintf(" (did you mean %s?)", near)
+	}
+	return ""
 }
 
 func hasPrefix(known map[string]keyKind, prefix string) bool {
@@ -213,6 +301,54 @@ type keyKind struct {
 	list     reflect.Type // for a list of structs: the struct type of its items
 	strings  bool         // a list of scalars
 	duration bool         // a time.Duration
+	scalar   reflect.Kind // the kind of any other setting
+}
+
+// parse checks a setting given as text (an environment variable, or a quoted value in the
+// file, as Helm templates render them) against the setting's kind. Durations are checked
+// with the other values, by checkDurations.
+func (k keyKind) parse(s string) error {
+	switch k.scalar {
+	case reflect.Bool:
+		if _, err := strconv.ParseBool(s); err != nil {
+			return fmt.Errorf("want true or false, got %q", s)
+		}
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		if _, err := strconv.Atoi(strings.TrimSpace(s)); err != nil {
+			return fmt.Errorf("want a whole number, got %q", s)
+		}
+	case reflect.Float64:
+		if _, err := strconv.ParseFloat(strings.TrimSpace(s), 64); err != nil {
+			return fmt.Errorf("want a number, got %q", s)
+		}
+	}
+	return nil
+}
+
+// accepts checks a value read from the file that is not text.
+func (k keyKind) accepts(v any) error {
+	if k.duration || k.strings {
+		return nil // checkDurations explains a bare number; lists take any scalars
+	}
+	ok := true
+	switch v.(type) {
+	case bool:
+		ok = k.scalar == reflect.Bool || k.scalar == reflect.String
+	case int, int64, uint64:
+		ok = k.scalar != reflect.Bool
+	case float64:
+		ok = k.scalar == reflect.Float64 || k.scalar == reflect.String
+	}
+	if ok {
+		return nil
+	}
+	switch k.scalar {
+	case reflect.Bool:
+		return fmt.Errorf("want true or false, got %v", v)
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		return fmt.Errorf("want a whole number, got %v", v)
+	}
+	return fmt.Errorf("want a %s, got %v", k.scalar, v)
 }
 
 // knownKeys lists the dotted keys of every leaf setting of t, by koanf tag.
@@ -237,7 +373,7 @@ func knownKeys(t reflect.Type, prefix string) map[string]keyKind {
 		case f.Type == reflect.TypeOf(time.Duration(0)):
 			keys[key] = keyKind{duration: true}
 		default:
-			keys[key] = keyKind{}
+			keys[key] = keyKind{scalar: f.Type.Kind()}
 		}
 	}
 	return keys
@@ -246,7 +382,10 @@ func knownKeys(t reflect.Type, prefix string) map[string]keyKind {
 // checkDurations makes every duration setting a duration string (10m, 30s, 7d), replacing it
 // with its value. A bare number is refused: YAML reads 10 as an integer, which a plain
 // decoder would take as 10 nanoseconds, silently turning a window off or a retry loop hot.
-func checkDurations(k *koanf.Koanf, known map[string]keyKind) error {
+//
+// A refused value is put back to its default (from defaults), so that the rest of the
+// configuration can still be decoded and checked, and every problem reported at once.
+func checkDurations(k, defaults *koanf.Koanf, known map[string]keyKind) error {
 	var errs []error
 	for _, key := range slices.Sorted(maps.Keys(known)) {
 		if !known[key].duration || !k.Exists(key) {
@@ -258,11 +397,13 @@ func checkDurations(k *koanf.Koanf, known map[string]keyKind) error {
 			d, err := ParseDuration(v)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s: want a duration such as 30s, 10m or 7d, got %q", key, v))
+				errs = append(errs, k.Set(key, defaults.Duration(key)))
 				continue
 			}
 			errs = append(errs, k.Set(key, d))
 		default:
 			errs = append(errs, fmt.Errorf("%s: want a duration with its unit, such as 30s, 10m or 7d, got the bare number %v", key, v))
+			errs = append(errs, k.Set(key, defaults.Duration(key)))
 		}
 	}
 	return errors.Join(errs...)
@@ -296,6 +437,9 @@ var keyInError = regexp.MustCompile(`^'?([a-z0-9_]+(?:\.[a-z0-9_]+)+)'?[: ]|'([a
 
 // withLines prefixes each line of err that names a key set in the file with that key's line.
 func withLines(path string, lines map[string]int, err error) error {
+	if err == nil {
+		return nil
+	}
 	var out []string
 	for _, msg := range strings.Split(err.Error(), "\n") {
 		if m := keyInError.FindStringSubmatch(msg); m != nil {
