@@ -43,7 +43,13 @@ func TestDockerfile(t *testing.T) {
 		"ENV PATH=/usr/local/go/bin:/bin", "ENV GOPATH=/go", "ENV HOME=/root", "ENV GOTOOLCHAIN=local"))
 	t.Cleanup(func() { _, _ = e.try(context.Background(), "rmi", "-f", goImage) })
 
-	// The module cache's download directory is a module proxy in the GOPROXY protocol.
+	// The module cache's download directory is a module proxy in the GOPROXY protocol. The
+	// image's `go mod download` asks for every module go.mod lists, and `go test` fetches
+	// only those a build needs, so the cache is completed first.
+	download := exec.Command("go", "mod", "download")
+	download.Dir = ".."
+	downloaded, err := download.CombinedOutput()
+	require.NoError(t, err, "go mod download:\n%s", downloaded)
 	modcache := strings.TrimSpace(goEnv(t, "GOMODCACHE"))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
