@@ -23,8 +23,8 @@ run: build
 # test runs every test, including the multi-process, crash and Kubernetes tests, with the race
 # detector. The Kubernetes tests run a real kube-apiserver and etcd, built once from the Go
 # module proxy into ~/.cache/khook (test/kube/build-assets.sh; a few minutes the first time).
-# The chart tests use helm built from the module proxy (test/helm/build-helm.sh, cached in
-# ~/.cache/khook) and promtool from Debian's prometheus package (.ci/run installs it).
+# The chart tests use helm and promtool built from the module proxy (test/helm/build-helm.sh,
+# test/promtool/build-promtool.sh, cached in ~/.cache/khook).
 # The container tests run on the Docker engine with the Compose v2 and buildx plugins, built
 # from the module proxy (test/docker/build-plugins.sh, cached in ~/.cache/khook), and use
 # Debian's busybox-static as the shell of a stand-in Go image. test/tools.sh builds the

@@ -437,12 +437,12 @@ func TestChartRendersTemplatedPluginValues(t *testing.T) {
 	require.Contains(t, string(out), `at '/producers/mode': value must be one of 'perPlugin', 'combined'`)
 }
 
-// promtool is Debian's (package prometheus), which .ci/run installs; make test passes it as
-// PROMTOOL.
+// promtool is built from the Go module proxy by test/promtool/build-promtool.sh, which make
+// test runs (through test/tools.sh) and passes as PROMTOOL.
 func promtool(t *testing.T) string {
 	t.Helper()
 	p := os.Getenv("PROMTOOL")
-	require.NotEmpty(t, p, "PROMTOOL is not set: install Debian's prometheus package (apt-get install prometheus) and run `make test`")
+	require.NotEmpty(t, p, "PROMTOOL is not set: run `make test`, or `export PROMTOOL=$(test/promtool/build-promtool.sh)`")
 	return p
 }
 

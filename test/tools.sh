@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds, or finds in the cache outside the clone, every tool `make test` runs: kube-apiserver
-# and etcd, helm, and the Compose v2 and buildx plugins, each from the Go module proxy. The builds run
+# and etcd, helm, promtool, and the Compose v2 and buildx plugins, each from the Go module proxy. The builds run
 # side by side, because on a cold machine much of each is waiting on module downloads. Prints
 # the variables the tests read, for `eval`, and each build's time on stderr.
 #
@@ -24,10 +24,11 @@ start() {
 start kube kube/build-assets.sh
 start helm helm/build-helm.sh
 start docker docker/build-plugins.sh
+start promtool promtool/build-promtool.sh
 wait
 
 failed=0
-for name in kube helm docker; do
+for name in kube helm docker promtool; do
   read -r status took <"$out/$name.done"
   if [ -s "$out/$name.log" ]; then
     sed "s/^/tools: $name: /" "$out/$name.log" >&2
@@ -41,7 +42,5 @@ for name in kube helm docker; do
 done
 [ "$failed" -eq 0 ] || exit 1
 
-# promtool comes from Debian's prometheus package (.ci/run installs it); the chart tests
-# say so when it is missing.
 printf 'export KUBE_TEST_ASSETS=%q HELM=%q DOCKER_PLUGINS=%q PROMTOOL=%q\n' \
-  "$(cat "$out/kube")" "$(cat "$out/helm")" "$(cat "$out/docker")" "$(command -v promtool || true)"
+  "$(cat "$out/kube")" "$(cat "$out/helm")" "$(cat "$out/docker")" "$(cat "$out/promtool")"
