@@ -57,3 +57,62 @@ func TestMetricsReferenceIsComplete(t *testing.T) {
 	require.Empty(t, missing, "metrics without a row in docs/metrics.md")
 	require.Empty(t, stale, "rows in docs/metrics.md for metrics the code does not define")
 }
+
+// Every relative link in the README and docs/ names a file that exists and, when it has an
+// #anchor, a heading of that file (GitHub's slugs), so the pages a new user follows from the
+// README never end in a 404.
+func TestDocLinksResolve(t *testing.T) {
+	pages := []string{"../README.md"}
+	require.NoError(t, filepath.WalkDir("../docs", func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(path, ".md") {
+			pages = append(pages, path)
+		}
+		return err
+	}))
+	link := regexp.MustCompile(`\]\(([^)\s]+)\)`)
+	var broken []string
+	for _, page := range pages {
+		b, err := os.ReadFile(page)
+		require.NoError(t, err)
+		for _, m := range link.FindAllStringSubmatch(stripCode(string(b)), -1) {
+			target := m[1]
+			if strings.Contains(target, "://") || strings.HasPrefix(target, "mailto:") {
+				continue
+			}
+			file, anchor, _ := strings.Cut(target, "#")
+			path := page
+			if file != "" {
+				path = filepath.Join(filepath.Dir(page), file)
+			}
+			if _, err := os.Stat(path); err != nil {
+				broken = append(broken, page+": "+target)
+				continue
+			}
+			if anchor != "" && strings.HasSuffix(path, ".md") && !slices.Contains(anchors(t, path), anchor) {
+				broken = append(broken, page+": "+target+" (no such heading)")
+			}
+		}
+	}
+	require.Empty(t, broken)
+}
+
+var fence = regexp.MustCompile("(?s)```.*?```")
+
+func stripCode(s string) string { return fence.ReplaceAllString(s, "") }
+
+// anchors lists the GitHub anchors of a Markdown file's headings.
+func anchors(t *testing.T, path string) []string {
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var out []string
+	drop := regexp.MustCompile(`[^a-z0-9 _-]`)
+	for _, line := range strings.Split(stripCode(string(b)), "\n") {
+		if !strings.HasPrefix(line, "#") {
+			continue
+		}
+		title := strings.TrimSpace(strings.TrimLeft(line, "#"))
+		slug := strings.ReplaceAll(drop.ReplaceAllString(strings.ToLower(title), ""), " ", "-")
+		out = append(out, slug)
+	}
+	return out
+}
