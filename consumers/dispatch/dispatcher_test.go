@@ -549,6 +549,17 @@ func TestBearerTokenFromFileRotates(t *testing.T) {
 	require.Equal(t, "Bearer second", auth.Load(), "the token file is re-read on every call")
 
 	kagentTarget := NewKagent(KagentConfig{URL: srv.URL, UserID: "u", Timeout: time.Second, TokenFile: tokenFile})
-	_, _ = kagentTarget.Deliver(context.Background(), Task{Agent: AgentRef{Namespace: "n", Name: "a"}, MessageID: "m", Event: &mapping.Event{}})
+	agentTask := Task{Agent: AgentRef{Namespace: "n", Name: "a"}, MessageID: "m", Event: &mapping.Event{}}
+	_, _ = kagentTarget.Deliver(context.Background(), agentTask)
 	require.Equal(t, "Bearer second", auth.Load(), "kagent calls carry the token too")
+
+	// A token file emptied by a bad rotation fails the call before it is made: no request
+	// goes out with an empty credential, which an agent might take as anonymous.
+	auth.Store("no request")
+	require.NoError(t, os.WriteFile(tokenFile, []byte("\n"), 0o600))
+	_, err = target.Deliver(context.Background(), task)
+	require.ErrorContains(t, err, "token_file: the token is empty")
+	_, err = kagentTarget.Deliver(context.Background(), agentTask)
+	require.ErrorContains(t, err, "kagent.token_file: the token is empty")
+	require.Equal(t, "no request", auth.Load())
 }

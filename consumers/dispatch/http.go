@@ -7,16 +7,16 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"strings"
 	"time"
+
+	"github.com/khook/khook/internal/secret"
 )
 
 // HTTPConfig configures a plain HTTP target.
 type HTTPConfig struct {
 	URL       string
 	Timeout   time.Duration
-	TokenFile string // bearer token, re-read on every call
+	TokenFile string // bearer token, re-read when it changes
 }
 
 // HTTP posts each task to a URL as a CloudEvent in binary mode: the ce-* headers carry the
@@ -24,11 +24,12 @@ type HTTPConfig struct {
 type HTTP struct {
 	cfg    HTTPConfig
 	client *http.Client
+	token  *secret.Value // nil without a token file
 }
 
 // NewHTTP returns an HTTP target.
 func NewHTTP(cfg HTTPConfig) *HTTP {
-	return &HTTP{cfg: cfg, client: &http.Client{Timeout: cfg.Timeout}}
+	return &HTTP{cfg: cfg, client: &http.Client{Timeout: cfg.Timeout}, token: secret.New("", cfg.TokenFile)}
 }
 
 // Name implements Target.
@@ -74,12 +75,12 @@ func (h *HTTP) Deliver(ctx context.Context, t Task) (Result, error) {
 	if t.Traceparent != "" {
 		req.Header.Set("traceparent", t.Traceparent)
 	}
-	if h.cfg.TokenFile != "" {
-		tok, err := os.ReadFile(h.cfg.TokenFile)
+	if h.token != nil {
+		bearer, err := h.token.Bearer("token_file")
 		if err != nil {
-			return Result{}, fmt.Errorf("token_file: %w", err)
+			return Result{}, err
 		}
-		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+		req.Header.Set("Authorization", bearer)
 	}
 	resp, err := h.client.Do(req)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -13,6 +12,8 @@ import (
 	"github.com/a2aproject/a2a-go/v2/a2a"
 	"github.com/a2aproject/a2a-go/v2/a2aclient"
 	"github.com/a2aproject/a2a-go/v2/a2acompat/a2av0"
+
+	"github.com/khook/khook/internal/secret"
 )
 
 // KagentConfig configures calls to kagent agents over A2A.
@@ -25,7 +26,8 @@ type KagentConfig struct {
 	UserID   string
 	// Timeout bounds one agent call, including polling a task until it is final.
 	Timeout time.Duration
-	// TokenFile, when set, holds a bearer token; it is re-read on every call so it can rotate.
+	// TokenFile, when set, holds a bearer token; it is re-read when it changes, so it can
+	// rotate without a restart.
 	TokenFile string
 	// PollInterval is how often a task that is not final yet is polled with GetTask.
 	PollInterval time.Duration
@@ -33,8 +35,9 @@ type KagentConfig struct {
 
 // Kagent calls kagent agents with A2A JSON-RPC at {URL}/api/a2a/{namespace}/{agent}/.
 type Kagent struct {
-	cfg  KagentConfig
-	http *http.Client
+	cfg   KagentConfig
+	http  *http.Client
+	token *secret.Value // nil without a token file
 
 	mu      sync.Mutex
 	clients map[string]*a2aclient.Client
@@ -50,6 +53,7 @@ func NewKagent(cfg KagentConfig) *Kagent {
 	}
 	return &Kagent{
 		cfg:     cfg,
+		token:   secret.New("", cfg.TokenFile),
 		http:    &http.Client{Transport: captureTransport{next: http.DefaultTransport}},
 		clients: map[string]*a2aclient.Client{},
 	}
@@ -97,12 +101,12 @@ func (k *Kagent) Deliver(ctx context.Context, t Task) (Result, error) {
 		return Result{}, err
 	}
 	params := a2aclient.ServiceParams{"X-User-Id": {k.cfg.UserID}}
-	if k.cfg.TokenFile != "" {
-		tok, err := os.ReadFile(k.cfg.TokenFile)
+	if k.token != nil {
+		bearer, err := k.token.Bearer("kagent.token_file")
 		if err != nil {
-			return Result{}, fmt.Errorf("kagent.token_file: %w", err)
+			return Result{}, err
 		}
-		params["Authorization"] = []string{"Bearer " + strings.TrimSpace(string(tok))}
+		params["Authorization"] = []string{bearer}
 	}
 	if t.Traceparent != "" {
 		params["traceparent"] = []string{t.Traceparent}

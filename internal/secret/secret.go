@@ -48,7 +48,13 @@ func (s *Value) Get() ([]byte, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.value == nil || !fi.ModTime().Equal(s.modTime) || fi.Size() != s.size {
+	// File times can be coarse (a kernel tick on many file systems), so a rewrite of the
+	// same length moments after the last read may keep both the time and the size. A file
+	// changed in the last two seconds is therefore read again, as git re-checks "racily
+	// clean" files; older ones are trusted by their time and size, which keeps the webhook's
+	// hot path to one stat.
+	recent := time.Since(fi.ModTime()) < 2*time.Second
+	if s.value == nil || recent || !fi.ModTime().Equal(s.modTime) || fi.Size() != s.size {
 		b, err := os.ReadFile(s.path)
 		if err != nil {
 			return nil, fmt.Errorf("secret file: %w", err)
@@ -74,6 +80,20 @@ func (s *Value) Require(what string) error {
 		return fmt.Errorf("%s: the secret is empty; refusing to start without it", what)
 	}
 	return nil
+}
+
+// Bearer returns the Authorization header value for an outgoing request. An unreadable or
+// empty credential is an error: a request is never sent with an empty token, which an
+// agent might accept as anonymous.
+func (s *Value) Bearer(what string) (string, error) {
+	v, err := s.Get()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", what, err)
+	}
+	if len(v) == 0 {
+		return "", fmt.Errorf("%s: the token is empty; not sending the request without it", what)
+	}
+	return "Bearer " + string(v), nil
 }
 
 // ErrBearer is a missing or wrong bearer token.
