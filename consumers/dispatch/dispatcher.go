@@ -309,7 +309,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	if err != nil {
 		tracing.Fail(span, err)
 		d.metrics.events.WithLabelValues("invalid").Inc()
-		d.deadLetter(ctx, msg, deadletter.Letter{Stage: Stage, Reason: "invalid-event", Err: err, Msg: msg})
+		d.deadLetter(ctx, deadletter.Letter{Stage: Stage, Reason: "invalid-event", Err: err, Msg: msg})
 		return
 	}
 	_, mspan := tracing.Tracer().Start(ctx, "khook.match")
@@ -322,7 +322,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		d.metrics.events.WithLabelValues("unmatched").Inc()
 		d.logger.Debug("no hook matches", zap.String("event_id", ev.ID), tracing.LogField(ctx),
 			zap.String("type", ev.Type), zap.String("namespace", ev.Namespace))
-		ackOrLog(d.logger, msg)
+		deadletter.AckOrLog(d.logger, msg)
 		return
 	}
 	d.metrics.events.WithLabelValues("matched").Inc()
@@ -336,7 +336,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 			return
 		}
 	}
-	ackOrLog(d.logger, msg)
+	deadletter.AckOrLog(d.logger, msg)
 }
 
 // deliver handles one match of an event. It returns ack when this match needs nothing more
@@ -544,23 +544,9 @@ func jitter(d time.Duration) time.Duration {
 }
 
 // deadLetter stores an undeliverable event and terminates it once the dead letter is stored.
-func (d *Dispatcher) deadLetter(ctx context.Context, msg jetstream.Msg, l deadletter.Letter) {
-	if err := deadletter.Publish(ctx, d.js, d.topo.Subjects(), l); err != nil {
-		d.logger.Warn("dead letter not stored, will redeliver", zap.Error(err))
-		if err := msg.NakWithDelay(d.cfg.RetryBase); err != nil {
-			d.logger.Warn("nak", zap.Error(err))
-		}
-		return
-	}
-	d.metrics.deadLetters.WithLabelValues(l.Reason).Inc()
-	if err := msg.Term(); err != nil {
-		d.logger.Warn("term", zap.Error(err))
-	}
-}
-
-func ackOrLog(l *zap.Logger, msg jetstream.Msg) {
-	if err := msg.Ack(); err != nil {
-		l.Warn("ack", zap.String("subject", msg.Subject()), zap.Error(err))
+func (d *Dispatcher) deadLetter(ctx context.Context, l deadletter.Letter) {
+	if deadletter.Settle(ctx, d.js, d.topo.Subjects(), l, d.cfg.RetryBase, d.logger) {
+		d.metrics.deadLetters.WithLabelValues(l.Reason).Inc()
 	}
 }
 

@@ -165,7 +165,7 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 		// Counted above; logged so an operator can see which rule is missing or disabled.
 		m.logger.Info("event not mapped", zap.String("event_id", raw.ID), tracing.LogField(ctx), zap.String("source", raw.Source),
 			zap.String("type", ce.Type), zap.String("outcome", string(outcome)))
-		ackOrLog(m.logger, msg)
+		deadletter.AckOrLog(m.logger, msg)
 		return pending{}, false
 	}
 	out, err := m.encode(ctx, ev, msg.Headers())
@@ -242,7 +242,7 @@ func subjectOf(ev mapping.Event) string {
 func (m *Mapper) settle(p pending) {
 	select {
 	case <-p.ack.Ok():
-		ackOrLog(m.logger, p.msg)
+		deadletter.AckOrLog(m.logger, p.msg)
 	case err := <-p.ack.Err():
 		if streams.Unstorable(err) {
 			// The stream refuses this event at any attempt (its max message size).
@@ -263,22 +263,7 @@ func (m *Mapper) settle(p pending) {
 func (m *Mapper) deadLetter(ctx context.Context, msg jetstream.Msg, reason string, cause error) {
 	m.logger.Warn("dead-lettering raw event", zap.String("subject", msg.Subject()), tracing.LogField(ctx),
 		zap.String("reason", reason), zap.Error(cause))
-	if err := deadletter.Publish(ctx, m.js, m.topo.Subjects(), deadletter.Letter{
-		Stage: Stage, Reason: reason, Err: cause, Msg: msg,
-	}); err != nil {
-		m.logger.Warn("dead letter not stored, will redeliver", zap.Error(err))
-		nakOrLog(m.logger, msg)
-		return
-	}
-	if err := msg.Term(); err != nil {
-		m.logger.Warn("term", zap.Error(err))
-	}
-}
-
-func ackOrLog(l *zap.Logger, msg jetstream.Msg) {
-	if err := msg.Ack(); err != nil {
-		l.Warn("ack", zap.String("subject", msg.Subject()), zap.Error(err))
-	}
+	deadletter.Settle(ctx, m.js, m.topo.Subjects(), deadletter.Letter{Stage: Stage, Reason: reason, Err: cause, Msg: msg}, time.Second, m.logger)
 }
 
 func nakOrLog(l *zap.Logger, msg jetstream.Msg) {

@@ -7,9 +7,11 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/subject"
@@ -103,4 +105,32 @@ func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Build
 		return fmt.Errorf("dead letter to %s: %w", subj, err)
 	}
 	return nil
+}
+
+// Settle hands msg over to the dead-letter stream: it stores l, and only then terminates msg
+// so that JetStream never delivers it again. When the dead letter cannot be stored, msg is
+// nak'd to be redelivered after retry instead, so that an event is never dropped because the
+// dead-letter stream was unavailable. It reports whether the dead letter was stored. Both
+// stages settle their failures this way.
+func Settle(ctx context.Context, js jetstream.JetStream, subjects subject.Builder, l Letter, retry time.Duration, logger *zap.Logger) bool {
+	if err := Publish(ctx, js, subjects, l); err != nil {
+		logger.Warn("dead letter not stored, will redeliver", zap.String("subject", l.Msg.Subject()), zap.Error(err))
+		if err := l.Msg.NakWithDelay(retry); err != nil {
+			logger.Warn("nak", zap.String("subject", l.Msg.Subject()), zap.Error(err))
+		}
+		return false
+	}
+	if err := l.Msg.Term(); err != nil {
+		logger.Warn("term", zap.String("subject", l.Msg.Subject()), zap.Error(err))
+	}
+	return true
+}
+
+// AckOrLog acknowledges msg. A failed ack is logged, not returned: the message will be
+// redelivered, and the stages' idempotence (Nats-Msg-Id, settled-task records) makes the
+// second handling harmless.
+func AckOrLog(logger *zap.Logger, msg jetstream.Msg) {
+	if err := msg.Ack(); err != nil {
+		logger.Warn("ack", zap.String("subject", msg.Subject()), zap.Error(err))
+	}
 }
