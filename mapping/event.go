@@ -8,6 +8,7 @@ package mapping
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/khook/khook/streams/cloudevent"
@@ -59,4 +60,38 @@ func RawOf(source, msgID string, ce *cloudevent.Event) Raw {
 	}
 	return Raw{ID: cloudevent.KeyOf(source, msgID, ce.ID), Source: source, Type: ce.Type, Subject: ce.Subject,
 		Time: ce.Time, Data: ce.Data}
+}
+
+// Encode is the body of a normalized event's message in KHOOK_EVENTS: a CloudEvent whose
+// attributes repeat the event's id, source, type, time and namespace/kind/name subject, with
+// the event itself as its JSON data. DecodeEvent reads it back; every reader of the events
+// stream (the dispatcher, replay, the operations commands) goes through it.
+func (ev Event) Encode() ([]byte, error) {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return nil, err
+	}
+	var subject string
+	if ev.Namespace != "" || ev.Resource.Name != "" {
+		subject = ev.Namespace + "/" + ev.Resource.Kind + "/" + ev.Resource.Name
+	}
+	return cloudevent.Encode(&cloudevent.Event{
+		ID: ev.ID, Source: ev.Source, Type: ev.Type, Time: ev.Time,
+		Subject:         subject,
+		DataContentType: "application/json",
+		Data:            data,
+	})
+}
+
+// DecodeEvent reads a normalized event from a KHOOK_EVENTS message body (Encode's inverse).
+func DecodeEvent(body []byte) (Event, error) {
+	var ev Event
+	ce, err := cloudevent.Decode(body)
+	if err != nil {
+		return ev, err
+	}
+	if err := json.Unmarshal(ce.Data, &ev); err != nil {
+		return ev, fmt.Errorf("normalized event: %w", err)
+	}
+	return ev, nil
 }

@@ -230,8 +230,8 @@ func describe(subjects subject.Builder, rules *mapping.Rules, idx *dispatch.Inde
 			return "not mapped (no enabled rule): dropped or dead-lettered per the unmapped policy"
 		}
 	} else {
-		ce, err := cloudevent.Decode(m.Data)
-		if err != nil || json.Unmarshal(ce.Data, &ev) != nil {
+		var err error
+		if ev, err = mapping.DecodeEvent(m.Data); err != nil {
 			return "not a normalized event"
 		}
 	}

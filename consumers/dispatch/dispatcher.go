@@ -19,7 +19,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -36,7 +35,6 @@ import (
 
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
-	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/deadletter"
 )
 
@@ -301,11 +299,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", msg.Subject())))
 	defer span.End()
 
-	ce, err := cloudevent.Decode(msg.Data())
-	var ev mapping.Event
-	if err == nil {
-		err = json.Unmarshal(ce.Data, &ev)
-	}
+	ev, err := mapping.DecodeEvent(msg.Data())
 	if err != nil {
 		tracing.Fail(span, err)
 		d.metrics.events.WithLabelValues("invalid").Inc()

@@ -12,7 +12,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -204,16 +203,7 @@ func (m *Mapper) encode(ctx context.Context, ev mapping.Event, in nats.Header) (
 	if err != nil {
 		return nil, err
 	}
-	data, err := json.Marshal(ev)
-	if err != nil {
-		return nil, err
-	}
-	body, err := cloudevent.Encode(&cloudevent.Event{
-		ID: ev.ID, Source: ev.Source, Type: ev.Type, Time: ev.Time,
-		Subject:         subjectOf(ev),
-		DataContentType: "application/json",
-		Data:            data,
-	})
+	body, err := ev.Encode()
 	if err != nil {
 		return nil, err
 	}
@@ -229,13 +219,6 @@ func (m *Mapper) encode(ctx context.Context, ev mapping.Event, in nats.Header) (
 		}
 	}
 	return out, nil
-}
-
-func subjectOf(ev mapping.Event) string {
-	if ev.Namespace == "" && ev.Resource.Name == "" {
-		return ""
-	}
-	return ev.Namespace + "/" + ev.Resource.Kind + "/" + ev.Resource.Name
 }
 
 // settle acks a raw message once its output is stored, or naks it for redelivery.

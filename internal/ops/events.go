@@ -141,8 +141,8 @@ func TailEvents(ctx context.Context, js jetstream.JetStream, topo streams.Config
 }
 
 func record(m Msg) (EventRecord, bool) {
-	ev, ok := decodeNormalized(m.Data)
-	if !ok {
+	ev, err := mapping.DecodeEvent(m.Data)
+	if err != nil {
 		return EventRecord{}, false
 	}
 	return EventRecord{Seq: m.Seq, Stored: m.Time, ReplayID: m.Header.Get(streams.HeaderReplayID), Event: ev}, true

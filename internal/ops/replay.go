@@ -257,8 +257,8 @@ func (rp *Replayer) selected(r *Replay, m Msg) bool {
 		return false
 	}
 	if r.Source != "" || (r.Through == ThroughDispatcher && r.Namespace != "") {
-		ev, ok := decodeNormalized(m.Data)
-		if !ok || (r.Source != "" && ev.Source != r.Source) {
+		ev, err := mapping.DecodeEvent(m.Data)
+		if err != nil || (r.Source != "" && ev.Source != r.Source) {
 			return false
 		}
 		if r.Namespace != "" {
@@ -277,29 +277,30 @@ func (rp *Replayer) selected(r *Replay, m Msg) bool {
 // resumed replay sending it again produces the same key and is dropped as a duplicate. The
 // key is bounded (cloudevent.DeriveKey), so no event is too long to replay.
 func (rp *Replayer) copyOf(r *Replay, m Msg) (*nats.Msg, error) {
-	ce, err := cloudevent.Decode(m.Data)
-	if err != nil {
-		return nil, err
-	}
-	var original string
+	var original, id string
+	var body []byte
 	if r.Through == ThroughDispatcher {
-		var ev mapping.Event
-		if err := json.Unmarshal(ce.Data, &ev); err != nil {
+		ev, err := mapping.DecodeEvent(m.Data)
+		if err != nil {
 			return nil, err
 		}
 		original = ev.ID
 		ev.ID = cloudevent.DeriveKey(original, "/replay-"+r.ID)
-		if ce.Data, err = json.Marshal(ev); err != nil {
+		if body, err = ev.Encode(); err != nil {
 			return nil, err
 		}
-		ce.ID = ev.ID
+		id = ev.ID
 	} else {
+		ce, err := cloudevent.Decode(m.Data)
+		if err != nil {
+			return nil, err
+		}
 		original = mapping.RawOf(rp.Topo.Subjects().SourceOf(m.Subject), m.Header.Get(jetstream.MsgIDHeader), ce).ID
 		ce.ID = cloudevent.DeriveKey(original, "/replay-"+r.ID)
-	}
-	body, err := cloudevent.Encode(ce)
-	if err != nil {
-		return nil, err
+		if body, err = cloudevent.Encode(ce); err != nil {
+			return nil, err
+		}
+		id = ce.ID
 	}
 	out := nats.NewMsg(m.Subject)
 	out.Data = body
@@ -308,7 +309,7 @@ func (rp *Replayer) copyOf(r *Replay, m Msg) (*nats.Msg, error) {
 			out.Header[k] = v
 		}
 	}
-	out.Header.Set(jetstream.MsgIDHeader, ce.ID)
+	out.Header.Set(jetstream.MsgIDHeader, id)
 	out.Header.Set(streams.HeaderReplayID, r.ID)
 	out.Header.Set(streams.HeaderOriginalID, original)
 	out.Header.Set(streams.HeaderOriginalSeq, strconv.FormatUint(m.Seq, 10))
@@ -360,18 +361,6 @@ func count(ctx context.Context, js jetstream.JetStream, r Range) (int, error) {
 		return 0, err
 	}
 	return int(info.NumPending), nil
-}
-
-func decodeNormalized(b []byte) (mapping.Event, bool) {
-	ce, err := cloudevent.Decode(b)
-	if err != nil {
-		return mapping.Event{}, false
-	}
-	var ev mapping.Event
-	if err := json.Unmarshal(ce.Data, &ev); err != nil {
-		return mapping.Event{}, false
-	}
-	return ev, true
 }
 
 func orAny(token string) string {
