@@ -33,8 +33,13 @@ test: vet
 	eval "$$(test/tools.sh)" && \
 	$(GO) test -race -count=1 -timeout 30m ./...
 
+# test-short is a contributor's fast loop: every package's own tests, against embedded NATS,
+# without the end-to-end, multi-process, container and Kubernetes tests (test/,
+# producers/kubernetes, internal/kubetest), so it needs none of the tools test/tools.sh
+# builds. make test runs everything.
+SHORT_PKGS = $$($(GO) list ./... | grep -v -e '/test$$' -e '/producers/kubernetes$$' -e '/internal/kubetest$$')
 test-short:
-	$(GO) test -count=1 -short ./...
+	$(GO) test -count=1 $(SHORT_PKGS)
 
 # bench runs every stage against raw JetStream in one run (about three minutes) and writes
 # bench/results.json, bench/results.md and bench/results.png; see docs/benchmarks.md.
