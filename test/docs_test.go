@@ -62,7 +62,7 @@ func TestMetricsReferenceIsComplete(t *testing.T) {
 // #anchor, a heading of that file (GitHub's slugs), so the pages a new user follows from the
 // README never end in a 404.
 func TestDocLinksResolve(t *testing.T) {
-	pages := []string{"../README.md"}
+	pages := []string{"../README.md", "../CONTRIBUTING.md"}
 	require.NoError(t, filepath.WalkDir("../docs", func(path string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() && strings.HasSuffix(path, ".md") {
 			pages = append(pages, path)
