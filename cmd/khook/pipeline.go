@@ -314,7 +314,7 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	}
 	if st.dispatcher {
 		router := newRouter(cfg, logger)
-		dcfg := dispatcherConfig(cfg)
+		dcfg := cfg.Dispatcher.Config
 		dcfg.ActiveEvents = cluster != nil // only Hook status reads them
 		// The dispatcher's hooks come from its sources, merged: Hook resources first, then the
 		// hooks file. It pulls nothing until every source has given its hooks, so with the
@@ -451,15 +451,6 @@ func newRouter(cfg config.Config, logger *zap.Logger) *dispatch.Router {
 		routes = append(routes, dispatch.Route{Agent: r.Agent, Target: t})
 	}
 	return dispatch.NewRouter(def, routes...)
-}
-
-func dispatcherConfig(cfg config.Config) dispatch.Config {
-	d := cfg.Dispatcher
-	c := dispatch.DefaultConfig()
-	c.Workers, c.SuppressionWindow, c.MaxAttempts = d.Workers, d.SuppressionWindow, d.MaxAttempts
-	c.RetryBase, c.RetryMax, c.DrainTimeout = d.RetryBase, d.RetryMax, d.DrainTimeout
-	c.Guard = dispatch.GuardConfig{Concurrency: d.PerTargetConcurrency, BreakerFailures: d.Breaker.Failures, BreakerCooldown: d.Breaker.Cooldown}
-	return c
 }
 
 func loadRules(path string) (*mapping.Rules, []byte, error) {

@@ -43,18 +43,23 @@ const Stage = "dispatcher"
 
 // Config configures a dispatcher.
 type Config struct {
-	Workers           int
-	SuppressionWindow time.Duration // default window; a hook may set its own
-	MaxAttempts       int
-	RetryBase         time.Duration
-	RetryMax          time.Duration
-	Guard             GuardConfig
+	// The koanf tags are khook.yaml's keys under dispatcher (internal/config embeds this
+	// struct there), so the delivery settings and their defaults are stated once, here.
+	Workers int `koanf:"workers"`
+	// SuppressionWindow is the default window; a hook may set its own.
+	SuppressionWindow time.Duration `koanf:"suppression_window"`
+	MaxAttempts       int           `koanf:"max_attempts"`
+	RetryBase         time.Duration `koanf:"retry_base"` // first retry delay; doubles per attempt, with jitter
+	RetryMax          time.Duration `koanf:"retry_max"`  // cap on the retry delay, Retry-After included
+	// Guard's keys (per_target_concurrency, breaker) sit directly under dispatcher.
+	Guard GuardConfig `koanf:",squash,flatten"`
 	// DrainTimeout bounds how long Run waits for in-flight deliveries after its context ends.
-	DrainTimeout time.Duration
+	DrainTimeout time.Duration `koanf:"drain_timeout"`
 	// ActiveEvents records each matched event in the dispatch bucket for Hook status
 	// (two KV round trips per match). Only the Kubernetes hook watcher reads the records, so
-	// a dispatcher with hooks from a file turns it off.
-	ActiveEvents bool
+	// a dispatcher with hooks from a file turns it off. It is not a setting: the pipeline
+	// decides it from where hooks come from.
+	ActiveEvents bool `koanf:"-"`
 }
 
 // DefaultConfig returns khook's defaults: 16 workers, khook's 10-minute window, 10 attempts.
@@ -62,7 +67,7 @@ func DefaultConfig() Config {
 	return Config{
 		Workers: 16, SuppressionWindow: 10 * time.Minute, MaxAttempts: 10,
 		RetryBase: time.Second, RetryMax: 5 * time.Minute,
-		Guard:        GuardConfig{Concurrency: 8, BreakerFailures: 5, BreakerCooldown: 30 * time.Second},
+		Guard:        GuardConfig{Concurrency: 8, Breaker: BreakerConfig{Failures: 5, Cooldown: 30 * time.Second}},
 		DrainTimeout: 25 * time.Second,
 		ActiveEvents: true,
 	}

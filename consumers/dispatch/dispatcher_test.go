@@ -183,7 +183,7 @@ func testConfig() Config {
 	c.RetryBase = 20 * time.Millisecond
 	c.RetryMax = 200 * time.Millisecond
 	c.MaxAttempts = 5
-	c.Guard = GuardConfig{Concurrency: 4, BreakerFailures: 100, BreakerCooldown: time.Second}
+	c.Guard = GuardConfig{Concurrency: 4, Breaker: BreakerConfig{Failures: 100, Cooldown: time.Second}}
 	return c
 }
 
@@ -348,7 +348,7 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 func TestBreakerDelaysInsteadOfDeadLettering(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxAttempts = 4
-	cfg.Guard = GuardConfig{Concurrency: 4, BreakerFailures: 2, BreakerCooldown: 100 * time.Millisecond}
+	cfg.Guard = GuardConfig{Concurrency: 4, Breaker: BreakerConfig{Failures: 2, Cooldown: 100 * time.Millisecond}}
 	h := newHarness(t, cfg, "1.0")
 	var down atomic.Bool
 	down.Store(true)

@@ -7,9 +7,18 @@ import (
 
 // GuardConfig configures the protection kept for every endpoint.
 type GuardConfig struct {
-	Concurrency     int           // calls in flight to one endpoint
-	BreakerFailures int           // consecutive retryable failures that open the breaker
-	BreakerCooldown time.Duration // how long an open breaker waits before one probe
+	// Concurrency bounds the calls in flight to one endpoint, so one slow agent cannot take
+	// every worker.
+	Concurrency int           `koanf:"per_target_concurrency"`
+	Breaker     BreakerConfig `koanf:"breaker"`
+}
+
+// BreakerConfig configures the circuit breaker kept for each endpoint.
+type BreakerConfig struct {
+	// Failures is how many consecutive retryable failures open the breaker.
+	Failures int `koanf:"failures"`
+	// Cooldown is how long an open breaker waits before letting one probe call through.
+	Cooldown time.Duration `koanf:"cooldown"`
 }
 
 // guards hold one guard per endpoint, created on first use.
@@ -83,7 +92,7 @@ func (g *guard) admit() (wait time.Duration) {
 	now := g.parent.now()
 	switch g.state {
 	case open:
-		if remaining := g.openedAt.Add(g.parent.cfg.BreakerCooldown).Sub(now); remaining > 0 {
+		if remaining := g.openedAt.Add(g.parent.cfg.Breaker.Cooldown).Sub(now); remaining > 0 {
 			g.mu.Unlock()
 			return remaining
 		}
@@ -93,7 +102,7 @@ func (g *guard) admit() (wait time.Duration) {
 	case halfOpen:
 		if g.probing {
 			g.mu.Unlock()
-			return g.parent.cfg.BreakerCooldown / 4
+			return g.parent.cfg.Breaker.Cooldown / 4
 		}
 		g.probing = true
 	}
@@ -125,7 +134,7 @@ func (g *guard) done(success, countsAsFailure bool) {
 		g.state, g.failures = closed, 0
 	case countsAsFailure:
 		g.failures++
-		if g.state == halfOpen || (g.state == closed && g.failures >= g.parent.cfg.BreakerFailures) {
+		if g.state == halfOpen || (g.state == closed && g.failures >= g.parent.cfg.Breaker.Failures) {
 			g.parent.onTransition("open")
 			g.state, g.openedAt = open, g.parent.now()
 		}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/khook/khook/consumers/dispatch"
 	"github.com/khook/khook/streams"
 )
 
@@ -74,39 +75,16 @@ type Files struct {
 	ReloadInterval time.Duration `koanf:"reload_interval"`
 }
 
-// Dispatcher configures delivery to agents.
+// Dispatcher configures delivery to agents: where tasks go (Target, Routes) here, and how
+// they are delivered (workers, retries, suppression, breakers, drain) in the dispatcher's own
+// dispatch.Config, whose keys sit directly under dispatcher.
 type Dispatcher struct {
 	// Target is where tasks go when no route names the agent: kagent (A2A) or log (print
 	// only, for local runs).
-	Target  string `koanf:"target"`
-	Workers int    `koanf:"workers"`
-	// SuppressionWindow is khook's dedup window: one agent call per (hook, event type,
-	// namespace, resource) per window, across all replicas. A hook may set its own.
-	SuppressionWindow time.Duration `koanf:"suppression_window"`
-	// MaxAttempts is how many times one task is tried before it is dead-lettered. Only real
-	// calls count: time spent waiting behind an open circuit breaker does not.
-	MaxAttempts int           `koanf:"max_attempts"`
-	RetryBase   time.Duration `koanf:"retry_base"` // first retry delay; doubles per attempt, with jitter
-	RetryMax    time.Duration `koanf:"retry_max"`  // cap on the retry delay, Retry-After included
-	// PerTargetConcurrency bounds the calls in flight to one agent, so one slow agent cannot
-	// take every worker.
-	PerTargetConcurrency int     `koanf:"per_target_concurrency"`
-	Breaker              Breaker `koanf:"breaker"`
-	// DrainTimeout is how long a stopping dispatcher lets calls in flight finish before it
-	// interrupts them (their events are then redelivered, and the agent may see the task
-	// twice). Keep it below the pod's termination grace period; the chart derives it from
-	// that. Calls longer than it are the one case where shutdown causes a duplicate call.
-	DrainTimeout time.Duration `koanf:"drain_timeout"`
+	Target          string `koanf:"target"`
+	dispatch.Config `koanf:",squash,flatten"`
 	// Routes send chosen agents somewhere other than the default target.
 	Routes []Route `koanf:"routes"`
-}
-
-// Breaker configures the circuit breaker kept for each target.
-type Breaker struct {
-	// Failures is how many consecutive failures open the breaker.
-	Failures int `koanf:"failures"`
-	// Cooldown is how long an open breaker waits before letting one probe call through.
-	Cooldown time.Duration `koanf:"cooldown"`
 }
 
 // Route sends the agents that Agent names ("namespace/name", or "namespace/*") to a target.
@@ -164,14 +142,9 @@ func Default() Config {
 			ConnectTimeout: 10 * time.Second,
 			PingInterval:   10 * time.Second,
 		},
-		Streams: streams.Default(),
-		Files:   Files{Plugins: "plugins.yaml", Mappings: "event-mappings.yaml", Hooks: "hooks.yaml", ReloadInterval: 10 * time.Second},
-		Dispatcher: Dispatcher{
-			Target: "kagent", Workers: 16, SuppressionWindow: 10 * time.Minute, MaxAttempts: 10,
-			RetryBase: time.Second, RetryMax: 5 * time.Minute, PerTargetConcurrency: 8,
-			Breaker:      Breaker{Failures: 5, Cooldown: 30 * time.Second},
-			DrainTimeout: 25 * time.Second,
-		},
+		Streams:    streams.Default(),
+		Files:      Files{Plugins: "plugins.yaml", Mappings: "event-mappings.yaml", Hooks: "hooks.yaml", ReloadInterval: 10 * time.Second},
+		Dispatcher: Dispatcher{Target: "kagent", Config: dispatcherDefaults()},
 		Kagent: Kagent{
 			URL:      "http://kagent-controller.kagent:8083",
 			Protocol: "1.0",
@@ -183,6 +156,15 @@ func Default() Config {
 		Log:        Log{Level: "info", Format: "console"},
 		Kubernetes: Kubernetes{Hooks: "auto", StatusInterval: 10 * time.Second},
 	}
+}
+
+// dispatcherDefaults are the dispatcher's own defaults, less ActiveEvents, which is not a
+// setting (the pipeline turns it on when Hook status reads the records) and so is never
+// loaded from the file.
+func dispatcherDefaults() dispatch.Config {
+	c := dispatch.DefaultConfig()
+	c.ActiveEvents = false
+	return c
 }
 
 // Validate reports every invalid setting at once, each naming its key.
@@ -273,10 +255,10 @@ func (d Dispatcher) validate(dispatchTTL time.Duration) error {
 	if d.RetryBase <= 0 || d.RetryMax < d.RetryBase {
 		errs = append(errs, fmt.Errorf("dispatcher.retry_base, retry_max: need 0 < retry_base <= retry_max, got %s and %s", d.RetryBase, d.RetryMax))
 	}
-	if d.PerTargetConcurrency < 1 {
-		errs = append(errs, fmt.Errorf("dispatcher.per_target_concurrency: must be at least 1, got %d", d.PerTargetConcurrency))
+	if d.Guard.Concurrency < 1 {
+		errs = append(errs, fmt.Errorf("dispatcher.per_target_concurrency: must be at least 1, got %d", d.Guard.Concurrency))
 	}
-	if d.Breaker.Failures < 1 || d.Breaker.Cooldown <= 0 {
+	if d.Guard.Breaker.Failures < 1 || d.Guard.Breaker.Cooldown <= 0 {
 		errs = append(errs, fmt.Errorf("dispatcher.breaker: failures must be at least 1 and cooldown positive"))
 	}
 	for i, r := range d.Routes {

@@ -251,3 +251,21 @@ func TestServiceLinkVariablesAreIgnored(t *testing.T) {
 	_, err = Load("", append(links, "KHOOK_DISPATCHR_WORKERS=3"), nil)
 	require.ErrorContains(t, err, "environment KHOOK_DISPATCHR_WORKERS: no such setting")
 }
+
+// The dispatcher's delivery settings are the dispatcher's own struct, embedded under
+// dispatcher: its keys load from the file and the environment as every other key does.
+func TestDispatcherSettingsReachTheDispatcher(t *testing.T) {
+	path := writeFile(t, "dispatcher:\n  workers: 4\n  per_target_concurrency: 2\n  breaker:\n    failures: 3\n    cooldown: 1m\n")
+	cfg, err := Load(path, []string{"KHOOK_DISPATCHER_BREAKER_COOLDOWN=2m", "KHOOK_DISPATCHER_DRAIN_TIMEOUT=40s"}, nil)
+	require.NoError(t, err)
+	d := cfg.Dispatcher.Config
+	require.Equal(t, 4, d.Workers)
+	require.Equal(t, 2, d.Guard.Concurrency)
+	require.Equal(t, 3, d.Guard.Breaker.Failures)
+	require.Equal(t, 2*time.Minute, d.Guard.Breaker.Cooldown)
+	require.Equal(t, 40*time.Second, d.DrainTimeout)
+	require.Equal(t, 10*time.Minute, d.SuppressionWindow, "unset keys keep the dispatcher's defaults")
+
+	_, err = Load(writeFile(t, "dispatcher:\n  active_events: true\n"), nil, nil)
+	require.ErrorContains(t, err, "unknown key dispatcher.active_events", "what the pipeline decides is not a setting")
+}

@@ -356,7 +356,12 @@ func knownKeys(t reflect.Type, prefix string) map[string]keyKind {
 	keys := map[string]keyKind{}
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
-		tag := f.Tag.Get("koanf")
+		tag, opts, _ := strings.Cut(f.Tag.Get("koanf"), ",")
+		if tag == "" && strings.Contains(opts, "squash") {
+			// An embedded struct whose keys sit in its parent (dispatcher's dispatch.Config).
+			maps.Copy(keys, knownKeys(f.Type, prefix))
+			continue
+		}
 		if tag == "" || tag == "-" {
 			continue
 		}
