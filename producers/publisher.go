@@ -45,40 +45,49 @@ type Publisher struct {
 	link atomic.Pointer[context.Context]
 }
 
-// NewPublisher returns a publisher writing to the raw subjects of subjects.
+// NewPublisher returns a publisher writing to the raw subjects of subjects. It starts
+// nothing: Run watches the connection, and should run for as long as the publisher is used.
 func NewPublisher(js jetstream.JetStream, subjects subject.Builder, m *Metrics) *Publisher {
 	p := &Publisher{js: js, subjects: subjects, metrics: m, now: time.Now}
-	p.watchConnection()
+	never := context.Background()
+	p.link.Store(&never)
 	return p
 }
 
-// watchConnection makes a dropped connection fail the publishes waiting on it at once.
-// A publish sent before the server died is never acknowledged; without this, its caller
-// (a webhook request, a plugin) would wait out its whole timeout. Failing fast with
-// ErrUnavailable lets the caller retry, and the event id makes a retry of an event that was
-// in fact stored a duplicate JetStream drops.
-func (p *Publisher) watchConnection() {
-	never := context.Background()
-	p.link.Store(&never)
+// Run makes a dropped connection fail the publishes waiting on it at once, until ctx ends or
+// the connection is closed. A publish sent before the server died is never acknowledged;
+// without Run, its caller (a webhook request, a plugin) would wait out its whole timeout.
+// Failing fast with ErrUnavailable lets the caller retry, and the event id makes a retry of
+// an event that was in fact stored a duplicate JetStream drops.
+func (p *Publisher) Run(ctx context.Context) error {
 	nc := p.js.Conn()
 	if nc == nil {
-		return
+		<-ctx.Done()
+		return nil
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p.link.Store(&ctx)
 	changes := nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED)
-	go func() {
-		for st := range changes {
+	defer nc.RemoveStatusListener(changes)
+	link, cancel := context.WithCancel(context.Background())
+	p.link.Store(&link)
+	defer func() {
+		never := context.Background()
+		p.link.Store(&never)
+		cancel()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case st, ok := <-changes:
 			next, nextCancel := context.WithCancel(context.Background())
 			p.link.Store(&next)
 			cancel()
 			cancel = nextCancel
-			if st == nats.CLOSED {
-				cancel()
-				return
+			if !ok || st == nats.CLOSED {
+				return nil
 			}
 		}
-	}()
+	}
 }
 
 // Emitter returns the Emit function for the plugin called plugin. With types, events of

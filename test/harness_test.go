@@ -383,7 +383,9 @@ func connectJS(t *testing.T, url string) jetstream.JetStream {
 // webhook producer publishes them.
 func publishBacklog(t *testing.T, js jetstream.JetStream, total int) {
 	t.Helper()
-	emit := producers.NewPublisher(js, streams.Default().Subjects(), producers.NewMetrics(prometheus.NewRegistry())).Emitter(webhook.Name)
+	pub := producers.NewPublisher(js, streams.Default().Subjects(), producers.NewMetrics(prometheus.NewRegistry()))
+	go func() { _ = pub.Run(t.Context()) }()
+	emit := pub.Emitter(webhook.Name)
 	for i := range total {
 		data := fmt.Sprintf(`{"type":"deploy-failed","namespace":"shop","resourceName":"svc-%d","message":"m"}`, i)
 		_, err := emit(context.Background(), producers.Event{ID: fmt.Sprintf("ev-%d", i), Type: "deploy-failed", Data: json.RawMessage(data)})
@@ -423,6 +425,7 @@ func startInProcess(t *testing.T, agentURL, userID string) *inProcess {
 	addr := make(chan net.Addr, 1)
 	wh.OnListen = func(a net.Addr) { addr <- a }
 	pub := producers.NewPublisher(js, topo.Subjects(), producers.NewMetrics(reg))
+	go func() { _ = pub.Run(t.Context()) }()
 	target := dispatch.NewKagent(dispatch.KagentConfig{URL: agentURL, UserID: userID, Timeout: 5 * time.Second})
 	d := dispatch.New(js, topo, dispatch.DefaultConfig(), idx, dispatch.NewRouter(target), reg, logger)
 	m := mapper.New(js, topo, rules, reg, logger)

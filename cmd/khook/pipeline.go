@@ -300,6 +300,7 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	if st.producers {
 		sup.Metrics = producers.NewMetrics(reg)
 		sup.Pub = producers.NewPublisher(js, cfg.Streams.Subjects(), sup.Metrics)
+		addActor("publisher", sup.Pub.Run)
 		// Unready while JetStream refuses events, so load balancers steer webhooks away.
 		probes.Set("producer", sup.Pub.Ready)
 		probes.Set("plugins", sup.Ready)

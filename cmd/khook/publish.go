@@ -75,7 +75,11 @@ func publishCmd() *cobra.Command {
 				return err
 			}
 			defer nc.Close()
-			emit := producers.NewPublisher(js, cfg.Streams.Subjects(), producers.NewMetrics(prometheus.NewRegistry())).Emitter(*source)
+			pub := producers.NewPublisher(js, cfg.Streams.Subjects(), producers.NewMetrics(prometheus.NewRegistry()))
+			watch, stopWatch := context.WithCancel(ctx)
+			defer stopWatch()
+			go func() { _ = pub.Run(watch) }()
+			emit := pub.Emitter(*source)
 
 			publish := func(line []byte, where string) error {
 				ev, err := eventFromJSON(line, *eventType, *id, *subj)

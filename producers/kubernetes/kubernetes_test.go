@@ -182,6 +182,7 @@ func TestTwoReplicasStoreEachEventOnce(t *testing.T) {
 	_, err := streams.Apply(context.Background(), js, streams.Default())
 	require.NoError(t, err)
 	pub := producers.NewPublisher(js, streams.Default().Subjects(), producers.NewMetrics(prometheus.NewRegistry()))
+	go func() { _ = pub.Run(t.Context()) }()
 	start(t, c, Config{MaxEventAge: 15 * time.Minute}, pub.Emitter(Name))
 	start(t, c, Config{MaxEventAge: 15 * time.Minute}, pub.Emitter(Name))
 

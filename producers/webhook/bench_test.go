@@ -76,6 +76,7 @@ func benchHTTP(b *testing.B, js jetstream.JetStream) time.Duration {
 	addr := make(chan net.Addr, 1)
 	w.OnListen = func(a net.Addr) { addr <- a }
 	pub := producers.NewPublisher(js, streams.Default().Subjects(), producers.NewMetrics(prometheus.NewRegistry()))
+	go func() { _ = pub.Run(b.Context()) }()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = w.Run(ctx, pub.Emitter(Name)) }()

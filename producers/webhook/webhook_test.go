@@ -59,6 +59,7 @@ func startWith(t *testing.T, cfg Config, js jetstream.JetStream) *fixture {
 	addr := make(chan net.Addr, 1)
 	w.OnListen = func(a net.Addr) { addr <- a }
 	pub := producers.NewPublisher(js, streams.Default().Subjects(), producers.NewMetrics(prometheus.NewRegistry()))
+	go func() { _ = pub.Run(t.Context()) }()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx, pub.Emitter(Name)) }()
