@@ -45,6 +45,9 @@ type Supervisor struct {
 	Env      func(string) (string, bool) // for ${VAR}; os.LookupEnv in production
 	Interval time.Duration               // polling fallback for file changes
 
+	loaded     map[string]Desired // what Load built from loadedFile, for Run to start
+	loadedFile []byte
+
 	mu      sync.Mutex
 	running map[string]*runner
 	reloads *prometheus.CounterVec
@@ -128,17 +131,24 @@ func defaultSettings() Settings {
 const stableAfter = time.Minute
 
 // Load parses the plugins file and builds every listed plugin, so that unknown names and bad
-// config fail at start-up with the plugin and key named. Disabled plugins are validated too.
-func (s *Supervisor) Load() (map[string]Desired, []byte, error) {
+// config fail at start-up with the plugin and key named, before anything connects. Disabled
+// plugins are validated too. Run starts what Load built.
+func (s *Supervisor) Load() error {
 	b, err := os.ReadFile(s.Path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("plugins: %w", err)
+		return fmt.Errorf("plugins: %w", err)
 	}
 	want, err := s.parse(b)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", s.Path, err)
+		return fmt.Errorf("%s: %w", s.Path, err)
 	}
-	return want, b, nil
+	s.loaded, s.loadedFile = want, b
+	return nil
+}
+
+// Planned names the plugins Load built that will run (the enabled ones), sorted.
+func (s *Supervisor) Planned() []string {
+	return slices.Sorted(maps.Keys(s.loaded))
 }
 
 // Desired is one plugin that should be running, built and validated by Load.
@@ -200,9 +210,16 @@ func (s *Supervisor) parse(b []byte) (map[string]Desired, error) {
 	return want, nil
 }
 
-// Run starts the plugins of want and keeps them in step with the file until ctx ends; then
-// it stops every plugin and waits for them. initial is the file content want came from.
-func (s *Supervisor) Run(ctx context.Context, want map[string]Desired, initial []byte) error {
+// Run starts the plugins Load built (loading the file first if Load was not called) and
+// keeps them in step with the file until ctx ends; then it stops every plugin and waits for
+// them.
+func (s *Supervisor) Run(ctx context.Context) error {
+	if s.loaded == nil {
+		if err := s.Load(); err != nil {
+			return err
+		}
+	}
+	want, initial := s.loaded, s.loadedFile
 	s.running = map[string]*runner{}
 	s.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "khook_plugin_config_reloads_total",

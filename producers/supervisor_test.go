@@ -89,11 +89,11 @@ func newSupervisor(t *testing.T, file string) (*Supervisor, *testPlugins, *prome
 
 func runSupervisor(t *testing.T, s *Supervisor) {
 	t.Helper()
-	want, initial, err := s.Load()
+	err := s.Load()
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx, want, initial) }()
+	go func() { done <- s.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		require.NoError(t, <-done)

@@ -134,7 +134,7 @@ func (r rendered) configMap(t *testing.T, name string) *corev1.ConfigMap {
 
 // loadRenderedConfig writes the rendered ConfigMaps where the pods mount them, under a
 // temporary root, and loads them with khook's own loaders: what the pods would do at start.
-func (r rendered) loadRenderedConfig(t *testing.T) (config.Config, map[string]producers.Desired, *mapping.Rules) {
+func (r rendered) loadRenderedConfig(t *testing.T) (config.Config, []string, *mapping.Rules) {
 	t.Helper()
 	root := t.TempDir()
 	// The ConfigMaps are found by the file they hold, since their names may be set.
@@ -180,8 +180,8 @@ current-context: c
 	t.Setenv("KUBECONFIG", kubeconfig)
 	sup := &producers.Supervisor{Path: filepath.Join(root, "plugins", "plugins.yaml"), Table: builtin.Table(),
 		Env: func(string) (string, bool) { return "", false }, Logger: zap.NewNop()}
-	plugins, _, err := sup.Load()
-	require.NoError(t, err, "the rendered plugins.yaml")
+	require.NoError(t, sup.Load(), "the rendered plugins.yaml")
+	plugins := sup.Planned()
 	b, err := os.ReadFile(filepath.Join(root, "mappings", "event-mappings.yaml"))
 	require.NoError(t, err)
 	rules, err := mapping.Parse(b)

@@ -206,14 +206,12 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 	probes := telemetry.NewProbes()
 	// Load every file before connecting, so a broken file fails fast with its line.
 	var sup *producers.Supervisor
-	var plugins map[string]producers.Desired
-	var pluginsFile []byte
 	if st.producers {
 		sup = &producers.Supervisor{
 			Path: cfg.Files.Plugins, Only: st.plugin, Table: builtin.Table(), Reg: reg, Probes: probes,
 			Logger: logger.Named("plugins"), Interval: cfg.Files.ReloadInterval,
 		}
-		if plugins, pluginsFile, err = sup.Load(); err != nil {
+		if err = sup.Load(); err != nil {
 			return withoutConfig(common, err)
 		}
 	}
@@ -304,7 +302,7 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 		// Unready while JetStream refuses events, so load balancers steer webhooks away.
 		probes.Set("producer", sup.Pub.Ready)
 		probes.Set("plugins", sup.Ready)
-		addActor("plugins", func(ctx context.Context) error { return sup.Run(ctx, plugins, pluginsFile) })
+		addActor("plugins", sup.Run)
 	}
 	if st.mapper {
 		mp := mapper.New(js, cfg.Streams, rules, reg, logger.Named("mapper"))
