@@ -1,10 +1,6 @@
 package producers
 
 import (
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/trace"
-	"sync/atomic"
-
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -13,14 +9,16 @@ import (
 	"fmt"
 	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	"github.com/khook/khook/internal/tracing"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/khook/khook/internal/tracing"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/subject"

@@ -3,19 +3,18 @@ package streams
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"os"
-	"strings"
-
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 	"time"
 
-	"github.com/khook/khook/streams/subject"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
-	"github.com/nats-io/nats-server/v2/server"
+	"github.com/khook/khook/streams/subject"
 )
 
 // EmbeddedConfig configures the NATS server that `khook run` starts in its own process.
