@@ -521,92 +521,10 @@ func TestChartUsesRealMetrics(t *testing.T) {
 	}
 }
 
-// stubCRDs are minimal CustomResourceDefinitions for the Prometheus operator's kinds, so the
-// API server can validate the chart's ServiceMonitor and PrometheusRule without the operator.
-const stubCRDs = `
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: httproutes.gateway.networking.k8s.io
-  # The Gateway API's own CRDs carry this: *.k8s.io groups are protected.
-  annotations: {api-approved.kubernetes.io: "https://github.com/kubernetes-sigs/gateway-api/pull/2466"}
-spec:
-  group: gateway.networking.k8s.io
-  scope: Namespaced
-  names: {plural: httproutes, singular: httproute, kind: HTTPRoute, listKind: HTTPRouteList}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: servicemonitors.monitoring.coreos.com}
-spec:
-  group: monitoring.coreos.com
-  scope: Namespaced
-  names: {plural: servicemonitors, singular: servicemonitor, kind: ServiceMonitor, listKind: ServiceMonitorList}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema:
-          type: object
-          properties:
-            spec:
-              type: object
-              required: [selector, endpoints]
-              properties:
-                selector: {type: object, x-kubernetes-preserve-unknown-fields: true}
-                namespaceSelector: {type: object, x-kubernetes-preserve-unknown-fields: true}
-                endpoints:
-                  type: array
-                  items:
-                    type: object
-                    properties:
-                      port: {type: string}
-                      path: {type: string}
-                      interval: {type: string}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: prometheusrules.monitoring.coreos.com}
-spec:
-  group: monitoring.coreos.com
-  scope: Namespaced
-  names: {plural: prometheusrules, singular: prometheusrule, kind: PrometheusRule, listKind: PrometheusRuleList}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema:
-          type: object
-          properties:
-            spec:
-              type: object
-              properties:
-                groups:
-                  type: array
-                  items:
-                    type: object
-                    required: [name, rules]
-                    properties:
-                      name: {type: string}
-                      rules:
-                        type: array
-                        items:
-                          type: object
-                          properties:
-                            alert: {type: string}
-                            expr: {x-kubernetes-int-or-string: true}
-                            for: {type: string}
-                            labels: {type: object, additionalProperties: {type: string}}
-                            annotations: {type: object, additionalProperties: {type: string}}
-`
+// stubCRDs are minimal CustomResourceDefinitions for the Gateway API's and the Prometheus
+// operator's kinds, so the API server can validate the chart's HTTPRoute, ServiceMonitor and
+// PrometheusRule without those projects.
+const stubCRDs = "testdata/stub-crds.yaml"
 
 // The chart against a real kube-apiserver: every object of every values file passes a
 // server-side dry run; then a real `helm install`, an upgrade to the production values and
@@ -618,9 +536,7 @@ func TestChartOnAPIServer(t *testing.T) {
 	dyn, err := dynamic.NewForConfig(cluster.Config)
 	require.NoError(t, err)
 	ctx := context.Background()
-	crds := filepath.Join(t.TempDir(), "crds.yaml")
-	require.NoError(t, os.WriteFile(crds, []byte(stubCRDs), 0o644))
-	apply(t, cluster.Config, crds, "")
+	apply(t, cluster.Config, stubCRDs, "")
 	// The CRD comes from its own chart, installed as the docs say, before the main chart.
 	helmRun := helmOn(t, cluster)
 	mustHelm(t, helmRun, "install", "khook-crds", crdChartDir, "--namespace", "kagent", "--create-namespace")

@@ -513,9 +513,7 @@ func TestChartPodsRunAsInstalled(t *testing.T) {
 	// the pods are replaced from what the API server then holds, and an event goes through.
 	// The production values are kept but for what needs infrastructure this test does not
 	// have: three NATS servers for three stream replicas, and NATS credentials.
-	crds := filepath.Join(dir, "crds.yaml")
-	require.NoError(t, os.WriteFile(crds, []byte(stubCRDs), 0o644))
-	apply(t, cluster.Config, crds, "")
+	apply(t, cluster.Config, stubCRDs, "")
 	ensureNamespace(t, cs, "production") // the production kubernetes plugin watches it
 	certs := filepath.Join(dir, "certs")
 	writeSelfSigned(t, certs)
