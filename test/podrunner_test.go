@@ -635,7 +635,9 @@ func TestChartSingleDeploymentRuns(t *testing.T) {
 		_, err := post("after-disable")
 		return err != nil
 	}, 30*time.Second, 50*time.Millisecond, "the webhook stops once the guide's ConfigMap disables it")
-	require.Contains(t, pod.out.String(), "plugin stopped")
+	// The listener closes before the supervisor logs the stop, so the line is awaited too.
+	require.Eventually(t, func() bool { return strings.Contains(pod.out.String(), "plugin stopped") },
+		10*time.Second, 10*time.Millisecond, "the supervisor logs the plugin's stop")
 }
 
 // The helm test's check fails, and says why, when no mapper takes the event.
