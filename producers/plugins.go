@@ -35,16 +35,9 @@ func (s Spec) IsEnabled() bool { return !s.Enabled.set || s.Enabled.value }
 type flexBool struct{ set, value bool }
 
 func (b *flexBool) UnmarshalYAML(n ast.Node) error {
-	var text string
-	switch v := n.(type) {
-	case *ast.BoolNode:
-		text = fmt.Sprint(v.Value)
-	case *ast.StringNode:
-		text = v.Value
-	}
-	v, err := strconv.ParseBool(strings.TrimSpace(text))
+	v, err := strconv.ParseBool(strings.TrimSpace(strictyaml.Text(n)))
 	if err != nil {
-		return fmt.Errorf("line %d: enabled: want true or false, got %s", strictyaml.Line(n), strings.TrimSpace(n.String()))
+		return fmt.Errorf("line %d: enabled: want true or false, got %s", strictyaml.Line(n), strictyaml.Text(n))
 	}
 	b.set, b.value = true, v
 	return nil

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/khook/khook/internal/filewatch"
+	"github.com/khook/khook/internal/strictyaml"
 	"github.com/khook/khook/internal/telemetry"
 )
 
@@ -375,7 +376,7 @@ func (s *Spec) takeSettings() (Settings, error) {
 	keys := map[string]bool{"maxRetries": true, "retryInterval": true, "healthCheckInterval": true, "verboseLogging": true}
 	var runtime, rest []*ast.MappingValueNode
 	for _, kv := range m.Values {
-		if keys[kv.Key.String()] {
+		if keys[strictyaml.Text(kv.Key)] {
 			runtime = append(runtime, kv)
 		} else {
 			rest = append(rest, kv)

@@ -42,13 +42,10 @@ func SetEnabled(b []byte, name string, enabled bool) ([]byte, error) {
 			continue
 		}
 		for _, kv := range m.Values {
-			if kv.Key.String() != "name" {
+			if strictyaml.Text(kv.Key) != "name" {
 				continue
 			}
-			n := strings.TrimSpace(kv.Value.String())
-			if s, ok := kv.Value.(*ast.StringNode); ok {
-				n = s.Value
-			}
+			n := strictyaml.Text(kv.Value)
 			names = append(names, n)
 			if n == name {
 				entry, nameKey = m, kv
@@ -106,7 +103,7 @@ func scalarLen(s string) int {
 // mapValue returns the value of key in a YAML mapping, or nil.
 func mapValue(m *ast.MappingNode, key string) ast.Node {
 	for _, kv := range m.Values {
-		if kv.Key.String() == key {
+		if strictyaml.Text(kv.Key) == key {
 			return kv.Value
 		}
 	}

@@ -55,6 +55,11 @@ func TestSetEnabledDisablesOnePlugin(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "plugins:\n  - {name: a, config: {x: 1}, enabled: false}\n  - name: b\n", string(flow))
 
+	// Quoted keys and names are the same keys and names.
+	quoted, err := SetEnabled([]byte("plugins:\n  - \"name\": 'a'\n    \"enabled\": true\n"), "a", false)
+	require.NoError(t, err)
+	require.Equal(t, "plugins:\n  - \"name\": 'a'\n    \"enabled\": false\n", string(quoted))
+
 	_, err = SetEnabled([]byte(togglePlugins), "webhok", false)
 	require.ErrorContains(t, err, `no plugin "webhok" in plugins.yaml (it has: heartbeat, kubernetes, webhook)`)
 	_, err = SetEnabled([]byte("plugins: {}\n"), "webhook", false)

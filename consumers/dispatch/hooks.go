@@ -176,7 +176,7 @@ func hookNodes(n ast.Node) ([]ast.Node, error) {
 		return v.Values, nil
 	case *ast.MappingNode:
 		for _, kv := range v.Values {
-			if items, ok := kv.Value.(*ast.SequenceNode); ok && kv.Key.String() == "items" {
+			if items, ok := kv.Value.(*ast.SequenceNode); ok && strictyaml.Text(kv.Key) == "items" {
 				return items.Values, nil
 			}
 		}

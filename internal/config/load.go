@@ -182,21 +182,14 @@ func readFile(path string, known map[string]keyKind) (map[string]any, map[string
 	}
 	var errs []error
 	problem := func(n ast.Node, format string, args ...any) {
-		p := n.GetToken().Position
-		errs = append(errs, fmt.Errorf("%s line %d, column %d: %s", path, p.Line, p.Column, fmt.Sprintf(format, args...)))
+		errs = append(errs, fmt.Errorf("%s %w", path, strictyaml.At(n, format, args...)))
 	}
 	var walk func(n *ast.MappingNode, prefix string, known map[string]keyKind, out map[string]any)
 	walk = func(n *ast.MappingNode, prefix string, known map[string]keyKind, out map[string]any) {
 		for _, kv := range n.Values {
-			name := kv.Key.String()
-			if s, ok := kv.Key.(*ast.StringNode); ok {
-				name = s.Value
-			}
-			key := prefix + name
+			key := prefix + strictyaml.Text(kv.Key)
 			v := kv.Value
-			if prefix == "" || out != nil {
-				lines[key] = strictyaml.Line(kv.Key)
-			}
+			lines[key] = strictyaml.Line(kv.Key)
 			kind, isKey := known[key]
 			switch {
 			case isKey && kind.list != nil:

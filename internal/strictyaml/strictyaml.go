@@ -74,8 +74,8 @@ func Line(n ast.Node) int {
 	return n.GetToken().Position.Line
 }
 
-// at prefixes msg with node's line and column.
-func at(n ast.Node, format string, args ...any) error {
+// At is an error about node n: msg, prefixed with n's line and column.
+func At(n ast.Node, format string, args ...any) error {
 	msg := fmt.Sprintf(format, args...)
 	if n == nil || n.GetToken() == nil {
 		return errors.New(msg)
@@ -130,7 +130,11 @@ func (c checker) check(node ast.Node, t reflect.Type, key string) error {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	node = unalias(node)
+	node = unwrap(node)
+	if _, alias := node.(*ast.AliasNode); alias {
+		// *name repeats an anchored value, which is checked where it is defined.
+		return nil
+	}
 	if node == nil || node.Type() == ast.NullType || t == astNodeType || t.Kind() == reflect.Interface || decodesItself(t) {
 		// An ast.Node field is decoded later by its owner, with its own type; null is
 		// the zero value of anything.
@@ -147,13 +151,13 @@ func (c checker) check(node ast.Node, t reflect.Type, key string) error {
 			if t.String() == "time.Time" {
 				return nil
 			}
-			return at(node, "%s: want a mapping of keys, got %s", name, describe(node))
+			return At(node, "%s: want a mapping of keys, got %s", name, describe(node))
 		}
 		fields := yamlFields(t)
 		_, open := fields[openKey]
 		var errs []error
 		for _, kv := range m.Values {
-			k := keyText(kv.Key)
+			k := Text(kv.Key)
 			if k == "<<" {
 				continue // a merge key: its mapping is checked where it is defined
 			}
@@ -161,7 +165,7 @@ func (c checker) check(node ast.Node, t reflect.Type, key string) error {
 			switch {
 			case !known && open:
 			case !known:
-				errs = append(errs, at(kv.Key, "unknown key %q%s%s", k, in(key), suggest(k, fields)))
+				errs = append(errs, At(kv.Key, "unknown key %q%s%s", k, in(key), suggest(k, fields)))
 			default:
 				errs = append(errs, c.check(kv.Value, ft, join(key, k)))
 			}
@@ -170,17 +174,17 @@ func (c checker) check(node ast.Node, t reflect.Type, key string) error {
 	case reflect.Map:
 		m, ok := node.(*ast.MappingNode)
 		if !ok {
-			return at(node, "%s: want a mapping, got %s", name, describe(node))
+			return At(node, "%s: want a mapping, got %s", name, describe(node))
 		}
 		var errs []error
 		for _, kv := range m.Values {
-			errs = append(errs, c.check(kv.Value, t.Elem(), join(key, keyText(kv.Key))))
+			errs = append(errs, c.check(kv.Value, t.Elem(), join(key, Text(kv.Key))))
 		}
 		return errors.Join(errs...)
 	case reflect.Slice, reflect.Array:
 		s, ok := node.(*ast.SequenceNode)
 		if !ok {
-			return at(node, "%s: want a list, got %s", name, describe(node))
+			return At(node, "%s: want a list, got %s", name, describe(node))
 		}
 		var errs []error
 		for i, item := range s.Values {
@@ -190,7 +194,7 @@ func (c checker) check(node ast.Node, t reflect.Type, key string) error {
 	}
 	switch node.(type) {
 	case *ast.MappingNode, *ast.SequenceNode:
-		return at(node, "%s: want a single value, got %s", name, describe(node))
+		return At(node, "%s: want a single value, got %s", name, describe(node))
 	}
 	if !c.values {
 		return nil
@@ -203,30 +207,31 @@ func checkScalar(node ast.Node, t reflect.Type, name string) error {
 	switch t.Kind() {
 	case reflect.Bool:
 		if _, ok := node.(*ast.BoolNode); !ok {
-			return at(node, "%s: want true or false, got %s", name, describe(node))
+			return At(node, "%s: want true or false, got %s", name, describe(node))
 		}
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
 		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
 		if t.String() == "time.Duration" {
 			if _, ok := node.(*ast.StringNode); !ok {
-				return at(node, "%s: want a duration with its unit, such as 30s or 10m, got %s", name, describe(node))
+				return At(node, "%s: want a duration with its unit, such as 30s or 10m, got %s", name, describe(node))
 			}
 			return nil
 		}
 		if _, ok := node.(*ast.IntegerNode); !ok {
-			return at(node, "%s: want a whole number, got %s", name, describe(node))
+			return At(node, "%s: want a whole number, got %s", name, describe(node))
 		}
 	case reflect.Float32, reflect.Float64:
 		switch node.(type) {
 		case *ast.IntegerNode, *ast.FloatNode:
 		default:
-			return at(node, "%s: want a number, got %s", name, describe(node))
+			return At(node, "%s: want a number, got %s", name, describe(node))
 		}
 	}
 	return nil
 }
 
-func unalias(n ast.Node) ast.Node {
+// unwrap is the value under an anchor (&name) or a tag (!!str).
+func unwrap(n ast.Node) ast.Node {
 	for {
 		switch v := n.(type) {
 		case *ast.AnchorNode:
@@ -248,19 +253,18 @@ func describe(n ast.Node) string {
 		return "a list"
 	case *ast.StringNode:
 		return fmt.Sprintf("the text %q", v.Value)
-	case *ast.AliasNode:
-		return "an alias"
 	default:
-		return fmt.Sprintf("%s", strings.TrimSpace(n.String()))
+		return Text(n)
 	}
 }
 
-// keyText is a mapping key as text.
-func keyText(k ast.MapKeyNode) string {
-	if s, ok := k.(*ast.StringNode); ok {
+// Text is a scalar node as text: a string without its quotes, any other scalar (a number,
+// a boolean, a mapping key) as written.
+func Text(n ast.Node) string {
+	if s, ok := n.(*ast.StringNode); ok {
 		return s.Value
 	}
-	return strings.TrimSpace(k.String())
+	return strings.TrimSpace(n.String())
 }
 
 // in says where a key is, for messages about keys below the top level.

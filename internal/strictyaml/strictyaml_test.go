@@ -2,6 +2,7 @@ package strictyaml
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/goccy/go-yaml/ast"
@@ -113,3 +114,20 @@ func TestNearest(t *testing.T) {
 }
 
 func typeOf[T any]() reflect.Type { return reflect.TypeOf((*T)(nil)).Elem() }
+
+// Anchors and aliases, and quoted keys, are ordinary YAML: a repeated value is checked where
+// it is anchored, and a key is its text, quoted or not.
+func TestDecodeAnchorsAliasesAndQuotedKeys(t *testing.T) {
+	doc, err := Document([]byte("inner: &base {port: 8080, enabled: true}\nitems: [*base, {port: 1}]\n\"name\": x\n"))
+	require.NoError(t, err)
+	var o outer
+	require.NoError(t, Decode(doc, &o))
+	require.Equal(t, "x", o.Name)
+	require.Equal(t, []inner{{Port: 8080, Enabled: true}, {Port: 1}}, o.Items)
+
+	doc, err = Document([]byte("inner: &base {prot: 8080}\nitems: [*base]\n"))
+	require.NoError(t, err)
+	err = Decode(doc, &o)
+	require.ErrorContains(t, err, `line 1, column 15: unknown key "prot" in inner (did you mean "port"?)`)
+	require.Equal(t, 1, strings.Count(err.Error(), "unknown key"), "reported where it is anchored, once")
+}
