@@ -29,6 +29,7 @@ import (
 
 	"github.com/khook/khook/consumers/dispatch"
 	"github.com/khook/khook/consumers/mapper"
+	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/producers"
@@ -413,9 +414,9 @@ func startInProcess(t *testing.T, agentURL, userID string) *inProcess {
 	reg := prometheus.NewRegistry()
 	rules, err := mapping.Parse([]byte("mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n"))
 	require.NoError(t, err)
-	hooks, err := dispatch.ParseHooks([]byte(hooksYAML))
+	hooks, err := hook.Parse([]byte(hooksYAML))
 	require.NoError(t, err)
-	idx, err := dispatch.NewIndex(hooks)
+	idx, err := hook.NewIndex(hooks)
 	require.NoError(t, err)
 
 	whCfg := webhook.DefaultConfig()

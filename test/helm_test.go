@@ -37,7 +37,7 @@ import (
 	k8s "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/restmapper"
 
-	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/internal/kubetest"
 	"github.com/khook/khook/mapping"
@@ -648,7 +648,7 @@ func TestChartHooksFromClusterAndFile(t *testing.T) {
 	cfg, _, _ := r.loadRenderedConfig(t)
 	require.Equal(t, "both", cfg.Kubernetes.Hooks)
 	hooks := r.configMap(t, "khook-hooks").Data["hooks.yaml"]
-	idx, err := dispatch.ParseHooks([]byte(hooks))
+	idx, err := hook.Parse([]byte(hooks))
 	require.NoError(t, err, hooks)
 	require.Len(t, idx, 1)
 	d := r.deployment(t, "khook-dispatcher")

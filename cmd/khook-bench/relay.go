@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/hook"
 	"github.com/khook/khook/mapping"
 )
 
@@ -105,7 +106,7 @@ func runRelay(args []string) error {
 			_ = nc.Publish(subjectDone, []byte(m.Headers().Get(jetstream.MsgIDHeader)))
 		case "call":
 			id := m.Headers().Get(jetstream.MsgIDHeader)
-			_, err := agent.Deliver(ctx, dispatch.Task{Agent: dispatch.AgentRef{Namespace: "bench", Name: "agent"},
+			_, err := agent.Deliver(ctx, hook.Task{Agent: hook.AgentRef{Namespace: "bench", Name: "agent"},
 				Text: id, MessageID: uuidOf(id), ContextID: uuidOf("ctx"), Event: &mapping.Event{ID: id, Type: "deploy-failed"}})
 			if err != nil {
 				_ = m.Nak()

@@ -17,8 +17,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
-	"github.com/khook/khook/consumers/dispatch"
 	"github.com/khook/khook/consumers/dispatch/kubehooks"
+	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/internal/ops"
 )
@@ -44,7 +44,7 @@ func openOps(common *commonFlags) (*opsSession, error) {
 }
 
 // hooks are the hooks the dispatcher would use: the cluster's Hook resources or hooks.yaml.
-func (s *opsSession) hooks(ctx context.Context) (*dispatch.Index, error) {
+func (s *opsSession) hooks(ctx context.Context) (*hook.Index, error) {
 	// A command answers within a bound; only the dispatcher waits for an API server.
 	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()

@@ -29,6 +29,7 @@ import (
 	"github.com/khook/khook/consumers/dispatch"
 	"github.com/khook/khook/consumers/dispatch/kubehooks"
 	"github.com/khook/khook/consumers/mapper"
+	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/api"
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/internal/filewatch"
@@ -222,7 +223,7 @@ func runPipeline(ctx context.Context, common *commonFlags, st stages) error {
 			return withoutConfig(common, err)
 		}
 	}
-	var hooks *dispatch.Index
+	var hooks *hook.Index
 	var hooksFile []byte
 	var cluster *rest.Config
 	if st.dispatcher {
@@ -464,7 +465,7 @@ func loadRules(path string) (*mapping.Rules, []byte, error) {
 	return rules, b, nil
 }
 
-func loadHooks(path string) (*dispatch.Index, []byte, error) {
+func loadHooks(path string) (*hook.Index, []byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("hooks: %w", err)
@@ -477,8 +478,8 @@ func loadHooks(path string) (*dispatch.Index, []byte, error) {
 }
 
 // hookList is the valid hooks of an index, as values.
-func hookList(idx *dispatch.Index) []dispatch.Hook {
-	var out []dispatch.Hook
+func hookList(idx *hook.Index) []hook.Hook {
+	var out []hook.Hook
 	for _, h := range idx.Hooks() {
 		out = append(out, *h)
 	}
@@ -487,7 +488,7 @@ func hookList(idx *dispatch.Index) []dispatch.Hook {
 
 // warnHooks logs what a hooks file's hooks load with but their authors may not mean; a Hook
 // resource gets the same as a Warning Event on it instead.
-func warnHooks(logger *zap.Logger, idx *dispatch.Index) {
+func warnHooks(logger *zap.Logger, idx *hook.Index) {
 	for _, h := range idx.Hooks() {
 		for _, w := range h.Warnings() {
 			logger.Warn("hook loaded with a warning", zap.String("hook", h.Key()), zap.String("warning", w))
@@ -495,12 +496,12 @@ func warnHooks(logger *zap.Logger, idx *dispatch.Index) {
 	}
 }
 
-func parseHooks(b []byte) (*dispatch.Index, error) {
-	hooks, err := dispatch.ParseHooks(b)
+func parseHooks(b []byte) (*hook.Index, error) {
+	hooks, err := hook.Parse(b)
 	if err != nil {
 		return nil, err
 	}
-	return dispatch.NewIndex(hooks)
+	return hook.NewIndex(hooks)
 }
 
 // hooksFromCluster decides where the dispatcher's Hooks come from (kubernetes.hooks) and

@@ -14,7 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/ops"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams/cloudevent"
@@ -156,7 +156,7 @@ func mapRaw(subjects subject.Builder, rules *mapping.Rules, m ops.Msg) (mapping.
 
 // describe says what one event would do: the internal type it maps to and the hooks and
 // agents it would reach.
-func describe(subjects subject.Builder, rules *mapping.Rules, idx *dispatch.Index, through string, m ops.Msg) string {
+func describe(subjects subject.Builder, rules *mapping.Rules, idx *hook.Index, through string, m ops.Msg) string {
 	var ev mapping.Event
 	if through == ops.ThroughMapper {
 		var ok bool

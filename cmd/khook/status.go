@@ -14,7 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/internal/ops"
 	"github.com/khook/khook/producers"
@@ -45,7 +45,7 @@ func statusCmd() *cobra.Command {
 }
 
 // pipelineStatus is the status with plugins from plugins.yaml and the given hooks.
-func pipelineStatus(ctx context.Context, js jetstream.JetStream, cfg config.Config, idx *dispatch.Index) (*ops.Status, error) {
+func pipelineStatus(ctx context.Context, js jetstream.JetStream, cfg config.Config, idx *hook.Index) (*ops.Status, error) {
 	var plugins []ops.Plugin
 	if b, err := os.ReadFile(cfg.Files.Plugins); err == nil {
 		if specs, err := producers.ParseSpecs(b, func(string) (string, bool) { return "", true }); err == nil {
@@ -57,7 +57,7 @@ func pipelineStatus(ctx context.Context, js jetstream.JetStream, cfg config.Conf
 	return ops.GetStatus(ctx, js, cfg.Streams, plugins, hookStatuses(idx))
 }
 
-func hookStatuses(idx *dispatch.Index) []ops.HookStatus {
+func hookStatuses(idx *hook.Index) []ops.HookStatus {
 	out := []ops.HookStatus{}
 	if idx == nil {
 		return out

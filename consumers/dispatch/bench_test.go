@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/khook/khook/hook"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -77,11 +79,11 @@ func (e *benchEnv) fill(b *testing.B, n int) {
 
 func (e *benchEnv) startDispatcher(b *testing.B, ctx context.Context) {
 	b.Helper()
-	hooks, err := ParseHooks([]byte(benchHooks))
+	hooks, err := hook.Parse([]byte(benchHooks))
 	if err != nil {
 		b.Fatal(err)
 	}
-	idx, err := NewIndex(hooks)
+	idx, err := hook.NewIndex(hooks)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -131,8 +133,8 @@ func (e *benchEnv) rawA2A(b *testing.B, ctx context.Context) {
 				var i int
 				fmt.Sscanf(m.Headers().Get(jetstream.MsgIDHeader), "ev-%d", &i)
 				ev := &mapping.Event{ID: fmt.Sprintf("ev-%d", i), Type: "deploy-failed"}
-				_, err := target.Deliver(ctx, Task{Agent: AgentRef{Namespace: "kagent", Name: "sre"}, Text: ev.ID,
-					MessageID: uuidFrom(ev.ID), ContextID: uuidFrom("c", ev.ID), Event: ev})
+				_, err := target.Deliver(ctx, hook.Task{Agent: hook.AgentRef{Namespace: "kagent", Name: "sre"}, Text: ev.ID,
+					MessageID: hook.UUID(ev.ID), ContextID: hook.UUID("c", ev.ID), Event: ev})
 				if err == nil {
 					_ = m.Ack()
 				}

@@ -18,6 +18,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/khook/khook/hook"
+
 	"context"
 	"errors"
 	"fmt"
@@ -78,18 +80,18 @@ func DefaultConfig() Config {
 // Methods must return quickly.
 type Observer interface {
 	// Firing: an event starts a new suppression window for the hook entry.
-	Firing(t Task)
+	Firing(t hook.Task)
 	// Delivered: the agent accepted the task.
-	Delivered(t Task, res Result)
+	Delivered(t hook.Task, res Result)
 	// Failed: a call failed; final says the task was dead-lettered.
-	Failed(t Task, err error, final bool)
+	Failed(t hook.Task, err error, final bool)
 }
 
 type noObserver struct{}
 
-func (noObserver) Firing(Task)              {}
-func (noObserver) Delivered(Task, Result)   {}
-func (noObserver) Failed(Task, error, bool) {}
+func (noObserver) Firing(hook.Task)              {}
+func (noObserver) Delivered(hook.Task, Result)   {}
+func (noObserver) Failed(hook.Task, error, bool) {}
 
 // Dispatcher is the dispatch stage. Several replicas share one durable consumer.
 type Dispatcher struct {
@@ -99,7 +101,7 @@ type Dispatcher struct {
 	js      jetstream.JetStream
 	topo    streams.Config
 	cfg     Config
-	hooks   atomic.Pointer[Index]
+	hooks   atomic.Pointer[hook.Index]
 	loaded  chan struct{} // closed once the hooks are complete
 	load    sync.Once
 	router  *Router
@@ -115,7 +117,7 @@ type Dispatcher struct {
 // hooks nil means the hooks are not known yet (a Hook informer still syncing): Run then
 // pulls nothing until the first SetHooks, because an event handled against an incomplete
 // set of hooks would be acknowledged as unmatched and never delivered.
-func New(js jetstream.JetStream, topo streams.Config, cfg Config, hooks *Index, router *Router,
+func New(js jetstream.JetStream, topo streams.Config, cfg Config, hooks *hook.Index, router *Router,
 	reg prometheus.Registerer, logger *zap.Logger) *Dispatcher {
 	m := newMetrics(reg, router.Kinds())
 	d := &Dispatcher{js: js, topo: topo, cfg: cfg, router: router, logger: logger, metrics: m, loaded: make(chan struct{})}
@@ -136,17 +138,17 @@ func New(js jetstream.JetStream, topo streams.Config, cfg Config, hooks *Index, 
 
 // SetHooks replaces the hooks used for every event handled from now on. The first call
 // lets Run start pulling.
-func (d *Dispatcher) SetHooks(idx *Index) {
+func (d *Dispatcher) SetHooks(idx *hook.Index) {
 	d.hooks.Store(idx)
 	d.load.Do(func() { close(d.loaded) })
 }
 
 // Hooks returns the active hooks, or an empty index before they are loaded.
-func (d *Dispatcher) Hooks() *Index {
+func (d *Dispatcher) Hooks() *hook.Index {
 	if idx := d.hooks.Load(); idx != nil {
 		return idx
 	}
-	return &Index{byKey: map[indexKey][]Match{}}
+	return hook.Empty()
 }
 
 // State returns the shared dispatch state once Run has opened it, else nil.
@@ -340,14 +342,14 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 
 // deliver handles one match of an event. It returns ack when this match needs nothing more
 // (delivered, suppressed or dead-lettered), else the delay before the event should come back.
-func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m Match, ev *mapping.Event) settle {
+func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Match, ev *mapping.Event) settle {
 	log := d.logger.With(zap.String("event_id", ev.ID), tracing.LogField(ctx),
 		zap.String("hook", m.Hook.Key()), zap.String("agent", m.Agent.Namespace+"/"+m.Agent.Name))
 	if id := msg.Headers().Get(streams.HeaderReplayID); id != "" {
 		log = log.With(zap.String("replay_id", id), zap.String("original_id", msg.Headers().Get(streams.HeaderOriginalID)))
 	}
-	t, err := NewTask(m, ev)
-	if errors.Is(err, ErrPromptTooLarge) {
+	t, err := hook.NewTask(m, ev)
+	if errors.Is(err, hook.ErrPromptTooLarge) {
 		target := d.router.Target(m.Agent)
 		d.Observer.Failed(t, err, true)
 		return d.giveUp(ctx, msg, t, target, "prompt-too-large", 0, err, log.With(zap.String("message_id", t.MessageID)))
@@ -464,7 +466,7 @@ const (
 //
 // A replay sent with --ignore-suppression skips the window (its delivery record still
 // prevents a second call for the same replayed event).
-func (d *Dispatcher) claim(ctx context.Context, t Task, window time.Duration, ignore bool, log *zap.Logger) (claimResult, error) {
+func (d *Dispatcher) claim(ctx context.Context, t hook.Task, window time.Duration, ignore bool, log *zap.Logger) (claimResult, error) {
 	ctx, span := tracing.Tracer().Start(ctx, "khook.suppress", trace.WithAttributes(
 		attribute.String("khook.suppression_key", t.SuppressionKey), attribute.String("khook.window", window.String())))
 	defer span.End()
@@ -503,7 +505,7 @@ func (d *Dispatcher) claim(ctx context.Context, t Task, window time.Duration, ig
 // redelivery of the event (for another match that is still retrying) calls its agent again,
 // and releases its suppression claim, so the next occurrence is not silently suppressed
 // behind a task that never reached its agent.
-func (d *Dispatcher) giveUp(ctx context.Context, msg jetstream.Msg, t Task, target Target, reason string,
+func (d *Dispatcher) giveUp(ctx context.Context, msg jetstream.Msg, t hook.Task, target Target, reason string,
 	attempts int, cause error, log *zap.Logger) settle {
 	d.metrics.deliveries.WithLabelValues(target.Name(), "deadletter").Inc()
 	d.metrics.deadLetters.WithLabelValues(reason).Inc()

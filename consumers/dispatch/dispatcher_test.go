@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/khook/khook/hook"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -143,9 +145,9 @@ func newHarnessAckWait(t *testing.T, cfg Config, protocol string, ackWait time.D
 	srv := httptest.NewServer(f.wrap(agent.Handler()))
 	t.Cleanup(srv.Close)
 
-	hooks, err := ParseHooks([]byte(testHooks))
+	hooks, err := hook.Parse([]byte(testHooks))
 	require.NoError(t, err)
-	idx, err := NewIndex(hooks)
+	idx, err := hook.NewIndex(hooks)
 	require.NoError(t, err)
 	target := NewKagent(KagentConfig{URL: srv.URL, Protocol: protocol, UserID: "tester", Timeout: 5 * time.Second, PollInterval: 50 * time.Millisecond})
 	legacy := NewKagent(KagentConfig{URL: srv.URL, Protocol: "0.3", UserID: "tester", Timeout: 5 * time.Second})
@@ -158,23 +160,6 @@ func newHarnessAckWait(t *testing.T, cfg Config, protocol string, ackWait time.D
 		require.NoError(t, <-done)
 	})
 	return &harness{js: js, topo: topo, agent: agent, url: srv.URL, faults: f, d: d}
-}
-
-// hookDoc is hooks.yaml with one Hook, namespace/name, whose eventConfigurations are entries
-// (YAML list items indented six spaces).
-func hookDoc(namespace, name, entries string) string {
-	return "- apiVersion: kagent.dev/v1alpha2\n  kind: Hook\n  metadata: {name: " + name + ", namespace: " + namespace +
-		"}\n  spec:\n    eventConfigurations:\n" + entries
-}
-
-// mustIndex parses hooks.yaml text and indexes it, failing the test on any error.
-func mustIndex(t *testing.T, hooksYAML string) *Index {
-	t.Helper()
-	hooks, err := ParseHooks([]byte(hooksYAML))
-	require.NoError(t, err)
-	idx, err := NewIndex(hooks)
-	require.NoError(t, err)
-	return idx
 }
 
 func testConfig() Config {
@@ -477,13 +462,13 @@ func TestHTTPTargetSendsBinaryCloudEvent(t *testing.T) {
 	}))
 	defer srv.Close()
 	target := NewHTTP(HTTPConfig{URL: srv.URL, Timeout: 5 * time.Second})
-	hooks, err := ParseHooks([]byte(testHooks))
+	hooks, err := hook.Parse([]byte(testHooks))
 	require.NoError(t, err)
-	idx, err := NewIndex(hooks)
+	idx, err := hook.NewIndex(hooks)
 	require.NoError(t, err)
 	ev := &mapping.Event{ID: "e1", Type: "deploy-failed", Namespace: "shop", Severity: "error",
 		Resource: mapping.Resource{Kind: "Deployment", Name: "cart"}, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-	task, err := NewTask(idx.Match(ev)[0], ev)
+	task, err := hook.NewTask(idx.Match(ev)[0], ev)
 	require.NoError(t, err)
 	res, err := target.Deliver(context.Background(), task)
 	require.NoError(t, err)
@@ -539,7 +524,7 @@ func TestBearerTokenFromFileRotates(t *testing.T) {
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	require.NoError(t, os.WriteFile(tokenFile, []byte("first\n"), 0o600))
 	target := NewHTTP(HTTPConfig{URL: srv.URL, Timeout: time.Second, TokenFile: tokenFile})
-	task := Task{Hook: "a/b", MessageID: "m", Event: &mapping.Event{Type: "t"}}
+	task := hook.Task{Hook: "a/b", MessageID: "m", Event: &mapping.Event{Type: "t"}}
 	_, err := target.Deliver(context.Background(), task)
 	require.NoError(t, err)
 	require.Equal(t, "Bearer first", auth.Load())
@@ -549,7 +534,7 @@ func TestBearerTokenFromFileRotates(t *testing.T) {
 	require.Equal(t, "Bearer second", auth.Load(), "the token file is re-read on every call")
 
 	kagentTarget := NewKagent(KagentConfig{URL: srv.URL, UserID: "u", Timeout: time.Second, TokenFile: tokenFile})
-	agentTask := Task{Agent: AgentRef{Namespace: "n", Name: "a"}, MessageID: "m", Event: &mapping.Event{}}
+	agentTask := hook.Task{Agent: hook.AgentRef{Namespace: "n", Name: "a"}, MessageID: "m", Event: &mapping.Event{}}
 	_, _ = kagentTarget.Deliver(context.Background(), agentTask)
 	require.Equal(t, "Bearer second", auth.Load(), "kagent calls carry the token too")
 

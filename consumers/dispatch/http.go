@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/khook/khook/hook"
+
 	"github.com/khook/khook/internal/secret"
 )
 
@@ -36,7 +38,7 @@ func NewHTTP(cfg HTTPConfig) *HTTP {
 func (h *HTTP) Name() string { return "http" }
 
 // Endpoint implements Target.
-func (h *HTTP) Endpoint(Task) string { return h.cfg.URL }
+func (h *HTTP) Endpoint(hook.Task) string { return h.cfg.URL }
 
 // httpTask is the body an HTTP target receives.
 type httpTask struct {
@@ -49,7 +51,7 @@ type httpTask struct {
 }
 
 // Deliver implements Target.
-func (h *HTTP) Deliver(ctx context.Context, t Task) (Result, error) {
+func (h *HTTP) Deliver(ctx context.Context, t hook.Task) (Result, error) {
 	body, err := json.Marshal(httpTask{
 		Hook: t.Hook, Agent: t.Agent.Namespace + "/" + t.Agent.Name, Prompt: t.Text,
 		MessageID: t.MessageID, ContextID: t.ContextID, Event: t.Event,

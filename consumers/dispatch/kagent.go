@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/khook/khook/hook"
+
 	"github.com/a2aproject/a2a-go/v2/a2a"
 	"github.com/a2aproject/a2a-go/v2/a2aclient"
 	"github.com/a2aproject/a2a-go/v2/a2acompat/a2av0"
@@ -63,10 +65,10 @@ func NewKagent(cfg KagentConfig) *Kagent {
 func (k *Kagent) Name() string { return "kagent" }
 
 // Endpoint implements Target: the agent's A2A URL.
-func (k *Kagent) Endpoint(t Task) string { return k.AgentURL(t.Agent) }
+func (k *Kagent) Endpoint(t hook.Task) string { return k.AgentURL(t.Agent) }
 
 // AgentURL returns the A2A endpoint of an agent.
-func (k *Kagent) AgentURL(a AgentRef) string {
+func (k *Kagent) AgentURL(a hook.AgentRef) string {
 	return fmt.Sprintf("%s/api/a2a/%s/%s/", strings.TrimSuffix(k.cfg.URL, "/"), a.Namespace, a.Name)
 }
 
@@ -94,7 +96,7 @@ func (k *Kagent) client(ctx context.Context, url string) (*a2aclient.Client, err
 // Deliver sends the task as one A2A message. When the agent answers with a task that is not
 // final yet, Deliver polls it with GetTask until it is final or the timeout ends; a task
 // still running then counts as delivered, since sending again would start a second one.
-func (k *Kagent) Deliver(ctx context.Context, t Task) (Result, error) {
+func (k *Kagent) Deliver(ctx context.Context, t hook.Task) (Result, error) {
 	url := k.AgentURL(t.Agent)
 	c, err := k.client(ctx, url)
 	if err != nil {

@@ -1,6 +1,10 @@
 package dispatch
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/khook/khook/hook"
+)
 
 // Route sends the agents it names to a target instead of the default one.
 type Route struct {
@@ -34,7 +38,7 @@ func NewRouter(def Target, routes ...Route) *Router {
 }
 
 // Target returns the target for agent.
-func (r *Router) Target(agent AgentRef) Target {
+func (r *Router) Target(agent hook.AgentRef) Target {
 	if t, ok := r.exact[agent.Namespace+"/"+agent.Name]; ok {
 		return t
 	}

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/khook/khook/hook/hooktest"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/khook/khook/internal/demoagent"
@@ -60,7 +62,7 @@ func TestDeadLetteredTaskIsNeverCalledAgain(t *testing.T) {
 // entry is, not from where it stands.
 func TestReorderedEntriesDoNotRepeatCalls(t *testing.T) {
 	h := newHarness(t, testConfig(), "1.0")
-	idx := mustIndex(t, hookDoc("shop", "deploys", `      - eventType: deploy-failed
+	idx := hooktest.Index(t, hooktest.Doc("shop", "deploys", `      - eventType: deploy-failed
         agentRef: {name: legacy-sre, namespace: kagent}
         minSeverity: critical
         prompt: "Legacy: {{.ResourceName}}"
@@ -83,36 +85,6 @@ func TestReorderedEntriesDoNotRepeatCalls(t *testing.T) {
 	h.settled(t, 1)
 	require.Equal(t, int64(1), h.faults.calls(srePath), "sre got its task once, before and after the reorder")
 	require.Equal(t, int64(3), h.faults.calls(legacyPath))
-}
-
-// Entry ids, and so message ids, context ids and suppression keys, do not depend on an
-// entry's position; two identical entries are one task.
-func TestEntryIdentityIsItsContent(t *testing.T) {
-	hook := func(entries string) *Index {
-		t.Helper()
-		return mustIndex(t, hookDoc("ns", "h", entries))
-	}
-	a := "      - {eventType: oom-kill, agentRef: {name: a}, prompt: \"A {{.ResourceName}}\"}\n"
-	b := "      - {eventType: oom-kill, agentRef: {name: b}, prompt: \"B {{.ResourceName}}\"}\n"
-	ev := &mapping.Event{ID: "kubernetes/uid-1", Type: "oom-kill", Namespace: "ns", Resource: mapping.Resource{Kind: "Pod", Name: "p"}}
-	tasks := func(idx *Index) map[string]Task {
-		out := map[string]Task{}
-		for _, m := range idx.Match(ev) {
-			task, err := NewTask(m, ev)
-			require.NoError(t, err)
-			out[m.Agent.Name] = task
-		}
-		return out
-	}
-	ab, ba := tasks(hook(a+b)), tasks(hook(b+a))
-	require.Len(t, ab, 2)
-	for _, agent := range []string{"a", "b"} {
-		require.Equal(t, ab[agent].MessageID, ba[agent].MessageID)
-		require.Equal(t, ab[agent].ContextID, ba[agent].ContextID)
-		require.Equal(t, ab[agent].SuppressionKey, ba[agent].SuppressionKey)
-	}
-	require.NotEqual(t, ab["a"].MessageID, ab["b"].MessageID)
-	require.Len(t, hook(a+a+b).Match(ev), 2, "an entry written twice is one task")
 }
 
 // With slow agents, messages the dispatcher has received but not yet started must not

@@ -3,6 +3,8 @@ package dispatch
 import (
 	"sync"
 
+	"github.com/khook/khook/hook"
+
 	"go.uber.org/zap"
 )
 
@@ -16,22 +18,22 @@ import (
 // cluster, the Hook resource is what `kubectl get hooks` shows and what status is written
 // to, so it is the one that counts.
 type HookSources struct {
-	set    func(*Index)
+	set    func(*hook.Index)
 	order  []string
 	logger *zap.Logger
 
 	mu    sync.Mutex
-	hooks map[string][]Hook
+	hooks map[string][]hook.Hook
 }
 
 // NewHookSources returns sources, in order of precedence, whose merged hooks go to set.
-func NewHookSources(set func(*Index), logger *zap.Logger, order ...string) *HookSources {
-	return &HookSources{set: set, order: order, logger: logger, hooks: map[string][]Hook{}}
+func NewHookSources(set func(*hook.Index), logger *zap.Logger, order ...string) *HookSources {
+	return &HookSources{set: set, order: order, logger: logger, hooks: map[string][]hook.Hook{}}
 }
 
 // Set replaces one source's hooks, which must each be valid, and hands the dispatcher the
 // merged index once every source has reported.
-func (s *HookSources) Set(source string, hooks []Hook) error {
+func (s *HookSources) Set(source string, hooks []hook.Hook) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.hooks[source] = hooks
@@ -39,7 +41,7 @@ func (s *HookSources) Set(source string, hooks []Hook) error {
 		return nil
 	}
 	from := map[string]string{}
-	var merged []Hook
+	var merged []hook.Hook
 	for _, src := range s.order {
 		for _, h := range s.hooks[src] {
 			if first, ok := from[h.Key()]; ok {
@@ -51,7 +53,7 @@ func (s *HookSources) Set(source string, hooks []Hook) error {
 			merged = append(merged, h)
 		}
 	}
-	idx, err := NewIndex(merged)
+	idx, err := hook.NewIndex(merged)
 	if err != nil {
 		return err
 	}

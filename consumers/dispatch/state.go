@@ -2,13 +2,12 @@ package dispatch
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"strconv"
-	"strings"
 	"time"
+
+	"github.com/khook/khook/hook"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -32,18 +31,6 @@ type State struct {
 func NewState(kv jetstream.KeyValue, ttl time.Duration) *State {
 	return &State{kv: kv, ttl: ttl, now: time.Now}
 }
-
-func hashKey(parts ...string) string {
-	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
-	return hex.EncodeToString(h[:12])
-}
-
-// SuppressionKey identifies what one suppression window covers.
-func SuppressionKey(hook string, ev eventKey) string {
-	return hashKey(hook, ev.Type, ev.Namespace, ev.Kind, ev.Name)
-}
-
-type eventKey struct{ Type, Namespace, Kind, Name string }
 
 // Claim takes the suppression claim for key on behalf of messageID for window. It returns
 // true when the claim is (now) held by messageID, including when a redelivery of the same
@@ -174,7 +161,7 @@ func (a ActiveEvent) Status(now time.Time) string {
 
 // Seen records an occurrence of an event for a hook, keeping the first time it was seen.
 func (s *State) Seen(ctx context.Context, a ActiveEvent) error {
-	key := "active." + hashKey(a.Hook) + "." + hashKey(a.EventType, a.Namespace, a.ResourceKind, a.ResourceName)
+	key := "active." + hook.Hash(a.Hook) + "." + hook.Hash(a.EventType, a.Namespace, a.ResourceKind, a.ResourceName)
 	for range 5 {
 		e, err := s.kv.Get(ctx, key)
 		var rev uint64
@@ -206,8 +193,8 @@ func (s *State) Seen(ctx context.Context, a ActiveEvent) error {
 }
 
 // ActiveEvents lists the events a hook has seen within the state's lifetime.
-func (s *State) ActiveEvents(ctx context.Context, hook string) ([]ActiveEvent, error) {
-	lister, err := s.kv.ListKeysFiltered(ctx, "active."+hashKey(hook)+".>")
+func (s *State) ActiveEvents(ctx context.Context, hookKey string) ([]ActiveEvent, error) {
+	lister, err := s.kv.ListKeysFiltered(ctx, "active."+hook.Hash(hookKey)+".>")
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/khook/khook/hook"
+
 	"go.uber.org/zap"
 )
 
@@ -19,8 +21,8 @@ type Target interface {
 	Name() string
 	// Endpoint is where t would be delivered: the unit of concurrency limits and circuit
 	// breakers.
-	Endpoint(t Task) string
-	Deliver(ctx context.Context, t Task) (Result, error)
+	Endpoint(t hook.Task) string
+	Deliver(ctx context.Context, t hook.Task) (Result, error)
 }
 
 // Result is what a target learned from a successful delivery.
@@ -125,10 +127,10 @@ type LogTarget struct{ Logger *zap.Logger }
 func (LogTarget) Name() string { return "log" }
 
 // Endpoint implements Target.
-func (LogTarget) Endpoint(Task) string { return "log" }
+func (LogTarget) Endpoint(hook.Task) string { return "log" }
 
 // Deliver implements Target.
-func (l LogTarget) Deliver(_ context.Context, t Task) (Result, error) {
+func (l LogTarget) Deliver(_ context.Context, t hook.Task) (Result, error) {
 	l.Logger.Info("task", zap.String("hook", t.Hook), zap.String("agent", t.Agent.Namespace+"/"+t.Agent.Name),
 		zap.String("event_id", t.Event.ID), zap.String("message_id", t.MessageID), zap.String("text", t.Text))
 	return Result{State: "logged"}, nil

@@ -15,7 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
-	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/ops"
 	"github.com/khook/khook/internal/secret"
 	"github.com/khook/khook/mapping"
@@ -34,7 +34,7 @@ type Server struct {
 	Topo  streams.Config
 	Token *secret.Value
 	// Hooks returns the active hooks, for the per-hook listing.
-	Hooks func() *dispatch.Index
+	Hooks func() *hook.Index
 	// Status returns the pipeline status for /api/v1/status.
 	Status func(context.Context) (*ops.Status, error)
 	Logger *zap.Logger
@@ -79,19 +79,19 @@ func (s *Server) events(rw http.ResponseWriter, r *http.Request) {
 
 func (s *Server) hookEvents(rw http.ResponseWriter, r *http.Request) {
 	key := r.PathValue("namespace") + "/" + r.PathValue("name")
-	var hook *dispatch.Hook
+	var found *hook.Hook
 	for _, h := range s.Hooks().Hooks() {
 		if h.Key() == key {
-			hook = h
+			found = h
 		}
 	}
-	if hook == nil {
+	if found == nil {
 		writeError(rw, http.StatusNotFound, fmt.Sprintf("no hook %s", key))
 		return
 	}
 	// The hook's own matching rule: its namespace, its event types, severity floors and tag
 	// selectors, as the dispatcher applies them.
-	idx, err := dispatch.NewIndex([]dispatch.Hook{*hook})
+	idx, err := hook.NewIndex([]hook.Hook{*found})
 	if err != nil {
 		writeError(rw, http.StatusInternalServerError, err.Error())
 		return

@@ -19,7 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/api"
 	"github.com/khook/khook/internal/ops"
 	"github.com/khook/khook/internal/secret"
@@ -55,13 +55,13 @@ func newFixture(t *testing.T) *fixture {
 	topo := streams.Default()
 	_, err := streams.Apply(context.Background(), js, topo)
 	require.NoError(t, err)
-	hooks, err := dispatch.ParseHooks([]byte(hooksYAML))
+	hooks, err := hook.Parse([]byte(hooksYAML))
 	require.NoError(t, err)
-	idx, err := dispatch.NewIndex(hooks)
+	idx, err := hook.NewIndex(hooks)
 	require.NoError(t, err)
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	require.NoError(t, os.WriteFile(tokenFile, []byte(token+"\n"), 0o600))
-	s := &api.Server{JS: js, Topo: topo, Token: secret.New("", tokenFile), Hooks: func() *dispatch.Index { return idx },
+	s := &api.Server{JS: js, Topo: topo, Token: secret.New("", tokenFile), Hooks: func() *hook.Index { return idx },
 		Logger: zaptest.NewLogger(t), Heartbeat: 50 * time.Millisecond,
 		Status: func(ctx context.Context) (*ops.Status, error) { return ops.GetStatus(ctx, js, topo, nil, nil) }}
 	srv := httptest.NewServer(s.Handler())

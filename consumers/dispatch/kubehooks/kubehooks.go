@@ -35,6 +35,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/hook"
 )
 
 // GVR is the Hook resource.
@@ -156,7 +157,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 // rebuild gives the dispatcher every valid Hook in the cluster. An invalid Hook is skipped,
 // logged and reported with a Warning Event on it, once per version; the others keep working.
 func (w *Watcher) rebuild() {
-	var hooks []dispatch.Hook
+	var hooks []hook.Hook
 	objects := map[string]*unstructured.Unstructured{}
 	for _, o := range w.informer.GetStore().List() {
 		u, ok := o.(*unstructured.Unstructured)
@@ -200,8 +201,8 @@ func (w *Watcher) rebuild() {
 }
 
 // hookOf converts a Hook resource and validates it; its status is not the dispatcher's input.
-func hookOf(u *unstructured.Unstructured) (dispatch.Hook, error) {
-	var h dispatch.Hook
+func hookOf(u *unstructured.Unstructured) (hook.Hook, error) {
+	var h hook.Hook
 	b, err := json.Marshal(u.Object)
 	if err == nil {
 		err = json.Unmarshal(b, &h)
@@ -215,7 +216,7 @@ func hookOf(u *unstructured.Unstructured) (dispatch.Hook, error) {
 
 // List reads every valid Hook in the cluster once, for commands that need the hooks but do
 // not dispatch (replay --dry-run, status). Invalid Hooks are skipped, as the dispatcher does.
-func List(ctx context.Context, rc *rest.Config) (*dispatch.Index, error) {
+func List(ctx context.Context, rc *rest.Config) (*hook.Index, error) {
 	dyn, err := dynamic.NewForConfig(rc)
 	if err != nil {
 		return nil, err
@@ -224,13 +225,13 @@ func List(ctx context.Context, rc *rest.Config) (*dispatch.Index, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing Hooks: %w", err)
 	}
-	var hooks []dispatch.Hook
+	var hooks []hook.Hook
 	for i := range list.Items {
 		if h, err := hookOf(&list.Items[i]); err == nil {
 			hooks = append(hooks, h)
 		}
 	}
-	return dispatch.NewIndex(hooks)
+	return hook.NewIndex(hooks)
 }
 
 func (w *Watcher) object(key string) *unstructured.Unstructured {
@@ -343,7 +344,7 @@ func sameStatus(u *unstructured.Unstructured, want []activeEvent) bool {
 // observer records the dispatcher's news as Kubernetes Events on the Hook.
 type observer struct{ w *Watcher }
 
-func (o observer) event(t dispatch.Task, eventtype, reason, note string, args ...any) {
+func (o observer) event(t hook.Task, eventtype, reason, note string, args ...any) {
 	u := o.w.object(t.Hook)
 	rec := o.w.recorder.Load()
 	if u == nil || rec == nil {
@@ -353,17 +354,17 @@ func (o observer) event(t dispatch.Task, eventtype, reason, note string, args ..
 	(*rec).Eventf(obj, nil, eventtype, reason, "Dispatch", note, args...)
 }
 
-func (o observer) Firing(t dispatch.Task) {
+func (o observer) Firing(t hook.Task) {
 	o.event(t, corev1.EventTypeNormal, "EventFiring", "%s on %s/%s: calling agent %s/%s",
 		t.Event.Type, t.Event.Namespace, t.Event.Resource.Name, t.Agent.Namespace, t.Agent.Name)
 }
 
-func (o observer) Delivered(t dispatch.Task, res dispatch.Result) {
+func (o observer) Delivered(t hook.Task, res dispatch.Result) {
 	o.event(t, corev1.EventTypeNormal, "AgentCallSuccess", "agent %s/%s accepted the %s task for %s (state %s)",
 		t.Agent.Namespace, t.Agent.Name, t.Event.Type, t.Event.Resource.Name, res.State)
 }
 
-func (o observer) Failed(t dispatch.Task, err error, final bool) {
+func (o observer) Failed(t hook.Task, err error, final bool) {
 	what := "will retry"
 	if final {
 		what = "dead-lettered"

@@ -1,4 +1,4 @@
-package dispatch
+package hook
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-package dispatch
+package hook
 
 import (
 	"strings"
@@ -35,7 +35,7 @@ func TestParseHooksForms(t *testing.T) {
 	kubeList := "apiVersion: v1\nkind: List\nitems:\n- " + indent(hookYAML)
 	for name, in := range map[string]string{"single": hookYAML, "list": list, "documents": multi, "kubernetes list": kubeList} {
 		t.Run(name, func(t *testing.T) {
-			hooks, err := ParseHooks([]byte(in))
+			hooks, err := Parse([]byte(in))
 			require.NoError(t, err)
 			require.NotEmpty(t, hooks)
 			require.Equal(t, "prod/pods", hooks[0].Key())
@@ -44,7 +44,7 @@ func TestParseHooksForms(t *testing.T) {
 }
 
 func TestMatchFollowsKhook(t *testing.T) {
-	hooks, err := ParseHooks([]byte(hookYAML))
+	hooks, err := Parse([]byte(hookYAML))
 	require.NoError(t, err)
 	idx, err := NewIndex(hooks)
 	require.NoError(t, err)
@@ -82,7 +82,7 @@ func TestParseHooksErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseHooks([]byte(tt.in))
+			_, err := Parse([]byte(tt.in))
 			require.Error(t, err)
 			for _, w := range tt.wants {
 				require.Contains(t, err.Error(), w)
@@ -109,7 +109,7 @@ func TestExpandPrompt(t *testing.T) {
 }
 
 func TestTaskIDs(t *testing.T) {
-	hooks, err := ParseHooks([]byte(hookYAML))
+	hooks, err := Parse([]byte(hookYAML))
 	require.NoError(t, err)
 	idx, err := NewIndex(hooks)
 	require.NoError(t, err)
@@ -143,7 +143,7 @@ func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n  ") }
 func replace(s, old, new string) string { return strings.Replace(s, old, new, 1) }
 
 func TestExtensionsAndTemplateData(t *testing.T) {
-	hooks, err := ParseHooks([]byte(`apiVersion: kagent.dev/v1alpha2
+	hooks, err := Parse([]byte(`apiVersion: kagent.dev/v1alpha2
 kind: Hook
 metadata: {name: alerts, namespace: prod}
 spec:
@@ -175,7 +175,7 @@ spec:
 }
 
 func TestGetIsLenient(t *testing.T) {
-	hooks, err := ParseHooks([]byte(strings.Replace(hookYAML, "restarted", "restarted on {{get .Data `spec.nodeName`}}!", 1)))
+	hooks, err := Parse([]byte(strings.Replace(hookYAML, "restarted", "restarted on {{get .Data `spec.nodeName`}}!", 1)))
 	require.NoError(t, err)
 	idx, err := NewIndex(hooks)
 	require.NoError(t, err)

@@ -1,4 +1,4 @@
-package dispatch
+package hook
 
 import (
 	"crypto/sha256"
@@ -13,6 +13,23 @@ import (
 
 	"github.com/khook/khook/mapping"
 )
+
+// Hash is the key khook derives from parts: hex of the first 12 bytes of their SHA-256,
+// joined by NUL so that ("ab", "c") and ("a", "bc") differ. Suppression claims, entry IDs and
+// active-event records are keyed by it, in every replica alike.
+func Hash(parts ...string) string {
+	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	return hex.EncodeToString(h[:12])
+}
+
+// SuppressionKey identifies what one suppression window covers: one hook entry and one
+// (event type, namespace, resource).
+func SuppressionKey(entry string, ev EventKey) string {
+	return Hash(entry, ev.Type, ev.Namespace, ev.Kind, ev.Name)
+}
+
+// EventKey is what khook's suppression tells events apart by.
+type EventKey struct{ Type, Namespace, Kind, Name string }
 
 // Task is one agent call: what one event configuration of one hook asks of its agent.
 type Task struct {
@@ -42,12 +59,12 @@ func NewTask(m Match, ev *mapping.Event) (Task, error) {
 	// usual hook, with one entry per type, the key is khook's (hook, event type, namespace,
 	// resource). ev.ID is the event's key, already scoped by its source.
 	entry := m.Entry()
-	key := eventKey{ev.Type, ev.Namespace, ev.Resource.Kind, ev.Resource.Name}
+	key := EventKey{ev.Type, ev.Namespace, ev.Resource.Kind, ev.Resource.Name}
 	t := Task{
 		Hook:           m.Hook.Key(),
 		Agent:          m.Agent,
-		MessageID:      uuidFrom("message", ev.ID, entry),
-		ContextID:      uuidFrom("context", entry, key.Type, key.Namespace, key.Kind, key.Name),
+		MessageID:      UUID("message", ev.ID, entry),
+		ContextID:      UUID("context", entry, key.Type, key.Namespace, key.Kind, key.Name),
 		Event:          ev,
 		SuppressionKey: SuppressionKey(entry, key),
 	}
@@ -227,8 +244,8 @@ func EventContext(ev *mapping.Event) string {
 	return b.String()
 }
 
-// uuidFrom derives a UUID-formatted id from parts, for A2A servers that expect UUIDs.
-func uuidFrom(parts ...string) string {
+// UUID derives a UUID-formatted id from parts, for A2A servers that expect UUIDs.
+func UUID(parts ...string) string {
 	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
 	b := h[:16]
 	b[6] = (b[6] & 0x0f) | 0x80 // version 8: custom

@@ -1,4 +1,4 @@
-package dispatch
+package hook
 
 import (
 	"errors"
@@ -130,10 +130,10 @@ func (h *Hook) Validate() error {
 	return errors.Join(errs...)
 }
 
-// ParseHooks reads hooks.yaml: Hook objects as a YAML list, as documents separated by ---,
+// Parse reads hooks.yaml: Hook objects as a YAML list, as documents separated by ---,
 // or as a Kubernetes List with items. A hook without a namespace is in "default", as
 // kubectl would put it.
-func ParseHooks(b []byte) ([]Hook, error) {
+func Parse(b []byte) ([]Hook, error) {
 	var hooks []Hook
 	docs, err := strictyaml.Documents(b)
 	if err != nil {
@@ -200,7 +200,7 @@ type Match struct {
 func (m Match) Entry() string { return m.entry }
 
 func entryID(hook string, ec EventConfiguration, agent AgentRef) string {
-	return hook + "#" + hashKey(ec.EventType, agent.Namespace, agent.Name, ec.Prompt)
+	return hook + "#" + Hash(ec.EventType, agent.Namespace, agent.Name, ec.Prompt)
 }
 
 // Config returns the matched event configuration.
@@ -215,6 +215,9 @@ type Index struct {
 }
 
 type indexKey struct{ namespace, eventType string }
+
+// Empty is an index of no hooks: what a dispatcher matches against before its hooks load.
+func Empty() *Index { return &Index{byKey: map[indexKey][]Match{}} }
 
 // NewIndex validates hooks, compiles their prompts and indexes them by namespace and event
 // type. Invalid hooks are an error naming each one.

@@ -1,4 +1,4 @@
-package dispatch
+package hook
 
 import (
 	"encoding/json"
@@ -49,7 +49,7 @@ func FuzzHooks(f *testing.F) {
 		runtime.ReadMemStats(&before)
 		go func() {
 			defer close(done)
-			hooks, err := ParseHooks(doc)
+			hooks, err := Parse(doc)
 			if err != nil {
 				return
 			}

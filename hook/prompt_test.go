@@ -1,0 +1,85 @@
+package hook
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/khook/khook/mapping"
+)
+
+// Prompts that would run forever, allocate without bound or recurse are refused when the
+// Hook is loaded, with a reason, in bounded time; prompts that only read the event load.
+func TestHostilePromptsAreRefusedAtLoad(t *testing.T) {
+	for _, tc := range []struct{ name, prompt, err string }{
+		{"range over a huge literal", `{{range 1000000000000}}{{end}}`, "must range over a field"},
+		{"range over a literal with output", `{{range 3000000}}0123456789012345678901234567890123456789{{end}}`, "must range over a field"},
+		{"hidden behind data", `{{if .Data.x}}{{range 100000000000}}{{end}}{{end}}`, "must range over a field"},
+		{"range over a function", `{{range len .Data.items}}x{{end}}`, "must range over a field"},
+		{"nested ranges", `{{range .Data.a}}{{range $.Data.a}}{{end}}{{end}}`, "nested {{range}}"},
+		{"recursion", `{{define "x"}}{{template "x"}}{{end}}{{template "x"}}`, "not allowed"},
+		{"a huge printf width", `{{printf "%0999999999d" 1}}`, "width or precision"},
+		{"printf width from an argument", `{{printf "%*d" 999999999 1}}`, "not allowed"},
+		{"too long", strings.Repeat("a", MaxPromptSource+1), "longer than"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := compilePrompt(tc.prompt)
+			require.ErrorContains(t, err, tc.err)
+		})
+	}
+	for _, ok := range []string{
+		`Pod {{.ResourceName}} in {{ .Namespace }}: {{.Message}}`,
+		`{{range .Data.alerts}}- {{.labels.alertname}}{{"\n"}}{{end}}`,
+		`{{range $i, $a := .Data.alerts}}{{$i}}{{end}}`,
+		`{{with .Data.x}}{{printf "%5.2f" .}}{{end}}`,
+		`{{get .Data "labels.pod"}} {{printf "%d%%" 5}}`,
+	} {
+		_, _, err := compilePrompt(ok)
+		require.NoError(t, err, ok)
+	}
+}
+
+// Placeholders kagent's khook did not know were sent as written; a migrated Hook keeps that,
+// with a warning per placeholder, while fields under {{range}} and {{with}}, whose dot is
+// the payload, are left to the template.
+func TestUnknownPlaceholdersAreSentAsWritten(t *testing.T) {
+	ev := &mapping.Event{Type: "pod-restart", Namespace: "shop", Resource: mapping.Resource{Name: "cart-1"},
+		Data: json.RawMessage(`{"alerts":[{"pod":"a"},{"pod":"b"}],"x":{"y":"z"}}`)}
+	for _, tc := range []struct {
+		name, prompt, want string
+		warnings           []string
+	}{
+		{"upstream style", "Pod {{.ResourceName}} ({{ .PodUID }}) restarted", "Pod cart-1 ({{ .PodUID }}) restarted",
+			[]string{"{{ .PodUID }} is not a field khook knows, so it is sent as written"}},
+		{"several, and a chain", "{{.A}}-{{.B.C}}-{{.Namespace}}", "{{.A}}-{{.B.C}}-shop",
+			[]string{"{{.A}} is not", "{{.B.C}} is not"}},
+		{"inside if", "{{if .Namespace}}{{.Cluster}}{{end}}", "{{.Cluster}}", []string{"{{.Cluster}} is not"}},
+		// As written means the spaces too: the trim markers belong to the unknown action.
+		{"trim markers", "a {{- .Who -}} b", "a {{- .Who -}} b", []string{"{{- .Who -}} is not"}},
+		{"range keeps its fields", "{{range .Data.alerts}}{{.pod}}{{end}}", "ab", nil},
+		{"with keeps its fields", "{{with .Data.x}}{{.y}}{{end}}", "z", nil},
+		{"known fields only", "{{.EventType}} {{.Data.x.y}}", "pod-restart z", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tmpl, warnings, err := compilePrompt(tc.prompt)
+			require.NoError(t, err)
+			require.Len(t, warnings, len(tc.warnings))
+			for i, w := range tc.warnings {
+				require.Contains(t, warnings[i], w)
+			}
+			got, err := render(tmpl, ev)
+			require.NoError(t, err)
+			require.Equal(t, tc.want, got)
+		})
+	}
+	// Broken syntax and unknown functions are still refused: they are khook templates gone
+	// wrong, not placeholders.
+	for _, bad := range []string{"{{.A", "{{ nosuchfunc }}", "{{if .A}}"} {
+		_, _, err := compilePrompt(bad)
+		require.Error(t, err, bad)
+	}
+	h := Hook{Spec: HookSpec{EventConfigurations: []EventConfiguration{{Prompt: "ok {{.ResourceName}}"}, {Prompt: "{{.PodName}}"}}}}
+	require.Equal(t, []string{"spec.eventConfigurations[1].prompt: {{.PodName}} is not a field khook knows, so it is sent as written"}, h.Warnings())
+}
