@@ -11,7 +11,7 @@ import (
 	"github.com/goccy/go-yaml"
 	"github.com/goccy/go-yaml/ast"
 
-	"github.com/khook/khook/internal/config"
+	"github.com/khook/khook/internal/duration"
 	"github.com/khook/khook/internal/strictyaml"
 )
 
@@ -140,7 +140,7 @@ func (s Spec) DecodeConfig(out any) error {
 		WeaklyTypedInput: true,
 		// Embedded structs (`yaml:",inline"`) share their parent's keys.
 		Squash:     true,
-		DecodeHook: config.DurationHook,
+		DecodeHook: duration.DecodeHook,
 		Result:     out,
 	})
 	if err != nil {

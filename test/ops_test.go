@@ -22,7 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/khook/khook/internal/demoagent"
-	"github.com/khook/khook/internal/ops"
+	"github.com/khook/khook/ops"
 	"github.com/khook/khook/streams"
 )
 

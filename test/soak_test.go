@@ -21,8 +21,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/khook/khook/internal/demoagent"
-	"github.com/khook/khook/internal/ops"
 	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/ops"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/deadletter"

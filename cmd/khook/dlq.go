@@ -23,7 +23,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
-	"github.com/khook/khook/internal/ops"
+	"github.com/khook/khook/ops"
 )
 
 // dlqSelection is the flags that select dead letters, with the sequence numbers given as

@@ -14,7 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/khook/khook/internal/ops"
+	"github.com/khook/khook/ops"
 )
 
 // eventSelection is the flags that select normalized events, shared by tail and get.

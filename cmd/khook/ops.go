@@ -20,7 +20,7 @@ import (
 	"github.com/khook/khook/consumers/dispatch/kubehooks"
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/config"
-	"github.com/khook/khook/internal/ops"
+	"github.com/khook/khook/ops"
 )
 
 // opsSession is what the operations commands share: the configuration and a JetStream

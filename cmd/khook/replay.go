@@ -15,8 +15,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/khook/khook/hook"
-	"github.com/khook/khook/internal/ops"
 	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/ops"
 	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/subject"
 )

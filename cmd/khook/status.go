@@ -16,7 +16,7 @@ import (
 
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/config"
-	"github.com/khook/khook/internal/ops"
+	"github.com/khook/khook/ops"
 	"github.com/khook/khook/producers"
 )
 

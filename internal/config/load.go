@@ -19,6 +19,7 @@ import (
 	"github.com/knadh/koanf/providers/structs"
 	"github.com/knadh/koanf/v2"
 
+	"github.com/khook/khook/internal/duration"
 	"github.com/khook/khook/internal/strictyaml"
 )
 
@@ -392,7 +393,7 @@ func checkDurations(k, defaults *koanf.Koanf, known map[string]keyKind) error {
 		switch v := k.Get(key).(type) {
 		case time.Duration: // a default, or a flag
 		case string:
-			d, err := ParseDuration(v)
+			d, err := duration.Parse(v)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s: want a duration such as 30s, 10m or 7d, got %q", key, v))
 				errs = append(errs, k.Set(key, defaults.Duration(key)))
@@ -405,28 +406,6 @@ func checkDurations(k, defaults *koanf.Koanf, known map[string]keyKind) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// ParseDuration reads a Go duration (300ms, 1h30m), also accepting whole days first (7d,
-// 1d12h), as retention settings are usually written.
-func ParseDuration(s string) (time.Duration, error) {
-	days, rest, found := strings.Cut(s, "d")
-	if !found {
-		return time.ParseDuration(s)
-	}
-	n, err := strconv.Atoi(days)
-	if err != nil || n < 0 || n > 36500 {
-		return 0, fmt.Errorf("time: invalid duration %q", s)
-	}
-	d := time.Duration(n) * 24 * time.Hour
-	if rest == "" {
-		return d, nil
-	}
-	more, err := time.ParseDuration(rest)
-	if err != nil {
-		return 0, fmt.Errorf("time: invalid duration %q", s)
-	}
-	return d + more, nil
 }
 
 // keyInError finds the setting an error is about: validation errors start with the key,
@@ -460,21 +439,4 @@ func parent(key string) string {
 		return ""
 	}
 	return key[:i]
-}
-
-// DurationHook is a mapstructure decode hook for plugin settings: a time.Duration field
-// takes a duration string (ParseDuration), never a bare number, which a weakly typed decoder
-// would read as nanoseconds.
-func DurationHook(from, to reflect.Type, data any) (any, error) {
-	if to != reflect.TypeOf(time.Duration(0)) {
-		return data, nil
-	}
-	if s, ok := data.(string); ok {
-		d, err := ParseDuration(s)
-		if err != nil {
-			return nil, fmt.Errorf("want a duration such as 30s, 10m or 7d, got %q", s)
-		}
-		return d, nil
-	}
-	return nil, fmt.Errorf("want a duration with its unit, such as 30s, 10m or 7d, got the bare number %v", data)
 }

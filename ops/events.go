@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/khook/khook/internal/config"
+	"github.com/khook/khook/internal/duration"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/subject"
@@ -51,7 +51,7 @@ func ParseTime(v string, ago bool) (time.Time, error) {
 	if !ago {
 		return time.Time{}, fmt.Errorf("want an RFC 3339 time, got %q", v)
 	}
-	if d, err := config.ParseDuration(v); err == nil && d > 0 {
+	if d, err := duration.Parse(v); err == nil && d > 0 {
 		return time.Now().Add(-d), nil
 	}
 	return time.Time{}, fmt.Errorf("want an RFC 3339 time or a duration such as 2h or 2d, got %q", v)

@@ -16,9 +16,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/khook/khook/hook"
-	"github.com/khook/khook/internal/ops"
 	"github.com/khook/khook/internal/secret"
 	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/ops"
 	"github.com/khook/khook/streams"
 )
 

@@ -20,10 +20,10 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/khook/khook/hook"
-	"github.com/khook/khook/internal/api"
-	"github.com/khook/khook/internal/ops"
 	"github.com/khook/khook/internal/secret"
 	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/ops"
+	"github.com/khook/khook/ops/api"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/streamstest"
