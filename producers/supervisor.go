@@ -18,7 +18,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
-	"github.com/khook/khook/internal/filewatch"
 	"github.com/khook/khook/internal/strictyaml"
 	"github.com/khook/khook/internal/telemetry"
 )
@@ -36,18 +35,17 @@ type Supervisor struct {
 	// Only runs just this plugin (khook producer --plugin), and only while plugins.yaml
 	// enables it: the chart runs one Deployment per plugin, and the guide's rollback is to
 	// disable the plugin in the file. A disabled plugin leaves the process running idle.
-	Only     string
-	Table    map[string]Constructor // the built-in plugins
-	Pub      *Publisher
-	Metrics  *Metrics
-	Reg      prometheus.Registerer // the supervisor's own metrics
-	Probes   *telemetry.Probes
-	Logger   *zap.Logger
-	Env      func(string) (string, bool) // for ${VAR}; os.LookupEnv in production
-	Interval time.Duration               // polling fallback for file changes
+	Only    string
+	Table   map[string]Constructor // the built-in plugins
+	Pub     *Publisher
+	Metrics *Metrics
+	Reg     prometheus.Registerer // the supervisor's own metrics
+	Probes  *telemetry.Probes
+	Logger  *zap.Logger
+	Env     func(string) (string, bool) // for ${VAR}; os.LookupEnv in production
 
-	loaded     map[string]Desired // what Load built from loadedFile, for Run to start
-	loadedFile []byte
+	loaded  map[string]Desired      // what Load built, for Run to start
+	changes chan map[string]Desired // what Reload built, for Run to apply
 
 	mu      sync.Mutex
 	running map[string]*runner
@@ -134,16 +132,48 @@ const stableAfter = time.Minute
 // Load parses the plugins file and builds every listed plugin, so that unknown names and bad
 // config fail at start-up with the plugin and key named, before anything connects. Disabled
 // plugins are validated too. Run starts what Load built.
-func (s *Supervisor) Load() error {
+//
+// It returns the file's content, for the caller that follows its edits (Reload) to start
+// from.
+func (s *Supervisor) Load() ([]byte, error) {
 	b, err := os.ReadFile(s.Path)
 	if err != nil {
-		return fmt.Errorf("plugins: %w", err)
+		return nil, fmt.Errorf("plugins: %w", err)
 	}
 	want, err := s.parse(b)
 	if err != nil {
-		return fmt.Errorf("%s: %w", s.Path, err)
+		return nil, fmt.Errorf("%s: %w", s.Path, err)
 	}
-	s.loaded, s.loadedFile = want, b
+	s.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "khook_plugin_config_reloads_total",
+		Help: "Reloads of plugins.yaml, by result (success, error). On error the running plugins are left as they were.",
+	}, []string{"result"})
+	s.reloads.WithLabelValues("success")
+	s.reloads.WithLabelValues("error")
+	if err := s.Reg.Register(s.reloads); err != nil {
+		return nil, err
+	}
+	s.loaded, s.changes = want, make(chan map[string]Desired, 1)
+	return b, nil
+}
+
+// Reload applies a new version of plugins.yaml: Run stops the plugins it no longer enables
+// or whose settings changed, and starts the new ones, leaving the others untouched. A file
+// with any error is refused whole, and the plugins stay as they are; the error says why.
+// Call it after Load, from one goroutine.
+func (s *Supervisor) Reload(b []byte) error {
+	want, err := s.parse(b)
+	if err != nil {
+		s.reloads.WithLabelValues("error").Inc()
+		return fmt.Errorf("%w (the plugins stay as they are)", err)
+	}
+	s.reloads.WithLabelValues("success").Inc()
+	// Only the newest version matters: one Run has not applied yet is replaced.
+	select {
+	case <-s.changes:
+	default:
+	}
+	s.changes <- want
 	return nil
 }
 
@@ -211,68 +241,40 @@ func (s *Supervisor) parse(b []byte) (map[string]Desired, error) {
 	return want, nil
 }
 
-// Run starts the plugins Load built (loading the file first if Load was not called) and
-// keeps them in step with the file until ctx ends; then it stops every plugin and waits for
-// them.
+// Run starts the plugins Load built and applies each version Reload hands it, until ctx
+// ends; then it stops every plugin and waits for them. Call Load first.
 func (s *Supervisor) Run(ctx context.Context) error {
-	if s.loaded == nil {
-		if err := s.Load(); err != nil {
-			return err
-		}
+	if s.changes == nil {
+		return errors.New("plugins: Run before Load")
 	}
-	want, initial := s.loaded, s.loadedFile
 	s.running = map[string]*runner{}
-	s.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "khook_plugin_config_reloads_total",
-		Help: "Reloads of plugins.yaml, by result (success, error). On error the running plugins are left as they were.",
-	}, []string{"result"})
-	s.reloads.WithLabelValues("success")
-	s.reloads.WithLabelValues("error")
-	if err := s.Reg.Register(s.reloads); err != nil {
-		return err
-	}
-	s.apply(ctx, want)
+	s.apply(ctx, s.loaded)
 	s.started.Store(true)
+	defer s.apply(context.Background(), nil) // stop everything
 
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		_ = filewatch.Watch(ctx, s.Path, initial, s.Interval, func(b []byte) {
-			want, err := s.parse(b)
-			if err != nil {
-				s.reloads.WithLabelValues("error").Inc()
-				s.Logger.Error("plugins file rejected, leaving plugins as they are", zap.String("file", s.Path), zap.Error(err))
-				return
-			}
-			s.reloads.WithLabelValues("success").Inc()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case want := <-s.changes:
 			s.apply(ctx, want)
-		})
-	})
-	wg.Go(func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				s.mu.Lock()
-				for name := range s.running {
-					s.Metrics.refresh(name)
-				}
-				s.mu.Unlock()
+		case <-t.C:
+			s.mu.Lock()
+			for name := range s.running {
+				s.Metrics.refresh(name)
 			}
+			s.mu.Unlock()
 		}
-	})
-	<-ctx.Done()
-	wg.Wait()
-	s.apply(context.Background(), nil) // stop everything
-	return nil
+	}
 }
 
 // apply stops the plugins that are no longer wanted or whose settings changed, and starts
 // the wanted ones that are not running. Plugins that did not change are not touched.
 //
-// Calls are serialized (the initial set, then the file watcher, then the final stop), so
+// Calls are serialized (the initial set, then each reload, then the final stop: all from
+// Run), so
 // the lock guards only the map: plugins are stopped outside it, because a stop can take as
 // long as a webhook's shutdown and /metrics reads the map meanwhile.
 func (s *Supervisor) apply(ctx context.Context, want map[string]Desired) {

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/khook/khook/internal/filewatch"
 	"github.com/khook/khook/internal/telemetry"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/streamstest"
@@ -83,19 +84,29 @@ func newSupervisor(t *testing.T, file string) (*Supervisor, *testPlugins, *prome
 	probes := telemetry.NewProbes()
 	return &Supervisor{
 		Path: file, Table: tp.table(), Pub: NewPublisher(js, streams.Default().Subjects(), m), Metrics: m,
-		Reg: reg, Probes: probes, Logger: zaptest.NewLogger(t), Interval: time.Hour,
+		Reg: reg, Probes: probes, Logger: zaptest.NewLogger(t),
 	}, tp, reg, probes
 }
 
+// runSupervisor loads and runs s, and follows edits of its file as khook does: the file's
+// watcher hands each new version to Reload.
 func runSupervisor(t *testing.T, s *Supervisor) {
 	t.Helper()
-	err := s.Load()
+	initial, err := s.Load()
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	done := make(chan error, 2)
 	go func() { done <- s.Run(ctx) }()
+	go func() {
+		done <- filewatch.Watch(ctx, s.Path, initial, 20*time.Millisecond, func(b []byte) {
+			if err := s.Reload(b); err != nil {
+				t.Logf("plugins file rejected: %v", err)
+			}
+		})
+	}()
 	t.Cleanup(func() {
 		cancel()
+		require.NoError(t, <-done)
 		require.NoError(t, <-done)
 	})
 }
@@ -147,7 +158,6 @@ func TestPluginsFileEditsTouchOnlyTheirPlugin(t *testing.T) {
 	write := func(body string) { require.NoError(t, os.WriteFile(file, []byte(body), 0o600)) }
 	write("plugins:\n  - name: steady\n  - name: flaky\n    enabled: false\n")
 	s, tp, reg, _ := newSupervisor(t, file)
-	s.Interval = 20 * time.Millisecond
 	runSupervisor(t, s)
 	require.Eventually(t, func() bool { return tp.counts["steady"].Load() > 0 }, 10*time.Second, time.Millisecond)
 	require.Equal(t, int64(0), tp.runs["flaky"].Load(), "a disabled plugin does not run")
@@ -181,7 +191,7 @@ func TestOnlyPluginFollowsEnabled(t *testing.T) {
 	}
 	write("'true'")
 	s, tp, _, _ := newSupervisor(t, file)
-	s.Only, s.Interval = "steady", 20*time.Millisecond
+	s.Only = "steady"
 	runSupervisor(t, s)
 	require.Eventually(t, func() bool { return tp.counts["steady"].Load() > 0 }, 20*time.Second, 5*time.Millisecond)
 	require.Zero(t, tp.runs["flaky"].Load(), "only the named plugin runs")

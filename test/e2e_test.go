@@ -25,7 +25,7 @@ import (
 // HTTP server, the mapper, the dispatcher, and a real A2A agent from a2a-go.
 func TestEndToEndInProcess(t *testing.T) {
 	agent, agentURL := startAgent(t)
-	p := startInProcess(t, agentURL, "tester@example.com")
+	p := startInProcess(t, agentURL)
 	js, topo, port := p.js, p.topo, p.webhook
 
 	sent := time.Now()

@@ -219,7 +219,7 @@ func TestShutdownDrainsCallsOrHandsThemOver(t *testing.T) {
 // with its reason, once, instead of being redelivered forever; the events after it flow.
 func TestUnstorableEventIsDeadLetteredNotLooped(t *testing.T) {
 	agent, agentURL := startAgent(t)
-	p := startInProcess(t, agentURL, "tester@example.com")
+	p := startInProcess(t, agentURL)
 	big := strings.Repeat("x", 600<<10)
 	code, body := postEvent(t, p.webhook, "huge", big)
 	require.Equal(t, 202, code, body)
@@ -246,7 +246,7 @@ func TestUnstorableEventIsDeadLetteredNotLooped(t *testing.T) {
 // duplicate window the dispatcher's delivery record swallowed it).
 func TestSameIDFromTwoSendersReachesTheAgentTwice(t *testing.T) {
 	agent, agentURL := startAgent(t)
-	p := startInProcess(t, agentURL, "tester@example.com")
+	p := startInProcess(t, agentURL)
 	post := func(source, resource string) {
 		body := `{"specversion":"1.0","id":"1","source":"` + source + `","type":"deploy-failed",` +
 			`"data":{"namespace":"shop","resourceName":"` + resource + `","message":"m"}}`

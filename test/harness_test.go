@@ -27,11 +27,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/khook/khook/consumers/dispatch"
-	"github.com/khook/khook/consumers/mapper"
-	"github.com/khook/khook/hook"
+	"github.com/khook/khook/app"
+	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/internal/demoagent"
-	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/producers"
 	"github.com/khook/khook/producers/webhook"
 	"github.com/khook/khook/streams"
@@ -394,8 +392,9 @@ func publishBacklog(t *testing.T, js jetstream.JetStream, total int) {
 	}
 }
 
-// inProcess is the whole pipeline in the test process: the webhook producer, the mapper and
-// the dispatcher on an in-process JetStream server, delivering to agentURL.
+// inProcess is the whole pipeline in the test process, started as `khook run` starts it
+// (app.New and Run, from khook.yaml and its files), on a JetStream server of the test's own,
+// delivering to agentURL.
 type inProcess struct {
 	js      jetstream.JetStream
 	topo    streams.Config
@@ -403,38 +402,28 @@ type inProcess struct {
 	stop    func()
 }
 
-func startInProcess(t *testing.T, agentURL, userID string) *inProcess {
+func startInProcess(t *testing.T, agentURL string) *inProcess {
 	t.Helper()
+	ns := streamstest.RunServer(t)
+	files := pipelineFiles{dir: t.TempDir(), natsURL: ns.ClientURL(), agentURL: agentURL,
+		webhook: freePort(t), metrics: freePort(t), probes: freePort(t)}
+	cfg, err := config.Load(files.write(t), nil, nil)
+	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
-	_, js := streamstest.Connect(t, streamstest.RunServer(t))
-	topo := streams.Default()
-	_, err := streams.Apply(ctx, js, topo)
+	a, err := app.New(ctx, cfg, app.All, zaptest.NewLogger(t))
 	require.NoError(t, err)
-	logger := zaptest.NewLogger(t)
-	reg := prometheus.NewRegistry()
-	rules, err := mapping.Parse([]byte("mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n"))
-	require.NoError(t, err)
-	hooks, err := hook.Parse([]byte(hooksYAML))
-	require.NoError(t, err)
-	idx, err := hook.NewIndex(hooks)
-	require.NoError(t, err)
-
-	whCfg := webhook.DefaultConfig()
-	whCfg.Address, whCfg.Port = "127.0.0.1", 0
-	wh, err := webhook.New(whCfg, logger, reg)
-	require.NoError(t, err)
-	addr := make(chan net.Addr, 1)
-	wh.OnListen = func(a net.Addr) { addr <- a }
-	pub := producers.NewPublisher(js, topo.Subjects(), producers.NewMetrics(reg))
-	go func() { _ = pub.Run(t.Context()) }()
-	target := dispatch.NewKagent(dispatch.KagentConfig{URL: agentURL, UserID: userID, Timeout: 5 * time.Second})
-	d := dispatch.New(js, topo, dispatch.DefaultConfig(), idx, dispatch.NewRouter(target), reg, logger)
-	m := mapper.New(js, topo, rules, reg, logger)
-	errc := make(chan error, 3)
-	go func() { errc <- wh.Run(ctx, pub.Emitter(webhook.Name)) }()
-	go func() { errc <- m.Run(ctx) }()
-	go func() { errc <- d.Run(ctx) }()
-	p := &inProcess{js: js, topo: topo, webhook: (<-addr).(*net.TCPAddr).Port}
+	errc := make(chan error, 1)
+	go func() { errc <- a.Run(ctx) }()
+	// Ready means every stage runs: the webhook listens, and the dispatcher pulls.
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", files.probes))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, 30*time.Second, 10*time.Millisecond, "the pipeline gets ready")
+	p := &inProcess{js: connectJS(t, ns.ClientURL()), topo: cfg.Streams, webhook: files.webhook}
 	stopped := false
 	p.stop = func() {
 		if stopped {
@@ -442,9 +431,7 @@ func startInProcess(t *testing.T, agentURL, userID string) *inProcess {
 		}
 		stopped = true
 		cancel()
-		for range 3 {
-			require.NoError(t, <-errc, "every stage stops cleanly")
-		}
+		require.NoError(t, <-errc, "every stage stops cleanly")
 	}
 	t.Cleanup(p.stop)
 	return p

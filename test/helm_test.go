@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	appsv1 "k8s.io/api/apps/v1"
@@ -179,8 +180,9 @@ current-context: c
 `), 0o600))
 	t.Setenv("KUBECONFIG", kubeconfig)
 	sup := &producers.Supervisor{Path: filepath.Join(root, "plugins", "plugins.yaml"), Table: builtin.Table(),
-		Env: func(string) (string, bool) { return "", false }, Logger: zap.NewNop()}
-	require.NoError(t, sup.Load(), "the rendered plugins.yaml")
+		Env: func(string) (string, bool) { return "", false }, Logger: zap.NewNop(), Reg: prometheus.NewRegistry()}
+	_, err = sup.Load()
+	require.NoError(t, err, "the rendered plugins.yaml")
 	plugins := sup.Planned()
 	b, err := os.ReadFile(filepath.Join(root, "mappings", "event-mappings.yaml"))
 	require.NoError(t, err)

@@ -80,7 +80,7 @@ func TestTraceInProcess(t *testing.T) {
 	t.Cleanup(func() { otel.SetTracerProvider(prev) })
 
 	agent, agentURL := startAgent(t)
-	p := startInProcess(t, agentURL, "")
+	p := startInProcess(t, agentURL)
 	postTraced(t, p.webhook, "cart")
 	got := waitReceived(t, agent, 1, 10*time.Second)
 	// The dispatch span ends after the event is acknowledged, a moment after the call.

@@ -13,11 +13,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/khook/khook/app"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
 
-	"github.com/khook/khook/consumers/dispatch/kubehooks"
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/ops"
@@ -36,7 +36,7 @@ func openOps(common *commonFlags) (*opsSession, error) {
 	if err != nil {
 		return nil, err
 	}
-	nc, js, err := openJetStream(cfg, nil)
+	nc, js, err := app.Connect(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -45,18 +45,7 @@ func openOps(common *commonFlags) (*opsSession, error) {
 
 // hooks are the hooks the dispatcher would use: the cluster's Hook resources or hooks.yaml.
 func (s *opsSession) hooks(ctx context.Context) (*hook.Index, error) {
-	// A command answers within a bound; only the dispatcher waits for an API server.
-	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	rc, err := hooksFromCluster(wctx, s.cfg, zap.NewNop())
-	if err != nil {
-		return nil, err
-	}
-	if rc != nil {
-		return kubehooks.List(ctx, rc)
-	}
-	idx, _, err := loadHooks(s.cfg.Files.Hooks)
-	return idx, err
+	return app.ActiveHooks(ctx, s.cfg)
 }
 
 // interruptible ends ctx on SIGINT or SIGTERM, so commands stop cleanly and say where.

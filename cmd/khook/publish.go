@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/khook/khook/app"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,7 +72,7 @@ func publishCmd() *cobra.Command {
 				}
 				extra = append(extra, nats.UserInfo(*user, pw))
 			}
-			nc, js, err := openJetStream(cfg, nil, extra...)
+			nc, js, err := app.Connect(cfg, extra...)
 			if err != nil {
 				return err
 			}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/khook/khook/app"
+
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -95,7 +97,7 @@ func replayCmd() *cobra.Command {
 			// dry run, what they would become; known once the replay is planned or loaded.
 			var rules *mapping.Rules
 			if r.Through == ops.ThroughMapper && (r.Namespace != "" || *dryRun) {
-				if rules, _, err = loadRules(s.cfg.Files.Mappings); err != nil {
+				if rules, _, err = app.LoadRules(s.cfg.Files.Mappings); err != nil {
 					return err
 				}
 				rp.Namespace = func(m ops.Msg) string {

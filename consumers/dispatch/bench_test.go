@@ -90,7 +90,11 @@ func (e *benchEnv) startDispatcher(b *testing.B, ctx context.Context) {
 	cfg := DefaultConfig()
 	cfg.Workers = 64
 	cfg.Guard.Concurrency = 64
-	d := New(e.js, e.topo, cfg, idx, NewRouter(NewKagent(KagentConfig{URL: e.url, UserID: "bench", Timeout: 10 * time.Second})),
+	state, err := OpenState(ctx, e.js, e.topo)
+	if err != nil {
+		b.Fatal(err)
+	}
+	d := New(e.js, e.topo, cfg, state, idx, NewRouter(NewKagent(KagentConfig{URL: e.url, UserID: "bench", Timeout: 10 * time.Second})),
 		prometheus.NewRegistry(), zap.NewNop())
 	go func() { _ = d.Run(ctx) }()
 }

@@ -108,19 +108,20 @@ type Dispatcher struct {
 	guards  *guards
 	logger  *zap.Logger
 	metrics *metrics
-	state   atomic.Pointer[State]
+	state   *State
 	pulling atomic.Bool
 }
 
-// New returns a dispatcher. It starts nothing; call Run.
+// New returns a dispatcher working with state, the dispatch bucket every replica shares
+// (OpenState). It starts nothing; call Run.
 //
 // hooks nil means the hooks are not known yet (a Hook informer still syncing): Run then
 // pulls nothing until the first SetHooks, because an event handled against an incomplete
 // set of hooks would be acknowledged as unmatched and never delivered.
-func New(js jetstream.JetStream, topo streams.Config, cfg Config, hooks *hook.Index, router *Router,
+func New(js jetstream.JetStream, topo streams.Config, cfg Config, state *State, hooks *hook.Index, router *Router,
 	reg prometheus.Registerer, logger *zap.Logger) *Dispatcher {
 	m := newMetrics(reg, router.Kinds())
-	d := &Dispatcher{js: js, topo: topo, cfg: cfg, router: router, logger: logger, metrics: m, loaded: make(chan struct{})}
+	d := &Dispatcher{js: js, topo: topo, cfg: cfg, state: state, router: router, logger: logger, metrics: m, loaded: make(chan struct{})}
 	d.guards = newGuards(cfg.Guard, func(state string) {
 		m.breakerTransitions.WithLabelValues(state).Inc()
 	})
@@ -151,8 +152,8 @@ func (d *Dispatcher) Hooks() *hook.Index {
 	return hook.Empty()
 }
 
-// State returns the shared dispatch state once Run has opened it, else nil.
-func (d *Dispatcher) State() *State { return d.state.Load() }
+// State returns the shared dispatch state.
+func (d *Dispatcher) State() *State { return d.state }
 
 // Ready fails until the dispatcher has its hooks and pulls events; a readiness probe.
 func (d *Dispatcher) Ready(context.Context) error {
@@ -194,11 +195,6 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dispatcher: consumer %s on %s: %w", d.topo.Dispatcher.Durable, d.topo.Events.Name, err)
 	}
-	kv, err := d.js.KeyValue(ctx, d.topo.DispatchBucket)
-	if err != nil {
-		return fmt.Errorf("dispatcher: kv %s: %w", d.topo.DispatchBucket, err)
-	}
-	d.state.Store(NewState(kv, d.topo.DispatchTTL))
 
 	// Deliveries run on their own context so that shutdown lets them finish, up to the drain
 	// timeout, instead of cutting every agent call at once.
@@ -363,7 +359,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	window := min(m.Hook.Window(d.cfg.SuppressionWindow), d.topo.DispatchTTL)
 
 	if d.cfg.ActiveEvents {
-		if err := d.State().Seen(ctx, ActiveEvent{
+		if err := d.state.Seen(ctx, ActiveEvent{
 			Hook: m.Hook.Key(), EventType: ev.Type, Namespace: ev.Namespace, ResourceKind: ev.Resource.Kind,
 			ResourceName: ev.Resource.Name, FirstSeen: time.Now(), LastSeen: time.Now(), Window: window,
 		}); err != nil {
@@ -426,7 +422,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 		d.metrics.taskStates.WithLabelValues(res.State).Inc()
 		log.Info("delivered", zap.String("task_state", res.State), zap.Duration("took", time.Since(start)))
 		d.Observer.Delivered(t, res)
-		if err := d.State().MarkSettled(ctx, t.MessageID, "delivered "+res.State); err != nil {
+		if err := d.state.MarkSettled(ctx, t.MessageID, "delivered "+res.State); err != nil {
 			// The agent has the task; without the record a redelivery would call it again.
 			log.Warn("delivery record not stored", zap.Error(err))
 		}
@@ -436,7 +432,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 		d.Observer.Failed(t, err, true)
 		return d.giveUp(ctx, msg, t, target, "permanent", 1, err, log)
 	}
-	attempts, aerr := d.State().Attempt(ctx, t.MessageID)
+	attempts, aerr := d.state.Attempt(ctx, t.MessageID)
 	if aerr != nil {
 		log.Warn("attempt not counted", zap.Error(aerr))
 		attempts = 1
@@ -470,7 +466,7 @@ func (d *Dispatcher) claim(ctx context.Context, t hook.Task, window time.Duratio
 	ctx, span := tracing.Tracer().Start(ctx, "khook.suppress", trace.WithAttributes(
 		attribute.String("khook.suppression_key", t.SuppressionKey), attribute.String("khook.window", window.String())))
 	defer span.End()
-	if d.State().Settled(ctx, t.MessageID) {
+	if d.state.Settled(ctx, t.MessageID) {
 		span.SetAttributes(attribute.String("khook.result", "settled-before"))
 		return claimDone, nil
 	}
@@ -478,7 +474,7 @@ func (d *Dispatcher) claim(ctx context.Context, t hook.Task, window time.Duratio
 		span.SetAttributes(attribute.String("khook.result", "ignored"))
 		return claimOwned, nil
 	}
-	owned, err := d.State().Claim(ctx, t.SuppressionKey, t.MessageID, window)
+	owned, err := d.state.Claim(ctx, t.SuppressionKey, t.MessageID, window)
 	var api *jetstream.APIError
 	if errors.As(err, &api) && api.Code >= 400 && api.Code < 500 && api.Code != 408 {
 		// The server answered, and said no: an invalid TTL, say. Retrying would loop forever
@@ -517,12 +513,12 @@ func (d *Dispatcher) giveUp(ctx context.Context, msg jetstream.Msg, t hook.Task,
 		log.Warn("dead letter not stored, will redeliver", zap.Error(err))
 		return settle{delay: d.cfg.RetryBase}
 	}
-	if err := d.State().MarkSettled(ctx, t.MessageID, "dead-lettered "+reason); err != nil {
+	if err := d.state.MarkSettled(ctx, t.MessageID, "dead-lettered "+reason); err != nil {
 		// The dead letter is stored; without the record, a redelivery of this event for
 		// another match would call this agent again (a documented duplicate).
 		log.Warn("settled record not stored", zap.Error(err))
 	}
-	if err := d.State().Release(ctx, t.SuppressionKey, t.MessageID); err != nil {
+	if err := d.state.Release(ctx, t.SuppressionKey, t.MessageID); err != nil {
 		log.Warn("suppression claim not released", zap.Error(err))
 	}
 	// The event is settled for this hook; other matches of the same event still run, and

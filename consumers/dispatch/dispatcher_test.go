@@ -152,7 +152,9 @@ func newHarnessAckWait(t *testing.T, cfg Config, protocol string, ackWait time.D
 	target := NewKagent(KagentConfig{URL: srv.URL, Protocol: protocol, UserID: "tester", Timeout: 5 * time.Second, PollInterval: 50 * time.Millisecond})
 	legacy := NewKagent(KagentConfig{URL: srv.URL, Protocol: "0.3", UserID: "tester", Timeout: 5 * time.Second})
 	router := NewRouter(target, Route{Agent: "kagent/legacy-sre", Target: legacy})
-	d := New(js, topo, cfg, idx, router, prometheus.NewRegistry(), zaptest.NewLogger(t))
+	state, err := OpenState(context.Background(), js, topo)
+	require.NoError(t, err)
+	d := New(js, topo, cfg, state, idx, router, prometheus.NewRegistry(), zaptest.NewLogger(t))
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
 	t.Cleanup(func() {

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
 	"github.com/khook/khook/hook"
+	"github.com/khook/khook/streams"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -25,6 +27,17 @@ type State struct {
 	kv  jetstream.KeyValue
 	ttl time.Duration // lifetime of delivery records, attempt counts and active records
 	now func() time.Time
+}
+
+// OpenState opens the dispatch bucket of topo: the state every dispatcher replica shares.
+// It is opened before the actors start and handed to each that reads it (the dispatcher,
+// the Hook status writer), so none of them waits on another to open it.
+func OpenState(ctx context.Context, js jetstream.JetStream, topo streams.Config) (*State, error) {
+	kv, err := js.KeyValue(ctx, topo.DispatchBucket)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: kv %s: %w", topo.DispatchBucket, err)
+	}
+	return NewState(kv, topo.DispatchTTL), nil
 }
 
 // NewState returns the state kept in kv.

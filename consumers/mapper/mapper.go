@@ -26,7 +26,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/khook/khook/internal/filewatch"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
@@ -63,21 +62,18 @@ func (m *Mapper) SetRules(r *mapping.Rules) {
 		zap.String("unmapped", string(r.Unmapped())))
 }
 
-// WatchRules reloads the rules from path whenever the file changes, until ctx ends. initial
-// is the content the current rules came from. An invalid file keeps the current rules: the
-// error, with its line and key, is logged and counted.
-func (m *Mapper) WatchRules(ctx context.Context, path string, initial []byte, poll time.Duration) error {
-	return filewatch.Watch(ctx, path, initial, poll, func(b []byte) {
-		rules, err := mapping.Parse(b)
-		if err != nil {
-			m.metrics.reloads.WithLabelValues("error").Inc()
-			m.logger.Error("mapping file rejected, keeping the active rules", zap.String("file", path),
-				zap.String("active_hash", m.rules.Load().Hash()), zap.Error(err))
-			return
-		}
-		m.metrics.reloads.WithLabelValues("success").Inc()
-		m.SetRules(rules)
-	})
+// Reload applies a new version of the mapping file: the rules apply to every raw event
+// handled from now on. A file that does not parse is refused whole, and the active rules
+// stay; the error says why.
+func (m *Mapper) Reload(b []byte) error {
+	rules, err := mapping.Parse(b)
+	if err != nil {
+		m.metrics.reloads.WithLabelValues("error").Inc()
+		return fmt.Errorf("%w (the active rules, hash %s, stay)", err, m.rules.Load().Hash())
+	}
+	m.metrics.reloads.WithLabelValues("success").Inc()
+	m.SetRules(rules)
+	return nil
 }
 
 // pending is a raw message waiting for its normalized event's publish acknowledgement.

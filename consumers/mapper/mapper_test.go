@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/khook/khook/internal/filewatch"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
@@ -140,7 +141,14 @@ func TestReloadUnderLoad(t *testing.T) {
 	defer cancel()
 	errc := make(chan error, 2)
 	go func() { errc <- m.Run(runCtx) }()
-	go func() { errc <- m.WatchRules(runCtx, path, []byte(before), time.Hour) }()
+	rejected := make(chan error, 1)
+	go func() {
+		errc <- filewatch.Watch(runCtx, path, []byte(before), time.Hour, func(b []byte) {
+			if err := m.Reload(b); err != nil {
+				rejected <- err
+			}
+		})
+	}()
 
 	// Events flow while the file is swapped; the publisher notes the first event it sends
 	// after the new rules are active.
@@ -192,8 +200,10 @@ func TestReloadUnderLoad(t *testing.T) {
 
 	// An invalid file keeps the active rules and is counted.
 	swap("mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: fatal\n")
-	require.Eventually(t, func() bool { return testutil.ToFloat64(m.metrics.reloads.WithLabelValues("error")) == 1 },
-		10*time.Second, 10*time.Millisecond)
+	err = <-rejected
+	require.ErrorContains(t, err, "fatal")
+	require.ErrorContains(t, err, "the active rules, hash "+m.rules.Load().Hash()+", stay")
+	require.Equal(t, 1.0, testutil.ToFloat64(m.metrics.reloads.WithLabelValues("error")))
 	got, _ := m.rules.Load().Lookup("webhook", "deploy-failed")
 	require.Equal(t, "critical", got.Severity)
 
