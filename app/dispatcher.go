@@ -149,7 +149,7 @@ func newRouter(cfg config.Config, logger *zap.Logger) *dispatch.Router {
 		})
 	}
 	logTarget := dispatch.LogTarget{Logger: logger.Named("agent")}
-	var def dispatch.Target = kagent("", "", "")
+	def := kagent("", "", "")
 	if cfg.Dispatcher.Target == "log" {
 		def = logTarget
 	}

@@ -102,9 +102,9 @@ func (r *runner) ready(context.Context) error {
 	case "running":
 		return nil
 	case "failed":
-		return fmt.Errorf("plugin %s failed and will not be restarted until plugins.yaml changes: %v", r.name, r.err)
+		return fmt.Errorf("plugin %s failed and will not be restarted until plugins.yaml changes: %w", r.name, r.err)
 	default:
-		return fmt.Errorf("plugin %s is %s after: %v", r.name, r.state, r.err)
+		return fmt.Errorf("plugin %s is %s after: %w", r.name, r.state, r.err)
 	}
 }
 

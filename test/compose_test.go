@@ -223,7 +223,7 @@ func TestComposeUp(t *testing.T) {
 		for i := range total {
 			code, body, err := postStatus(c.webhook, fmt.Sprintf("mid-%d", i))
 			if err != nil || code != http.StatusAccepted {
-				errs <- fmt.Errorf("event %d: %d %s %v", i, code, body, err)
+				errs <- fmt.Errorf("event %d: %d %s %w", i, code, body, err)
 				return
 			}
 			posted.Add(1)

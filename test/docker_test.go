@@ -112,7 +112,7 @@ func images(t *testing.T, e *engine) (khookImage, natsImage string) {
 			cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=container-test", "-o", filepath.Join(dir, b[0]), b[1])
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			if out, err := cmd.CombinedOutput(); err != nil {
-				testImages.err = fmt.Errorf("building static %s: %v\n%s", b[0], err, out)
+				testImages.err = fmt.Errorf("building static %s: %w\n%s", b[0], err, out)
 				return
 			}
 		}
@@ -160,7 +160,7 @@ func importImage(e *engine, tag string, files []imageFile, changes ...string) er
 	}
 	out, err := e.tryIn(context.Background(), "", nil, pr, append(args, "-", tag)...)
 	if err != nil {
-		return fmt.Errorf("docker import %s: %v\n%s", tag, err, out)
+		return fmt.Errorf("docker import %s: %w\n%s", tag, err, out)
 	}
 	return nil
 }

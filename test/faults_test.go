@@ -186,7 +186,8 @@ func TestNATSRestartMidRun(t *testing.T) {
 	natsProc.kill()
 	t.Logf("nats-server killed after %d events accepted", accepted.Load())
 	time.Sleep(time.Second) // the outage itself, not synchronisation
-	natsProc, _ = startNATS(t, dir+"/nats", natsPort)
+	// The restarted server is stopped by the test's cleanup.
+	startNATS(t, dir+"/nats", natsPort)
 	restartedAt.Store(time.Now().UnixNano())
 	require.Eventually(t, func() bool { return accepted.Load() == total }, 2*time.Minute, 10*time.Millisecond)
 	wg.Wait()

@@ -90,10 +90,10 @@ func TestReplayThroughMapperAfterMappingChange(t *testing.T) {
 	code, out = khookCmd(t, "replay", "--config", cfg, "--nats-url", natsURL, "--through", "mapper", "--since", "1h")
 	require.Equal(t, 0, code, out)
 	require.Contains(t, out, "sent 3 events, skipped 0; complete")
-	got := waitReceived(t, agent, 6, 10*time.Second)
+	waitReceived(t, agent, 6, 10*time.Second)
 	js := connectJS(t, natsURL)
 	waitSettled(t, js, "KHOOK_EVENTS", "khook-dispatcher", 6)
-	got = agent.Received()
+	got := agent.Received()
 	require.Len(t, got, 6, "the dry run called nothing; the replay called once per event")
 	remapped := map[string]bool{}
 	for _, r := range got[3:] {

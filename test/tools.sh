@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds, or finds in the cache outside the clone, every tool `make test` runs: kube-apiserver
-# and etcd, helm, promtool, and the Compose v2 and buildx plugins, each from the Go module proxy. The builds run
+# Builds, or finds in the cache outside the clone, every tool `make test` and `make lint` run:
+# kube-apiserver and etcd, helm, promtool, the Compose v2 and buildx plugins, and
+# golangci-lint, each from the Go module proxy. The builds run
 # side by side, because on a cold machine much of each is waiting on module downloads. Prints
 # the variables the tests read, for `eval`, and each build's time on stderr.
 #
@@ -25,10 +26,11 @@ start kube kube/build-assets.sh
 start helm helm/build-helm.sh
 start docker docker/build-plugins.sh
 start promtool promtool/build-promtool.sh
+start lint lint/build-golangci-lint.sh
 wait
 
 failed=0
-for name in kube helm docker promtool; do
+for name in kube helm docker promtool lint; do
   read -r status took <"$out/$name.done"
   if [ -s "$out/$name.log" ]; then
     sed "s/^/tools: $name: /" "$out/$name.log" >&2
@@ -42,5 +44,5 @@ for name in kube helm docker promtool; do
 done
 [ "$failed" -eq 0 ] || exit 1
 
-printf 'export KUBE_TEST_ASSETS=%q HELM=%q DOCKER_PLUGINS=%q PROMTOOL=%q\n' \
-  "$(cat "$out/kube")" "$(cat "$out/helm")" "$(cat "$out/docker")" "$(cat "$out/promtool")"
+printf 'export KUBE_TEST_ASSETS=%q HELM=%q DOCKER_PLUGINS=%q PROMTOOL=%q GOLANGCI_LINT=%q\n' \
+  "$(cat "$out/kube")" "$(cat "$out/helm")" "$(cat "$out/docker")" "$(cat "$out/promtool")" "$(cat "$out/lint")"

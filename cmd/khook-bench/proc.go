@@ -121,7 +121,7 @@ func waitListening(addr string, p *proc) error {
 	for time.Now().Before(deadline) {
 		select {
 		case <-p.done:
-			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.out.String())
+			return fmt.Errorf("%s exited: %w\n%s", p.name, p.err, p.out.String())
 		default:
 		}
 		if c, err := net.Dial("tcp", addr); err == nil {
@@ -138,7 +138,7 @@ func waitReady(url string, p *proc) error {
 	for time.Now().Before(deadline) {
 		select {
 		case <-p.done:
-			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.out.String())
+			return fmt.Errorf("%s exited: %w\n%s", p.name, p.err, p.out.String())
 		default:
 		}
 		if resp, err := http.Get(url); err == nil {

@@ -41,7 +41,6 @@ type Cluster struct {
 	etcd      *exec.Cmd
 	apiserver *exec.Cmd
 	apiArgs   []string
-	apiLog    *os.File
 	// Kubeconfig is a kubeconfig file for the admin; Config is the same as a rest.Config.
 	Kubeconfig string
 	Config     *rest.Config

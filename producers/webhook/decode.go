@@ -175,7 +175,7 @@ func plainObject(b json.RawMessage) (incoming, error) {
 		Type json.RawMessage `json:"type"`
 	}
 	if err := json.Unmarshal(b, &fields); err != nil {
-		return incoming{}, fmt.Errorf("body is not valid JSON: %v", err)
+		return incoming{}, fmt.Errorf("body is not valid JSON: %w", err)
 	}
 	it := incoming{data: b}
 	if len(fields.Type) > 0 && string(fields.Type) != "null" {

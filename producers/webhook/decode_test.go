@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"errors"
 	"net/http"
 	"net/url"
 	"testing"
@@ -36,8 +37,8 @@ func FuzzDecodeRequest(f *testing.F) {
 		e.Batch = batch
 		events, _, err := decodeRequest(e, Name, h, url.Values{"type": {queryType}}, body)
 		if err != nil {
-			he, ok := err.(*httpError)
-			require.True(t, ok, "refusals carry a status: %v", err)
+			var he *httpError
+			require.True(t, errors.As(err, &he), "refusals carry a status: %v", err)
 			require.True(t, he.code >= 400 && he.code < 500, "refusal status %d", he.code)
 			require.NotEmpty(t, he.msg)
 			return

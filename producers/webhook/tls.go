@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -45,7 +46,7 @@ func (r *certReloader) get() (*tls.Certificate, error) {
 	}
 	if r.cert == nil {
 		if r.lastLoad == nil {
-			r.lastLoad = fmt.Errorf("certFile %s / keyFile %s: %v %v", r.certFile, r.keyFile, err1, err2)
+			r.lastLoad = fmt.Errorf("certFile %s / keyFile %s: %w", r.certFile, r.keyFile, errors.Join(err1, err2))
 		}
 		return nil, fmt.Errorf("webhook TLS: %w", r.lastLoad)
 	}
