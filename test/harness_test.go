@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/khook/khook/hook/hooktest"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -327,19 +329,7 @@ server:
 	return filepath.Join(p.dir, "khook.yaml")
 }
 
-const hooksYAML = `- apiVersion: kagent.dev/v1alpha2
-  kind: Hook
-  metadata:
-    name: shop-deployments
-    namespace: shop
-  spec:
-    eventConfigurations:
-      - eventType: deploy-failed
-        agentRef:
-          name: sre-agent
-          namespace: kagent
-        prompt: "Deployment {{.ResourceName}} in {{ .Namespace }} failed: {{.Message}}"
-`
+var hooksYAML = hooktest.Fixture("hooks/shop-deployments.yaml")
 
 // wantText is the message an agent receives for a deploy-failed event on resource with msg.
 func wantText(resource, msg string) string {

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/khook/khook/hook/hooktest"
+
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -39,19 +41,7 @@ func khookCmd(t *testing.T, args ...string) (int, string) {
 	return 0, string(out)
 }
 
-const rolloutHook = `- apiVersion: kagent.dev/v1alpha2
-  kind: Hook
-  metadata:
-    name: rollouts
-    namespace: shop
-  spec:
-    eventConfigurations:
-      - eventType: rollout-failed
-        agentRef:
-          name: sre-agent
-          namespace: kagent
-        prompt: "Re-mapped rollout of {{.ResourceName}}"
-`
+var rolloutHook = hooktest.Fixture("hooks/rollouts.yaml")
 
 // TestReplayThroughMapperAfterMappingChange: events are delivered, the mapping changes, a
 // dry run shows the new outcome and calls nothing, and the replay delivers each event once

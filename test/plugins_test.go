@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/khook/khook/hook/hooktest"
+
 	"github.com/stretchr/testify/require"
 )
 
@@ -93,15 +95,7 @@ func TestExternalPluginWithOwnCredentials(t *testing.T) {
 		embeddedListen: "127.0.0.1:" + strconv.Itoa(natsPort), storeDir: dir + "/data",
 		extraNATS:     fmt.Sprintf("    plugin_users:\n      - name: disk-usage\n        password_file: %s\n", pw),
 		extraMappings: "  - eventSource: disk-usage\n    eventType: disk-full\n    severity: critical\n",
-		extraHooks: `- apiVersion: kagent.dev/v1alpha2
-  kind: Hook
-  metadata: {name: disks, namespace: infra}
-  spec:
-    eventConfigurations:
-      - eventType: disk-full
-        agentRef: {name: ops-agent, namespace: kagent}
-        prompt: "Free space on {{.ResourceName}}: {{.Message}}"
-`,
+		extraHooks:    hooktest.Fixture("hooks/disks.yaml"),
 	}
 	p := start(t, "khook run", bins.khook, "run", "--config", f.write(t))
 	waitReady(t, p, f.probes)
@@ -150,18 +144,7 @@ func TestAlertmanagerFiringThenResolved(t *testing.T) {
     internalType: alert-resolved
     severity: info
 `,
-		extraHooks: `- apiVersion: kagent.dev/v1alpha2
-  kind: Hook
-  metadata: {name: alerts, namespace: payments}
-  spec:
-    eventConfigurations:
-      - eventType: alert-firing
-        agentRef: {name: sre, namespace: kagent}
-        prompt: "FIRING {{.Reason}} on {{.ResourceName}}: {{.Message}}"
-      - eventType: alert-resolved
-        agentRef: {name: sre, namespace: kagent}
-        prompt: "RESOLVED {{.Reason}} on {{.ResourceName}}"
-`,
+		extraHooks: hooktest.Fixture("hooks/alerts.yaml"),
 	}
 	f.storeDir = f.dir + "/data"
 	t.Setenv("AM_TOKEN", "am-t0ken") // the plugin's token is ${AM_TOKEN} in plugins.yaml

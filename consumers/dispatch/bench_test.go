@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/khook/khook/hook/hooktest"
+
 	"github.com/khook/khook/hook"
 
 	"github.com/nats-io/nats.go"
@@ -25,15 +27,7 @@ import (
 	"github.com/khook/khook/streams/streamstest"
 )
 
-const benchHooks = `- apiVersion: kagent.dev/v1alpha2
-  kind: Hook
-  metadata: {name: bench, namespace: shop}
-  spec:
-    eventConfigurations:
-      - eventType: deploy-failed
-        agentRef: {name: sre, namespace: kagent}
-        prompt: "{{.ID}} Deployment {{.ResourceName}} failed: {{.Message}}"
-`
+var benchHooks = hooktest.Fixture("bench-hooks.yaml")
 
 type benchEnv struct {
 	js    jetstream.JetStream
@@ -79,14 +73,7 @@ func (e *benchEnv) fill(b *testing.B, n int) {
 
 func (e *benchEnv) startDispatcher(b *testing.B, ctx context.Context) {
 	b.Helper()
-	hooks, err := hook.Parse([]byte(benchHooks))
-	if err != nil {
-		b.Fatal(err)
-	}
-	idx, err := hook.NewIndex(hooks)
-	if err != nil {
-		b.Fatal(err)
-	}
+	idx := hooktest.Index(b, benchHooks)
 	cfg := DefaultConfig()
 	cfg.Workers = 64
 	cfg.Guard.Concurrency = 64

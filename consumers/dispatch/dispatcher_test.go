@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/khook/khook/hook/hooktest"
+
 	"github.com/khook/khook/hook"
 
 	"github.com/nats-io/nats.go"
@@ -96,28 +98,7 @@ func (f *faults) wrap(next http.Handler) http.Handler {
 	})
 }
 
-const testHooks = `- apiVersion: kagent.dev/v1alpha2
-  kind: Hook
-  metadata: {name: deploys, namespace: shop}
-  spec:
-    eventConfigurations:
-      - eventType: deploy-failed
-        agentRef: {name: sre, namespace: kagent}
-        prompt: "Deployment {{.ResourceName}} failed ({{.Severity}}, team {{.Tags.team}})"
-      - eventType: deploy-failed
-        agentRef: {name: legacy-sre, namespace: kagent}
-        minSeverity: critical
-        prompt: "Legacy: {{.ResourceName}}"
-      - eventType: slow-thing
-        agentRef: {name: slow, namespace: kagent}
-        prompt: "slow {{.ResourceName}}"
-      - eventType: fast-thing
-        agentRef: {name: fast, namespace: kagent}
-        prompt: "fast {{.ResourceName}}"
-      - eventType: long-task
-        agentRef: {name: tasks, namespace: kagent}
-        prompt: "long {{.ResourceName}}"
-`
+var testHooks = hooktest.Fixture("hooks.yaml")
 
 func newHarness(t *testing.T, cfg Config, protocol string) *harness {
 	t.Helper()
@@ -145,10 +126,7 @@ func newHarnessAckWait(t *testing.T, cfg Config, protocol string, ackWait time.D
 	srv := httptest.NewServer(f.wrap(agent.Handler()))
 	t.Cleanup(srv.Close)
 
-	hooks, err := hook.Parse([]byte(testHooks))
-	require.NoError(t, err)
-	idx, err := hook.NewIndex(hooks)
-	require.NoError(t, err)
+	idx := hooktest.Index(t, testHooks)
 	target := NewKagent(KagentConfig{URL: srv.URL, Protocol: protocol, UserID: "tester", Timeout: 5 * time.Second, PollInterval: 50 * time.Millisecond})
 	legacy := NewKagent(KagentConfig{URL: srv.URL, Protocol: "0.3", UserID: "tester", Timeout: 5 * time.Second})
 	router := NewRouter(target, Route{Agent: "kagent/legacy-sre", Target: legacy})
@@ -464,10 +442,7 @@ func TestHTTPTargetSendsBinaryCloudEvent(t *testing.T) {
 	}))
 	defer srv.Close()
 	target := NewHTTP(HTTPConfig{URL: srv.URL, Timeout: 5 * time.Second})
-	hooks, err := hook.Parse([]byte(testHooks))
-	require.NoError(t, err)
-	idx, err := hook.NewIndex(hooks)
-	require.NoError(t, err)
+	idx := hooktest.Index(t, testHooks)
 	ev := &mapping.Event{ID: "e1", Type: "deploy-failed", Namespace: "shop", Severity: "error",
 		Resource: mapping.Resource{Kind: "Deployment", Name: "cart"}, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 	task, err := hook.NewTask(idx.Match(ev)[0], ev)

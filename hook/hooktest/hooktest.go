@@ -3,7 +3,9 @@
 package hooktest
 
 import (
+	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/khook/khook/hook"
@@ -30,13 +32,12 @@ func Index(t testing.TB, hooksYAML string) *hook.Index {
 	return idx
 }
 
-// File reads a hooks.yaml fixture, typically testdata/NAME.yaml, failing the test when it
-// cannot.
-func File(t testing.TB, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
+// Fixture is the content of testdata/NAME in the calling package's folder, for a test file's
+// package-level fixtures. A missing fixture panics with its path, before any test runs.
+func Fixture(name string) string {
+	b, err := os.ReadFile(filepath.Join("testdata", name))
 	if err != nil {
-		t.Fatal(err)
+		panic(fmt.Sprintf("fixture: %v", err))
 	}
 	return string(b)
 }

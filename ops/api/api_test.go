@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/khook/khook/hook/hooktest"
+
 	"github.com/goccy/go-yaml"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -31,16 +33,7 @@ import (
 
 const token = "api-token-for-tests"
 
-const hooksYAML = `- apiVersion: kagent.dev/v1alpha2
-  kind: Hook
-  metadata: {name: restarts, namespace: shop}
-  spec:
-    eventConfigurations:
-      - eventType: pod-restart
-        agentRef: {name: k8s-agent, namespace: kagent}
-        prompt: "restart"
-        minSeverity: error
-`
+var hooksYAML = hooktest.Fixture("hooks.yaml")
 
 type fixture struct {
 	js      jetstream.JetStream
@@ -55,10 +48,7 @@ func newFixture(t *testing.T) *fixture {
 	topo := streams.Default()
 	_, err := streams.Apply(context.Background(), js, topo)
 	require.NoError(t, err)
-	hooks, err := hook.Parse([]byte(hooksYAML))
-	require.NoError(t, err)
-	idx, err := hook.NewIndex(hooks)
-	require.NoError(t, err)
+	idx := hooktest.Index(t, hooksYAML)
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	require.NoError(t, os.WriteFile(tokenFile, []byte(token+"\n"), 0o600))
 	s := &api.Server{JS: js, Topo: topo, Token: secret.New("", tokenFile), Hooks: func() *hook.Index { return idx },
