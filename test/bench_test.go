@@ -20,7 +20,7 @@ func TestBenchHarnessSmoke(t *testing.T) {
 	out, err := build.CombinedOutput()
 	require.NoError(t, err, string(out))
 	cmd := exec.Command(bin, "--events", "300", "--rates", "200", "--rate-duration", "1s", "--timeout", "60s",
-		"--out", dir, "--khook", bins.khook, "--nats-server", bins.natsServer)
+		"--out", dir, "--khook", bins.khook(), "--nats-server", bins.natsServer())
 	out, err = cmd.CombinedOutput()
 	require.NoError(t, err, string(out))
 	t.Logf("\n%s", out)

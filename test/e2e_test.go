@@ -60,7 +60,7 @@ func TestKhookRun(t *testing.T) {
 		embeddedListen: "127.0.0.1:" + strconv.Itoa(freePort(t)),
 	}
 	files.storeDir = files.dir + "/data"
-	p := start(t, "khook run", bins.khook, "run", "--config", files.write(t))
+	p := start(t, "khook run", bins.khook(), "run", "--config", files.write(t))
 	waitReady(t, p, files.probes)
 
 	sent := time.Now()
@@ -96,7 +96,7 @@ func TestSeparateProcesses(t *testing.T) {
 		f := base
 		f.dir = t.TempDir()
 		f.metrics, f.probes = freePort(t), freePort(t)
-		p := start(t, "khook "+stage, bins.khook, stage, "--config", f.write(t))
+		p := start(t, "khook "+stage, bins.khook(), stage, "--config", f.write(t))
 		waitReady(t, p, f.probes)
 		procs = append(procs, p)
 	}
@@ -132,13 +132,13 @@ func TestMapperCrashRedelivers(t *testing.T) {
 
 	dispatcher := base
 	dispatcher.dir, dispatcher.metrics, dispatcher.probes = t.TempDir(), freePort(t), freePort(t)
-	dp := start(t, "khook dispatcher", bins.khook, "dispatcher", "--config", dispatcher.write(t))
+	dp := start(t, "khook dispatcher", bins.khook(), "dispatcher", "--config", dispatcher.write(t))
 	waitReady(t, dp, dispatcher.probes)
 
 	mapperFiles := base
 	mapperFiles.dir, mapperFiles.metrics, mapperFiles.probes = t.TempDir(), freePort(t), freePort(t)
 	mapperCfg := mapperFiles.write(t)
-	mp := start(t, "khook mapper (first)", bins.khook, "mapper", "--config", mapperCfg)
+	mp := start(t, "khook mapper (first)", bins.khook(), "mapper", "--config", mapperCfg)
 
 	cons, err := js.Consumer(ctx, topo.Raw.Name, topo.Mapper.Durable)
 	require.NoError(t, err)
@@ -158,7 +158,7 @@ func TestMapperCrashRedelivers(t *testing.T) {
 		info.AckFloor.Stream, total, info.NumAckPending)
 	require.Less(t, info.AckFloor.Stream, uint64(total), "the kill must land mid-backlog")
 
-	start(t, "khook mapper (restarted)", bins.khook, "mapper", "--config", mapperCfg)
+	start(t, "khook mapper (restarted)", bins.khook(), "mapper", "--config", mapperCfg)
 	waitReceived(t, agent, total, 2*time.Minute)
 	waitSettled(t, js, topo.Events.Name, topo.Dispatcher.Durable, total)
 
@@ -175,7 +175,7 @@ func TestMapperCrashRedelivers(t *testing.T) {
 // runOnce runs a short khook command and returns its output.
 func runOnce(t *testing.T, args ...string) string {
 	t.Helper()
-	p := start(t, "khook "+strings.Join(args, " "), bins.khook, args...)
+	p := start(t, "khook "+strings.Join(args, " "), bins.khook(), args...)
 	<-p.done
 	require.NoError(t, p.err, p.out.String())
 	return p.out.String()
@@ -201,7 +201,7 @@ func TestReadinessFollowsNATS(t *testing.T) {
 	nats1, natsURL := startNATS(t, dir+"/nats", natsPort)
 	_, agentURL := startAgent(t)
 	f := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t)}
-	p := start(t, "khook mapper", bins.khook, "mapper", "--config", f.write(t))
+	p := start(t, "khook mapper", bins.khook(), "mapper", "--config", f.write(t))
 	waitReady(t, p, f.probes)
 
 	nats1.kill()
@@ -240,7 +240,7 @@ func TestTwoMappersOneKilled(t *testing.T) {
 	for i := range 2 {
 		f := base
 		f.dir, f.metrics, f.probes = t.TempDir(), freePort(t), freePort(t)
-		mappers = append(mappers, start(t, fmt.Sprintf("khook mapper %d", i), bins.khook, "mapper", "--config", f.write(t)))
+		mappers = append(mappers, start(t, fmt.Sprintf("khook mapper %d", i), bins.khook(), "mapper", "--config", f.write(t)))
 	}
 	cons, err := js.Consumer(ctx, topo.Raw.Name, topo.Mapper.Durable)
 	require.NoError(t, err)
@@ -300,7 +300,7 @@ func TestSuppressionAcrossDispatcherProcesses(t *testing.T) {
 	for i := range 3 {
 		f := base
 		f.dir, f.metrics, f.probes = t.TempDir(), freePort(t), freePort(t)
-		p := start(t, fmt.Sprintf("khook dispatcher %d", i), bins.khook, "dispatcher", "--config", f.write(t))
+		p := start(t, fmt.Sprintf("khook dispatcher %d", i), bins.khook(), "dispatcher", "--config", f.write(t))
 		waitReady(t, p, f.probes)
 	}
 	js := connectJS(t, natsURL)
@@ -352,7 +352,7 @@ func TestDispatcherKilledDuringSlowCall(t *testing.T) {
 	runOnce(t, "streams", "apply", "--config", base.write(t))
 	first := base
 	first.dir, first.metrics, first.probes = t.TempDir(), freePort(t), freePort(t)
-	p := start(t, "khook dispatcher (killed)", bins.khook, "dispatcher", "--config", first.write(t))
+	p := start(t, "khook dispatcher (killed)", bins.khook(), "dispatcher", "--config", first.write(t))
 	waitReady(t, p, first.probes)
 
 	js := connectJS(t, natsURL)
@@ -362,7 +362,7 @@ func TestDispatcherKilledDuringSlowCall(t *testing.T) {
 
 	second := base
 	second.dir, second.metrics, second.probes = t.TempDir(), freePort(t), freePort(t)
-	start(t, "khook dispatcher (replacement)", bins.khook, "dispatcher", "--config", second.write(t))
+	start(t, "khook dispatcher (replacement)", bins.khook(), "dispatcher", "--config", second.write(t))
 	topo := streams.Default()
 	waitSettled(t, js, topo.Events.Name, topo.Dispatcher.Durable, 1)
 	require.Equal(t, int64(2), started.Load(), "the replacement called the agent again")

@@ -68,7 +68,7 @@ func newStageSet(t *testing.T, stage string, base pipelineFiles, replicas int) *
 		f.dir = t.TempDir()
 		f.metrics, f.probes = freePort(t), freePort(t)
 		s.cfgs = append(s.cfgs, f.write(t))
-		p := start(t, fmt.Sprintf("khook %s %d", stage, i), bins.khook, stage, "--config", s.cfgs[i])
+		p := start(t, fmt.Sprintf("khook %s %d", stage, i), bins.khook(), stage, "--config", s.cfgs[i])
 		waitReady(t, p, f.probes)
 		s.procs = append(s.procs, p)
 	}
@@ -80,7 +80,7 @@ func (s *stageSet) killAndRestart(i int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.procs[i].kill()
-	s.procs[i] = start(s.t, fmt.Sprintf("khook %s %d (restarted)", s.stage, i), bins.khook, s.stage, "--config", s.cfgs[i])
+	s.procs[i] = start(s.t, fmt.Sprintf("khook %s %d (restarted)", s.stage, i), bins.khook(), s.stage, "--config", s.cfgs[i])
 }
 
 // TestKillReplicasDuringRun runs 20,000 events through three mappers and three dispatchers
@@ -264,7 +264,7 @@ func TestAgentDownThenBack(t *testing.T) {
 		extraConfig:    "dispatcher:\n  retry_base: 100ms\n  retry_max: 1s\n  max_attempts: 30\n  breaker:\n    failures: 5\n    cooldown: 500ms\n",
 	}
 	f.storeDir = f.dir + "/data"
-	p := start(t, "khook run", bins.khook, "run", "--config", f.write(t))
+	p := start(t, "khook run", bins.khook(), "run", "--config", f.write(t))
 	waitReady(t, p, f.probes)
 	for i := range total {
 		code, body := postEvent(t, f.webhook, fmt.Sprintf("cart-%d", i), "rollout stuck")
@@ -307,7 +307,7 @@ func TestSlowConsumerDiscardPolicies(t *testing.T) {
 			publishBacklog(t, js, total)
 			m := base
 			m.dir, m.metrics, m.probes = t.TempDir(), freePort(t), freePort(t)
-			p := start(t, "khook mapper", bins.khook, "mapper", "--config", m.write(t))
+			p := start(t, "khook mapper", bins.khook(), "mapper", "--config", m.write(t))
 			waitReady(t, p, m.probes)
 
 			usage := `khook_stream_limit_usage_ratio{limit="msgs",stream="KHOOK_EVENTS"}`
@@ -367,7 +367,7 @@ func TestStreamLeaderKilledInCluster(t *testing.T) {
 		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", s.port))
 	}
 	for _, s := range servers {
-		s.proc = start(t, "nats-server "+s.name, bins.natsServer, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(s.port),
+		s.proc = start(t, "nats-server "+s.name, bins.natsServer(), "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(s.port),
 			"-n", s.name, "-sd", dir+"/"+s.name, "--cluster_name", "khook", "--cluster", fmt.Sprintf("nats://127.0.0.1:%d", s.rprt),
 			"--routes", strings.Join(routes, ","))
 	}

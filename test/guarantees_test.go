@@ -120,7 +120,7 @@ func TestDispatcherWaitsForHooksFromCluster(t *testing.T) {
 	f := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
 		kubeconfig: kubeconfigVia(t, c.Kubeconfig, proxy.addr)}
 	config := f.write(t)
-	d := start(t, "khook dispatcher", bins.khook, "dispatcher", "--config", config)
+	d := start(t, "khook dispatcher", bins.khook(), "dispatcher", "--config", config)
 
 	// The API server cannot be reached: the dispatcher says so, and takes nothing.
 	require.Eventually(t, func() bool {
@@ -143,7 +143,7 @@ func TestDispatcherWaitsForHooksFromCluster(t *testing.T) {
 	// at once this time; the new dispatcher still waits for the informer's first list.
 	require.NoError(t, d.stop(t))
 	publishPodRestarts(t, js, "shop", "later", backlog)
-	d2 := start(t, "khook dispatcher 2", bins.khook, "dispatcher", "--config", config)
+	d2 := start(t, "khook dispatcher 2", bins.khook(), "dispatcher", "--config", config)
 	waitReady(t, d2, f.probes)
 	waitSettled(t, js, topo.Events.Name, topo.Dispatcher.Durable, 2*backlog)
 	require.Len(t, agent.Received(), 2*backlog)
@@ -178,7 +178,7 @@ func TestShutdownDrainsCallsOrHandsThemOver(t *testing.T) {
 	dispatcher := func(name, drain string) (*proc, pipelineFiles) {
 		f := pipelineFiles{dir: t.TempDir(), natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), metrics: freePort(t),
 			probes: freePort(t), extraConfig: "dispatcher:\n  drain_timeout: " + drain + "\n"}
-		p := start(t, name, bins.khook, "dispatcher", "--config", f.write(t))
+		p := start(t, name, bins.khook(), "dispatcher", "--config", f.write(t))
 		waitReady(t, p, f.probes)
 		return p, f
 	}
@@ -302,7 +302,7 @@ func TestEmptySecretsFailClosed(t *testing.T) {
 			if tc.plugins != "" {
 				require.NoError(t, os.WriteFile(filepath.Join(f.dir, "plugins.yaml"), []byte(fmt.Sprintf(tc.plugins, f.webhook)), 0o600))
 			}
-			p := startEnv(t, "khook run", tc.env, bins.khook, "run", "--config", config)
+			p := startEnv(t, "khook run", tc.env, bins.khook(), "run", "--config", config)
 			select {
 			case <-p.done:
 			case <-time.After(30 * time.Second):

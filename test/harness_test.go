@@ -38,11 +38,45 @@ import (
 	"github.com/khook/khook/streams/streamstest"
 )
 
-// bins holds the binaries built once for the whole package.
-var bins struct {
-	dir        string
-	khook      string
-	natsServer string
+// bins holds the binaries the tests run, each built on first use and once for the whole
+// package, so that `go test -run` of an in-process test builds nothing.
+var bins = &binaries{}
+
+type binaries struct {
+	dir                 string // made by TestMain, removed after every test
+	khookOnce, natsOnce sync.Once
+	khookPath, natsPath string
+	khookErr, natsErr   error
+}
+
+// khook is the khook binary, built from this module.
+func (b *binaries) khook() string {
+	b.khookOnce.Do(func() { b.khookPath, b.khookErr = b.build("khook", "github.com/khook/khook/cmd/khook") })
+	return must(b.khookPath, b.khookErr)
+}
+
+// natsServer is a standalone nats-server, built from the same module khook embeds, so the
+// tests need nothing beyond the Go module proxy.
+func (b *binaries) natsServer() string {
+	b.natsOnce.Do(func() { b.natsPath, b.natsErr = b.build("nats-server", "github.com/nats-io/nats-server/v2") })
+	return must(b.natsPath, b.natsErr)
+}
+
+func (b *binaries) build(name, pkg string) (string, error) {
+	out := filepath.Join(b.dir, name)
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building %s: %w\n%s", pkg, err, msg)
+	}
+	return out, nil
+}
+
+// must is a binary's path, or a panic that fails the test needing it with the build's error.
+func must(path string, err error) string {
+	if err != nil {
+		panic(err)
+	}
+	return path
 }
 
 // atExit holds clean-ups of resources shared by several tests (container images), run after
@@ -56,22 +90,6 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bins.dir = dir
-	bins.khook = filepath.Join(dir, "khook")
-	bins.natsServer = filepath.Join(dir, "nats-server")
-	for _, b := range [][]string{
-		{"-o", bins.khook, "github.com/khook/khook/cmd/khook"},
-		// The standalone server is built from the same module khook embeds, so the tests need
-		// nothing beyond the Go module proxy.
-		{"-o", bins.natsServer, "github.com/nats-io/nats-server/v2"},
-	} {
-		cmd := exec.Command("go", append([]string{"build"}, b...)...)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintf(os.Stderr, "building %s: %v\n", b[len(b)-1], err)
-			os.RemoveAll(dir)
-			os.Exit(1)
-		}
-	}
 	code := m.Run()
 	for _, f := range atExit {
 		f()
@@ -215,7 +233,7 @@ func startNATS(t *testing.T, storeDir string, port int) (*proc, string) {
 
 func startNATSArgs(t *testing.T, port int, args ...string) (*proc, string) {
 	t.Helper()
-	p := start(t, "nats-server", bins.natsServer, args...)
+	p := start(t, "nats-server", bins.natsServer(), args...)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {

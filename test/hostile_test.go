@@ -45,7 +45,7 @@ func TestHostileWebhookInput(t *testing.T) {
           token: s3cret
 `, f.webhook)
 	require.NoError(t, os.WriteFile(f.dir+"/plugins.yaml", []byte(plugins), 0o600))
-	p := start(t, "khook run", bins.khook, "run", "--config", config)
+	p := start(t, "khook run", bins.khook(), "run", "--config", config)
 	waitReady(t, p, f.probes)
 	base := fmt.Sprintf("http://127.0.0.1:%d", f.webhook)
 	accepted := 0
@@ -155,7 +155,7 @@ func TestHostileHookDoesNotDelayOthers(t *testing.T) {
 	dir, natsURL, js, topo, agent, agentURL := rig.dir, rig.natsURL, rig.js, rig.topo, rig.agent, rig.agentURL
 	f := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
 		kubeconfig: c.Kubeconfig}
-	d := start(t, "khook dispatcher", bins.khook, "dispatcher", "--config", f.write(t))
+	d := start(t, "khook dispatcher", bins.khook(), "dispatcher", "--config", f.write(t))
 	waitReady(t, d, f.probes)
 	publishPodRestarts(t, js, "shop", "pod", 20)
 	waitSettled(t, js, topo.Events.Name, topo.Dispatcher.Durable, 20)
@@ -185,7 +185,7 @@ func TestPublishIDWithManyLinesIsRefused(t *testing.T) {
 	js := connectJS(t, natsURL)
 	_, err := streams.Apply(context.Background(), js, streams.Default())
 	require.NoError(t, err)
-	cmd := exec.Command(bins.khook, "publish", "--source", "ext", "--type", "disk-full", "--id", "same", "--nats-url", natsURL)
+	cmd := exec.Command(bins.khook(), "publish", "--source", "ext", "--type", "disk-full", "--id", "same", "--nats-url", natsURL)
 	cmd.Stdin = strings.NewReader("{\"n\":1}\n{\"n\":2}\n")
 	out, err := cmd.CombinedOutput()
 	require.Error(t, err, string(out))
@@ -196,7 +196,7 @@ func TestPublishIDWithManyLinesIsRefused(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, info.State.Msgs, "nothing was published")
 
-	cmd = exec.Command(bins.khook, "publish", "--source", "ext", "--type", "disk-full", "--id", "same", "--nats-url", natsURL)
+	cmd = exec.Command(bins.khook(), "publish", "--source", "ext", "--type", "disk-full", "--id", "same", "--nats-url", natsURL)
 	cmd.Stdin = strings.NewReader("{\"n\":1}\n")
 	out, err = cmd.CombinedOutput()
 	require.NoError(t, err, string(out))

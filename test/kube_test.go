@@ -202,7 +202,7 @@ func TestKubernetesEndToEnd(t *testing.T) {
 		extraPlugins: "  - name: kubernetes\n    config:\n      kubeconfig: " + c.Kubeconfig + "\n",
 	}
 	f.storeDir = f.dir + "/data"
-	p := start(t, "khook run", bins.khook, "run", "--config", f.write(t))
+	p := start(t, "khook run", bins.khook(), "run", "--config", f.write(t))
 	waitReady(t, p, f.probes)
 
 	_, err = cs.CoreV1().Pods("shop").Create(context.Background(), &corev1.Pod{
@@ -360,7 +360,7 @@ func TestKubernetesBurst(t *testing.T) {
 	_, agentURL := startAgent(t)
 	f := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
 		extraPlugins: "  - name: kubernetes\n    config:\n      kubeconfig: " + c.Kubeconfig + "\n      namespace: burst\n"}
-	p := start(t, "khook producer", bins.khook, "producer", "--plugin", "kubernetes", "--config", f.write(t))
+	p := start(t, "khook producer", bins.khook(), "producer", "--plugin", "kubernetes", "--config", f.write(t))
 	waitReady(t, p, f.probes)
 
 	began := time.Now()
@@ -431,7 +431,7 @@ func TestWebhookEventTriggersHookResource(t *testing.T) {
 	f := pipelineFiles{dir: t.TempDir(), agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
 		embeddedListen: "127.0.0.1:" + strconv.Itoa(freePort(t)), kubeconfig: c.Kubeconfig}
 	f.storeDir = f.dir + "/data"
-	p := start(t, "khook run", bins.khook, "run", "--config", f.write(t))
+	p := start(t, "khook run", bins.khook(), "run", "--config", f.write(t))
 	waitReady(t, p, f.probes)
 	code, body := postEvent(t, f.webhook, "cart", "rollout stuck")
 	require.Equal(t, 202, code, body)
@@ -479,7 +479,7 @@ func TestHooksFromClusterAndFile(t *testing.T) {
 		embeddedListen: "127.0.0.1:" + strconv.Itoa(freePort(t)), kubeconfig: c.Kubeconfig, hooksMode: "both",
 		extraHooks: fileHook("file-only", "file-agent")}
 	f.storeDir = f.dir + "/data"
-	p := start(t, "khook run", bins.khook, "run", "--config", f.write(t))
+	p := start(t, "khook run", bins.khook(), "run", "--config", f.write(t))
 	waitReady(t, p, f.probes)
 
 	agents := func(got []demoagent.Received) []string {

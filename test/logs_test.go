@@ -44,7 +44,7 @@ func TestLogsAreJSONAndNeverContainSecrets(t *testing.T) {
 	edit("plugins.yaml", "      path: /webhook\n", "      path: /webhook\n      token: \"${WEBHOOK_TOKEN}\"\n      enableDebug: true\n")
 
 	p := startEnv(t, "khook run", []string{"LOG_FORMAT=json", "LOG_LEVEL=debug", "WEBHOOK_TOKEN=" + webhookToken},
-		bins.khook, "run", "--config", cfg)
+		bins.khook(), "run", "--config", cfg)
 	waitReady(t, p, f.probes)
 
 	post := func(auth string) int {

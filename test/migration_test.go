@@ -25,7 +25,7 @@ func TestUpstreamSetupMigrates(t *testing.T) {
 	dir, natsURL, js, agent, agentURL := rig.dir, rig.natsURL, rig.js, rig.agent, rig.agentURL
 	f := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: "http://127.0.0.1:1", webhook: freePort(t), metrics: freePort(t),
 		probes: freePort(t), kubeconfig: c.Kubeconfig}
-	d := startEnv(t, "khook dispatcher", []string{"KAGENT_API_BASE_URL=" + agentURL}, bins.khook, "dispatcher", "--config", f.write(t))
+	d := startEnv(t, "khook dispatcher", []string{"KAGENT_API_BASE_URL=" + agentURL}, bins.khook(), "dispatcher", "--config", f.write(t))
 	waitReady(t, d, f.probes)
 	publishPodRestarts(t, js, "shop", "pod", 3)
 	got := waitReceived(t, agent, 3, 30*time.Second)

@@ -31,7 +31,7 @@ import (
 // khookCmd runs one khook command to completion and returns its exit code and output.
 func khookCmd(t *testing.T, args ...string) (int, string) {
 	t.Helper()
-	cmd := exec.Command(bins.khook, args...)
+	cmd := exec.Command(bins.khook(), args...)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
@@ -55,7 +55,7 @@ func TestReplayThroughMapperAfterMappingChange(t *testing.T) {
 	}
 	f.storeDir = f.dir + "/data"
 	cfg := f.write(t)
-	p := start(t, "khook run", bins.khook, "run", "--config", cfg)
+	p := start(t, "khook run", bins.khook(), "run", "--config", cfg)
 	waitReady(t, p, f.probes)
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
 
@@ -121,7 +121,7 @@ func TestReplayInterruptAndResumeCLI(t *testing.T) {
 	publishBacklog(t, js, total)
 
 	// --namespace makes the resumed replay map each raw event again to filter it.
-	p := start(t, "khook replay", bins.khook, "replay", "--config", cfg, "--through", "mapper", "--namespace", "shop", "--rate", "4000")
+	p := start(t, "khook replay", bins.khook(), "replay", "--config", cfg, "--through", "mapper", "--namespace", "shop", "--rate", "4000")
 	idRe := regexp.MustCompile(`replay (\d{8}-\d{6}-[0-9a-f]{6}):`)
 	var id string
 	require.Eventually(t, func() bool {
@@ -196,7 +196,7 @@ func TestDeadLetterRetryAfterAgentRecovers(t *testing.T) {
 	}
 	f.storeDir = f.dir + "/data"
 	cfg := f.write(t)
-	p := start(t, "khook run", bins.khook, "run", "--config", cfg)
+	p := start(t, "khook run", bins.khook(), "run", "--config", cfg)
 	waitReady(t, p, f.probes)
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
 
@@ -255,7 +255,7 @@ func TestEventsAPIInKhookRun(t *testing.T) {
 	b, err := os.ReadFile(cfg)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(cfg, append(b, []byte(fmt.Sprintf("api:\n  enabled: true\n  addr: 127.0.0.1:%d\n  token_file: %s\n", apiPort, tokenFile))...), 0o600))
-	p := start(t, "khook run", bins.khook, "run", "--config", cfg)
+	p := start(t, "khook run", bins.khook(), "run", "--config", cfg)
 	waitReady(t, p, f.probes)
 	code, body := postEvent(t, f.webhook, "cart", "rollout stuck")
 	require.Equal(t, http.StatusAccepted, code, body)

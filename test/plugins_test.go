@@ -56,7 +56,7 @@ func TestPluginsFileDisablesAndEnablesWebhook(t *testing.T) {
 		extraPlugins:   "  - name: heartbeat\n    config:\n      interval: 1h\n      namespace: ops\n",
 	}
 	f.storeDir = f.dir + "/data"
-	p := start(t, "khook run", bins.khook, "run", "--config", f.write(t))
+	p := start(t, "khook run", bins.khook(), "run", "--config", f.write(t))
 	waitReady(t, p, f.probes)
 	require.Eventually(t, func() bool { return listening(f.webhook) }, 10*time.Second, 10*time.Millisecond)
 	require.Equal(t, 1.0, metric(t, f.metrics, `khook_plugin_active{plugin="webhook"}`))
@@ -97,14 +97,14 @@ func TestExternalPluginWithOwnCredentials(t *testing.T) {
 		extraMappings: "  - eventSource: disk-usage\n    eventType: disk-full\n    severity: critical\n",
 		extraHooks:    hooktest.Fixture("hooks/disks.yaml"),
 	}
-	p := start(t, "khook run", bins.khook, "run", "--config", f.write(t))
+	p := start(t, "khook run", bins.khook(), "run", "--config", f.write(t))
 	waitReady(t, p, f.probes)
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
 
 	script, err := filepath.Abs("../examples/plugins/disk-usage.sh")
 	require.NoError(t, err)
 	cmd := exec.Command("sh", script)
-	cmd.Env = append(os.Environ(), "KHOOK="+bins.khook, "THRESHOLD=0", "NAMESPACE=infra", "NATS_URL="+natsURL,
+	cmd.Env = append(os.Environ(), "KHOOK="+bins.khook(), "THRESHOLD=0", "NAMESPACE=infra", "NATS_URL="+natsURL,
 		"PLUGIN_USER=disk-usage", "PLUGIN_PASSWORD_FILE="+pw)
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, string(out))
@@ -115,12 +115,12 @@ func TestExternalPluginWithOwnCredentials(t *testing.T) {
 	require.Contains(t, got[0].Text, "Free space on /")
 
 	// The plugin's user may not publish as another plugin, nor connect without a password.
-	deny := exec.Command(bins.khook, "publish", "--source", "webhook", "--type", "deploy-failed", "--data", `{"namespace":"shop"}`,
+	deny := exec.Command(bins.khook(), "publish", "--source", "webhook", "--type", "deploy-failed", "--data", `{"namespace":"shop"}`,
 		"--nats-url", natsURL, "--user", "disk-usage", "--password-file", pw, "--timeout", "3s")
 	out, err = deny.CombinedOutput()
 	require.Error(t, err)
 	require.Contains(t, string(out), "permission denied", string(out))
-	anon := exec.Command(bins.khook, "publish", "--source", "disk-usage", "--type", "disk-full", "--data", `{}`, "--nats-url", natsURL, "--timeout", "3s")
+	anon := exec.Command(bins.khook(), "publish", "--source", "disk-usage", "--type", "disk-full", "--data", `{}`, "--nats-url", natsURL, "--timeout", "3s")
 	out, err = anon.CombinedOutput()
 	require.Error(t, err)
 	require.Contains(t, strings.ToLower(string(out)), "authorization", string(out))
@@ -148,7 +148,7 @@ func TestAlertmanagerFiringThenResolved(t *testing.T) {
 	}
 	f.storeDir = f.dir + "/data"
 	t.Setenv("AM_TOKEN", "am-t0ken") // the plugin's token is ${AM_TOKEN} in plugins.yaml
-	p := start(t, "khook run", bins.khook, "run", "--config", f.write(t))
+	p := start(t, "khook run", bins.khook(), "run", "--config", f.write(t))
 	waitReady(t, p, f.probes)
 
 	post := func(status, endsAt string) int {

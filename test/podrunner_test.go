@@ -235,7 +235,7 @@ func (r *podRunner) command(pod corev1.PodSpec, podName string, args []string) (
 	for i, a := range args {
 		rewritten[i] = rewrite.Replace(a)
 	}
-	cmd := exec.Command(bins.khook, rewritten...)
+	cmd := exec.Command(bins.khook(), rewritten...)
 	cmd.Env = env // exactly the pod's: nothing of the test's own environment
 	cmd.Dir = filepath.Join(r.root, podName)
 	require.NoError(t, os.MkdirAll(cmd.Dir, 0o755))
@@ -483,7 +483,7 @@ func TestChartPodsRunAsInstalled(t *testing.T) {
 	// plugin stops and the webhook keeps delivering. `enable` brings it back.
 	toggle := func(verb string) {
 		t.Helper()
-		out, err := exec.Command(bins.khook, "plugins", verb, "alertmanager", "--configmap", "khook-plugin-config",
+		out, err := exec.Command(bins.khook(), "plugins", verb, "alertmanager", "--configmap", "khook-plugin-config",
 			"--namespace", "kagent", "--kubeconfig", cluster.Kubeconfig).CombinedOutput()
 		require.NoError(t, err, string(out))
 		require.Contains(t, string(out), "plugin alertmanager "+verb+"d in configmap kagent/khook-plugin-config")
@@ -627,7 +627,7 @@ func TestChartSingleDeploymentRuns(t *testing.T) {
 	}, 30*time.Second, 500*time.Millisecond, "a webhook event reaches the agent through the single Deployment")
 	require.Equal(t, "kagent/sre-agent", agent.Received()[0].Agent)
 
-	out, err := exec.Command(bins.khook, "plugins", "disable", "webhook", "--configmap", "plugin-config",
+	out, err := exec.Command(bins.khook(), "plugins", "disable", "webhook", "--configmap", "plugin-config",
 		"--namespace", "kagent", "--kubeconfig", cluster.Kubeconfig).CombinedOutput()
 	require.NoError(t, err, string(out))
 	r.mount(spec, spec.Containers[0], "khook-0")
@@ -644,13 +644,13 @@ func TestChartSingleDeploymentRuns(t *testing.T) {
 func TestPublishWaitFailsWithoutAMapper(t *testing.T) {
 	dir := t.TempDir()
 	_, natsURL := startNATS(t, filepath.Join(dir, "nats"), freePort(t))
-	out, err := exec.Command(bins.khook, "streams", "apply", "--nats-url", natsURL).CombinedOutput()
+	out, err := exec.Command(bins.khook(), "streams", "apply", "--nats-url", natsURL).CombinedOutput()
 	require.NoError(t, err, string(out))
-	out, err = exec.Command(bins.khook, "publish", "--nats-url", natsURL, "--source", "helm-test", "--type", "helm-test",
+	out, err = exec.Command(bins.khook(), "publish", "--nats-url", natsURL, "--source", "helm-test", "--type", "helm-test",
 		"--data", `{"message":"m"}`, "--wait", "1s").CombinedOutput()
 	require.Error(t, err)
 	require.Contains(t, string(out), "the mapper did not take the event")
-	out, err = exec.Command(bins.khook, "publish", "--nats-url", natsURL, "--source", "helm-test", "--wait", "1s").CombinedOutput()
+	out, err = exec.Command(bins.khook(), "publish", "--nats-url", natsURL, "--source", "helm-test", "--wait", "1s").CombinedOutput()
 	require.Error(t, err)
 	require.Contains(t, string(out), "--wait needs --data")
 }

@@ -314,5 +314,5 @@ func (s *stageSet) terminateAndRestart(i int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	require.NoError(s.t, s.procs[i].stop(s.t), "%s %d exits 0 on SIGTERM", s.stage, i)
-	s.procs[i] = start(s.t, fmt.Sprintf("khook %s %d (restarted)", s.stage, i), bins.khook, s.stage, "--config", s.cfgs[i])
+	s.procs[i] = start(s.t, fmt.Sprintf("khook %s %d (restarted)", s.stage, i), bins.khook(), s.stage, "--config", s.cfgs[i])
 }

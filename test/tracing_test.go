@@ -172,7 +172,7 @@ func TestTraceAcrossProcesses(t *testing.T) {
 		f := base
 		f.dir = t.TempDir()
 		f.metrics, f.probes = freePort(t), freePort(t)
-		p := startEnv(t, "khook "+stage, env, bins.khook, stage, "--config", f.write(t))
+		p := startEnv(t, "khook "+stage, env, bins.khook(), stage, "--config", f.write(t))
 		waitReady(t, p, f.probes)
 		procs[stage] = p
 	}
