@@ -21,8 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/khook/khook/hook/hooktest"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +28,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/khook/khook/app"
+	"github.com/khook/khook/hook/hooktest"
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/producers"

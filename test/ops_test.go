@@ -18,11 +18,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/khook/khook/hook/hooktest"
-
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/khook/khook/hook/hooktest"
 	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/ops"
 	"github.com/khook/khook/streams"

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/khook/khook/hook/hooktest"
-
 	"github.com/stretchr/testify/require"
+
+	"github.com/khook/khook/hook/hooktest"
 )
 
 // metric reads one series from a khook process's /metrics, e.g.

@@ -12,14 +12,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/khook/khook/app"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/khook/khook/app"
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/producers"
 	"github.com/khook/khook/streams"

@@ -7,15 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
-
-	"github.com/khook/khook/app"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/khook/khook/app"
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/ops"
@@ -212,4 +212,13 @@ func newProgress(w io.Writer, start time.Time) func(r *ops.Replay, final bool) {
 			fmt.Fprintf(w, "replay %s: %.0f%% %s\n", r.ID, pct, line)
 		}
 	}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

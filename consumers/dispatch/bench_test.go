@@ -11,15 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/khook/khook/hook/hooktest"
-
-	"github.com/khook/khook/hook"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/khook/khook/hook"
+	"github.com/khook/khook/hook/hooktest"
 	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"

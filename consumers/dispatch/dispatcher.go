@@ -15,11 +15,6 @@
 package dispatch
 
 import (
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/trace"
-
-	"github.com/khook/khook/hook"
-
 	"context"
 	"errors"
 	"fmt"
@@ -28,13 +23,15 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/khook/khook/internal/tracing"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
+	"github.com/khook/khook/hook"
+	"github.com/khook/khook/internal/tracing"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/deadletter"

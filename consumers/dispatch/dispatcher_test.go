@@ -13,10 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/khook/khook/hook/hooktest"
-
-	"github.com/khook/khook/hook"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +20,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/khook/khook/hook"
+	"github.com/khook/khook/hook/hooktest"
 	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/khook/khook/hook"
-
 	"github.com/khook/khook/internal/secret"
 )
 

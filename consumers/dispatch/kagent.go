@@ -9,12 +9,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/khook/khook/hook"
-
 	"github.com/a2aproject/a2a-go/v2/a2a"
 	"github.com/a2aproject/a2a-go/v2/a2aclient"
 	"github.com/a2aproject/a2a-go/v2/a2acompat/a2av0"
 
+	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/secret"
 )
 

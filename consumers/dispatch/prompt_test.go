@@ -5,10 +5,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/khook/khook/hook/hooktest"
-
 	"github.com/stretchr/testify/require"
 
+	"github.com/khook/khook/hook/hooktest"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams/deadletter"
 )

@@ -7,10 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/khook/khook/hook/hooktest"
-
 	"github.com/stretchr/testify/require"
 
+	"github.com/khook/khook/hook/hooktest"
 	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams/deadletter"

@@ -3,9 +3,9 @@ package dispatch
 import (
 	"sync"
 
-	"github.com/khook/khook/hook"
-
 	"go.uber.org/zap"
+
+	"github.com/khook/khook/hook"
 )
 
 // HookSources merges the hooks of several sources, such as Hook resources and a hooks file,

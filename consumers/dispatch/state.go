@@ -8,10 +8,10 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/streams"
-
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // State is the dispatch state every replica shares, in one JetStream KV bucket:

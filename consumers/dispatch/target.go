@@ -8,9 +8,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/khook/khook/hook"
-
 	"go.uber.org/zap"
+
+	"github.com/khook/khook/hook"
 )
 
 // Target delivers tasks to agents (Alertmanager's notify.Notifier, for agents). Deliver

@@ -8,9 +8,6 @@
 package mapper
 
 import (
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/trace"
-
 	"context"
 	"errors"
 	"fmt"
@@ -19,13 +16,14 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/khook/khook/internal/tracing"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
+	"github.com/khook/khook/internal/tracing"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"

@@ -14,14 +14,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/khook/khook/hook/hooktest"
-
 	"github.com/goccy/go-yaml"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/khook/khook/hook"
+	"github.com/khook/khook/hook/hooktest"
 	"github.com/khook/khook/internal/secret"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/ops"
