@@ -523,3 +523,38 @@ func TestBearerTokenFromFileRotates(t *testing.T) {
 	require.ErrorContains(t, err, "kagent.token_file: the token is empty")
 	require.Equal(t, "no request", auth.Load())
 }
+
+// What the dispatcher shares with other actors is usable from before Run starts and while it
+// runs: a Hook status writer reads the state and the hooks, and the hook sources replace the
+// hooks, concurrently with the workers. Under -race this fails if any of it is written
+// without synchronisation (the state used to be opened inside Run and published to readers).
+func TestSharedPartsAreSafeWhileRunning(t *testing.T) {
+	h := newHarness(t, testConfig(), "1.0")
+	require.NotNil(t, h.d.State(), "the state is there before the first event")
+	idx := h.d.Hooks()
+	stop := make(chan struct{})
+	readers := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				readers <- nil
+				return
+			default:
+			}
+			if _, err := h.d.State().ActiveEvents(context.Background(), "shop/deploys"); err != nil {
+				readers <- err
+				return
+			}
+			_ = h.d.Hooks().Len()
+			h.d.SetHooks(idx)
+		}
+	}()
+	for i := range 20 {
+		h.publish(t, mapping.Event{ID: fmt.Sprint("e", i), Type: "deploy-failed", Resource: mapping.Resource{Name: fmt.Sprint("r", i)}})
+	}
+	h.settled(t, 20)
+	close(stop)
+	require.NoError(t, <-readers)
+	require.Len(t, h.agent.Received(), 20, "every event delivered once while the readers ran")
+}
