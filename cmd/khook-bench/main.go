@@ -28,11 +28,16 @@ import (
 
 type benchConfig struct {
 	events       int
+	storm        int
 	rates        []int
 	rateDuration time.Duration
 	timeout      time.Duration
 	out          string
 	only         map[string]bool
+	// relative is the fraction of relativeTo's capacity at which the relativeScenarios also
+	// measure latency; relativeRate is that load, once relativeTo has run.
+	relative     float64
+	relativeRate int
 	khookBin     string
 	natsBin      string
 	self         string
@@ -49,6 +54,8 @@ type Latency struct {
 	P99      float64 `json:"p99Ms"`
 	P999     float64 `json:"p999Ms"`
 	Max      float64 `json:"maxMs"`
+	// Relative marks the load that is a fraction of this machine's raw capacity.
+	Relative bool `json:"relative,omitempty"`
 }
 
 // Result is one scenario.
@@ -70,7 +77,8 @@ type Result struct {
 	CPUPer10k     float64            `json:"cpuSecondsPer10k"`     // the stage processes
 	NATSCPUPer10k float64            `json:"natsCpuSecondsPer10k"` // the NATS server
 	PeakRSSMiB    map[string]float64 `json:"peakRssMiB"`
-	RSSMiB        float64            `json:"steadyRssMiB"` // the largest stage's RSS after the runs
+	IdleRSSMiB    float64            `json:"idleRssMiB"` // the largest stage's RSS once the load has passed
+	AgentCalls    int                `json:"agentCalls,omitempty"`
 	Error         string             `json:"error,omitempty"`
 }
 
@@ -82,7 +90,10 @@ type Report struct {
 	Events    int       `json:"events"`
 	Rates     []int     `json:"rates"`
 	RateSecs  float64   `json:"rateSeconds"`
-	Results   []*Result `json:"results"`
+	// RelativeRate is the load at Relative × raw-two-stage-call's capacity in this run.
+	Relative     float64   `json:"relative"`
+	RelativeRate int       `json:"relativeRate"`
+	Results      []*Result `json:"results"`
 }
 
 type scenario struct {
@@ -92,16 +103,26 @@ type scenario struct {
 }
 
 var scenarios = []scenario{
-	{"raw-publish", "raw", "", "JetStream file-storage publish, acknowledged (the ingest ceiling)", rawPublish, ""},
+	{"raw-publish", "raw", "", "JetStream file-storage publish, acknowledged, pipelined (the physical ingest limit)", rawPublish, ""},
+	{"raw-ingress", "raw", "", "a net/http handler that publishes each POST and answers 202 once stored (the webhook's ceiling)", rawIngress, ""},
 	{"raw-relay", "raw", "", "one stage: pull, republish, ack (the mapper's ceiling)", rawRelay, ""},
-	{"raw-call", "raw", "", "pull, the same A2A call to the same agent, ack (the dispatcher's ceiling)", rawCall, ""},
+	{"raw-call", "raw", "", "pull, the same A2A call to the same agent, ack, one call at a time", rawCall, ""},
+	{"raw-call-16", "raw", "", "pull, the same A2A call, ack, with 16 calls in flight as the dispatcher's workers (the dispatcher's ceiling)", rawCallConcurrent, ""},
 	{"raw-two-stage", "raw", "", "pull, republish, ack; pull, ack (the end-to-end ceiling)", rawTwoStage, ""},
 	{"raw-two-stage-call", "raw", "", "pull, republish, ack; pull, the A2A call, ack (the end-to-end ceiling with the agent call)", rawTwoStageCall, ""},
-	{"webhook", "khook", "raw-publish", "POST to the webhook producer until its 202 (stored in KHOOK_RAW)", khookWebhook, ""},
+	{"webhook", "khook", "raw-ingress", "POST to the webhook producer until its 202 (stored in KHOOK_RAW)", khookWebhook, "raw-publish"},
+	{"webhook-batch", "khook", "raw-publish", "POST of JSON arrays of 100 events to the webhook until its 202", khookWebhookBatch, ""},
 	{"mapper", "khook", "raw-relay", "raw event stored to normalized event stored", khookMapper, ""},
-	{"dispatcher", "khook", "raw-call", "normalized event stored to agent receipt (match, suppress, record, call)", khookDispatcher, ""},
+	{"dispatcher", "khook", "raw-call-16", "normalized event stored to agent receipt (match, suppress, record, call)", khookDispatcher, "raw-call"},
+	{"storm", "khook", "raw-two-stage", "raw events (--storm, 20,000), 99% repeats of one resource in its suppression window, through mapper and dispatcher", khookStorm, ""},
 	{"end-to-end", "khook", "raw-two-stage", "POST to agent receipt through producer, mapper and dispatcher processes", khookEndToEnd, "raw-two-stage-call"},
 }
+
+// relativeTo is the scenario whose capacity sets the relative load, and relativeScenarios
+// those that measure latency at it.
+const relativeTo = "raw-two-stage-call"
+
+var relativeScenarios = map[string]bool{relativeTo: true, "end-to-end": true}
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "relay" {
@@ -120,17 +141,19 @@ func main() {
 func run(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("khook-bench", flag.ContinueOnError)
 	events := fs.Int("events", 20000, "events per saturation run")
+	storm := fs.Int("storm", 20000, "events of the storm scenario (a multiple of 100)")
 	rates := fs.String("rates", "1000,5000", "offered loads, events per second")
 	rateDuration := fs.Duration("rate-duration", 5*time.Second, "how long each offered load lasts")
 	timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for a run's events to arrive")
 	out := fs.String("out", "bench", "directory for results.json, results.md and results.png")
 	only := fs.String("only", "", "comma-separated scenarios to run (default: all)")
+	relative := fs.Float64("relative", 0.5, "also measure end-to-end latency at this fraction of raw-two-stage-call's capacity")
 	khookBin := fs.String("khook", "", "khook binary (default: built from ./cmd/khook)")
 	natsBin := fs.String("nats-server", "", "nats-server binary (default: built from the module khook uses)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg := &benchConfig{events: *events, rateDuration: *rateDuration, timeout: *timeout, out: *out, only: map[string]bool{}}
+	cfg := &benchConfig{events: *events, rateDuration: *rateDuration, timeout: *timeout, out: *out, only: map[string]bool{}, relative: *relative, storm: *storm}
 	for _, r := range strings.Split(*rates, ",") {
 		if r = strings.TrimSpace(r); r != "" {
 			n, err := strconv.Atoi(r)
@@ -193,6 +216,7 @@ func run(args []string, stdout io.Writer) error {
 		byName[sc.name] = r
 		rep.Results = append(rep.Results, r)
 	}
+	rep.Relative, rep.RelativeRate = cfg.relative, cfg.relativeRate
 	if err := os.MkdirAll(cfg.out, 0o755); err != nil {
 		return err
 	}
@@ -277,48 +301,70 @@ func peakCell(r *Result) string {
 
 func sortedNames(m map[string]float64) []string { return slices.Sorted(maps.Keys(m)) }
 
+// latencyCells are r's latency figures in the report's columns: one per fixed rate, then
+// the relative load ("-" where r has none).
+func latencyCells(rep *Report, r *Result) []string {
+	var cells []string
+	find := func(match func(Latency) bool) string {
+		for _, l := range r.Latency {
+			if match(l) {
+				return latencyCell(l)
+			}
+		}
+		return "-"
+	}
+	for _, rate := range rep.Rates {
+		cells = append(cells, find(func(l Latency) bool { return !l.Relative && l.Rate == rate }))
+	}
+	return append(cells, find(func(l Latency) bool { return l.Relative }))
+}
+
+func resultCell(r *Result) string {
+	if r.AgentCalls > 0 {
+		return fmt.Sprintf("%.0f (%d agent calls)", r.EventsPerSec, r.AgentCalls)
+	}
+	return fmt.Sprintf("%.0f", r.EventsPerSec)
+}
+
 func table(w io.Writer, rep *Report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	head := "SCENARIO\tEVENTS/S\tRATIO"
 	for _, r := range rep.Rates {
 		head += fmt.Sprintf("\tP50/P99/P99.9 MS @%d/S", r)
 	}
-	fmt.Fprintln(tw, head+"\tCPU S/10K (STAGES, NATS)\tPEAK RSS MIB")
+	head += fmt.Sprintf("\tP50/P99/P99.9 MS @%d/S (%.0f%% OF %s)", rep.RelativeRate, rep.Relative*100, relativeTo)
+	fmt.Fprintln(tw, head+"\tCPU S/10K (STAGES, NATS)\tPEAK RSS MIB\tIDLE RSS MIB")
 	for _, r := range rep.Results {
-		line := fmt.Sprintf("%s\t%.0f\t%s", r.Name, r.EventsPerSec, fmtRatio(r))
-		for _, l := range r.Latency {
-			line += "\t" + latencyCell(l)
-		}
-		for range len(rep.Rates) - len(r.Latency) {
-			line += "\t-"
-		}
-		fmt.Fprintf(tw, "%s\t%.2f, %.2f\t%s\n", line, r.CPUPer10k, r.NATSCPUPer10k, peakCell(r))
+		line := fmt.Sprintf("%s\t%s\t%s\t%s", r.Name, resultCell(r), fmtRatio(r), strings.Join(latencyCells(rep, r), "\t"))
+		fmt.Fprintf(tw, "%s\t%.2f, %.2f\t%s\t%.0f\n", line, r.CPUPer10k, r.NATSCPUPer10k, peakCell(r), r.IdleRSSMiB)
 	}
 	_ = tw.Flush()
 }
 
 func markdown(rep *Report) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# khook benchmark results\n\n%s, %s, %d CPUs. %d events per saturation run; offered loads of %v events/s for %.0f s each; 1 KiB events. Produced by `make bench` (`go run ./cmd/khook-bench`); see docs/benchmarks.md.\n\n",
-		rep.Date.Format("2006-01-02 15:04 UTC"), rep.GoVersion, rep.CPUs, rep.Events, rep.Rates, rep.RateSecs)
+	fmt.Fprintf(&b, "# khook benchmark results\n\n%s, %s, %d CPUs. %d events per saturation run; offered loads of %v events/s, and %d/s (%.0f%% of %s's capacity in this run), for %.0f s each; 1 KiB events. Produced by `make bench` (`go run ./cmd/khook-bench`); see docs/benchmarks.md.\n\n",
+		rep.Date.Format("2006-01-02 15:04 UTC"), rep.GoVersion, rep.CPUs, rep.Events, rep.Rates, rep.RelativeRate, rep.Relative*100, relativeTo, rep.RateSecs)
 	b.WriteString("| scenario | what | events/s | ratio to raw |")
 	for _, r := range rep.Rates {
 		fmt.Fprintf(&b, " p50 / p99 / p99.9 ms at %d/s |", r)
 	}
-	b.WriteString(" CPU s per 10k events (stages, NATS) | peak RSS MiB |\n|---|---|---:|---|")
-	for range rep.Rates {
+	fmt.Fprintf(&b, " p50 / p99 / p99.9 ms at %d/s (%.0f%% of %s) |", rep.RelativeRate, rep.Relative*100, relativeTo)
+	b.WriteString(" CPU s per 10k events (stages, NATS) | peak RSS MiB | idle RSS MiB |\n|---|---|---:|---|")
+	for range len(rep.Rates) + 1 {
 		b.WriteString("---|")
 	}
-	b.WriteString("---|---|\n")
+	b.WriteString("---|---|---:|\n")
 	for _, r := range rep.Results {
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %s |", r.Name, r.Description, r.EventsPerSec, fmtRatio(r))
-		for _, l := range r.Latency {
-			fmt.Fprintf(&b, " %s |", latencyCell(l))
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |", r.Name, r.Description, resultCell(r), fmtRatio(r))
+		for _, c := range latencyCells(rep, r) {
+			fmt.Fprintf(&b, " %s |", c)
 		}
-		for range len(rep.Rates) - len(r.Latency) {
-			b.WriteString(" - |")
+		idle := "-"
+		if r.IdleRSSMiB > 0 {
+			idle = fmt.Sprintf("%.0f", r.IdleRSSMiB)
 		}
-		fmt.Fprintf(&b, " %.2f, %.2f | %s |\n", r.CPUPer10k, r.NATSCPUPer10k, peakCell(r))
+		fmt.Fprintf(&b, " %.2f, %.2f | %s | %s |\n", r.CPUPer10k, r.NATSCPUPer10k, peakCell(r), idle)
 	}
 	b.WriteString("\n![throughput and latency per scenario](results.png)\n")
 	return b.String()

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -22,7 +25,10 @@ import (
 //
 //	relay:   pull from BENCH_S1, republish to bench.s2.e, ack once the republish is stored
 //	consume: pull from BENCH_S2, ack, and tell the harness (core NATS bench.done)
-//	call:    pull from BENCH_S2, make the same A2A call the dispatcher makes, ack
+//	call:    pull from BENCH_S2, make the same A2A call the dispatcher makes, ack; with
+//	         WORKERS, that many calls at once, as the dispatcher's workers make them
+//	ingress: an HTTP server on PORT whose handler publishes the body to bench.s1.e and
+//	         waits for the store's acknowledgement before answering 202, as a webhook must
 const (
 	streamS1, streamS2 = "BENCH_S1", "BENCH_S2"
 	subjectS1          = "bench.s1.e"
@@ -30,10 +36,10 @@ const (
 	subjectDone        = "bench.done"
 )
 
-// runRelay is `khook-bench relay MODE NATS_URL [AGENT_URL]`.
+// runRelay is `khook-bench relay MODE NATS_URL [AGENT_URL [WORKERS] | PORT]`.
 func runRelay(args []string) error {
 	if len(args) < 2 {
-		return errors.New("usage: khook-bench relay relay|consume|call NATS_URL [AGENT_URL]")
+		return errors.New("usage: khook-bench relay relay|consume|call|ingress NATS_URL [AGENT_URL [WORKERS] | PORT]")
 	}
 	mode, url := args[0], args[1]
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -46,6 +52,19 @@ func runRelay(args []string) error {
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1024))
 	if err != nil {
 		return err
+	}
+	if mode == "ingress" {
+		if len(args) < 3 {
+			return errors.New("ingress needs PORT")
+		}
+		return runIngress(ctx, js, args[2])
+	}
+	if mode == "call" && len(args) > 3 {
+		workers, err := strconv.Atoi(args[3])
+		if err != nil || workers < 1 {
+			return fmt.Errorf("WORKERS: %q is not a positive number", args[3])
+		}
+		return runCalls(ctx, js, args[2], workers)
 	}
 	stream, durable := streamS2, "s2"
 	if mode == "relay" {
@@ -117,6 +136,74 @@ func runRelay(args []string) error {
 			return fmt.Errorf("unknown relay mode %q", mode)
 		}
 	}
+}
+
+// runCalls pulls from BENCH_S2 and makes the A2A call with workers calls in flight: one
+// puller hands messages to the workers, and each acks once its call returned.
+func runCalls(ctx context.Context, js jetstream.JetStream, agentURL string, workers int) error {
+	cons, err := js.Consumer(ctx, streamS2, "s2")
+	if err != nil {
+		return err
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(workers))
+	if err != nil {
+		return err
+	}
+	context.AfterFunc(ctx, it.Stop)
+	agent := dispatch.NewKagent(dispatch.KagentConfig{URL: agentURL, UserID: "bench", Timeout: 30 * time.Second})
+	work := make(chan jetstream.Msg, workers)
+	for range workers {
+		go func() {
+			for m := range work {
+				id := m.Headers().Get(jetstream.MsgIDHeader)
+				_, err := agent.Deliver(ctx, hook.Task{Agent: hook.AgentRef{Namespace: "bench", Name: "agent"},
+					Text: id, MessageID: uuidOf(id), ContextID: uuidOf("ctx"), Event: &mapping.Event{ID: id, Type: "deploy-failed"}})
+				if err != nil {
+					_ = m.Nak()
+					continue
+				}
+				_ = m.Ack()
+			}
+		}()
+	}
+	defer close(work)
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		work <- m
+	}
+}
+
+// runIngress serves POST on PORT: the body is published, with the request's X-Id as the
+// message id, and the answer is 202 once JetStream stored it (503 if it did not). It is the
+// least an HTTP ingress that acknowledges only stored events can do.
+func runIngress(ctx context.Context, js jetstream.JetStream, port string) error {
+	srv := &http.Server{Addr: "127.0.0.1:" + port, ReadHeaderTimeout: 10 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			msg := nats.NewMsg(subjectS1)
+			msg.Data = body
+			msg.Header.Set(jetstream.MsgIDHeader, r.Header.Get("X-Id"))
+			if _, err := js.PublishMsg(r.Context(), msg); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			w.WriteHeader(http.StatusAccepted)
+		})}
+	context.AfterFunc(ctx, func() { _ = srv.Close() })
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }
 
 // uuidOf is a stable UUID-shaped id, as A2A message ids are.

@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/khook/khook/consumers/dispatch"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -207,8 +209,19 @@ func (e *env) measure(r *Result, inflight int, send func(id string) error) error
 	r.NATSCPUPer10k = (natsAfter.CPU - natsBefore.CPU).Seconds() * per10k
 
 	// Fixed offered loads: events sent on a schedule regardless of how the pipeline keeps up
-	// (latency counts from the scheduled time, so a stall is not hidden).
-	for _, rate := range e.cfg.rates {
+	// (latency counts from the scheduled time, so a stall is not hidden). The scenarios that
+	// compare end-to-end latency add one load relative to this machine: a fraction of the
+	// raw two-stage pipeline's capacity with the agent call, measured in this run.
+	rates := slices.Clone(e.cfg.rates)
+	if r.Name == relativeTo {
+		e.cfg.relativeRate = int(e.cfg.relative * r.EventsPerSec)
+	}
+	relative := 0
+	if relativeScenarios[r.Name] && e.cfg.relativeRate > 0 {
+		relative = e.cfg.relativeRate
+		rates = append(rates, relative)
+	}
+	for i, rate := range rates {
 		n := int(float64(rate) * e.cfg.rateDuration.Seconds())
 		ids := e.ids(n)
 		sent := make([]time.Time, n)
@@ -235,15 +248,56 @@ func (e *env) measure(r *Result, inflight int, send func(id string) error) error
 				lat = append(lat, t.Sub(sent[i]))
 			}
 		}
-		r.Latency = append(r.Latency, summarize(rate, n, lat))
+		l := summarize(rate, n, lat)
+		l.Relative = relative > 0 && i == len(rates)-1
+		r.Latency = append(r.Latency, l)
+	}
+	// Idle: what the stages hold once the load has passed.
+	time.Sleep(2 * time.Second) // let the last batches' buffers be released; not synchronisation
+	for _, p := range e.stages {
+		r.IdleRSSMiB = max(r.IdleRSSMiB, float64(p.usage().RSS)/(1<<20))
 	}
 	_, _, peaks := e.usage()
 	r.PeakRSSMiB = map[string]float64{}
 	for name, b := range peaks {
 		r.PeakRSSMiB[name] = float64(b) / (1 << 20)
 	}
-	for _, p := range e.stages {
-		r.RSSMiB = max(r.RSSMiB, float64(p.usage().RSS)/(1<<20))
+	return nil
+}
+
+// measureBatches is the saturation run for senders of batches: every event offered at once,
+// batchSize to a request, with inflight requests in progress.
+func (e *env) measureBatches(r *Result, inflight int, send func(ids []string) error) error {
+	ids := e.ids(e.cfg.events)
+	stagesBefore, natsBefore, _ := e.usage()
+	start := time.Now()
+	var sendErrs atomic.Int64
+	sem := make(chan struct{}, inflight)
+	var wg sync.WaitGroup
+	for batch := range slices.Chunk(ids, batchSize) {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := send(batch); err != nil {
+				sendErrs.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	got := e.recv.waitAll(ids, e.cfg.timeout)
+	elapsed := time.Since(start)
+	stagesAfter, natsAfter, peaks := e.usage()
+	if got < len(ids) {
+		return fmt.Errorf("%s: %d of %d events arrived within %s (%d failed batches)", r.Name, got, len(ids), e.cfg.timeout, sendErrs.Load())
+	}
+	r.Events = got
+	r.EventsPerSec = float64(got) / elapsed.Seconds()
+	r.CPUPer10k = (stagesAfter.CPU - stagesBefore.CPU).Seconds() * 10000 / float64(got)
+	r.NATSCPUPer10k = (natsAfter.CPU - natsBefore.CPU).Seconds() * 10000 / float64(got)
+	r.PeakRSSMiB = map[string]float64{}
+	for name, b := range peaks {
+		r.PeakRSSMiB[name] = float64(b) / (1 << 20)
 	}
 	return nil
 }
@@ -380,6 +434,43 @@ func rawCall(e *env, r *Result) error {
 	return e.measure(r, jsInflight, func(id string) error { return e.publish(subjectS2, id, payload(id), nil) })
 }
 
+// rawCallConcurrent is the dispatcher's fair ceiling: the same A2A call with as many calls
+// in flight as the dispatcher has workers.
+func rawCallConcurrent(e *env, r *Result) error {
+	if err := rawTopology(e); err != nil {
+		return err
+	}
+	workers := strconv.Itoa(dispatch.DefaultConfig().Workers)
+	if _, err := e.startStage("call", nil, e.cfg.self, "relay", "call", e.natsURL, e.agentTS.URL, workers); err != nil {
+		return err
+	}
+	return e.measure(r, jsInflight, func(id string) error { return e.publish(subjectS2, id, payload(id), nil) })
+}
+
+// rawIngress is the webhook's fair ceiling: a net/http handler that publishes each body and
+// answers 202 once JetStream stored it, under the same load generator.
+func rawIngress(e *env, r *Result) error {
+	if err := e.createStream(streamS1, "bench.s1.>"); err != nil {
+		return err
+	}
+	port := freePort()
+	p, err := e.startStage("ingress", nil, e.cfg.self, "relay", "ingress", e.natsURL, strconv.Itoa(port))
+	if err != nil {
+		return err
+	}
+	if err := waitListening(fmt.Sprintf("127.0.0.1:%d", port), p); err != nil {
+		return err
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	return e.measure(r, httpInflight, func(id string) error {
+		err := post(url, id)
+		if err == nil {
+			e.recv.add(id, time.Now())
+		}
+		return err
+	})
+}
+
 func rawTopology(e *env) error {
 	if err := e.createStream(streamS1, "bench.s1.>"); err != nil {
 		return err
@@ -397,8 +488,9 @@ func rawTopology(e *env) error {
 
 func (e *env) khookConfig(webhookPort int) (string, error) {
 	files := map[string]string{
-		"khook.yaml":          fmt.Sprintf("nats:\n  url: %s\nkagent:\n  url: %s\n  user_id: bench\nlog:\n  level: warn\nkubernetes:\n  hooks: file\n", e.natsURL, e.agentTS.URL),
-		"plugins.yaml":        fmt.Sprintf("plugins:\n  - name: webhook\n    config:\n      address: 127.0.0.1\n      port: %d\n      path: /webhook\n      maxConcurrentRequests: 1024\n", webhookPort),
+		"khook.yaml": fmt.Sprintf("nats:\n  url: %s\nkagent:\n  url: %s\n  user_id: bench\nlog:\n  level: warn\nkubernetes:\n  hooks: file\n", e.natsURL, e.agentTS.URL),
+		"plugins.yaml": fmt.Sprintf("plugins:\n  - name: webhook\n    config:\n      address: 127.0.0.1\n      port: %d\n      path: /webhook\n      maxConcurrentRequests: 1024\n"+
+			"      endpoints:\n        - path: /batch\n          batch: true\n          maxBatchSize: %d\n", webhookPort, batchSize),
 		"event-mappings.yaml": "mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n",
 		"hooks.yaml": `- apiVersion: kagent.dev/v1alpha2
   kind: Hook
@@ -431,7 +523,13 @@ func (e *env) khookStage(stage, cfg string, extra ...string) error {
 var httpClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1024, MaxConnsPerHost: 1024}, Timeout: 60 * time.Second}
 
 func post(url, id string) error {
-	resp, err := httpClient.Post(url, "application/json", bytes.NewReader(payload(id)))
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(payload(id)))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Id", id) // the raw ingress's message id
+	resp, err := httpClient.Do(req)
 	if err != nil {
 		return err
 	}
@@ -460,6 +558,127 @@ func khookWebhook(e *env, r *Result) error {
 		}
 		return err
 	})
+}
+
+// batchSize is how many events one batch request carries.
+const batchSize = 100
+
+// khookWebhookBatch posts JSON arrays of batchSize events: the webhook's path for senders that
+// can batch, compared with raw asynchronous publish.
+func khookWebhookBatch(e *env, r *Result) error {
+	port := freePort()
+	cfg, err := e.khookConfig(port)
+	if err != nil {
+		return err
+	}
+	if err := e.khookStage("producer", cfg); err != nil {
+		return err
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/batch", port)
+	return e.measureBatches(r, httpInflight/4, func(ids []string) error {
+		var body bytes.Buffer
+		body.WriteByte('[')
+		for i, id := range ids {
+			if i > 0 {
+				body.WriteByte(',')
+			}
+			body.Write(payload(id))
+		}
+		body.WriteByte(']')
+		resp, err := httpClient.Post(url, "application/json", &body)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			return fmt.Errorf("webhook answered %d", resp.StatusCode)
+		}
+		now := time.Now()
+		for _, id := range ids {
+			e.recv.add(id, now)
+		}
+		return nil
+	})
+}
+
+// khookStorm is a cluster-wide incident: --storm raw events (20,000) through the mapper and
+// the dispatcher processes, 99% of them repeats of one resource inside the hook's
+// suppression window, so the dispatcher's filtering path is measured without the agent call.
+// It is done when the dispatcher has acknowledged every event; the agent must have received
+// one task per distinct resource.
+func khookStorm(e *env, r *Result) error {
+	stormEvents := e.cfg.storm
+	stormDistinct := stormEvents / 100 // one in a hundred events is a resource of its own
+	cfg, err := e.khookConfig(freePort())
+	if err != nil {
+		return err
+	}
+	for _, stage := range []string{"mapper", "dispatcher"} {
+		if err := e.khookStage(stage, cfg); err != nil {
+			return err
+		}
+	}
+	ids := e.ids(stormEvents)
+	resource := func(i int) string {
+		if i%100 == 99 {
+			return ids[i]
+		}
+		return "storm-pod"
+	}
+	stagesBefore, natsBefore, _ := e.usage()
+	start := time.Now()
+	var sendErrs atomic.Int64
+	sem := make(chan struct{}, jsInflight)
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			body := fmt.Sprintf(`{"type":"deploy-failed","namespace":"bench","resourceName":%q,"message":"crash loop %s"}`, resource(i), id)
+			env, _ := cloudevent.Encode(&cloudevent.Event{ID: id, Source: "webhook", Type: "deploy-failed", Time: time.Now().UTC(),
+				DataContentType: "application/json", Data: []byte(body)})
+			if err := e.publish("khook.raw.webhook.deploy-failed", id, env, nil); err != nil {
+				sendErrs.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := sendErrs.Load(); n > 0 {
+		return fmt.Errorf("storm: %d publishes failed", n)
+	}
+	ctx := context.Background()
+	deadline := time.Now().Add(e.cfg.timeout)
+	for {
+		cons, err := e.js.Consumer(ctx, "KHOOK_EVENTS", "khook-dispatcher")
+		if err == nil {
+			info, err := cons.Info(ctx)
+			if err == nil && info.AckFloor.Stream >= uint64(stormEvents) && info.NumPending == 0 && info.NumAckPending == 0 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("storm: the dispatcher did not acknowledge %d events within %s", stormEvents, e.cfg.timeout)
+		}
+		time.Sleep(5 * time.Millisecond) // polling the consumer's state; nothing to wait on
+	}
+	elapsed := time.Since(start)
+	stagesAfter, natsAfter, peaks := e.usage()
+	calls := len(e.agent.Received())
+	if calls != stormDistinct+1 { // the repeated resource's first event, and each distinct one
+		return fmt.Errorf("storm: the agent received %d tasks, want %d (one per distinct resource)", calls, stormDistinct+1)
+	}
+	r.Events = stormEvents
+	r.EventsPerSec = float64(stormEvents) / elapsed.Seconds()
+	r.AgentCalls = calls
+	r.CPUPer10k = (stagesAfter.CPU - stagesBefore.CPU).Seconds() * 10000 / float64(stormEvents)
+	r.NATSCPUPer10k = (natsAfter.CPU - natsBefore.CPU).Seconds() * 10000 / float64(stormEvents)
+	r.PeakRSSMiB = map[string]float64{}
+	for name, b := range peaks {
+		r.PeakRSSMiB[name] = float64(b) / (1 << 20)
+	}
+	return nil
 }
 
 func rawEnvelope(id string) []byte {
