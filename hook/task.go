@@ -49,18 +49,23 @@ type Task struct {
 	SuppressionKey string
 }
 
-// NewTask builds the task that m asks for ev. When the prompt template fails on this event
-// (a .Data path the event lacks), the task still goes out with khook's placeholders
-// expanded, and the returned error says why, for the caller to log and count. When the
-// prompt renders past MaxPromptOutput the error wraps ErrPromptTooLarge and the task has no
-// text: it cannot be sent.
+// NewTask builds the task that m asks for ev: Identify, then Render.
 func NewTask(m Match, ev *mapping.Event) (Task, error) {
+	t := Identify(m, ev)
+	err := t.Render(m)
+	return t, err
+}
+
+// Identify returns the task's identity without its text: the ids and the suppression key,
+// which is all a suppressed event needs. Rendering the prompt costs far more (the payload is
+// decoded, the template run), so the dispatcher renders only the tasks it will send.
+func Identify(m Match, ev *mapping.Event) Task {
 	// The entry keeps two agents configured for one event type in one hook apart; for the
 	// usual hook, with one entry per type, the key is khook's (hook, event type, namespace,
 	// resource). ev.ID is the event's key, already scoped by its source.
 	entry := m.Entry()
 	key := EventKey{ev.Type, ev.Namespace, ev.Resource.Kind, ev.Resource.Name}
-	t := Task{
+	return Task{
 		Hook:           m.Hook.Key(),
 		Agent:          m.Agent,
 		MessageID:      UUID("message", ev.ID, entry),
@@ -68,18 +73,27 @@ func NewTask(m Match, ev *mapping.Event) (Task, error) {
 		Event:          ev,
 		SuppressionKey: SuppressionKey(entry, key),
 	}
+}
+
+// Render sets the task's text: m's prompt expanded for the task's event, followed by the
+// event context. When the prompt template fails on this event (a .Data path the event
+// lacks), the text has khook's placeholders expanded instead, and the returned error says
+// why, for the caller to log and count. When the prompt renders past MaxPromptOutput the
+// error wraps ErrPromptTooLarge and the task has no text: it cannot be sent.
+func (t *Task) Render(m Match) error {
+	ev := t.Event
 	prompt, err := render(m.prompt, ev)
 	if errors.Is(err, ErrPromptTooLarge) {
 		// Not a missing field: the plain expansion would not help, and no retry will. The
 		// task has no text; the caller dead-letters it.
-		return t, fmt.Errorf("hook %s prompt: %w", m.Hook.Key(), err)
+		return fmt.Errorf("hook %s prompt: %w", m.Hook.Key(), err)
 	}
 	if err != nil {
 		prompt = expandPlaceholders(m.Config().Prompt, ev)
 		err = fmt.Errorf("hook %s prompt: %w", m.Hook.Key(), err)
 	}
 	t.Text = prompt + EventContext(ev)
-	return t, err
+	return err
 }
 
 // promptData is what a prompt template sees: khook's placeholders, plus the whole

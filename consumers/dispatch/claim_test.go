@@ -45,24 +45,32 @@ func TestClaimReadFromALaggingReplicaIsRetriedNotSuppressed(t *testing.T) {
 	require.NoError(t, err)
 
 	kv.staleReads.Store(10)
-	owned, err := s.Claim(ctx, "k", "msg-1", time.Minute)
+	owned, created, err := s.Claim(ctx, "k", "msg-1", time.Minute)
 	require.ErrorIs(t, err, errClaimUnread)
 	require.False(t, owned)
+	require.False(t, created)
 
 	// Once reads catch up, the redelivery finds its own claim and calls the agent.
 	kv.staleReads.Store(0)
-	owned, err = s.Claim(ctx, "k", "msg-1", time.Minute)
+	owned, created, err = s.Claim(ctx, "k", "msg-1", time.Minute)
 	require.NoError(t, err)
 	require.True(t, owned)
+	require.False(t, created, "found, not made")
 
 	// Another message is suppressed by it, as before.
-	owned, err = s.Claim(ctx, "k", "msg-2", time.Minute)
+	owned, _, err = s.Claim(ctx, "k", "msg-2", time.Minute)
 	require.NoError(t, err)
 	require.False(t, owned)
 
 	// One stale read among fresh ones costs nothing: the next read is fresh.
 	kv.staleReads.Store(1)
-	owned, err = s.Claim(ctx, "k", "msg-1", time.Minute)
+	owned, _, err = s.Claim(ctx, "k", "msg-1", time.Minute)
 	require.NoError(t, err)
 	require.True(t, owned)
+
+	// A key nobody holds is created by the call.
+	owned, created, err = s.Claim(ctx, "k2", "msg-3", time.Minute)
+	require.NoError(t, err)
+	require.True(t, owned)
+	require.True(t, created)
 }

@@ -341,17 +341,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	if id := msg.Headers().Get(streams.HeaderReplayID); id != "" {
 		log = log.With(zap.String("replay_id", id), zap.String("original_id", msg.Headers().Get(streams.HeaderOriginalID)))
 	}
-	t, err := hook.NewTask(m, ev)
-	if errors.Is(err, hook.ErrPromptTooLarge) {
-		target := d.router.Target(m.Agent)
-		d.Observer.Failed(t, err, true)
-		return d.giveUp(ctx, msg, t, target, "prompt-too-large", 0, err, log.With(zap.String("message_id", t.MessageID)))
-	}
-	if err != nil {
-		// Delivered anyway, with khook's plain placeholder expansion.
-		d.metrics.promptFallbacks.Inc()
-		log.Warn("prompt template failed on this event, using plain placeholders", zap.Error(err))
-	}
+	t := hook.Identify(m, ev)
 	log = log.With(zap.String("message_id", t.MessageID))
 	window := min(m.Hook.Window(d.cfg.SuppressionWindow), d.topo.DispatchTTL)
 
@@ -371,6 +361,16 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 		return d.giveUp(ctx, msg, t, d.router.Target(m.Agent), "claim-refused", 0, err, log)
 	case claimDone:
 		return settle{ack: true}
+	}
+	// The prompt is rendered only now, for a task that will be sent: a suppressed event
+	// never pays for it.
+	if err := t.Render(m); errors.Is(err, hook.ErrPromptTooLarge) {
+		d.Observer.Failed(t, err, true)
+		return d.giveUp(ctx, msg, t, d.router.Target(m.Agent), "prompt-too-large", 0, err, log)
+	} else if err != nil {
+		// Delivered anyway, with khook's plain placeholder expansion.
+		d.metrics.promptFallbacks.Inc()
+		log.Warn("prompt template failed on this event, using plain placeholders", zap.Error(err))
 	}
 	if md, err := msg.Metadata(); err != nil || md.NumDelivered == 1 {
 		d.Observer.Firing(t)
@@ -457,21 +457,25 @@ const (
 // claim takes the hook's suppression window for this task, in a span of its own so a trace
 // shows why an event did not reach an agent.
 //
-// A replay sent with --ignore-suppression skips the window (its delivery record still
-// prevents a second call for the same replayed event).
+// The claim comes first and the delivery record second: an event inside another's window
+// is suppressed after two KV operations (the claim's create and the holder's read), and only
+// a task that holds its window reads whether it was delivered before (a redelivery after a
+// lost ack, or the same event sent again later), so it is never called twice. A replay sent
+// with --ignore-suppression skips the window; its delivery record still prevents a second
+// call for the same replayed event.
 func (d *Dispatcher) claim(ctx context.Context, t hook.Task, window time.Duration, ignore bool, log *zap.Logger) (claimResult, error) {
 	ctx, span := tracing.Tracer().Start(ctx, "khook.suppress", trace.WithAttributes(
 		attribute.String("khook.suppression_key", t.SuppressionKey), attribute.String("khook.window", window.String())))
 	defer span.End()
-	if d.state.Settled(ctx, t.MessageID) {
-		span.SetAttributes(attribute.String("khook.result", "settled-before"))
-		return claimDone, nil
-	}
 	if ignore {
+		if d.state.Settled(ctx, t.MessageID) {
+			span.SetAttributes(attribute.String("khook.result", "settled-before"))
+			return claimDone, nil
+		}
 		span.SetAttributes(attribute.String("khook.result", "ignored"))
 		return claimOwned, nil
 	}
-	owned, err := d.state.Claim(ctx, t.SuppressionKey, t.MessageID, window)
+	owned, created, err := d.state.Claim(ctx, t.SuppressionKey, t.MessageID, window)
 	var api *jetstream.APIError
 	if errors.As(err, &api) && api.Code >= 400 && api.Code < 500 && api.Code != 408 {
 		// The server answered, and said no: an invalid TTL, say. Retrying would loop forever
@@ -488,6 +492,17 @@ func (d *Dispatcher) claim(ctx context.Context, t hook.Task, window time.Duratio
 		// Counted, not logged one by one: a flapping pod would flood the logs.
 		span.SetAttributes(attribute.String("khook.result", "suppressed"))
 		d.metrics.suppressed.Inc()
+		return claimDone, nil
+	}
+	if d.state.Settled(ctx, t.MessageID) {
+		span.SetAttributes(attribute.String("khook.result", "settled-before"))
+		if created {
+			// The same event sent again after its window: the window just opened has no
+			// call behind it, so it must not suppress the events that follow.
+			if err := d.state.Release(ctx, t.SuppressionKey, t.MessageID); err != nil {
+				log.Warn("suppression claim not released", zap.Error(err))
+			}
+		}
 		return claimDone, nil
 	}
 	span.SetAttributes(attribute.String("khook.result", "claimed"))

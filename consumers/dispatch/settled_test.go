@@ -2,16 +2,21 @@ package dispatch
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/khook/khook/hook"
 	"github.com/khook/khook/hook/hooktest"
 	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/deadletter"
 )
 
@@ -117,4 +122,51 @@ func TestSlowAgentsDoNotGetRedeliveredCopies(t *testing.T) {
 		require.Equal(t, 1, calls, "message %s called %d times", id, calls)
 	}
 	require.Len(t, got, n)
+}
+
+// The same event sent again after its suppression window (a sender retrying long after,
+// past JetStream's duplicate window) is not called again: its delivery record says it was
+// delivered. The window its redelivery opened has no call behind it, so it is released, and
+// the next event of the resource is delivered, not suppressed.
+func TestResentEventAfterItsWindowIsNeitherCalledNorSuppressing(t *testing.T) {
+	cfg := testConfig()
+	cfg.SuppressionWindow = hook.MinWindow
+	h := newHarness(t, cfg, "1.0")
+	ctx := context.Background()
+	first := mapping.Event{ID: "e1", Type: "deploy-failed", Resource: mapping.Resource{Name: "cart"}}
+	h.publish(t, first)
+	h.settled(t, 1)
+	require.Len(t, h.agent.Received(), 1)
+
+	kv, err := h.js.KeyValue(ctx, h.topo.DispatchBucket)
+	require.NoError(t, err)
+	claims := func() []string {
+		lister, err := kv.ListKeysFiltered(ctx, "claim.>")
+		require.NoError(t, err)
+		var keys []string
+		for k := range lister.Keys() {
+			keys = append(keys, k)
+		}
+		return keys
+	}
+	require.Eventually(t, func() bool { return len(claims()) == 0 }, 30*time.Second, 20*time.Millisecond, "the window ends")
+
+	// Sent again under another JetStream message id, so the stream's deduplication does not
+	// drop it.
+	data, err := json.Marshal(mapping.Event{ID: "e1", Type: "deploy-failed", Namespace: "shop", Severity: "error", Resource: first.Resource})
+	require.NoError(t, err)
+	body, err := cloudevent.Encode(&cloudevent.Event{ID: "e1", Source: "webhook", Type: "deploy-failed", Data: data})
+	require.NoError(t, err)
+	msg := nats.NewMsg("khook.events.deploy-failed")
+	msg.Data = body
+	msg.Header.Set(jetstream.MsgIDHeader, "e1-resent")
+	_, err = h.js.PublishMsg(ctx, msg)
+	require.NoError(t, err)
+	h.settled(t, 2)
+	require.Len(t, h.agent.Received(), 1, "a delivered task is not called again")
+	require.Empty(t, claims(), "the window the resent event opened is released")
+
+	h.publish(t, mapping.Event{ID: "e2", Type: "deploy-failed", Resource: first.Resource})
+	h.settled(t, 3)
+	require.Len(t, h.agent.Received(), 2, "the next event of the resource is delivered")
 }

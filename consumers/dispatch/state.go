@@ -46,8 +46,9 @@ func NewState(kv jetstream.KeyValue, ttl time.Duration) *State {
 }
 
 // Claim takes the suppression claim for key on behalf of messageID for window. It returns
-// true when the claim is (now) held by messageID, including when a redelivery of the same
-// message finds its own claim, and false when another event holds it.
+// owned when the claim is (now) held by messageID, including when a redelivery of the same
+// message finds its own claim, and false when another event holds it; created says this
+// call made the claim.
 //
 // "Another event holds it" is concluded only from reading the holder. Reads may be served by
 // any replica of the bucket, and one that has not applied the latest write yet answers "not
@@ -55,14 +56,14 @@ func NewState(kv jetstream.KeyValue, ttl time.Duration) *State {
 // acknowledged too late during a leader change. Such a claim is neither ours nor someone
 // else's yet: Claim returns errClaimUnread, and the event is retried rather than
 // acknowledged as suppressed (which would lose it).
-func (s *State) Claim(ctx context.Context, key, messageID string, window time.Duration) (bool, error) {
+func (s *State) Claim(ctx context.Context, key, messageID string, window time.Duration) (owned, created bool, err error) {
 	for range 3 {
 		_, err := s.kv.Create(ctx, "claim."+key, []byte(messageID), jetstream.KeyTTL(window))
 		if err == nil {
-			return true, nil
+			return true, true, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return false, err
+			return false, false, err
 		}
 		e, err := s.kv.Get(ctx, "claim."+key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -70,11 +71,11 @@ func (s *State) Claim(ctx context.Context, key, messageID string, window time.Du
 			continue
 		}
 		if err != nil {
-			return false, err
+			return false, false, err
 		}
-		return string(e.Value()) == messageID, nil
+		return string(e.Value()) == messageID, false, nil
 	}
-	return false, errClaimUnread
+	return false, false, errClaimUnread
 }
 
 // errClaimUnread is a claim that exists but could not be read; the caller retries later.
