@@ -38,6 +38,7 @@ type benchConfig struct {
 	// measure latency; relativeRate is that load, once relativeTo has run.
 	relative     float64
 	relativeRate int
+	profiles     string // when set, a directory for each khook stage's CPU profile
 	khookBin     string
 	natsBin      string
 	self         string
@@ -147,13 +148,14 @@ func run(args []string, stdout io.Writer) error {
 	timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for a run's events to arrive")
 	out := fs.String("out", "bench", "directory for results.json, results.md and results.png")
 	only := fs.String("only", "", "comma-separated scenarios to run (default: all)")
+	profiles := fs.String("profile", "", "write a CPU profile of every khook stage to this directory (SCENARIO-STAGE.pprof)")
 	relative := fs.Float64("relative", 0.5, "also measure end-to-end latency at this fraction of raw-two-stage-call's capacity")
 	khookBin := fs.String("khook", "", "khook binary (default: built from ./cmd/khook)")
 	natsBin := fs.String("nats-server", "", "nats-server binary (default: built from the module khook uses)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg := &benchConfig{events: *events, rateDuration: *rateDuration, timeout: *timeout, out: *out, only: map[string]bool{}, relative: *relative, storm: *storm}
+	cfg := &benchConfig{events: *events, rateDuration: *rateDuration, timeout: *timeout, out: *out, only: map[string]bool{}, relative: *relative, storm: *storm, profiles: *profiles}
 	for _, r := range strings.Split(*rates, ",") {
 		if r = strings.TrimSpace(r); r != "" {
 			n, err := strconv.Atoi(r)

@@ -31,6 +31,7 @@ import (
 // test, an A2A agent in the harness, and the receipts of events.
 type env struct {
 	cfg     *benchConfig
+	name    string // the scenario's
 	dir     string
 	nats    *proc
 	natsURL string
@@ -48,7 +49,7 @@ func newEnv(cfg *benchConfig, name string) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &env{cfg: cfg, dir: dir, recv: newReceipts()}
+	e := &env{cfg: cfg, name: name, dir: dir, recv: newReceipts()}
 	port := freePort()
 	e.natsURL = fmt.Sprintf("nats://127.0.0.1:%d", port)
 	if e.nats, err = startProc("nats-server", nil, cfg.natsBin, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-sd", filepath.Join(dir, "nats")); err != nil {
@@ -488,7 +489,10 @@ func rawTopology(e *env) error {
 
 func (e *env) khookConfig(webhookPort int) (string, error) {
 	files := map[string]string{
-		"khook.yaml": fmt.Sprintf("nats:\n  url: %s\nkagent:\n  url: %s\n  user_id: bench\nlog:\n  level: warn\nkubernetes:\n  hooks: file\n", e.natsURL, e.agentTS.URL),
+		// The dispatcher may make as many calls at once to its one agent as it has workers,
+		// as raw-call-16 does; by default it makes at most 8 to one endpoint.
+		"khook.yaml": fmt.Sprintf("nats:\n  url: %s\nkagent:\n  url: %s\n  user_id: bench\nlog:\n  level: warn\nkubernetes:\n  hooks: file\n"+
+			"dispatcher:\n  workers: %d\n  per_target_concurrency: %[3]d\n", e.natsURL, e.agentTS.URL, dispatch.DefaultConfig().Workers),
 		"plugins.yaml": fmt.Sprintf("plugins:\n  - name: webhook\n    config:\n      address: 127.0.0.1\n      port: %d\n      path: /webhook\n      maxConcurrentRequests: 1024\n"+
 			"      endpoints:\n        - path: /batch\n          batch: true\n          maxBatchSize: %d\n", webhookPort, batchSize),
 		"event-mappings.yaml": "mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n",
@@ -511,6 +515,12 @@ func (e *env) khookConfig(webhookPort int) (string, error) {
 }
 
 func (e *env) khookStage(stage, cfg string, extra ...string) error {
+	if e.cfg.profiles != "" {
+		if err := os.MkdirAll(e.cfg.profiles, 0o755); err != nil {
+			return err
+		}
+		extra = append(extra, "--cpuprofile", filepath.Join(e.cfg.profiles, e.name+"-"+stage+".pprof"))
+	}
 	metrics, probes := freePort(), freePort()
 	env := []string{fmt.Sprintf("KHOOK_SERVER_METRICS_ADDR=127.0.0.1:%d", metrics), fmt.Sprintf("KHOOK_SERVER_PROBES_ADDR=127.0.0.1:%d", probes)}
 	p, err := e.startStage(stage, env, append([]string{e.cfg.khookBin, stage, "--config", cfg}, extra...)...)
