@@ -78,7 +78,8 @@ type Result struct {
 	CPUPer10k     float64            `json:"cpuSecondsPer10k"`     // the stage processes
 	NATSCPUPer10k float64            `json:"natsCpuSecondsPer10k"` // the NATS server
 	PeakRSSMiB    map[string]float64 `json:"peakRssMiB"`
-	IdleRSSMiB    float64            `json:"idleRssMiB"` // the largest stage's RSS once the load has passed
+	IdleRSSMiB    float64            `json:"idleRssMiB"`  // the largest stage's RSS once the load has passed
+	IdleAnonMiB   float64            `json:"idleAnonMiB"` // its anonymous part (heap, stacks), without the binary's mapped pages
 	AgentCalls    int                `json:"agentCalls,omitempty"`
 	Error         string             `json:"error,omitempty"`
 }
@@ -321,6 +322,14 @@ func latencyCells(rep *Report, r *Result) []string {
 	return append(cells, find(func(l Latency) bool { return l.Relative }))
 }
 
+// idleCell is the largest stage's RSS once the load has passed, with its anonymous part.
+func idleCell(r *Result) string {
+	if r.IdleRSSMiB == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f (%.0f)", r.IdleRSSMiB, r.IdleAnonMiB)
+}
+
 func resultCell(r *Result) string {
 	if r.AgentCalls > 0 {
 		return fmt.Sprintf("%.0f (%d agent calls)", r.EventsPerSec, r.AgentCalls)
@@ -335,10 +344,10 @@ func table(w io.Writer, rep *Report) {
 		head += fmt.Sprintf("\tP50/P99/P99.9 MS @%d/S", r)
 	}
 	head += fmt.Sprintf("\tP50/P99/P99.9 MS @%d/S (%.0f%% OF %s)", rep.RelativeRate, rep.Relative*100, relativeTo)
-	fmt.Fprintln(tw, head+"\tCPU S/10K (STAGES, NATS)\tPEAK RSS MIB\tIDLE RSS MIB")
+	fmt.Fprintln(tw, head+"\tCPU S/10K (STAGES, NATS)\tPEAK RSS MIB\tIDLE RSS (ANON) MIB")
 	for _, r := range rep.Results {
 		line := fmt.Sprintf("%s\t%s\t%s\t%s", r.Name, resultCell(r), fmtRatio(r), strings.Join(latencyCells(rep, r), "\t"))
-		fmt.Fprintf(tw, "%s\t%.2f, %.2f\t%s\t%.0f\n", line, r.CPUPer10k, r.NATSCPUPer10k, peakCell(r), r.IdleRSSMiB)
+		fmt.Fprintf(tw, "%s\t%.2f, %.2f\t%s\t%s\n", line, r.CPUPer10k, r.NATSCPUPer10k, peakCell(r), idleCell(r))
 	}
 	_ = tw.Flush()
 }
@@ -352,7 +361,7 @@ func markdown(rep *Report) string {
 		fmt.Fprintf(&b, " p50 / p99 / p99.9 ms at %d/s |", r)
 	}
 	fmt.Fprintf(&b, " p50 / p99 / p99.9 ms at %d/s (%.0f%% of %s) |", rep.RelativeRate, rep.Relative*100, relativeTo)
-	b.WriteString(" CPU s per 10k events (stages, NATS) | peak RSS MiB | idle RSS MiB |\n|---|---|---:|---|")
+	b.WriteString(" CPU s per 10k events (stages, NATS) | peak RSS MiB | idle RSS (anonymous) MiB |\n|---|---|---:|---|")
 	for range len(rep.Rates) + 1 {
 		b.WriteString("---|")
 	}
@@ -362,11 +371,7 @@ func markdown(rep *Report) string {
 		for _, c := range latencyCells(rep, r) {
 			fmt.Fprintf(&b, " %s |", c)
 		}
-		idle := "-"
-		if r.IdleRSSMiB > 0 {
-			idle = fmt.Sprintf("%.0f", r.IdleRSSMiB)
-		}
-		fmt.Fprintf(&b, " %.2f, %.2f | %s | %s |\n", r.CPUPer10k, r.NATSCPUPer10k, peakCell(r), idle)
+		fmt.Fprintf(&b, " %.2f, %.2f | %s | %s |\n", r.CPUPer10k, r.NATSCPUPer10k, peakCell(r), idleCell(r))
 	}
 	b.WriteString("\n![throughput and latency per scenario](results.png)\n")
 	return b.String()

@@ -69,6 +69,9 @@ func (p *proc) stop() {
 type usage struct {
 	CPU       time.Duration
 	RSS, Peak int64 // bytes
+	// Anon is the anonymous part of RSS (heap, stacks); the rest is the binary's pages,
+	// mapped from its file and shared by every process running it.
+	Anon int64
 }
 
 // clockTick is USER_HZ, 100 on every Linux architecture Go supports.
@@ -101,6 +104,8 @@ func (p *proc) usage() usage {
 				u.RSS = kb << 10
 			case "VmHWM:":
 				u.Peak = kb << 10
+			case "RssAnon:":
+				u.Anon = kb << 10
 			}
 		}
 	}

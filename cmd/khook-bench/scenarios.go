@@ -256,7 +256,10 @@ func (e *env) measure(r *Result, inflight int, send func(id string) error) error
 	// Idle: what the stages hold once the load has passed.
 	time.Sleep(2 * time.Second) // let the last batches' buffers be released; not synchronisation
 	for _, p := range e.stages {
-		r.IdleRSSMiB = max(r.IdleRSSMiB, float64(p.usage().RSS)/(1<<20))
+		u := p.usage()
+		if rss := float64(u.RSS) / (1 << 20); rss > r.IdleRSSMiB {
+			r.IdleRSSMiB, r.IdleAnonMiB = rss, float64(u.Anon)/(1<<20)
+		}
 	}
 	_, _, peaks := e.usage()
 	r.PeakRSSMiB = map[string]float64{}
