@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -557,4 +558,40 @@ func TestSharedPartsAreSafeWhileRunning(t *testing.T) {
 	close(stop)
 	require.NoError(t, <-readers)
 	require.Len(t, h.agent.Received(), 20, "every event delivered once while the readers ran")
+}
+
+// Calls made 16 at a time to one agent reuse their connections: Go's default transport keeps
+// two idle connections per host, and the rest were closed after each call and dialled anew.
+func TestConcurrentCallsReuseConnections(t *testing.T) {
+	agent := demoagent.New()
+	srv := httptest.NewUnstartedServer(agent.Handler())
+	var dials atomic.Int64
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			dials.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	target := NewKagent(KagentConfig{URL: srv.URL, UserID: "tester", Timeout: 5 * time.Second})
+	const workers, calls = 16, 400
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range workers {
+		wg.Go(func() {
+			for i := range work {
+				id := fmt.Sprint("e", i)
+				_, err := target.Deliver(context.Background(), hook.Task{Agent: hook.AgentRef{Namespace: "kagent", Name: "sre"},
+					Text: id, MessageID: hook.UUID(id), ContextID: hook.UUID("c", id), Event: &mapping.Event{ID: id}})
+				require.NoError(t, err)
+			}
+		})
+	}
+	for i := range calls {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	require.Len(t, agent.Received(), calls)
+	require.LessOrEqual(t, dials.Load(), int64(2*workers), "at most a connection per concurrent call (and the card's), not one per call")
 }

@@ -30,7 +30,7 @@ type HTTP struct {
 
 // NewHTTP returns an HTTP target.
 func NewHTTP(cfg HTTPConfig) *HTTP {
-	return &HTTP{cfg: cfg, client: &http.Client{Timeout: cfg.Timeout}, token: secret.New("", cfg.TokenFile)}
+	return &HTTP{cfg: cfg, client: &http.Client{Timeout: cfg.Timeout, Transport: keepAliveTransport()}, token: secret.New("", cfg.TokenFile)}
 }
 
 // Name implements Target.

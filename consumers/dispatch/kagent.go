@@ -55,7 +55,7 @@ func NewKagent(cfg KagentConfig) *Kagent {
 	return &Kagent{
 		cfg:     cfg,
 		token:   secret.New("", cfg.TokenFile),
-		http:    &http.Client{Transport: captureTransport{next: http.DefaultTransport}},
+		http:    &http.Client{Transport: captureTransport{next: keepAliveTransport()}},
 		clients: map[string]*a2aclient.Client{},
 	}
 }

@@ -87,6 +87,20 @@ type responseCapture struct {
 
 type captureKey struct{}
 
+// keepAliveTransport is Go's default transport keeping as many idle connections to one
+// agent as the dispatcher makes calls to it at once. The default keeps two per host, so a
+// dispatcher calling one agent from 16 workers closed and dialled connections continuously:
+// about a tenth of its CPU in the benchmark, and a socket in TIME_WAIT per call.
+func keepAliveTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = maxConnsPerAgent
+	return t
+}
+
+// maxConnsPerAgent bounds the idle connections kept per agent: more than any sensible
+// dispatcher.workers.
+const maxConnsPerAgent = 256
+
 // captureTransport fills the responseCapture found in a request's context.
 type captureTransport struct{ next http.RoundTripper }
 
