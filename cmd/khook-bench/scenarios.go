@@ -253,6 +253,14 @@ func (e *env) measure(r *Result, inflight int, send func(id string) error) error
 		l.Relative = relative > 0 && i == len(rates)-1
 		r.Latency = append(r.Latency, l)
 	}
+	// A stage that exited during the runs makes them meaningless: say so, with its output.
+	for _, p := range e.stages {
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited during the runs: %w\n%s", p.name, p.err, tail(p.out.String(), 2000))
+		default:
+		}
+	}
 	// Idle: what the stages hold once the load has passed.
 	time.Sleep(2 * time.Second) // let the last batches' buffers be released; not synchronisation
 	for _, p := range e.stages {
