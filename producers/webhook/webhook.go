@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -304,27 +303,11 @@ func (ep *endpoint) serve(rw http.ResponseWriter, r *http.Request) (int, string)
 
 	ctx, cancel := context.WithTimeout(r.Context(), ep.w.cfg.Timeout)
 	defer cancel()
-	// A batch's events are stored side by side: each waits for its own acknowledgement, so
-	// one after the other a batch of 100 cost 100 round trips in a row. The answer is decided
-	// in the batch's order, as before: the first event that failed decides it.
-	type emitted struct {
-		res producers.Result
-		err error
-	}
-	results := make([]emitted, len(events))
-	var wg sync.WaitGroup
-	for i, ev := range events {
-		wg.Go(func() {
-			start := time.Now()
-			res, err := ep.emit(ctx, ev)
-			ep.w.metrics.publish.WithLabelValues(ep.Path).Observe(time.Since(start).Seconds())
-			results[i] = emitted{res, err}
-		})
-	}
-	wg.Wait()
 	out := make([]accepted, 0, len(events))
-	for i, ev := range events {
-		res, err := results[i].res, results[i].err
+	for _, ev := range events {
+		start := time.Now()
+		res, err := ep.emit(ctx, ev)
+		ep.w.metrics.publish.WithLabelValues(ep.Path).Observe(time.Since(start).Seconds())
 		switch {
 		case errors.Is(err, producers.ErrTooLarge):
 			// The client's event, not the store, is the problem: no retry will help, and
@@ -333,9 +316,9 @@ func (ep *endpoint) serve(rw http.ResponseWriter, r *http.Request) (int, string)
 		case errors.Is(err, producers.ErrInvalidEvent):
 			return refuse(rw, badRequest("%v", err))
 		case err != nil:
-			// Never 2xx for an event that was not stored. The batch's other events may be
-			// stored; a retry of the batch stores each at most once, because their ids are
-			// the same.
+			// Never 2xx for an event that was not stored. Events of a batch stored before
+			// this one stay stored; a retry of the batch stores each at most once, because
+			// their ids are the same.
 			ep.w.logger.Warn("event not stored", zap.String("event_id", ev.ID), tracing.LogField(ctx), zap.Error(err))
 			rw.Header().Set("Retry-After", "1")
 			return refuse(rw, &httpError{http.StatusServiceUnavailable, "event store unavailable, retry later"})
