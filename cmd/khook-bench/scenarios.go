@@ -181,33 +181,13 @@ func (e *env) usage() (stages usage, natsU usage, peaks map[string]int64) {
 func (e *env) measure(r *Result, inflight int, send func(id string) error) error {
 	// Saturation: every event offered at once; the figure is events delivered per second.
 	ids := e.ids(e.cfg.events)
-	stagesBefore, natsBefore, _ := e.usage()
-	start := time.Now()
-	var sendErrs atomic.Int64
-	sem := make(chan struct{}, inflight)
-	var wg sync.WaitGroup
-	for _, id := range ids {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if err := send(id); err != nil {
-				sendErrs.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
+	run := e.startSaturation()
+	failed := offer(len(ids), inflight, func(i int) error { return send(ids[i]) })
 	got := e.recv.waitAll(ids, e.cfg.timeout)
-	elapsed := time.Since(start)
-	stagesAfter, natsAfter, _ := e.usage()
 	if got < len(ids) {
-		return fmt.Errorf("%s: %d of %d events arrived within %s (%d send errors)", r.Name, got, len(ids), e.cfg.timeout, sendErrs.Load())
+		return fmt.Errorf("%s: %d of %d events arrived within %s (%d send errors)", r.Name, got, len(ids), e.cfg.timeout, failed)
 	}
-	r.Events = got
-	r.EventsPerSec = float64(got) / elapsed.Seconds()
-	per10k := 10000 / float64(max(got, 1))
-	r.CPUPer10k = (stagesAfter.CPU - stagesBefore.CPU).Seconds() * per10k
-	r.NATSCPUPer10k = (natsAfter.CPU - natsBefore.CPU).Seconds() * per10k
+	run.finish(r, got)
 
 	// Fixed offered loads: events sent on a schedule regardless of how the pipeline keeps up
 	// (latency counts from the scheduled time, so a stall is not hidden). The scenarios that
@@ -222,6 +202,7 @@ func (e *env) measure(r *Result, inflight int, send func(id string) error) error
 		relative = e.cfg.relativeRate
 		rates = append(rates, relative)
 	}
+	sem := make(chan struct{}, inflight)
 	for i, rate := range rates {
 		n := int(float64(rate) * e.cfg.rateDuration.Seconds())
 		ids := e.ids(n)
@@ -281,37 +262,60 @@ func (e *env) measure(r *Result, inflight int, send func(id string) error) error
 // batchSize to a request, with inflight requests in progress.
 func (e *env) measureBatches(r *Result, inflight int, send func(ids []string) error) error {
 	ids := e.ids(e.cfg.events)
-	stagesBefore, natsBefore, _ := e.usage()
-	start := time.Now()
-	var sendErrs atomic.Int64
+	batches := slices.Collect(slices.Chunk(ids, batchSize))
+	run := e.startSaturation()
+	failed := offer(len(batches), inflight, func(i int) error { return send(batches[i]) })
+	got := e.recv.waitAll(ids, e.cfg.timeout)
+	if got < len(ids) {
+		return fmt.Errorf("%s: %d of %d events arrived within %s (%d failed batches)", r.Name, got, len(ids), e.cfg.timeout, failed)
+	}
+	run.finish(r, got)
+	return nil
+}
+
+// offer calls send for 0 … n-1, at most inflight calls at once, and returns how many failed.
+func offer(n, inflight int, send func(i int) error) int64 {
+	var failed atomic.Int64
 	sem := make(chan struct{}, inflight)
 	var wg sync.WaitGroup
-	for batch := range slices.Chunk(ids, batchSize) {
+	for i := range n {
 		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if err := send(batch); err != nil {
-				sendErrs.Add(1)
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := send(i); err != nil {
+				failed.Add(1)
 			}
-		}()
+		})
 	}
 	wg.Wait()
-	got := e.recv.waitAll(ids, e.cfg.timeout)
-	elapsed := time.Since(start)
-	stagesAfter, natsAfter, peaks := e.usage()
-	if got < len(ids) {
-		return fmt.Errorf("%s: %d of %d events arrived within %s (%d failed batches)", r.Name, got, len(ids), e.cfg.timeout, sendErrs.Load())
-	}
-	r.Events = got
-	r.EventsPerSec = float64(got) / elapsed.Seconds()
-	r.CPUPer10k = (stagesAfter.CPU - stagesBefore.CPU).Seconds() * 10000 / float64(got)
-	r.NATSCPUPer10k = (natsAfter.CPU - natsBefore.CPU).Seconds() * 10000 / float64(got)
+	return failed.Load()
+}
+
+// saturation is one saturation run's clock and the processes' usage at its start.
+type saturation struct {
+	e             *env
+	start         time.Time
+	stages, natsU usage
+}
+
+func (e *env) startSaturation() saturation {
+	stages, natsU, _ := e.usage()
+	return saturation{e: e, start: time.Now(), stages: stages, natsU: natsU}
+}
+
+// finish fills r's throughput, CPU per 10k events and peak RSS for events delivered now.
+func (s saturation) finish(r *Result, events int) {
+	elapsed := time.Since(s.start)
+	stages, natsU, peaks := s.e.usage()
+	r.Events = events
+	r.EventsPerSec = float64(events) / elapsed.Seconds()
+	per10k := 10000 / float64(max(events, 1))
+	r.CPUPer10k = (stages.CPU - s.stages.CPU).Seconds() * per10k
+	r.NATSCPUPer10k = (natsU.CPU - s.natsU.CPU).Seconds() * per10k
 	r.PeakRSSMiB = map[string]float64{}
 	for name, b := range peaks {
 		r.PeakRSSMiB[name] = float64(b) / (1 << 20)
 	}
-	return nil
 }
 
 func summarize(rate, sent int, lat []time.Duration) Latency {
@@ -647,26 +651,14 @@ func khookStorm(e *env, r *Result) error {
 		}
 		return "storm-pod"
 	}
-	stagesBefore, natsBefore, _ := e.usage()
-	start := time.Now()
-	var sendErrs atomic.Int64
-	sem := make(chan struct{}, jsInflight)
-	var wg sync.WaitGroup
-	for i, id := range ids {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			body := fmt.Sprintf(`{"type":"deploy-failed","namespace":"bench","resourceName":%q,"message":"crash loop %s"}`, resource(i), id)
-			env, _ := cloudevent.Encode(&cloudevent.Event{ID: id, Source: "webhook", Type: "deploy-failed", Time: time.Now().UTC(),
-				DataContentType: "application/json", Data: []byte(body)})
-			if err := e.publish("khook.raw.webhook.deploy-failed", id, env, nil); err != nil {
-				sendErrs.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	if n := sendErrs.Load(); n > 0 {
+	run := e.startSaturation()
+	failed := offer(len(ids), jsInflight, func(i int) error {
+		body := fmt.Sprintf(`{"type":"deploy-failed","namespace":"bench","resourceName":%q,"message":"crash loop %s"}`, resource(i), ids[i])
+		env, _ := cloudevent.Encode(&cloudevent.Event{ID: ids[i], Source: "webhook", Type: "deploy-failed", Time: time.Now().UTC(),
+			DataContentType: "application/json", Data: []byte(body)})
+		return e.publish("khook.raw.webhook.deploy-failed", ids[i], env, nil)
+	})
+	if n := failed; n > 0 {
 		return fmt.Errorf("storm: %d publishes failed", n)
 	}
 	ctx := context.Background()
@@ -684,21 +676,12 @@ func khookStorm(e *env, r *Result) error {
 		}
 		time.Sleep(5 * time.Millisecond) // polling the consumer's state; nothing to wait on
 	}
-	elapsed := time.Since(start)
-	stagesAfter, natsAfter, peaks := e.usage()
 	calls := len(e.agent.Received())
 	if calls != stormDistinct+1 { // the repeated resource's first event, and each distinct one
 		return fmt.Errorf("storm: the agent received %d tasks, want %d (one per distinct resource)", calls, stormDistinct+1)
 	}
-	r.Events = stormEvents
-	r.EventsPerSec = float64(stormEvents) / elapsed.Seconds()
+	run.finish(r, stormEvents)
 	r.AgentCalls = calls
-	r.CPUPer10k = (stagesAfter.CPU - stagesBefore.CPU).Seconds() * 10000 / float64(stormEvents)
-	r.NATSCPUPer10k = (natsAfter.CPU - natsBefore.CPU).Seconds() * 10000 / float64(stormEvents)
-	r.PeakRSSMiB = map[string]float64{}
-	for name, b := range peaks {
-		r.PeakRSSMiB[name] = float64(b) / (1 << 20)
-	}
 	return nil
 }
 
