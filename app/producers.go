@@ -22,20 +22,22 @@ type producerStage struct {
 // loadProducers builds every plugin of plugins.yaml (only one with plugin set), so that an
 // unknown plugin or a bad key fails at start.
 func loadProducers(cfg config.Config, plugin string, reg *prometheus.Registry, probes *telemetry.Probes, logger *zap.Logger) (*producerStage, error) {
+	metrics := producers.NewMetrics(reg)
 	sup := &producers.Supervisor{
-		Path: cfg.Files.Plugins, Only: plugin, Table: builtin.Table(), Reg: reg, Probes: probes,
+		Path: cfg.Files.Plugins, Only: plugin, Table: builtin.Table(), Reg: reg, Probes: probes, Metrics: metrics,
 		Logger: logger.Named("plugins"),
 	}
 	file, err := sup.Load()
 	if err != nil {
 		return nil, err
 	}
-	return &producerStage{sup: sup, file: file, metrics: producers.NewMetrics(reg), probes: probes}, nil
+	return &producerStage{sup: sup, file: file, metrics: metrics, probes: probes}, nil
 }
 
 // add adds the publisher, the plugins and the plugins file's watcher.
 func (p *producerStage) add(g *group, js jetstream.JetStream, cfg config.Config) {
-	p.sup.Metrics = p.metrics
+	// The publisher needs the connection, which exists only now: the plugins were built and
+	// checked before connecting. It is handed over before any actor starts.
 	p.sup.Pub = producers.NewPublisher(js, cfg.Streams.Subjects(), p.metrics)
 	g.add("publisher", p.sup.Pub.Run)
 	// Unready while JetStream refuses events, so load balancers steer webhooks away.

@@ -59,12 +59,19 @@ func runRelay(args []string) error {
 		}
 		return runIngress(ctx, js, args[2])
 	}
-	if mode == "call" && len(args) > 3 {
-		workers, err := strconv.Atoi(args[3])
-		if err != nil || workers < 1 {
-			return fmt.Errorf("WORKERS: %q is not a positive number", args[3])
+	if mode == "call" {
+		if len(args) < 3 {
+			return errors.New("call needs AGENT_URL")
 		}
-		return runCalls(ctx, js, args[2], workers)
+		// One call at a time pulls as deeply as the relay; with workers, as many as they take.
+		workers, prefetch := 1, 1024
+		if len(args) > 3 {
+			if workers, err = strconv.Atoi(args[3]); err != nil || workers < 1 {
+				return fmt.Errorf("WORKERS: %q is not a positive number", args[3])
+			}
+			prefetch = workers
+		}
+		return runCalls(ctx, js, args[2], workers, prefetch)
 	}
 	stream, durable := streamS2, "s2"
 	if mode == "relay" {
@@ -95,13 +102,6 @@ func runRelay(args []string) error {
 			}
 		}
 	}()
-	var agent *dispatch.Kagent
-	if mode == "call" {
-		if len(args) < 3 {
-			return errors.New("call needs AGENT_URL")
-		}
-		agent = dispatch.NewKagent(dispatch.KagentConfig{URL: args[2], UserID: "bench", Timeout: 30 * time.Second})
-	}
 	for {
 		m, err := it.Next()
 		if err != nil {
@@ -123,29 +123,21 @@ func runRelay(args []string) error {
 		case "consume":
 			_ = m.Ack()
 			_ = nc.Publish(subjectDone, []byte(m.Headers().Get(jetstream.MsgIDHeader)))
-		case "call":
-			id := m.Headers().Get(jetstream.MsgIDHeader)
-			_, err := agent.Deliver(ctx, hook.Task{Agent: hook.AgentRef{Namespace: "bench", Name: "agent"},
-				Text: id, MessageID: uuidOf(id), ContextID: uuidOf("ctx"), Event: &mapping.Event{ID: id, Type: "deploy-failed"}})
-			if err != nil {
-				_ = m.Nak()
-				continue
-			}
-			_ = m.Ack()
 		default:
 			return fmt.Errorf("unknown relay mode %q", mode)
 		}
 	}
 }
 
-// runCalls pulls from BENCH_S2 and makes the A2A call with workers calls in flight: one
-// puller hands messages to the workers, and each acks once its call returned.
-func runCalls(ctx context.Context, js jetstream.JetStream, agentURL string, workers int) error {
+// runCalls pulls from BENCH_S2, prefetch messages at most, and makes the A2A call with
+// workers calls in flight: one puller hands messages to the workers, and each acks once its
+// call returned.
+func runCalls(ctx context.Context, js jetstream.JetStream, agentURL string, workers, prefetch int) error {
 	cons, err := js.Consumer(ctx, streamS2, "s2")
 	if err != nil {
 		return err
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(workers))
+	it, err := cons.Messages(jetstream.PullMaxMessages(prefetch))
 	if err != nil {
 		return err
 	}

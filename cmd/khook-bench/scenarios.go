@@ -477,14 +477,7 @@ func rawIngress(e *env, r *Result) error {
 	if err := waitListening(fmt.Sprintf("127.0.0.1:%d", port), p); err != nil {
 		return err
 	}
-	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
-	return e.measure(r, httpInflight, func(id string) error {
-		err := post(url, id)
-		if err == nil {
-			e.recv.add(id, time.Now())
-		}
-		return err
-	})
+	return e.measure(r, httpInflight, e.postStored(fmt.Sprintf("http://127.0.0.1:%d/", port)))
 }
 
 func rawTopology(e *env) error {
@@ -566,23 +559,34 @@ func post(url, id string) error {
 	return nil
 }
 
-func khookWebhook(e *env, r *Result) error {
+// startProducer starts khook's producer with the webhook plugin, and returns its port.
+func (e *env) startProducer() (int, error) {
 	port := freePort()
 	cfg, err := e.khookConfig(port)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if err := e.khookStage("producer", cfg); err != nil {
-		return err
-	}
-	url := fmt.Sprintf("http://127.0.0.1:%d/webhook", port)
-	return e.measure(r, httpInflight, func(id string) error {
+	return port, e.khookStage("producer", cfg)
+}
+
+// postStored is the sender for an HTTP ingress that answers 202 only once JetStream stored
+// the event: the answer is the event's arrival.
+func (e *env) postStored(url string) func(id string) error {
+	return func(id string) error {
 		err := post(url, id)
 		if err == nil {
-			e.recv.add(id, time.Now()) // 202 comes after JetStream stored the event
+			e.recv.add(id, time.Now())
 		}
 		return err
-	})
+	}
+}
+
+func khookWebhook(e *env, r *Result) error {
+	port, err := e.startProducer()
+	if err != nil {
+		return err
+	}
+	return e.measure(r, httpInflight, e.postStored(fmt.Sprintf("http://127.0.0.1:%d/webhook", port)))
 }
 
 // batchSize is how many events one batch request carries.
@@ -591,12 +595,8 @@ const batchSize = 100
 // khookWebhookBatch posts JSON arrays of batchSize events: the webhook's path for senders that
 // can batch, compared with raw asynchronous publish.
 func khookWebhookBatch(e *env, r *Result) error {
-	port := freePort()
-	cfg, err := e.khookConfig(port)
+	port, err := e.startProducer()
 	if err != nil {
-		return err
-	}
-	if err := e.khookStage("producer", cfg); err != nil {
 		return err
 	}
 	url := fmt.Sprintf("http://127.0.0.1:%d/batch", port)

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/khook/khook/app"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams/cloudevent"
 )
@@ -33,13 +34,9 @@ func mappingsCmd() *cobra.Command {
 }
 
 func checkMappings(path, eventFile, source, eventType, output string, stdout io.Writer) error {
-	b, err := os.ReadFile(path)
+	rules, _, err := app.LoadRules(path)
 	if err != nil {
 		return err
-	}
-	rules, err := mapping.Parse(b)
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
 	}
 	summary := map[string]any{"file": path, "rules": rules.Len(), "unmapped": rules.Unmapped(), "hash": rules.Hash()}
 	var mapped map[string]any
