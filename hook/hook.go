@@ -44,6 +44,12 @@ type HookSpec struct {
 	// SuppressionWindow (khook extension) overrides dispatcher.suppression_window for this
 	// hook, e.g. "5m".
 	SuppressionWindow string `yaml:"suppressionWindow,omitempty" json:"suppressionWindow,omitempty"`
+	// GroupBy, GroupWait, GroupInterval and MaxEventsPerTask (khook extensions) gather the
+	// hook's events into one task per group, as Alertmanager groups alerts: see Grouping.
+	GroupBy          []string `yaml:"groupBy,omitempty" json:"groupBy,omitempty"`
+	GroupWait        string   `yaml:"groupWait,omitempty" json:"groupWait,omitempty"`
+	GroupInterval    string   `yaml:"groupInterval,omitempty" json:"groupInterval,omitempty"`
+	MaxEventsPerTask int      `yaml:"maxEventsPerTask,omitempty" json:"maxEventsPerTask,omitempty"`
 }
 
 // EventConfiguration fires its agent for every event of EventType in the hook's namespace.
@@ -127,6 +133,7 @@ func (h *Hook) Validate() error {
 			errs = append(errs, fmt.Errorf("spec.suppressionWindow: want a duration of at least 1s such as 10m, got %q", w))
 		}
 	}
+	errs = append(errs, h.Spec.validateGrouping()...)
 	return errors.Join(errs...)
 }
 
@@ -209,20 +216,21 @@ func (m Match) Config() EventConfiguration { return m.Hook.Spec.EventConfigurati
 // Index finds the hooks an event fires. It is immutable and safe for concurrent use; a new
 // set of hooks means a new Index.
 type Index struct {
-	byKey map[indexKey][]Match
-	count int
-	hooks []*Hook
+	byKey   map[indexKey][]Match
+	byEntry map[string]Match
+	count   int
+	hooks   []*Hook
 }
 
 type indexKey struct{ namespace, eventType string }
 
 // Empty is an index of no hooks: what a dispatcher matches against before its hooks load.
-func Empty() *Index { return &Index{byKey: map[indexKey][]Match{}} }
+func Empty() *Index { return &Index{byKey: map[indexKey][]Match{}, byEntry: map[string]Match{}} }
 
 // NewIndex validates hooks, compiles their prompts and indexes them by namespace and event
 // type. Invalid hooks are an error naming each one.
 func NewIndex(hooks []Hook) (*Index, error) {
-	idx := &Index{byKey: map[indexKey][]Match{}, count: len(hooks)}
+	idx := &Index{byKey: map[indexKey][]Match{}, byEntry: map[string]Match{}, count: len(hooks)}
 	var errs []error
 	for i := range hooks {
 		h := &hooks[i]
@@ -245,7 +253,9 @@ func NewIndex(hooks []Hook) (*Index, error) {
 			entries[entry] = true
 			tmpl, _, _ := compilePrompt(ec.Prompt) // validated above
 			k := indexKey{h.Metadata.Namespace, ec.EventType}
-			idx.byKey[k] = append(idx.byKey[k], Match{Hook: h, Index: j, Agent: agent, prompt: tmpl, entry: entry})
+			m := Match{Hook: h, Index: j, Agent: agent, prompt: tmpl, entry: entry}
+			idx.byKey[k] = append(idx.byKey[k], m)
+			idx.byEntry[entry] = m
 		}
 		idx.hooks = append(idx.hooks, h)
 	}
@@ -280,6 +290,13 @@ func (m Match) accepts(ev *mapping.Event) bool {
 		}
 	}
 	return true
+}
+
+// Entry returns the event configuration whose Entry is entry, if a hook still has it: a
+// group's task is built from the entry that opened the group.
+func (idx *Index) Entry(entry string) (Match, bool) {
+	m, ok := idx.byEntry[entry]
+	return m, ok
 }
 
 // Hooks returns the valid hooks, in the order given.

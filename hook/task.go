@@ -105,6 +105,10 @@ type promptData struct {
 	Tags                                                                            map[string]string
 	// Data is the event's raw payload, decoded: {{ .Data.labels.pod }}.
 	Data any
+	// Events and Group are set for a grouped hook's task: every distinct event of the group
+	// since its last task, and the group itself (see GroupTask). Both are empty otherwise.
+	Events []GroupEvent
+	Group  Group
 }
 
 func newPromptData(ev *mapping.Event) promptData {
