@@ -8,6 +8,7 @@
 package kubernetes
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -131,7 +132,17 @@ func (k *Kubernetes) Run(ctx context.Context, emit producers.Emit) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	queue := make(chan producers.Event, 1024)
+	queue := make(chan pending, 1024)
+	// Owner lookups get their own client: client-go's default rate limit (5 requests a
+	// second) would let a burst of events about 50 new pods take ten seconds to resolve, past
+	// any groupWait. Lookups are cached, so the higher limit is reached only in bursts.
+	orc := rest.CopyConfig(k.rest)
+	orc.QPS, orc.Burst = 50, 100
+	ocs, err := k8s.NewForConfig(orc)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	owners := newOwners(ocs, k.logger)
 	var factories []informers.SharedInformerFactory
 	for _, ns := range k.namespaces {
 		f := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(ns),
@@ -173,8 +184,14 @@ func (k *Kubernetes) Run(ctx context.Context, emit producers.Emit) error {
 				f.Shutdown()
 			}
 			return nil
-		case ev := <-queue:
-			k.emit(ctx, emit, ev)
+		case p := <-queue:
+			// The owner is looked up here, by the one emitting worker, rather than in the
+			// informer's handler: a slow lookup delays emitting, never the watch.
+			if o, ok := owners.resolve(ctx, cmp.Or(p.data.Regarding.Namespace, p.data.Namespace), p.data.Regarding.Kind, p.data.Regarding.Name); ok {
+				p.data.Owner = &o
+			}
+			p.ev.Data, _ = json.Marshal(p.data)
+			k.emit(ctx, emit, p.ev)
 		}
 	}
 }
@@ -216,6 +233,8 @@ type eventData struct {
 	ReportingInstance   string    `json:"reportingInstance,omitempty"`
 	Action              string    `json:"action,omitempty"`
 	UID                 string    `json:"uid"`
+	// Owner is the workload the resource belongs to, when it has one (see owners).
+	Owner *Owner `json:"owner,omitempty"`
 }
 
 type regarding struct {
@@ -227,8 +246,15 @@ type regarding struct {
 	FieldPath  string `json:"fieldPath,omitempty"`
 }
 
+// pending is a classified event waiting to be emitted; its data is marshalled once its
+// owner is known.
+type pending struct {
+	ev   producers.Event
+	data eventData
+}
+
 // toEvent classifies an Event and builds its raw event; false means drop it.
-func (k *Kubernetes) toEvent(e *eventsv1.Event) (producers.Event, bool) {
+func (k *Kubernetes) toEvent(e *eventsv1.Event) (pending, bool) {
 	typ := Classify(e, k.cfg.Rules)
 	if typ == "" {
 		if strings.EqualFold(e.Type, "Normal") {
@@ -236,12 +262,12 @@ func (k *Kubernetes) toEvent(e *eventsv1.Event) (producers.Event, bool) {
 		} else {
 			k.counts.WithLabelValues("unclassified").Inc()
 		}
-		return producers.Event{}, false
+		return pending{}, false
 	}
 	last := lastSeen(e)
 	if k.now().Sub(last) > k.cfg.MaxEventAge {
 		k.counts.WithLabelValues("stale").Inc()
-		return producers.Event{}, false
+		return pending{}, false
 	}
 	k.counts.WithLabelValues("emitted").Inc()
 	count := int32(1)
@@ -251,20 +277,19 @@ func (k *Kubernetes) toEvent(e *eventsv1.Event) (producers.Event, bool) {
 	case e.DeprecatedCount > 0:
 		count = e.DeprecatedCount
 	}
-	data, _ := json.Marshal(eventData{
+	data := eventData{
 		Namespace: e.Namespace, ResourceKind: e.Regarding.Kind, ResourceName: e.Regarding.Name,
 		Reason: e.Reason, Message: e.Note, Type: e.Type, Count: count,
 		Regarding: regarding{APIVersion: e.Regarding.APIVersion, Kind: e.Regarding.Kind, Namespace: e.Regarding.Namespace,
 			Name: e.Regarding.Name, UID: string(e.Regarding.UID), FieldPath: e.Regarding.FieldPath},
 		ReportingController: e.ReportingController, ReportingInstance: e.ReportingInstance, Action: e.Action, UID: string(e.UID),
-	})
-	return producers.Event{
+	}
+	return pending{ev: producers.Event{
 		ID:      string(e.UID) + "-" + strconv.Itoa(int(count)),
 		Type:    typ,
 		Subject: e.Namespace + "/" + e.Regarding.Kind + "/" + e.Regarding.Name,
 		Time:    last.UTC(),
-		Data:    data,
-	}, true
+	}, data: data}, true
 }
 
 // lastSeen is when an Event last happened: its series' last observation, else its event
