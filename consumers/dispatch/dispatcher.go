@@ -54,6 +54,8 @@ type Config struct {
 	Guard GuardConfig `koanf:",squash,flatten"`
 	// DrainTimeout bounds how long Run waits for in-flight deliveries after its context ends.
 	DrainTimeout time.Duration `koanf:"drain_timeout"`
+	// Budgets limit the tasks each agent gets, across replicas.
+	Budgets []Budget `koanf:"budgets"`
 	// ActiveEvents records each matched event in the dispatch bucket for Hook status
 	// (two KV round trips per match). Only the Kubernetes hook watcher reads the records, so
 	// a dispatcher with hooks from a file turns it off. It is not a setting: the pipeline
@@ -95,18 +97,20 @@ type Dispatcher struct {
 	// Observer, when set before Run, is told of firings, deliveries and failures.
 	Observer Observer
 
-	js      jetstream.JetStream
-	topo    streams.Config
-	cfg     Config
-	hooks   atomic.Pointer[hook.Index]
-	loaded  chan struct{} // closed once the hooks are complete
-	load    sync.Once
-	router  *Router
-	guards  *guards
-	logger  *zap.Logger
-	metrics *metrics
-	state   *State
-	pulling atomic.Bool
+	js       jetstream.JetStream
+	topo     streams.Config
+	cfg      Config
+	hooks    atomic.Pointer[hook.Index]
+	loaded   chan struct{} // closed once the hooks are complete
+	load     sync.Once
+	router   *Router
+	guards   *guards
+	logger   *zap.Logger
+	metrics  *metrics
+	state    *State
+	flusher  *flusher
+	combiner *combiner
+	pulling  atomic.Bool
 }
 
 // New returns a dispatcher working with state, the dispatch bucket every replica shares
@@ -127,6 +131,8 @@ func New(js jetstream.JetStream, topo streams.Config, cfg Config, state *State, 
 		Help: "Endpoints whose circuit breaker is open or half-open.",
 	}, func() float64 { return float64(d.guards.openCount()) })
 	reg.MustRegister(m.breakersOpen)
+	d.flusher, d.combiner = newFlusher(d), newCombiner()
+	d.registerGroupMetrics(reg)
 	if hooks != nil {
 		d.SetHooks(hooks)
 	}
@@ -200,6 +206,12 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	owned := newHeartbeats(d.topo.Dispatcher.AckWait / 3)
 	stopBeats := owned.run()
 	defer stopBeats()
+	// The flusher sends grouped and queued tasks; it stops with the pulling, and its sends
+	// drain with the deliveries.
+	flushCtx, stopFlush := context.WithCancel(ctx)
+	defer stopFlush()
+	flushDone := make(chan struct{})
+	go func() { d.flusher.run(flushCtx, work); close(flushDone) }()
 
 	// idle holds one token per idle worker; a pull asks for at most that many messages.
 	idle := make(chan struct{}, d.cfg.Workers)
@@ -221,9 +233,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	d.pull(ctx, cons, idle, msgs, owned)
 	d.pulling.Store(false)
 	close(msgs)
+	stopFlush()
 
 	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	go func() { wg.Wait(); <-flushDone; d.flusher.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(d.cfg.DrainTimeout):
@@ -341,6 +354,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	if id := msg.Headers().Get(streams.HeaderReplayID); id != "" {
 		log = log.With(zap.String("replay_id", id), zap.String("original_id", msg.Headers().Get(streams.HeaderOriginalID)))
 	}
+	ignore := msg.Headers().Get(streams.HeaderIgnoreSuppression) == "true"
 	t := hook.Identify(m, ev)
 	log = log.With(zap.String("message_id", t.MessageID))
 	window := min(m.Hook.Window(d.cfg.SuppressionWindow), d.topo.DispatchTTL)
@@ -353,7 +367,12 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 			log.Debug("active event not recorded", zap.Error(err))
 		}
 	}
-	switch claim, err := d.claim(ctx, t, window, msg.Headers().Get(streams.HeaderIgnoreSuppression) == "true", log); claim {
+	if g, ok := m.Hook.Grouping(); ok && !ignore {
+		// A grouped hook's events are sent as their group's task; a replay that ignores
+		// suppression bypasses grouping too, and sends each event on its own.
+		return d.gather(ctx, m, g, ev, log)
+	}
+	switch claim, err := d.claim(ctx, t, window, ignore, log); claim {
 	case claimRetry:
 		return settle{delay: d.cfg.RetryBase}
 	case claimRefused:
@@ -374,6 +393,10 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	}
 	if md, err := msg.Metadata(); err != nil || md.NumDelivered == 1 {
 		d.Observer.Firing(t)
+	}
+	if _, ok := BudgetFor(d.cfg.Budgets, agentName(m.Agent)); ok {
+		// The agent has a budget: the task waits its turn with every replica's, by severity.
+		return d.enqueue(ctx, t, m, ev, log)
 	}
 
 	target := d.router.Target(m.Agent)

@@ -107,6 +107,12 @@ func newHarness(t *testing.T, cfg Config, protocol string) *harness {
 // newHarnessAckWait is newHarness with the dispatcher consumer's ack wait set.
 func newHarnessAckWait(t *testing.T, cfg Config, protocol string, ackWait time.Duration) *harness {
 	t.Helper()
+	return newHarnessHooks(t, cfg, protocol, ackWait, testHooks)
+}
+
+// newHarnessHooks is newHarnessAckWait with the hooks of hooksYAML.
+func newHarnessHooks(t *testing.T, cfg Config, protocol string, ackWait time.Duration, hooksYAML string) *harness {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	_, js := streamstest.Connect(t, streamstest.RunServer(t))
 	topo := streams.Default()
@@ -125,7 +131,7 @@ func newHarnessAckWait(t *testing.T, cfg Config, protocol string, ackWait time.D
 	srv := httptest.NewServer(f.wrap(agent.Handler()))
 	t.Cleanup(srv.Close)
 
-	idx := hooktest.Index(t, testHooks)
+	idx := hooktest.Index(t, hooksYAML)
 	target := NewKagent(KagentConfig{URL: srv.URL, Protocol: protocol, UserID: "tester", Timeout: 5 * time.Second, PollInterval: 50 * time.Millisecond})
 	legacy := NewKagent(KagentConfig{URL: srv.URL, Protocol: "0.3", UserID: "tester", Timeout: 5 * time.Second})
 	router := NewRouter(target, Route{Agent: "kagent/legacy-sre", Target: legacy})
@@ -153,6 +159,12 @@ func testConfig() Config {
 
 func (h *harness) publish(t *testing.T, ev mapping.Event) {
 	t.Helper()
+	h.publishWith(t, ev, nil)
+}
+
+// publishWith publishes ev with extra message headers.
+func (h *harness) publishWith(t *testing.T, ev mapping.Event, headers map[string]string) {
+	t.Helper()
 	if ev.Namespace == "" {
 		ev.Namespace = "shop"
 	}
@@ -166,6 +178,9 @@ func (h *harness) publish(t *testing.T, ev mapping.Event) {
 	msg := nats.NewMsg("khook.events." + ev.Type)
 	msg.Data = body
 	msg.Header.Set(jetstream.MsgIDHeader, ev.ID)
+	for k, v := range headers {
+		msg.Header.Set(k, v)
+	}
 	_, err = h.js.PublishMsg(context.Background(), msg)
 	require.NoError(t, err)
 }

@@ -3,6 +3,8 @@
 package dispatch
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -17,6 +19,8 @@ type metrics struct {
 	breakerTransitions *prometheus.CounterVec
 	breakersOpen       prometheus.GaugeFunc
 	promptFallbacks    prometheus.Counter
+	groupedEvents      prometheus.Counter
+	groupTasks         *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, targets []string) *metrics {
@@ -59,6 +63,18 @@ func newMetrics(reg prometheus.Registerer, targets []string) *metrics {
 			Help: "Circuit breaker state changes, by new state (open, half-open, closed).",
 		}, []string{"state"}),
 	}
+	m.groupedEvents = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "khook_dispatcher_grouped_events_total",
+		Help: "Events folded into a group of a grouped hook (each counted once, redeliveries aside).",
+	})
+	m.groupTasks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "khook_dispatcher_group_tasks_total",
+		Help: "Tasks sent from groups and from the budget queue, by result (delivered, failed, dropped).",
+	}, []string{"result"})
+	for _, r := range []string{"delivered", "failed", "dropped"} {
+		m.groupTasks.WithLabelValues(r)
+	}
+	reg.MustRegister(m.groupedEvents, m.groupTasks)
 	reg.MustRegister(m.events, m.deliveries, m.duration, m.inflight, m.suppressed, m.deadLetters, m.taskStates, m.breakerTransitions, m.promptFallbacks)
 	for _, o := range []string{"matched", "unmatched", "invalid"} {
 		m.events.WithLabelValues(o)
@@ -76,4 +92,53 @@ func newMetrics(reg prometheus.Registerer, targets []string) *metrics {
 		m.breakerTransitions.WithLabelValues(s)
 	}
 	return m
+}
+
+// registerGroupMetrics registers the gauges of groups and budgets, read from the flusher's
+// view of the shared records: every replica reports the same values.
+func (d *Dispatcher) registerGroupMetrics(reg prometheus.Registerer) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "khook_dispatcher_groups_open",
+		Help: "Groups with events waiting for their task or a task being sent, across all replicas.",
+	}, func() float64 {
+		open, _ := d.flusher.stats()
+		return float64(open)
+	}))
+	reg.MustRegister(&budgetCollector{d: d})
+}
+
+var (
+	waitingDesc = prometheus.NewDesc("khook_dispatcher_tasks_waiting",
+		"Tasks due but not sent, by agent: waiting for the agent's budget or a sender, across all replicas.", []string{"agent"}, nil)
+	budgetDesc = prometheus.NewDesc("khook_dispatcher_budget_in_use",
+		"An agent's budget in use, by limit: concurrent (tasks in flight) or hourly (tasks sent in the last hour).", []string{"agent", "limit"}, nil)
+	budgetLimitDesc = prometheus.NewDesc("khook_dispatcher_budget_limit",
+		"An agent's budget, by limit (concurrent, hourly), for the agents that have a budget and have had a task.", []string{"agent", "limit"}, nil)
+)
+
+// budgetCollector reports the waiting tasks and the budgets from the flusher's view.
+type budgetCollector struct{ d *Dispatcher }
+
+func (c *budgetCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- waitingDesc
+	ch <- budgetDesc
+	ch <- budgetLimitDesc
+}
+
+func (c *budgetCollector) Collect(ch chan<- prometheus.Metric) {
+	_, waiting := c.d.flusher.stats()
+	for agent, n := range waiting {
+		ch <- prometheus.MustNewConstMetric(waitingDesc, prometheus.GaugeValue, float64(n), agent)
+	}
+	for _, r := range c.d.flusher.budgetView() {
+		b, ok := BudgetFor(c.d.cfg.Budgets, r.Agent)
+		if !ok {
+			continue
+		}
+		inFlight, lastHour := r.InUse(time.Now())
+		ch <- prometheus.MustNewConstMetric(budgetDesc, prometheus.GaugeValue, float64(inFlight), r.Agent, "concurrent")
+		ch <- prometheus.MustNewConstMetric(budgetDesc, prometheus.GaugeValue, float64(lastHour), r.Agent, "hourly")
+		ch <- prometheus.MustNewConstMetric(budgetLimitDesc, prometheus.GaugeValue, float64(b.MaxConcurrentTasks), r.Agent, "concurrent")
+		ch <- prometheus.MustNewConstMetric(budgetLimitDesc, prometheus.GaugeValue, float64(b.MaxTasksPerHour), r.Agent, "hourly")
+	}
 }

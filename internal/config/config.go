@@ -261,6 +261,21 @@ func (d Dispatcher) validate(dispatchTTL time.Duration) error {
 	if d.Guard.Breaker.Failures < 1 || d.Guard.Breaker.Cooldown <= 0 {
 		errs = append(errs, fmt.Errorf("dispatcher.breaker: failures must be at least 1 and cooldown positive"))
 	}
+	seen := map[string]bool{}
+	for i, b := range d.Budgets {
+		key := fmt.Sprintf("dispatcher.budgets[%d]", i)
+		ns, name, ok := strings.Cut(b.Agent, "/")
+		if !ok || ns == "" || name == "" {
+			errs = append(errs, fmt.Errorf("%s.agent: want namespace/name or namespace/*, got %q", key, b.Agent))
+		}
+		if seen[b.Agent] {
+			errs = append(errs, fmt.Errorf("%s.agent: %s has a budget already", key, b.Agent))
+		}
+		seen[b.Agent] = true
+		if b.MaxConcurrentTasks < 0 || b.MaxTasksPerHour < 0 || b.MaxConcurrentTasks+b.MaxTasksPerHour == 0 {
+			errs = append(errs, fmt.Errorf("%s: set max_concurrent_tasks, max_tasks_per_hour or both, each at least 1", key))
+		}
+	}
 	for i, r := range d.Routes {
 		key := fmt.Sprintf("dispatcher.routes[%d]", i)
 		ns, name, ok := strings.Cut(r.Agent, "/")

@@ -1,0 +1,71 @@
+package dispatch
+
+import (
+	"context"
+	"sync"
+
+	"github.com/khook/khook/mapping"
+)
+
+// combiner folds the events of one group that this replica's workers handle at the same
+// time into one write. Without it, every worker holding an event of a hot group (a storm:
+// all 16 workers of each replica) races the others' compare-and-set on the one record, and
+// most attempts lose and retry. With it, one worker per group writes, taking every event
+// queued for that group since its last write; the others wait for that write's outcome, so
+// each event is still acknowledged only once the group holds it.
+type combiner struct {
+	mu      sync.Mutex
+	pending map[string]*combined
+}
+
+// combined is what waits for the next write of a group: its events, and a channel per
+// waiting worker.
+type combined struct {
+	init    GroupRecord
+	events  []*mapping.Event
+	waiters []chan error
+}
+
+func newCombiner() *combiner { return &combiner{pending: map[string]*combined{}} }
+
+// add stores ev in group key through write, together with whatever other workers queue for
+// the same group meanwhile, and returns once ev is stored (or its write failed).
+func (c *combiner) add(ctx context.Context, key string, init GroupRecord, ev *mapping.Event,
+	write func(ctx context.Context, key string, init GroupRecord, events []*mapping.Event) error) error {
+	c.mu.Lock()
+	if p, writing := c.pending[key]; writing {
+		ch := make(chan error, 1)
+		p.events = append(p.events, ev)
+		p.waiters = append(p.waiters, ch)
+		c.mu.Unlock()
+		select {
+		case err := <-ch:
+			return err
+		case <-ctx.Done():
+			// The writer may still store ev; the event is redelivered, and the group counts
+			// its id once.
+			return ctx.Err()
+		}
+	}
+	c.pending[key] = &combined{}
+	c.mu.Unlock()
+
+	err := write(ctx, key, init, []*mapping.Event{ev})
+	// Write what queued up meanwhile, until nothing did: this worker is the group's writer
+	// until then.
+	for {
+		c.mu.Lock()
+		p := c.pending[key]
+		if len(p.events) == 0 {
+			delete(c.pending, key)
+			c.mu.Unlock()
+			return err
+		}
+		c.pending[key] = &combined{}
+		c.mu.Unlock()
+		werr := write(ctx, key, init, p.events)
+		for _, ch := range p.waiters {
+			ch <- werr
+		}
+	}
+}

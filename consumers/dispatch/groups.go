@@ -1,0 +1,459 @@
+package dispatch
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+	"go.uber.org/zap"
+
+	"github.com/khook/khook/hook"
+	"github.com/khook/khook/mapping"
+)
+
+// Grouping and budgets: tasks that do not go straight to their agent.
+//
+// A grouped hook's events are folded into their group's record in the dispatch bucket and
+// acknowledged; the record is their durable home from then on. An event of an ungrouped hook
+// whose agent has a budget is queued the same way, as a group of one. Every replica watches
+// the records and, when a group is due, tries to take its lease by compare-and-set: exactly
+// one replica wins and sends the task. Due groups go in severity order (critical first),
+// then oldest first, and only while their agent's budget allows. A replica that dies while
+// sending loses its lease when the lease lapses, and another sends the task again under
+// the same message id, which the settled record turns into at most one call when the first
+// call had completed.
+
+// flushTick is how often a replica looks for due groups: the resolution of groupWait and
+// groupInterval.
+const flushTick = 200 * time.Millisecond
+
+type viewEntry struct {
+	rec GroupRecord
+	rev uint64
+}
+
+// flusher sends the tasks of due groups. Its view of the records is a cache of the bucket
+// fed by a watcher; decisions are made by compare-and-set on the bucket, never on the view.
+type flusher struct {
+	d      *Dispatcher
+	holder string // this replica, in leases
+
+	view    map[string]viewEntry // by group key; only the run loop touches it
+	budgets map[string]BudgetRecord
+
+	mu      sync.Mutex
+	sending map[string]bool
+	waiting map[string]int // by agent, for the metric
+	open    int
+	sem     chan struct{}
+	wg      sync.WaitGroup
+}
+
+func newFlusher(d *Dispatcher) *flusher {
+	return &flusher{d: d, holder: nuid.Next(), view: map[string]viewEntry{}, budgets: map[string]BudgetRecord{},
+		sending: map[string]bool{}, waiting: map[string]int{}, sem: make(chan struct{}, d.cfg.Workers)}
+}
+
+// run watches the group and budget records and sends due tasks until ctx ends. Sends run on
+// work, so that shutdown lets them finish as it lets deliveries finish.
+func (f *flusher) run(ctx, work context.Context) {
+	for ctx.Err() == nil {
+		w, err := f.d.state.kv.WatchFiltered(ctx, []string{groupPrefix + "*", budgetPrefix + "*"})
+		if err != nil {
+			f.d.logger.Warn("group watcher", zap.Error(err))
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		f.loop(ctx, work, w)
+		_ = w.Stop()
+	}
+}
+
+func (f *flusher) loop(ctx, work context.Context, w jetstream.KeyWatcher) {
+	tick := time.NewTicker(flushTick)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e != nil {
+				f.apply(e)
+			}
+		case <-tick.C:
+			f.tick(ctx, work)
+		}
+	}
+}
+
+func (f *flusher) apply(e jetstream.KeyValueEntry) {
+	deleted := e.Operation() != jetstream.KeyValuePut
+	if key, ok := strings.CutPrefix(e.Key(), budgetPrefix); ok {
+		var r BudgetRecord
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if deleted || json.Unmarshal(e.Value(), &r) != nil {
+			delete(f.budgets, key)
+			return
+		}
+		f.budgets[key] = r
+		return
+	}
+	key := strings.TrimPrefix(e.Key(), groupPrefix)
+	var r GroupRecord
+	if deleted || json.Unmarshal(e.Value(), &r) != nil {
+		delete(f.view, key)
+		return
+	}
+	if v, ok := f.view[key]; ok && v.rev > e.Revision() {
+		return
+	}
+	f.view[key] = viewEntry{rec: r, rev: e.Revision()}
+}
+
+// tick sends what is due, most severe first, within budgets, and deletes groups that have
+// nothing pending and whose groupInterval has passed.
+func (f *flusher) tick(ctx, work context.Context) {
+	now := f.d.state.now()
+	var due []string
+	waiting := map[string]int{}
+	open := 0
+	for key, v := range f.view {
+		r := &v.rec
+		if r.Pending > 0 || r.Lease != nil {
+			open++
+		}
+		if r.Waiting(now) {
+			waiting[r.Agent]++
+			if !f.isSending(key) {
+				due = append(due, key)
+			}
+			continue
+		}
+		if r.Pending == 0 && r.Lease == nil && !now.Before(r.Notified.Add(r.Interval)) {
+			// Nothing to send and nothing to suppress: the group is over. The revision makes
+			// the delete lose to an event that arrives meanwhile.
+			if err := f.d.state.kv.Delete(ctx, groupPrefix+key, jetstream.LastRevision(v.rev)); err == nil {
+				delete(f.view, key)
+			}
+		}
+	}
+	f.mu.Lock()
+	f.waiting, f.open = waiting, open
+	f.mu.Unlock()
+	slices.SortFunc(due, func(a, b string) int {
+		ra, rb := f.view[a].rec, f.view[b].rec
+		return cmp.Or(severityRank(rb.Severity)-severityRank(ra.Severity), ra.Due.Compare(rb.Due), strings.Compare(a, b))
+	})
+	blocked := map[string]bool{}
+	for _, key := range due {
+		v := f.view[key]
+		agent := v.rec.Agent
+		if blocked[agent] {
+			continue
+		}
+		select {
+		case f.sem <- struct{}{}:
+		default:
+			return // every sender is busy: the rest wait for the next tick
+		}
+		if !f.start(ctx, work, key, v, now) {
+			// The most severe due task of this agent could not start (its budget is spent,
+			// or another replica took it): no less severe task may overtake it.
+			blocked[agent] = true
+			<-f.sem
+		}
+	}
+}
+
+// start takes the agent's budget and the group's lease, and sends the task in the
+// background. False means it did not start.
+func (f *flusher) start(ctx, work context.Context, key string, v viewEntry, now time.Time) bool {
+	d := f.d
+	r := v.rec
+	msgID := r.messageID(key)
+	until := now.Add(d.topo.Dispatcher.AckWait)
+	b, budgeted := BudgetFor(d.cfg.Budgets, r.Agent)
+	if budgeted {
+		if used, ok := f.budgets[hook.Hash(r.Agent)]; ok && !used.Free(b, now) {
+			return false
+		}
+		took, err := d.state.TakeBudget(ctx, b, r.Agent, msgID, until)
+		if err != nil {
+			d.logger.Warn("budget not read", zap.String("agent", r.Agent), zap.Error(err))
+		}
+		if !took {
+			return false
+		}
+	}
+	r.lease(f.holder, until)
+	body, err := json.Marshal(&r)
+	if err == nil {
+		_, err = d.state.kv.Update(ctx, groupPrefix+key, body, v.rev)
+	}
+	if err != nil {
+		// Another replica leased it, or an event changed it: the next tick sees the new
+		// record.
+		if budgeted {
+			f.returnBudget(r.Agent, msgID, true)
+		}
+		return false
+	}
+	f.setSending(key, true)
+	f.wg.Go(func() {
+		defer func() { <-f.sem }()
+		defer f.setSending(key, false)
+		f.send(work, key, r, msgID, budgeted)
+	})
+	return true
+}
+
+// messageID is the A2A message id of the group's next task: the event's own for a queued
+// single task, else one per group and task number.
+func (r *GroupRecord) messageID(key string) string {
+	if r.Single {
+		return r.Task
+	}
+	return hook.UUID("group-message", key, strconv.Itoa(r.Sent))
+}
+
+// send builds the group's task, calls its agent, and records the outcome in the group.
+func (f *flusher) send(ctx context.Context, key string, r GroupRecord, msgID string, budgeted bool) {
+	d := f.d
+	log := d.logger.With(zap.String("group", key), zap.String("hook", r.Hook), zap.String("agent", r.Agent),
+		zap.String("message_id", msgID))
+	refund := true
+	defer func() {
+		if budgeted {
+			f.returnBudget(r.Agent, msgID, refund)
+		}
+	}()
+	m, ok := d.Hooks().Entry(r.Entry)
+	if !ok {
+		// The hook, or this entry of it, was deleted or changed since the events arrived.
+		log.Warn("the hook entry of a waiting task is gone, dropping its events", zap.Int("events", r.Pending))
+		d.metrics.groupTasks.WithLabelValues("dropped").Inc()
+		f.finish(ctx, key, log)
+		return
+	}
+	var t hook.Task
+	var err error
+	if r.Single {
+		t, err = hook.NewTask(m, &r.Events[0].Event)
+	} else {
+		t, err = hook.GroupTask(m, r.Group(key), r.Events)
+	}
+	if errors.Is(err, hook.ErrPromptTooLarge) {
+		f.failed(ctx, key, t, err, "prompt-too-large", log)
+		return
+	} else if err != nil {
+		d.metrics.promptFallbacks.Inc()
+		log.Warn("prompt template failed on this group, using plain placeholders", zap.Error(err))
+	}
+	if d.state.Settled(ctx, t.MessageID) {
+		// A replica sent it and died before recording it in the group.
+		f.finish(ctx, key, log)
+		refund = false
+		return
+	}
+	target := d.router.Target(m.Agent)
+	g := d.guards.get(target.Endpoint(t))
+	if wait := g.admit(); wait > 0 {
+		d.metrics.deliveries.WithLabelValues(target.Name(), "delayed").Inc()
+		f.release(ctx, key, jitter(wait), r.Attempts, log)
+		return
+	}
+	start := time.Now()
+	res, err := target.Deliver(ctx, t)
+	d.metrics.duration.WithLabelValues(target.Name()).Observe(time.Since(start).Seconds())
+	if err != nil && ctx.Err() != nil {
+		g.done(false, false)
+		d.metrics.deliveries.WithLabelValues(target.Name(), "interrupted").Inc()
+		log.Info("call interrupted by shutdown, another replica sends the task when the lease lapses")
+		f.release(context.WithoutCancel(ctx), key, 0, r.Attempts, log)
+		return
+	}
+	retryable, retryAfter := Classify(err)
+	g.done(err == nil, err != nil && retryable)
+	if err == nil {
+		refund = false
+		d.metrics.deliveries.WithLabelValues(target.Name(), "success").Inc()
+		d.metrics.taskStates.WithLabelValues(res.State).Inc()
+		d.metrics.groupTasks.WithLabelValues("delivered").Inc()
+		log.Info("delivered", zap.Int("events", r.Pending), zap.Int("resources", len(r.Events)),
+			zap.String("task_state", res.State), zap.Duration("took", time.Since(start)))
+		d.Observer.Delivered(t, res)
+		if err := d.state.MarkSettled(ctx, t.MessageID, "delivered "+res.State); err != nil {
+			log.Warn("delivery record not stored", zap.Error(err))
+		}
+		f.finish(ctx, key, log)
+		return
+	}
+	attempts := r.Attempts + 1
+	if !retryable || attempts >= d.cfg.MaxAttempts {
+		refund = false
+		reason := "permanent"
+		if retryable {
+			reason = "max-attempts"
+		}
+		f.failed(ctx, key, t, err, reason, log)
+		return
+	}
+	d.Observer.Failed(t, err, false)
+	delay := max(backoff(attempts, d.cfg.RetryBase, d.cfg.RetryMax), min(retryAfter, d.cfg.RetryMax))
+	d.metrics.deliveries.WithLabelValues(target.Name(), "retry").Inc()
+	log.Warn("delivery failed, will retry", zap.Int("attempt", attempts), zap.Duration("delay", delay), zap.Error(err))
+	f.release(ctx, key, delay, attempts, log)
+}
+
+// failed gives up a task that no retry will deliver. Its events stay in the events stream,
+// from which `khook replay --ignore-suppression` can send them one by one.
+func (f *flusher) failed(ctx context.Context, key string, t hook.Task, cause error, reason string, log *zap.Logger) {
+	d := f.d
+	d.metrics.groupTasks.WithLabelValues("failed").Inc()
+	d.Observer.Failed(t, cause, true)
+	log.Error("task failed, its events are given up", zap.String("reason", reason), zap.Error(cause))
+	if err := d.state.MarkSettled(ctx, t.MessageID, "failed "+reason); err != nil {
+		log.Warn("settled record not stored", zap.Error(err))
+	}
+	if t.Event != nil && t.SuppressionKey != "" && t.SuppressionKey != key {
+		// A queued single task holds its event's suppression claim: release it, as a
+		// dead-lettered task does.
+		if err := d.state.Release(ctx, t.SuppressionKey, t.MessageID); err != nil {
+			log.Warn("suppression claim not released", zap.Error(err))
+		}
+	}
+	f.finish(ctx, key, log)
+}
+
+// finish records that the leased task is done: the events it covered leave the group, which
+// is then suppressed for groupInterval. A queued single task's record is deleted.
+func (f *flusher) finish(ctx context.Context, key string, log *zap.Logger) {
+	err := f.d.state.updateGroup(ctx, key, func(r *GroupRecord, exists bool) (bool, error) {
+		if !exists || r.Lease == nil || r.Lease.Holder != f.holder {
+			// The lease lapsed and another replica took the task over; it finds the task
+			// settled and finishes it.
+			return false, nil
+		}
+		if r.Single {
+			return false, errDelete
+		}
+		r.sent(f.d.state.now())
+		return true, nil
+	})
+	if err != nil {
+		log.Warn("group not updated after its task; another replica finishes it when the lease lapses", zap.Error(err))
+	}
+}
+
+// release gives the lease back without a task sent: the group is due again after delay.
+func (f *flusher) release(ctx context.Context, key string, delay time.Duration, attempts int, log *zap.Logger) {
+	err := f.d.state.updateGroup(ctx, key, func(r *GroupRecord, exists bool) (bool, error) {
+		if !exists || r.Lease == nil || r.Lease.Holder != f.holder {
+			return false, nil
+		}
+		r.Lease = nil
+		r.Due = f.d.state.now().Add(delay)
+		r.Attempts = attempts
+		return true, nil
+	})
+	if err != nil {
+		log.Warn("group lease not released; it lapses", zap.Error(err))
+	}
+}
+
+func (f *flusher) returnBudget(agent, msgID string, refund bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.d.state.ReturnBudget(ctx, agent, msgID, refund); err != nil {
+		f.d.logger.Warn("budget not returned; its hold lapses", zap.String("agent", agent), zap.Error(err))
+	}
+}
+
+func (f *flusher) isSending(key string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sending[key]
+}
+
+func (f *flusher) setSending(key string, on bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if on {
+		f.sending[key] = true
+	} else {
+		delete(f.sending, key)
+	}
+}
+
+// budgetView returns the budget records as the watcher last saw them.
+func (f *flusher) budgetView() []BudgetRecord {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]BudgetRecord, 0, len(f.budgets))
+	for _, r := range f.budgets {
+		out = append(out, r)
+	}
+	return out
+}
+
+// stats returns the groups open and the tasks waiting per agent, as of the last tick.
+func (f *flusher) stats() (open int, waiting map[string]int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.open, f.waiting
+}
+
+// gather folds an event of a grouped hook into its group. The event is acknowledged once the
+// group holds it.
+func (d *Dispatcher) gather(ctx context.Context, m hook.Match, g hook.Grouping, ev *mapping.Event, log *zap.Logger) settle {
+	labels := g.Labels(ev)
+	key := hook.GroupKey(m.Entry(), labels)
+	init := GroupRecord{
+		Entry: m.Entry(), Hook: m.Hook.Key(), Agent: agentName(m.Agent), Labels: labels, Severity: ev.Severity,
+		Wait: g.Wait, Interval: g.Interval, MaxEvents: g.MaxEvents,
+	}
+	err := d.combiner.add(ctx, key, init, ev, func(ctx context.Context, key string, init GroupRecord, events []*mapping.Event) error {
+		opened, err := d.state.AddToGroup(ctx, key, init, events...)
+		if err == nil && opened {
+			log.Info("group opened", zap.String("group", key), zap.Any("labels", labels), zap.Duration("group_wait", g.Wait))
+		}
+		return err
+	})
+	if err != nil {
+		log.Warn("event not added to its group, will retry", zap.String("group", key), zap.Error(err))
+		return settle{delay: d.cfg.RetryBase}
+	}
+	d.metrics.groupedEvents.Inc()
+	return settle{ack: true}
+}
+
+// enqueue queues a task whose agent has a budget, as a group of one: the flusher sends it
+// when the budget allows, most severe first.
+func (d *Dispatcher) enqueue(ctx context.Context, t hook.Task, m hook.Match, ev *mapping.Event, log *zap.Logger) settle {
+	key := hook.Hash("single", t.MessageID)
+	if _, err := d.state.AddToGroup(ctx, key, GroupRecord{
+		Entry: m.Entry(), Hook: m.Hook.Key(), Agent: agentName(m.Agent), Severity: ev.Severity, MaxEvents: 1,
+		Single: true, Task: t.MessageID,
+	}, ev); err != nil {
+		log.Warn("task not queued for its agent's budget, will retry", zap.Error(err))
+		return settle{delay: d.cfg.RetryBase}
+	}
+	return settle{ack: true}
+}
+
+func agentName(a hook.AgentRef) string { return a.Namespace + "/" + a.Name }

@@ -1,0 +1,268 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/khook/khook/hook/hooktest"
+	"github.com/khook/khook/internal/demoagent"
+	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/streams"
+)
+
+var groupedHooks = hooktest.Fixture("grouped-hooks.yaml")
+
+// restart is a pod-restart event of pod, owned by the Deployment owner.
+func restart(id, pod, owner string) mapping.Event {
+	data, _ := json.Marshal(map[string]any{"owner": map[string]string{"kind": "Deployment", "name": owner}})
+	return mapping.Event{ID: id, Type: "pod-restart", Severity: "warning", Resource: mapping.Resource{Kind: "Pod", Name: pod},
+		Reason: "BackOff", Message: "Back-off restarting failed container", Data: data}
+}
+
+// groups reads the group records until cond holds for them.
+func (h *harness) groupsWhen(t *testing.T, cond func(map[string]GroupRecord) bool) map[string]GroupRecord {
+	t.Helper()
+	var got map[string]GroupRecord
+	require.Eventually(t, func() bool {
+		var err error
+		got, err = h.d.State().Groups(context.Background())
+		return err == nil && cond(got)
+	}, 30*time.Second, 10*time.Millisecond, "group records: %+v", got)
+	return got
+}
+
+func sentAll(n int) func(map[string]GroupRecord) bool {
+	return func(gs map[string]GroupRecord) bool {
+		sent := 0
+		for _, g := range gs {
+			if g.Pending > 0 || g.Lease != nil {
+				return false
+			}
+			sent += g.Sent
+		}
+		return sent == n
+	}
+}
+
+// podsIn returns the pod names a grouped task's prompt lists (the fixture's prompt ends with
+// them).
+func podsIn(text string) []string {
+	first, _, _ := strings.Cut(text, "\n")
+	_, list, _ := strings.Cut(first, ":")
+	pods := strings.Fields(list)
+	slices.Sort(pods)
+	return pods
+}
+
+func pods(prefix string, from, to int) []string {
+	var out []string
+	for i := from; i < to; i++ {
+		out = append(out, fmt.Sprintf("%s-%02d", prefix, i))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Events of one owner become one task naming every resource; another owner is another
+// group; a redelivered event is counted once.
+func TestGroupGathersAnIncidentIntoOneTask(t *testing.T) {
+	h := newHarnessHooks(t, testConfig(), "1.0", 30*time.Second, groupedHooks)
+	n := 0
+	for round := range 4 {
+		for i := range 10 {
+			h.publish(t, restart(fmt.Sprintf("web-%d-%d", i, round), fmt.Sprintf("web-%02d", i), "web"))
+			n++
+		}
+	}
+	h.publish(t, restart("api-0", "api-00", "api"))
+	h.publish(t, restart("api-1", "api-01", "api"))
+	h.settled(t, uint64(n+2))
+	h.groupsWhen(t, sentAll(2))
+	got := h.agent.Received()
+	require.Len(t, got, 2, "one task per owner")
+	slices.SortFunc(got, func(a, b demoagent.Received) int { return strings.Compare(a.Text, b.Text) })
+	require.True(t, strings.HasPrefix(got[0].Text, "2 restarts in Deployment/api: "), got[0].Text)
+	require.Equal(t, pods("api", 0, 2), podsIn(got[0].Text))
+	require.True(t, strings.HasPrefix(got[1].Text, "40 restarts in Deployment/web: "), got[1].Text)
+	require.Equal(t, pods("web", 0, 10), podsIn(got[1].Text))
+	require.Contains(t, got[1].Text, "\nGroup: owner=Deployment/web\nEvents: 40 on 10 resources")
+	require.Contains(t, got[1].Text, "\n- shop Pod/web-03 ×4: BackOff Back-off restarting failed container")
+	require.NotEqual(t, got[0].ContextID, got[1].ContextID)
+	require.Equal(t, float64(n+2), testutil.ToFloat64(h.d.metrics.groupedEvents))
+}
+
+// After a task, the group is suppressed for groupInterval: what arrives meanwhile is sent in
+// one more task when the interval ends, listing only what is new.
+func TestGroupIntervalSendsOnlyWhatIsNew(t *testing.T) {
+	h := newHarnessHooks(t, testConfig(), "1.0", 30*time.Second, groupedHooks)
+	for i := range 5 {
+		h.publish(t, restart(fmt.Sprint("a", i), fmt.Sprintf("web-%02d", i), "web"))
+	}
+	h.settled(t, 5)
+	first := h.groupsWhen(t, sentAll(1))
+	var notified time.Time
+	for _, g := range first {
+		notified = g.Notified
+	}
+	for i := 5; i < 8; i++ {
+		h.publish(t, restart(fmt.Sprint("b", i), fmt.Sprintf("web-%02d", i), "web"))
+	}
+	h.settled(t, 8)
+	// The burst is held, due when the interval ends, not groupWait after it.
+	for _, g := range h.groupsWhen(t, func(gs map[string]GroupRecord) bool {
+		for _, g := range gs {
+			return g.Pending == 3
+		}
+		return false
+	}) {
+		if g.Sent == 1 {
+			require.Equal(t, notified.Add(4*time.Second), g.Due)
+		}
+	}
+	got := waitReceivedN(t, h.agent, 2)
+	require.Len(t, got, 2)
+	require.False(t, got[1].At.Before(notified.Add(4*time.Second)), "not sent within groupInterval")
+	require.Equal(t, pods("web", 5, 8), podsIn(got[1].Text), "only the new pods")
+	require.Contains(t, got[1].Text, "Events: 3 on 3 resources since the last task (1 tasks, 8 events in all)")
+	require.Equal(t, got[0].ContextID, got[1].ContextID, "one agent session per group")
+	require.NotEqual(t, got[0].MessageID, got[1].MessageID)
+}
+
+// Two dispatchers share the groups: each group is sent by exactly one of them.
+func TestGroupIsSentByOneReplica(t *testing.T) {
+	h := newHarnessHooks(t, testConfig(), "1.0", 30*time.Second, groupedHooks)
+	second := h.replica(t)
+	for g := range 6 {
+		for i := range 10 {
+			h.publish(t, restart(fmt.Sprint(g, "-", i), fmt.Sprintf("p%d-%02d", g, i%3), fmt.Sprint("owner", g)))
+		}
+	}
+	h.settled(t, 60)
+	h.groupsWhen(t, sentAll(6))
+	require.Len(t, h.agent.Received(), 6)
+	delivered := testutil.ToFloat64(h.d.metrics.groupTasks.WithLabelValues("delivered")) +
+		testutil.ToFloat64(second.metrics.groupTasks.WithLabelValues("delivered"))
+	require.Equal(t, 6.0, delivered)
+}
+
+// replica starts another dispatcher on the harness's streams and bucket.
+func (h *harness) replica(t *testing.T) *Dispatcher {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	state, err := OpenState(ctx, h.js, h.topo)
+	require.NoError(t, err)
+	d := New(h.js, h.topo, h.d.cfg, state, h.d.Hooks(), h.d.router, prometheus.NewRegistry(), zaptest.NewLogger(t))
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	return d
+}
+
+func waitReceivedN(t *testing.T, a *demoagent.Server, n int) []demoagent.Received {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		changed := a.Changed()
+		if got := a.Received(); len(got) >= n {
+			return got
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("agent received %d of %d messages", len(a.Received()), n)
+		}
+	}
+}
+
+// An agent at its hourly budget gets no more tasks; the rest wait, visible as waiting, and
+// are neither dropped nor dead-lettered.
+func TestHourlyBudgetHoldsTasks(t *testing.T) {
+	cfg := testConfig()
+	cfg.Budgets = []Budget{{Agent: "kagent/*", MaxTasksPerHour: 3}}
+	h := newHarnessHooks(t, cfg, "1.0", 30*time.Second, groupedHooks)
+	for i := range 10 {
+		h.publish(t, mapping.Event{ID: fmt.Sprint("i", i), Type: "incident", Severity: "warning", Resource: mapping.Resource{Name: fmt.Sprint("svc-", i)}})
+	}
+	h.settled(t, 10)
+	waitReceivedN(t, h.agent, 3)
+	h.groupsWhen(t, func(gs map[string]GroupRecord) bool {
+		waiting := 0
+		for _, g := range gs {
+			if g.Waiting(time.Now()) {
+				waiting++
+			}
+		}
+		return waiting == 7
+	})
+	require.Eventually(t, func() bool {
+		_, waiting := h.d.flusher.stats()
+		return waiting["kagent/budgeted"] == 7
+	}, 10*time.Second, 10*time.Millisecond)
+	budgets, err := h.d.State().Budgets(context.Background())
+	require.NoError(t, err)
+	require.Len(t, budgets, 1)
+	inFlight, lastHour := budgets[0].InUse(time.Now())
+	require.Equal(t, [2]int{0, 3}, [2]int{inFlight, lastHour})
+	require.Len(t, h.agent.Received(), 3, "no task past the budget")
+	require.Empty(t, h.deadLetters(t))
+}
+
+// With one task at a time, waiting tasks go most severe first, whatever their order of
+// arrival.
+func TestWaitingTasksGoMostSevereFirst(t *testing.T) {
+	cfg := testConfig()
+	cfg.Budgets = []Budget{{Agent: "kagent/budgeted", MaxConcurrentTasks: 1}}
+	h := newHarnessHooks(t, cfg, "1.0", 30*time.Second, groupedHooks)
+	release := make(chan struct{})
+	var calls atomic.Int64
+	h.agent.OnMessage = func(demoagent.Received) error {
+		if calls.Add(1) == 1 {
+			<-release // the first task holds the one slot until the rest are queued
+		}
+		return nil
+	}
+	h.publish(t, mapping.Event{ID: "first", Type: "incident", Severity: "info", Resource: mapping.Resource{Name: "first"}})
+	require.Eventually(t, func() bool { return calls.Load() == 1 }, 30*time.Second, 5*time.Millisecond)
+	sev := []string{"warning", "info", "critical", "warning", "error", "critical"}
+	for i, s := range sev {
+		h.publish(t, mapping.Event{ID: fmt.Sprint("e", i), Type: "incident", Severity: s, Resource: mapping.Resource{Name: fmt.Sprint("svc-", i)}})
+	}
+	h.settled(t, uint64(len(sev)+1))
+	h.groupsWhen(t, func(gs map[string]GroupRecord) bool { return len(gs) == len(sev)+1 })
+	close(release)
+	got := waitReceivedN(t, h.agent, len(sev)+1)
+	var order []string
+	for _, r := range got[1:] {
+		order = append(order, strings.Fields(r.Text)[0])
+	}
+	require.Equal(t, []string{"critical", "critical", "error", "warning", "warning", "info"}, order)
+}
+
+// A replay with --ignore-suppression bypasses grouping: each event is its own task.
+func TestReplayIgnoringSuppressionBypassesGrouping(t *testing.T) {
+	h := newHarnessHooks(t, testConfig(), "1.0", 30*time.Second, groupedHooks)
+	for i := range 3 {
+		ev := restart(fmt.Sprint("r", i), fmt.Sprintf("web-%02d", i), "web")
+		h.publishWith(t, ev, map[string]string{streams.HeaderIgnoreSuppression: "true"})
+	}
+	h.settled(t, 3)
+	got := waitReceivedN(t, h.agent, 3)
+	require.Len(t, got, 3)
+	groups, err := h.d.State().Groups(context.Background())
+	require.NoError(t, err)
+	require.Empty(t, groups)
+}

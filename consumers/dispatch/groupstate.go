@@ -1,0 +1,454 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/khook/khook/hook"
+	"github.com/khook/khook/mapping"
+)
+
+// The group and budget records live in the dispatch bucket beside the claims:
+//
+//	group.<key>    one group's gathered events, its timer (Due) and, while one replica sends
+//	               its task, that replica's lease
+//	budget.<hash>  one agent's budget in use: the tasks sent in the last hour, and those in
+//	               flight
+//
+// Both are changed only by compare-and-set on their revision, so every replica may add to a
+// group or take a budget slot at once, and exactly one wins each lease.
+const (
+	groupPrefix  = "group."
+	budgetPrefix = "budget."
+	// maxRecent is how many event ids a group remembers, so that an event redelivered after
+	// a lost acknowledgement is counted once.
+	maxRecent = 256
+	// casTries bounds one compare-and-set loop; past it the event is redelivered.
+	casTries = 50
+)
+
+// GroupRecord is one group's state, shared by every replica. Pending counts the events
+// since the group's last task; Events lists them, one entry per distinct event.
+type GroupRecord struct {
+	Entry     string            `json:"entry"`
+	Hook      string            `json:"hook"`
+	Agent     string            `json:"agent"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Severity  string            `json:"severity"`
+	Wait      time.Duration     `json:"wait"`
+	Interval  time.Duration     `json:"interval"`
+	MaxEvents int               `json:"maxEvents"`
+	FirstSeen time.Time         `json:"firstSeen"`
+	LastSeen  time.Time         `json:"lastSeen"`
+	// Due is when the pending events are sent: groupWait after the first of them, and never
+	// before groupInterval has passed since the last task.
+	Due      time.Time         `json:"due"`
+	Notified time.Time         `json:"notified,omitzero"`
+	Sent     int               `json:"sent"`
+	Total    int               `json:"total"`
+	Pending  int               `json:"pending"`
+	Omitted  int               `json:"omitted,omitempty"`
+	Events   []hook.GroupEvent `json:"events,omitempty"`
+	Recent   []string          `json:"recent,omitempty"`
+	Lease    *GroupLease       `json:"lease,omitempty"`
+	Attempts int               `json:"attempts,omitempty"`
+	// Single is an ungrouped task waiting for its agent's budget: its one event is sent as
+	// khook sends any event, with the event's own ids; Task is its message id.
+	Single bool   `json:"single,omitempty"`
+	Task   string `json:"task,omitempty"`
+}
+
+// GroupLease is held by the replica sending a group's task, until it finishes or Until
+// passes (a crashed replica). It records what the task covers, so that the events that
+// arrive meanwhile stay pending for the next task.
+type GroupLease struct {
+	Holder  string         `json:"holder"`
+	Until   time.Time      `json:"until"`
+	Pending int            `json:"pending"`
+	Omitted int            `json:"omitted"`
+	Counts  map[string]int `json:"counts"`
+}
+
+// Waiting reports whether the group's task is due and no replica is sending it: waiting for
+// a worker or, mostly, for its agent's budget.
+func (r *GroupRecord) Waiting(now time.Time) bool {
+	return r.Pending > 0 && !now.Before(r.Due) && (r.Lease == nil || now.After(r.Lease.Until))
+}
+
+// eventKey tells a group's events apart: one entry per event type and resource.
+func eventKey(ev *mapping.Event) string {
+	return hook.Hash(ev.Type, ev.Namespace, ev.Resource.Kind, ev.Resource.Name)
+}
+
+// add folds ev into the group; false means the event was counted before (a redelivery).
+func (r *GroupRecord) add(ev *mapping.Event, now time.Time) bool {
+	if slices.Contains(r.Recent, ev.ID) {
+		return false
+	}
+	r.Recent = append(r.Recent, ev.ID)
+	if len(r.Recent) > maxRecent {
+		r.Recent = slices.Delete(r.Recent, 0, len(r.Recent)-maxRecent)
+	}
+	if r.Pending == 0 {
+		r.FirstSeen = now
+		r.Due = now.Add(r.Wait)
+		if !r.Notified.IsZero() && r.Due.Before(r.Notified.Add(r.Interval)) {
+			r.Due = r.Notified.Add(r.Interval)
+		}
+	}
+	r.Pending++
+	r.Total++
+	r.LastSeen = now
+	if severityRank(ev.Severity) > severityRank(r.Severity) {
+		r.Severity = ev.Severity
+	}
+	e := *ev
+	if !r.Single {
+		// A group lists events by their fields; their payloads would make the record, which
+		// is rewritten on every event, grow by kilobytes per resource.
+		e.Data = nil
+	}
+	k := eventKey(ev)
+	for i := range r.Events {
+		if eventKey(&r.Events[i].Event) == k {
+			r.Events[i].Event = e
+			r.Events[i].Count++
+			return true
+		}
+	}
+	if len(r.Events) < r.MaxEvents {
+		r.Events = append(r.Events, hook.GroupEvent{Event: e, Count: 1, FirstSeen: now})
+	} else {
+		r.Omitted++
+	}
+	return true
+}
+
+// lease marks the group as being sent by holder until until, covering what is pending now.
+func (r *GroupRecord) lease(holder string, until time.Time) {
+	counts := make(map[string]int, len(r.Events))
+	for _, e := range r.Events {
+		counts[eventKey(&e.Event)] = e.Count
+	}
+	r.Lease = &GroupLease{Holder: holder, Until: until, Pending: r.Pending, Omitted: r.Omitted, Counts: counts}
+}
+
+// sent removes what the lease covered: the events that arrived while the task was sent stay
+// pending, due a groupInterval after this task.
+func (r *GroupRecord) sent(now time.Time) {
+	l := r.Lease
+	r.Pending = max(0, r.Pending-l.Pending)
+	r.Omitted = max(0, r.Omitted-l.Omitted)
+	kept := r.Events[:0]
+	for _, e := range r.Events {
+		e.Count -= l.Counts[eventKey(&e.Event)]
+		if e.Count > 0 {
+			kept = append(kept, e)
+		}
+	}
+	r.Events = kept
+	r.Sent++
+	r.Notified = now
+	r.Lease = nil
+	r.Attempts = 0
+	if r.Pending > 0 {
+		r.FirstSeen = now
+		r.Due = now.Add(r.Interval)
+	}
+}
+
+// Group returns what the task's prompt sees as .Group.
+func (r *GroupRecord) Group(key string) hook.Group {
+	return hook.Group{Key: key, Labels: r.Labels, Count: r.Pending, Total: r.Total, Omitted: r.Omitted,
+		Resources: len(r.Events), FirstSeen: r.FirstSeen, LastSeen: r.LastSeen, Sent: r.Sent}
+}
+
+func severityRank(s string) int { return slices.Index(mapping.Severities, s) }
+
+// AddToGroup folds events into the group key, opening it from init when it is new, in one
+// write. It returns whether the group was opened by this call.
+func (s *State) AddToGroup(ctx context.Context, key string, init GroupRecord, events ...*mapping.Event) (opened bool, err error) {
+	err = s.updateGroup(ctx, key, func(r *GroupRecord, exists bool) (bool, error) {
+		if !exists {
+			*r = init
+		}
+		opened = !exists
+		changed := false
+		for _, ev := range events {
+			changed = r.add(ev, s.now()) || changed
+		}
+		return changed, nil
+	})
+	return opened, err
+}
+
+// errDelete ends an update by deleting the record.
+var errDelete = errors.New("delete")
+
+// updateGroup applies change to the group's record by compare-and-set, retrying on
+// conflicts with the other replicas. change returns false to write nothing, or errDelete to
+// delete the record.
+func (s *State) updateGroup(ctx context.Context, key string, change func(r *GroupRecord, exists bool) (bool, error)) error {
+	for range casTries {
+		var r GroupRecord
+		var rev uint64
+		e, err := s.kv.Get(ctx, groupPrefix+key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return err
+		default:
+			if err := json.Unmarshal(e.Value(), &r); err != nil {
+				return fmt.Errorf("group %s: %w", key, err)
+			}
+			rev = e.Revision()
+		}
+		write, err := change(&r, rev != 0)
+		if errors.Is(err, errDelete) {
+			err = s.kv.Delete(ctx, groupPrefix+key, jetstream.LastRevision(rev))
+			if err == nil || !isConflict(err) {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if !write {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		b, err := json.Marshal(&r)
+		if err != nil {
+			return err
+		}
+		if rev == 0 {
+			_, err = s.kv.Create(ctx, groupPrefix+key, b)
+		} else {
+			_, err = s.kv.Update(ctx, groupPrefix+key, b, rev)
+		}
+		if err == nil {
+			return nil
+		}
+		if !isConflict(err) {
+			return err
+		}
+		// Another replica wrote first: read its version and apply the change to it.
+		time.Sleep(time.Duration(rand.IntN(5)) * time.Millisecond) //nolint:gosec // jitter, not security
+	}
+	return fmt.Errorf("group %s: too many concurrent updates", key)
+}
+
+// isConflict is a compare-and-set that lost to another writer.
+func isConflict(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+}
+
+// Groups lists every group record with its key.
+func (s *State) Groups(ctx context.Context) (map[string]GroupRecord, error) {
+	out := map[string]GroupRecord{}
+	lister, err := s.kv.ListKeysFiltered(ctx, groupPrefix+"*")
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return out, nil
+		}
+		return nil, err
+	}
+	for key := range lister.Keys() {
+		e, err := s.kv.Get(ctx, key)
+		if err != nil {
+			continue
+		}
+		var r GroupRecord
+		if json.Unmarshal(e.Value(), &r) == nil {
+			out[strings.TrimPrefix(key, groupPrefix)] = r
+		}
+	}
+	return out, nil
+}
+
+// Budget limits the tasks one agent gets: at most MaxConcurrentTasks at once and
+// MaxTasksPerHour in any hour; zero is no limit. Agent is "namespace/name", or "namespace/*"
+// for each agent of a namespace (every agent has its own count).
+type Budget struct {
+	Agent              string `koanf:"agent" json:"agent"`
+	MaxConcurrentTasks int    `koanf:"max_concurrent_tasks" json:"maxConcurrentTasks,omitempty"`
+	MaxTasksPerHour    int    `koanf:"max_tasks_per_hour" json:"maxTasksPerHour,omitempty"`
+}
+
+// BudgetFor returns the budget of agent ("namespace/name"): its own entry, else its
+// namespace's.
+func BudgetFor(budgets []Budget, agent string) (Budget, bool) {
+	ns, _, _ := strings.Cut(agent, "/")
+	var def *Budget
+	for i, b := range budgets {
+		if b.Agent == agent {
+			return b, true
+		}
+		if b.Agent == ns+"/*" && def == nil {
+			def = &budgets[i]
+		}
+	}
+	if def != nil {
+		return *def, true
+	}
+	return Budget{}, false
+}
+
+// BudgetRecord is one agent's budget in use, shared by every replica.
+type BudgetRecord struct {
+	Agent string `json:"agent"`
+	// Sent holds when each task of the last hour was started.
+	Sent []time.Time `json:"sent,omitempty"`
+	// InFlight maps a task's message id to when its hold lapses (a crashed replica's).
+	InFlight map[string]time.Time `json:"inFlight,omitempty"`
+}
+
+func (r *BudgetRecord) prune(now time.Time) {
+	r.Sent = slices.DeleteFunc(r.Sent, func(t time.Time) bool { return now.Sub(t) >= time.Hour })
+	for id, until := range r.InFlight {
+		if now.After(until) {
+			delete(r.InFlight, id)
+		}
+	}
+}
+
+// InUse returns the tasks in flight and the tasks sent in the hour before now; it does not
+// change r.
+func (r *BudgetRecord) InUse(now time.Time) (inFlight, lastHour int) {
+	for _, until := range r.InFlight {
+		if !now.After(until) {
+			inFlight++
+		}
+	}
+	for _, t := range r.Sent {
+		if now.Sub(t) < time.Hour {
+			lastHour++
+		}
+	}
+	return inFlight, lastHour
+}
+
+// Free reports whether b allows one more task at now.
+func (r *BudgetRecord) Free(b Budget, now time.Time) bool {
+	inFlight, lastHour := r.InUse(now)
+	return (b.MaxConcurrentTasks == 0 || inFlight < b.MaxConcurrentTasks) &&
+		(b.MaxTasksPerHour == 0 || lastHour < b.MaxTasksPerHour)
+}
+
+func budgetKey(agent string) string { return budgetPrefix + hook.Hash(agent) }
+
+// updateBudget applies change to the agent's budget record by compare-and-set.
+func (s *State) updateBudget(ctx context.Context, agent string, change func(r *BudgetRecord) bool) error {
+	key := budgetKey(agent)
+	for range casTries {
+		r := BudgetRecord{Agent: agent}
+		var rev uint64
+		e, err := s.kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return err
+		default:
+			if err := json.Unmarshal(e.Value(), &r); err != nil {
+				return fmt.Errorf("budget of %s: %w", agent, err)
+			}
+			rev = e.Revision()
+		}
+		if !change(&r) {
+			return nil
+		}
+		b, err := json.Marshal(&r)
+		if err != nil {
+			return err
+		}
+		if rev == 0 {
+			_, err = s.kv.Create(ctx, key, b)
+		} else {
+			_, err = s.kv.Update(ctx, key, b, rev)
+		}
+		if err == nil {
+			return nil
+		}
+		if !isConflict(err) {
+			return err
+		}
+		time.Sleep(time.Duration(rand.IntN(5)) * time.Millisecond) //nolint:gosec // jitter, not security
+	}
+	return fmt.Errorf("budget of %s: too many concurrent updates", agent)
+}
+
+// TakeBudget takes one task of the agent's budget for messageID until until, if the budget
+// allows it.
+func (s *State) TakeBudget(ctx context.Context, b Budget, agent, messageID string, until time.Time) (bool, error) {
+	took := false
+	err := s.updateBudget(ctx, agent, func(r *BudgetRecord) bool {
+		now := s.now()
+		if _, ok := r.InFlight[messageID]; ok {
+			took = true
+			return false
+		}
+		r.prune(now)
+		if !r.Free(b, now) {
+			return false
+		}
+		if r.InFlight == nil {
+			r.InFlight = map[string]time.Time{}
+		}
+		r.InFlight[messageID] = until
+		r.Sent = append(r.Sent, now)
+		took = true
+		return true
+	})
+	return took, err
+}
+
+// ReturnBudget ends messageID's hold on the agent's budget. refund also gives back its share
+// of the hourly budget: the task was not sent (a failed call, a breaker, shutdown).
+func (s *State) ReturnBudget(ctx context.Context, agent, messageID string, refund bool) error {
+	return s.updateBudget(ctx, agent, func(r *BudgetRecord) bool {
+		if _, ok := r.InFlight[messageID]; !ok {
+			return false
+		}
+		delete(r.InFlight, messageID)
+		if refund && len(r.Sent) > 0 {
+			// The newest stamp goes: which one does not matter for the count, and the
+			// newest frees the slot for the longest.
+			r.Sent = r.Sent[:len(r.Sent)-1]
+		}
+		return true
+	})
+}
+
+// Budgets lists every agent's budget record.
+func (s *State) Budgets(ctx context.Context) ([]BudgetRecord, error) {
+	lister, err := s.kv.ListKeysFiltered(ctx, budgetPrefix+"*")
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var out []BudgetRecord
+	for key := range lister.Keys() {
+		e, err := s.kv.Get(ctx, key)
+		if err != nil {
+			continue
+		}
+		var r BudgetRecord
+		if json.Unmarshal(e.Value(), &r) == nil {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
