@@ -5,9 +5,11 @@ import (
 	"context"
 	"os"
 	"slices"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/khook/khook/consumers/dispatch"
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/ops"
@@ -25,7 +27,68 @@ func Status(ctx context.Context, js jetstream.JetStream, cfg config.Config, idx 
 			}
 		}
 	}
-	return ops.GetStatus(ctx, js, cfg.Streams, plugins, hookStatuses(idx))
+	s, err := ops.GetStatus(ctx, js, cfg.Streams, plugins, hookStatuses(idx))
+	if err != nil {
+		return nil, err
+	}
+	if s.Groups, s.Agents, err = agentStatuses(ctx, js, cfg); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// agentStatuses reads the groups, the waiting tasks and the budgets from the dispatch
+// bucket, as every dispatcher replica shares them.
+func agentStatuses(ctx context.Context, js jetstream.JetStream, cfg config.Config) (ops.GroupsStatus, []ops.AgentStatus, error) {
+	var groups ops.GroupsStatus
+	agents := []ops.AgentStatus{}
+	state, err := dispatch.OpenState(ctx, js, cfg.Streams)
+	if err != nil {
+		return groups, agents, err
+	}
+	records, err := state.Groups(ctx)
+	if err != nil {
+		return groups, agents, err
+	}
+	budgets, err := state.Budgets(ctx)
+	if err != nil {
+		return groups, agents, err
+	}
+	now := time.Now()
+	byAgent := map[string]*ops.AgentStatus{}
+	agent := func(name string) *ops.AgentStatus {
+		if a, ok := byAgent[name]; ok {
+			return a
+		}
+		a := &ops.AgentStatus{Agent: name}
+		if b, ok := dispatch.BudgetFor(cfg.Dispatcher.Budgets, name); ok {
+			a.MaxConcurrentTasks, a.MaxTasksPerHour = b.MaxConcurrentTasks, b.MaxTasksPerHour
+		}
+		byAgent[name] = a
+		return a
+	}
+	for _, r := range records {
+		if r.Pending > 0 || r.Lease != nil {
+			groups.Open++
+			groups.Events += r.Pending
+		}
+		if r.Waiting(now) {
+			a := agent(r.Agent)
+			a.Waiting++
+			if a.OldestWaiting.IsZero() || r.Due.Before(a.OldestWaiting) {
+				a.OldestWaiting = r.Due
+			}
+		}
+	}
+	for _, b := range budgets {
+		a := agent(b.Agent)
+		a.InFlight, a.LastHour = b.InUse(now)
+	}
+	for _, a := range byAgent {
+		agents = append(agents, *a)
+	}
+	slices.SortFunc(agents, func(a, b ops.AgentStatus) int { return cmp.Compare(a.Agent, b.Agent) })
+	return groups, agents, nil
 }
 
 func hookStatuses(idx *hook.Index) []ops.HookStatus {

@@ -23,6 +23,29 @@ type Status struct {
 	DeadLetters []DeadLetterCount `json:"deadLetters"`
 	Plugins     []PluginStatus    `json:"plugins"`
 	Hooks       []HookStatus      `json:"hooks"`
+	// Groups and Agents are the dispatcher's grouping and budgets (docs/grouping.md).
+	Groups GroupsStatus  `json:"groups"`
+	Agents []AgentStatus `json:"agents"`
+}
+
+// GroupsStatus counts the groups in the dispatch bucket.
+type GroupsStatus struct {
+	// Open groups have events waiting for their task, or a task being sent.
+	Open int `json:"open"`
+	// Events is how many events the open groups hold.
+	Events int `json:"events"`
+}
+
+// AgentStatus is one agent's queue and budget: the tasks due but waiting, and the budget in
+// use against its limits (0: no limit).
+type AgentStatus struct {
+	Agent              string    `json:"agent"`
+	Waiting            int       `json:"waiting"`
+	OldestWaiting      time.Time `json:"oldestWaiting,omitzero"`
+	InFlight           int       `json:"inFlight"`
+	MaxConcurrentTasks int       `json:"maxConcurrentTasks"`
+	LastHour           int       `json:"lastHour"`
+	MaxTasksPerHour    int       `json:"maxTasksPerHour"`
 }
 
 // StreamStatus is one stream's fill against its limits.
@@ -218,7 +241,24 @@ func (s *Status) WriteTable(w io.Writer) error {
 	for _, h := range s.Hooks {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t\t\n", h.Hook, strings.Join(h.EventTypes, ","), strings.Join(h.Agents, ","))
 	}
+	fmt.Fprintf(tw, "\nGROUPS OPEN\tEVENTS\t\t\t\n%d\t%d\t\t\t\n", s.Groups.Open, s.Groups.Events)
+	fmt.Fprintln(tw, "\nAGENT\tWAITING\tOLDEST WAITING\tIN FLIGHT\tLAST HOUR")
+	if len(s.Agents) == 0 {
+		fmt.Fprintln(tw, "(no waiting tasks and no budgets in use)\t\t\t\t")
+	}
+	for _, a := range s.Agents {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", a.Agent, a.Waiting, ago(a.OldestWaiting),
+			ofLimit(a.InFlight, a.MaxConcurrentTasks), ofLimit(a.LastHour, a.MaxTasksPerHour))
+	}
 	return tw.Flush()
+}
+
+// ofLimit prints a count against its limit: "3/10", or "3" without a limit.
+func ofLimit(n, limit int) string {
+	if limit <= 0 {
+		return fmt.Sprint(n)
+	}
+	return fmt.Sprintf("%d/%d", n, limit)
 }
 
 func dash(s string) string {
