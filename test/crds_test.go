@@ -106,6 +106,10 @@ func TestCRDUpgradeFromUpstream(t *testing.T) {
 	}, 30*time.Second, 50*time.Millisecond, "the upgraded CRD accepts deploy-failed: %v", err)
 	window, _, _ := unstructured.NestedString(created.Object, "spec", "suppressionWindow")
 	require.Equal(t, "5m", window, "the extensions are kept")
+	groupBy, _, _ := unstructured.NestedStringSlice(created.Object, "spec", "groupBy")
+	require.Equal(t, []string{"owner", "tags.team"}, groupBy, "the grouping extensions are kept")
+	maxEvents, _, _ := unstructured.NestedInt64(created.Object, "spec", "maxEventsPerTask")
+	require.Equal(t, int64(50), maxEvents)
 	configs, _, _ := unstructured.NestedSlice(created.Object, "spec", "eventConfigurations")
 	require.Equal(t, "error", configs[0].(map[string]any)["minSeverity"])
 	require.Equal(t, map[string]any{"team": "payments"}, configs[0].(map[string]any)["tagSelector"])
@@ -113,6 +117,10 @@ func TestCRDUpgradeFromUpstream(t *testing.T) {
 	bad := hookFor("shop", "bad", "Deploy Failed", "sre", "x")
 	_, err = hooks.Create(ctx, bad, metav1.CreateOptions{})
 	require.True(t, apierrors.IsInvalid(err), "eventType must match the type syntax: %v", err)
+	badGroup := withExtensions(hookFor("shop", "bad-group", "pod-restart", "sre", "x"))
+	_ = unstructured.SetNestedStringSlice(badGroup.Object, []string{"pod"}, "spec", "groupBy")
+	_, err = hooks.Create(ctx, badGroup, metav1.CreateOptions{})
+	require.True(t, apierrors.IsInvalid(err), "groupBy names a known label: %v", err)
 
 	// The Hook made under upstream's schema is untouched.
 	kept, err := hooks.Get(ctx, "restarts", metav1.GetOptions{})
@@ -129,6 +137,10 @@ func TestCRDUpgradeFromUpstream(t *testing.T) {
 // withExtensions sets khook's extension fields on a Hook made by hookFor.
 func withExtensions(h *unstructured.Unstructured) *unstructured.Unstructured {
 	_ = unstructured.SetNestedField(h.Object, "5m", "spec", "suppressionWindow")
+	_ = unstructured.SetNestedStringSlice(h.Object, []string{"owner", "tags.team"}, "spec", "groupBy")
+	_ = unstructured.SetNestedField(h.Object, "30s", "spec", "groupWait")
+	_ = unstructured.SetNestedField(h.Object, "5m", "spec", "groupInterval")
+	_ = unstructured.SetNestedField(h.Object, int64(50), "spec", "maxEventsPerTask")
 	configs, _, _ := unstructured.NestedSlice(h.Object, "spec", "eventConfigurations")
 	c := configs[0].(map[string]any)
 	c["minSeverity"] = "error"

@@ -333,6 +333,13 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 		{"khook-producer", "shop", "create", "events.k8s.io", "events", "", false},
 		{"khook-producer", "shop", "list", "kagent.dev", "hooks", "", false},
 		{"khook-producer", "shop", "get", "", "secrets", "", false},
+		// Owner resolution gets the objects an Event is about, and nothing more.
+		{"khook-producer", "shop", "get", "", "pods", "", true},
+		{"khook-producer", "shop", "get", "apps", "replicasets", "", true},
+		{"khook-producer", "shop", "get", "batch", "jobs", "", true},
+		{"khook-producer", "shop", "list", "", "pods", "", false},
+		{"khook-producer", "shop", "watch", "apps", "replicasets", "", false},
+		{"khook-producer", "shop", "get", "apps", "deployments", "", false},
 		{"khook-dispatcher", "shop", "watch", "kagent.dev", "hooks", "", true},
 		{"khook-dispatcher", "shop", "patch", "kagent.dev", "hooks", "status", true},
 		{"khook-dispatcher", "shop", "update", "kagent.dev", "hooks", "", false},
