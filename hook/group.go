@@ -25,7 +25,7 @@ const (
 )
 
 // GroupLabels are what groupBy may name: the event's fields, its owning workload, and tags.
-var GroupLabels = []string{"eventType", "namespace", "resourceKind", "resourceName", "owner", "severity"}
+var GroupLabels = []string{"eventType", "namespace", "resourceKind", "resourceName", "owner", "reason", "severity"}
 
 // tagLabel prefixes a tag in groupBy: "tags.team" groups by the event's team tag.
 const tagLabel = "tags."
@@ -117,6 +117,8 @@ func (g Grouping) Labels(ev *mapping.Event) map[string]string {
 			out[by] = ev.Resource.Name
 		case "owner":
 			out[by] = Owner(ev)
+		case "reason":
+			out[by] = ev.Reason
 		case "severity":
 			out[by] = ev.Severity
 		default:

@@ -9,6 +9,9 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/khook/khook/hook"
+	"github.com/khook/khook/internal/config"
 )
 
 // codeMetrics returns every khook_ metric name defined in the non-test Go sources.
@@ -115,4 +118,33 @@ func anchors(t *testing.T, path string) []string {
 		out = append(out, slug)
 	}
 	return out
+}
+
+// TestGroupingDocExamplesLoad parses every Hook and khook.yaml example of docs/grouping.md
+// as khook would load it, so the documented fields cannot drift from the code.
+func TestGroupingDocExamplesLoad(t *testing.T) {
+	doc, err := os.ReadFile("../docs/grouping.md")
+	require.NoError(t, err)
+	blocks := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(doc), -1)
+	var hooks, configs int
+	for _, b := range blocks {
+		switch body := b[1]; {
+		case strings.Contains(body, "kind: Hook"):
+			parsed, err := hook.Parse([]byte(body))
+			require.NoError(t, err, body)
+			g, ok := parsed[0].Grouping()
+			require.True(t, ok, "the example groups:\n%s", body)
+			require.NotEmpty(t, g.By)
+			hooks++
+		case strings.HasPrefix(body, "dispatcher:"):
+			dir := t.TempDir()
+			path := filepath.Join(dir, "khook.yaml")
+			require.NoError(t, os.WriteFile(path, []byte(body), 0o600))
+			cfg, err := config.Load(path, nil, nil)
+			require.NoError(t, err, body)
+			require.NotEmpty(t, cfg.Dispatcher.Budgets)
+			configs++
+		}
+	}
+	require.Equal(t, [2]int{2, 1}, [2]int{hooks, configs}, "the Kubernetes and Alertmanager Hooks and the budgets")
 }

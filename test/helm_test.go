@@ -462,7 +462,7 @@ func TestChartAlertRules(t *testing.T) {
 		}
 	}
 	require.ElementsMatch(t, []string{"PluginDown", "PluginHighErrorRate", "PluginEventProcessingLag", "KhookConsumerLag",
-		"KhookDeadLetters", "KhookMapperDeadLetters", "KhookStreamNearLimit", "KhookJetStreamUnavailable"}, alerts)
+		"KhookDeadLetters", "KhookMapperDeadLetters", "KhookAgentBudgetExhausted", "KhookStreamNearLimit", "KhookJetStreamUnavailable"}, alerts)
 
 	// Every alert links a runbook that exists.
 	for _, g := range groups {

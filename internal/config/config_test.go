@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/khook/khook/consumers/dispatch"
 )
 
 func writeFile(t *testing.T, body string) string {
@@ -268,4 +270,20 @@ func TestDispatcherSettingsReachTheDispatcher(t *testing.T) {
 
 	_, err = Load(writeFile(t, "dispatcher:\n  active_events: true\n"), nil, nil)
 	require.ErrorContains(t, err, "unknown key dispatcher.active_events", "what the pipeline decides is not a setting")
+}
+
+func TestBudgets(t *testing.T) {
+	cfg, err := Load(writeFile(t, "dispatcher:\n  budgets:\n    - agent: kagent/sre\n      max_concurrent_tasks: 2\n      max_tasks_per_hour: 30\n    - agent: kagent/*\n      max_tasks_per_hour: 10\n"), nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, []dispatch.Budget{{Agent: "kagent/sre", MaxConcurrentTasks: 2, MaxTasksPerHour: 30}, {Agent: "kagent/*", MaxTasksPerHour: 10}},
+		cfg.Dispatcher.Budgets)
+	for body, want := range map[string]string{
+		"    - agent: sre\n      max_tasks_per_hour: 1\n":                                                  "dispatcher.budgets[0].agent: want namespace/name or namespace/*, got \"sre\"",
+		"    - agent: kagent/sre\n":                                                                        "dispatcher.budgets[0]: set max_concurrent_tasks, max_tasks_per_hour or both",
+		"    - agent: kagent/sre\n      max_tasks_per_hour: -1\n":                                          "dispatcher.budgets[0]: set max_concurrent_tasks",
+		"    - {agent: kagent/a, max_tasks_per_hour: 1}\n    - {agent: kagent/a, max_tasks_per_hour: 2}\n": "dispatcher.budgets[1].agent: kagent/a has a budget already",
+	} {
+		_, err := Load(writeFile(t, "dispatcher:\n  budgets:\n"+body), nil, nil)
+		require.ErrorContains(t, err, want, body)
+	}
 }
