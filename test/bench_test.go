@@ -63,6 +63,12 @@ func TestBenchHarnessSmoke(t *testing.T) {
 			require.Equal(t, 11, r.AgentCalls)
 			require.Empty(t, r.Latency)
 			continue
+		case "storm-grouped":
+			// The same storm as one task.
+			require.Equal(t, 1000, r.Events)
+			require.Equal(t, 1, r.AgentCalls)
+			require.Empty(t, r.Latency)
+			continue
 		case "webhook-batch":
 			require.Equal(t, 300, r.Events)
 			require.Empty(t, r.Latency)
@@ -81,7 +87,7 @@ func TestBenchHarnessSmoke(t *testing.T) {
 		}
 	}
 	require.Equal(t, []string{"raw-publish", "raw-ingress", "raw-relay", "raw-call", "raw-call-16", "raw-two-stage", "raw-two-stage-call",
-		"webhook", "webhook-batch", "mapper", "dispatcher", "storm", "end-to-end"}, names)
+		"webhook", "webhook-batch", "mapper", "dispatcher", "storm", "storm-grouped", "end-to-end"}, names)
 	for _, f := range []string{"results.md", "results.png"} {
 		st, err := os.Stat(filepath.Join(dir, f))
 		require.NoError(t, err)

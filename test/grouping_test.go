@@ -140,7 +140,9 @@ func TestGroupingAcrossDispatcherProcesses(t *testing.T) {
 	dir := t.TempDir()
 	_, natsURL := startNATS(t, dir+"/nats", freePort(t))
 	agent, agentURL := startAgent(t)
-	base := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), extraHooks: groupedRestarts,
+	// The killed dispatcher's unacknowledged events come back after the ack wait: 3 s, inside
+	// the 5 s groupWait, so they join the group's first task.
+	base := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), extraHooks: groupedRestarts, dispatcherAckWait: "3s",
 		extraPlugins: "  - name: kubernetes\n    config:\n      kubeconfig: " + c.Kubeconfig + "\n      namespace: shop\n"}
 	runOnce(t, "streams", "apply", "--config", base.write(t))
 	stage := func(name string, args ...string) *proc {

@@ -81,7 +81,9 @@ type Result struct {
 	IdleRSSMiB    float64            `json:"idleRssMiB"`  // the largest stage's RSS once the load has passed
 	IdleAnonMiB   float64            `json:"idleAnonMiB"` // its anonymous part (heap, stacks), without the binary's mapped pages
 	AgentCalls    int                `json:"agentCalls,omitempty"`
-	Error         string             `json:"error,omitempty"`
+	// TaskSeconds is, for the storms, the time from the first event to the last agent task.
+	TaskSeconds float64 `json:"taskSeconds,omitempty"`
+	Error       string  `json:"error,omitempty"`
 }
 
 // Report is one run of the suite.
@@ -117,6 +119,7 @@ var scenarios = []scenario{
 	{"mapper", "khook", "raw-relay", "raw event stored to normalized event stored", khookMapper, ""},
 	{"dispatcher", "khook", "raw-call-16", "normalized event stored to agent receipt (match, suppress, record, call)", khookDispatcher, "raw-call"},
 	{"storm", "khook", "raw-two-stage", "raw events (--storm, 20,000), 99% repeats of one resource in its suppression window, through mapper and dispatcher", khookStorm, ""},
+	{"storm-grouped", "khook", "raw-two-stage", "the storm with the hook grouping by namespace (groupWait 5s + 1s per 1,000 events): one task for the whole incident", khookStormGrouped, ""},
 	{"end-to-end", "khook", "raw-two-stage", "POST to agent receipt through producer, mapper and dispatcher processes", khookEndToEnd, "raw-two-stage-call"},
 }
 
@@ -332,7 +335,7 @@ func idleCell(r *Result) string {
 
 func resultCell(r *Result) string {
 	if r.AgentCalls > 0 {
-		return fmt.Sprintf("%.0f (%d agent calls)", r.EventsPerSec, r.AgentCalls)
+		return fmt.Sprintf("%.0f (%d agent calls, last after %.1f s)", r.EventsPerSec, r.AgentCalls, r.TaskSeconds)
 	}
 	return fmt.Sprintf("%.0f", r.EventsPerSec)
 }

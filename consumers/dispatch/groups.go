@@ -114,11 +114,18 @@ func (f *flusher) apply(e jetstream.KeyValueEntry) {
 		return
 	}
 	key := strings.TrimPrefix(e.Key(), groupPrefix)
-	var r GroupRecord
-	if deleted || json.Unmarshal(e.Value(), &r) != nil {
+	// Every write of every group comes through here, on every replica: the view keeps the
+	// record without its events, which are read when the group is sent.
+	var h struct {
+		GroupRecord
+		Events skipJSON `json:"events"`
+		Recent skipJSON `json:"recent"`
+	}
+	if deleted || json.Unmarshal(e.Value(), &h) != nil {
 		delete(f.view, key)
 		return
 	}
+	r := h.GroupRecord
 	if v, ok := f.view[key]; ok && v.rev > e.Revision() {
 		return
 	}
@@ -184,32 +191,38 @@ func (f *flusher) tick(ctx, work context.Context) {
 // background. False means it did not start.
 func (f *flusher) start(ctx, work context.Context, key string, v viewEntry, now time.Time) bool {
 	d := f.d
-	r := v.rec
-	msgID := r.messageID(key)
+	msgID := v.rec.messageID(key)
+	agent := v.rec.Agent
 	until := now.Add(d.topo.Dispatcher.AckWait)
-	b, budgeted := BudgetFor(d.cfg.Budgets, r.Agent)
+	b, budgeted := BudgetFor(d.cfg.Budgets, agent)
 	if budgeted {
-		if used, ok := f.budgets[hook.Hash(r.Agent)]; ok && !used.Free(b, now) {
+		if used, ok := f.budgets[hook.Hash(agent)]; ok && !used.Free(b, now) {
 			return false
 		}
-		took, err := d.state.TakeBudget(ctx, b, r.Agent, msgID, until)
+		took, err := d.state.TakeBudget(ctx, b, agent, msgID, until)
 		if err != nil {
-			d.logger.Warn("budget not read", zap.String("agent", r.Agent), zap.Error(err))
+			d.logger.Warn("budget not read", zap.String("agent", agent), zap.Error(err))
 		}
 		if !took {
 			return false
 		}
 	}
-	r.lease(f.holder, until)
-	body, err := json.Marshal(&r)
+	// The view holds no events, and may trail a hot group by a write or two: read the
+	// latest record, whole, and lease it at its revision.
+	r, rev, err := d.state.waitingGroup(ctx, key, now)
+	var body []byte
 	if err == nil {
-		_, err = d.state.kv.Update(ctx, groupPrefix+key, body, v.rev)
+		r.lease(f.holder, until)
+		body, err = json.Marshal(&r)
+	}
+	if err == nil {
+		_, err = d.state.kv.Update(ctx, groupPrefix+key, body, rev)
 	}
 	if err != nil {
 		// Another replica leased it, or an event changed it: the next tick sees the new
 		// record.
 		if budgeted {
-			f.returnBudget(r.Agent, msgID, true)
+			f.returnBudget(agent, msgID, true)
 		}
 		return false
 	}
@@ -343,7 +356,7 @@ func (f *flusher) failed(ctx context.Context, key string, t hook.Task, cause err
 // finish records that the leased task is done: the events it covered leave the group, which
 // is then suppressed for groupInterval. A queued single task's record is deleted.
 func (f *flusher) finish(ctx context.Context, key string, log *zap.Logger) {
-	err := f.d.state.updateGroup(ctx, key, func(r *GroupRecord, exists bool) (bool, error) {
+	err := f.d.state.updateGroup(ctx, key, false, func(r *GroupRecord, exists bool) (bool, error) {
 		if !exists || r.Lease == nil || r.Lease.Holder != f.holder {
 			// The lease lapsed and another replica took the task over; it finds the task
 			// settled and finishes it.
@@ -362,7 +375,7 @@ func (f *flusher) finish(ctx context.Context, key string, log *zap.Logger) {
 
 // release gives the lease back without a task sent: the group is due again after delay.
 func (f *flusher) release(ctx context.Context, key string, delay time.Duration, attempts int, log *zap.Logger) {
-	err := f.d.state.updateGroup(ctx, key, func(r *GroupRecord, exists bool) (bool, error) {
+	err := f.d.state.updateGroup(ctx, key, false, func(r *GroupRecord, exists bool) (bool, error) {
 		if !exists || r.Lease == nil || r.Lease.Holder != f.holder {
 			return false, nil
 		}
@@ -455,5 +468,10 @@ func (d *Dispatcher) enqueue(ctx context.Context, t hook.Task, m hook.Match, ev 
 	}
 	return settle{ack: true}
 }
+
+// skipJSON is a field left undecoded.
+type skipJSON struct{}
+
+func (*skipJSON) UnmarshalJSON([]byte) error { return nil }
 
 func agentName(a hook.AgentRef) string { return a.Namespace + "/" + a.Name }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -89,7 +90,8 @@ func eventKey(ev *mapping.Event) string {
 }
 
 // add folds ev into the group; false means the event was counted before (a redelivery).
-func (r *GroupRecord) add(ev *mapping.Event, now time.Time) bool {
+// index maps the event keys of r.Events to their positions; add keeps it current.
+func (r *GroupRecord) add(ev *mapping.Event, now time.Time, index map[string]int) bool {
 	if slices.Contains(r.Recent, ev.ID) {
 		return false
 	}
@@ -117,14 +119,13 @@ func (r *GroupRecord) add(ev *mapping.Event, now time.Time) bool {
 		e.Data = nil
 	}
 	k := eventKey(ev)
-	for i := range r.Events {
-		if eventKey(&r.Events[i].Event) == k {
-			r.Events[i].Event = e
-			r.Events[i].Count++
-			return true
-		}
+	if i, ok := index[k]; ok {
+		r.Events[i].Event = e
+		r.Events[i].Count++
+		return true
 	}
 	if len(r.Events) < r.MaxEvents {
+		index[k] = len(r.Events)
 		r.Events = append(r.Events, hook.GroupEvent{Event: e, Count: 1, FirstSeen: now})
 	} else {
 		r.Omitted++
@@ -176,14 +177,20 @@ func severityRank(s string) int { return slices.Index(mapping.Severities, s) }
 // AddToGroup folds events into the group key, opening it from init when it is new, in one
 // write. It returns whether the group was opened by this call.
 func (s *State) AddToGroup(ctx context.Context, key string, init GroupRecord, events ...*mapping.Event) (opened bool, err error) {
-	err = s.updateGroup(ctx, key, func(r *GroupRecord, exists bool) (bool, error) {
+	err = s.updateGroup(ctx, key, true, func(r *GroupRecord, exists bool) (bool, error) {
 		if !exists {
 			*r = init
 		}
 		opened = !exists
+		// The index is built once per write: a storm's write folds many events into a
+		// group of up to maxEventsPerTask entries.
+		index := make(map[string]int, len(r.Events))
+		for i := range r.Events {
+			index[eventKey(&r.Events[i].Event)] = i
+		}
 		changed := false
 		for _, ev := range events {
-			changed = r.add(ev, s.now()) || changed
+			changed = r.add(ev, s.now(), index) || changed
 		}
 		return changed, nil
 	})
@@ -195,21 +202,14 @@ var errDelete = errors.New("delete")
 
 // updateGroup applies change to the group's record by compare-and-set, retrying on
 // conflicts with the other replicas. change returns false to write nothing, or errDelete to
-// delete the record.
-func (s *State) updateGroup(ctx context.Context, key string, change func(r *GroupRecord, exists bool) (bool, error)) error {
-	for range casTries {
-		var r GroupRecord
-		var rev uint64
-		e, err := s.kv.Get(ctx, groupPrefix+key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-		case err != nil:
+// delete the record. cached allows starting from this replica's last write of the record
+// (see readGroup): only for a change that always writes when it changes anything, so that
+// a stale start fails the compare-and-set instead of deciding on old state.
+func (s *State) updateGroup(ctx context.Context, key string, cached bool, change func(r *GroupRecord, exists bool) (bool, error)) error {
+	for attempt := range casTries {
+		r, rev, err := s.readGroup(ctx, key, cached && attempt == 0)
+		if err != nil {
 			return err
-		default:
-			if err := json.Unmarshal(e.Value(), &r); err != nil {
-				return fmt.Errorf("group %s: %w", key, err)
-			}
-			rev = e.Revision()
 		}
 		write, err := change(&r, rev != 0)
 		if errors.Is(err, errDelete) {
@@ -223,21 +223,22 @@ func (s *State) updateGroup(ctx context.Context, key string, change func(r *Grou
 			return err
 		}
 		if !write {
+			// change may have altered r without writing it: the cached copy is gone, and the
+			// next update reads the bucket.
 			return nil
-		}
-		if err != nil {
-			return err
 		}
 		b, err := json.Marshal(&r)
 		if err != nil {
 			return err
 		}
+		var next uint64
 		if rev == 0 {
-			_, err = s.kv.Create(ctx, groupPrefix+key, b)
+			next, err = s.kv.Create(ctx, groupPrefix+key, b)
 		} else {
-			_, err = s.kv.Update(ctx, groupPrefix+key, b, rev)
+			next, err = s.kv.Update(ctx, groupPrefix+key, b, rev)
 		}
 		if err == nil {
+			s.groups.put(key, r, next)
 			return nil
 		}
 		if !isConflict(err) {
@@ -247,6 +248,69 @@ func (s *State) updateGroup(ctx context.Context, key string, change func(r *Grou
 		time.Sleep(time.Duration(rand.IntN(5)) * time.Millisecond) //nolint:gosec // jitter, not security
 	}
 	return fmt.Errorf("group %s: too many concurrent updates", key)
+}
+
+// readGroup returns the group's record and revision (0: no record). With cached, the
+// version this replica wrote last is used when it has one, saving a read and a decode per
+// write of a hot group; a stale one fails the compare-and-set and the retry reads.
+func (s *State) readGroup(ctx context.Context, key string, cached bool) (GroupRecord, uint64, error) {
+	if r, rev, ok := s.groups.take(key); ok && cached {
+		return r, rev, nil
+	}
+	var r GroupRecord
+	e, err := s.kv.Get(ctx, groupPrefix+key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return r, 0, nil
+	case err != nil:
+		return r, 0, err
+	}
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return r, 0, fmt.Errorf("group %s: %w", key, err)
+	}
+	return r, e.Revision(), nil
+}
+
+// waitingGroup reads the group's latest record and revision, and fails unless its task is
+// still waiting at now (another replica may have leased or sent it since the caller looked).
+func (s *State) waitingGroup(ctx context.Context, key string, now time.Time) (GroupRecord, uint64, error) {
+	r, rev, err := s.readGroup(ctx, key, false)
+	if err == nil && (rev == 0 || !r.Waiting(now)) {
+		err = fmt.Errorf("group %s is no longer waiting", key)
+	}
+	return r, rev, err
+}
+
+// groupCache holds the last record this replica wrote per group. An entry is taken out for
+// one update, so two updates never share (and mutate) one record.
+type groupCache struct {
+	mu      sync.Mutex
+	records map[string]cachedGroup
+}
+
+type cachedGroup struct {
+	rec GroupRecord
+	rev uint64
+}
+
+// maxCachedGroups bounds the cache; past it, it starts over.
+const maxCachedGroups = 1024
+
+func (c *groupCache) take(key string) (GroupRecord, uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	g, ok := c.records[key]
+	delete(c.records, key)
+	return g.rec, g.rev, ok
+}
+
+func (c *groupCache) put(key string, r GroupRecord, rev uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.records == nil || len(c.records) >= maxCachedGroups {
+		c.records = map[string]cachedGroup{}
+	}
+	c.records[key] = cachedGroup{rec: r, rev: rev}
 }
 
 // isConflict is a compare-and-set that lost to another writer.

@@ -24,9 +24,10 @@ import (
 //
 // Claims are created atomically (create-if-absent), never decided in one process's memory.
 type State struct {
-	kv  jetstream.KeyValue
-	ttl time.Duration // lifetime of delivery records, attempt counts and active records
-	now func() time.Time
+	kv     jetstream.KeyValue
+	groups groupCache    // the group records this replica wrote last
+	ttl    time.Duration // lifetime of delivery records, attempt counts and active records
+	now    func() time.Time
 }
 
 // OpenState opens the dispatch bucket of topo: the state every dispatcher replica shares.
