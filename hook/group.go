@@ -226,7 +226,16 @@ func GroupContext(g Group, events []GroupEvent) string {
 		fmt.Fprintf(&b, ", from %s to %s", g.FirstSeen.UTC().Format(time.RFC3339), g.LastSeen.UTC().Format(time.RFC3339))
 	}
 	b.WriteString("\nAffected:")
-	for _, e := range events {
+	omitted := g.Omitted
+	for i, e := range events {
+		if b.Len() > MaxPromptOutput {
+			// maxEventsPerTask of long lines could still make a text no agent wants; the
+			// rest are counted like the events past maxEventsPerTask.
+			for _, rest := range events[i:] {
+				omitted += rest.Count
+			}
+			break
+		}
 		res := strings.TrimPrefix(e.Resource.Kind+"/"+e.Resource.Name, "/")
 		fmt.Fprintf(&b, "\n- %s %s", e.Namespace, res)
 		if e.Count > 1 {
@@ -236,8 +245,8 @@ func GroupContext(g Group, events []GroupEvent) string {
 			fmt.Fprintf(&b, ": %s", strings.TrimPrefix(e.Reason+" "+truncate(e.Message, maxListedMessage), " "))
 		}
 	}
-	if g.Omitted > 0 {
-		fmt.Fprintf(&b, "\n- and %d more events not listed (maxEventsPerTask)", g.Omitted)
+	if omitted > 0 {
+		fmt.Fprintf(&b, "\n- and %d more events not listed (maxEventsPerTask)", omitted)
 	}
 	return b.String()
 }

@@ -117,3 +117,18 @@ func mustTemplate(t *testing.T, text string) *template.Template {
 	require.NoError(t, err)
 	return tmpl
 }
+
+// However many events a group lists, the listing stays near MaxPromptOutput, and says how
+// many it leaves out.
+func TestGroupListingIsBounded(t *testing.T) {
+	var events []GroupEvent
+	for i := range MaxGroupEvents {
+		events = append(events, GroupEvent{Event: mapping.Event{Namespace: "prod", Reason: "BackOff", Message: strings.Repeat("x", 500),
+			Resource: mapping.Resource{Kind: "Pod", Name: fmt.Sprintf("pod-%04d", i)}}, Count: 2})
+	}
+	text := GroupContext(Group{Count: 2 * MaxGroupEvents, Resources: MaxGroupEvents}, events)
+	require.Less(t, len(text), MaxPromptOutput+1000)
+	listed := strings.Count(text, "\n- prod Pod/")
+	require.Less(t, listed, MaxGroupEvents)
+	require.True(t, strings.HasSuffix(text, fmt.Sprintf("\n- and %d more events not listed (maxEventsPerTask)", 2*(MaxGroupEvents-listed))), text[len(text)-100:])
+}

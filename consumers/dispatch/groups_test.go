@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
@@ -19,6 +21,7 @@ import (
 	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
+	"github.com/khook/khook/streams/cloudevent"
 )
 
 var groupedHooks = hooktest.Fixture("grouped-hooks.yaml")
@@ -250,6 +253,37 @@ func TestWaitingTasksGoMostSevereFirst(t *testing.T) {
 		order = append(order, strings.Fields(r.Text)[0])
 	}
 	require.Equal(t, []string{"critical", "critical", "error", "warning", "warning", "info"}, order)
+}
+
+// A replay that does not ignore suppression respects grouping: events the group has
+// counted are not counted again, and call nobody.
+func TestReplayRespectsGrouping(t *testing.T) {
+	h := newHarnessHooks(t, testConfig(), "1.0", 30*time.Second, groupedHooks)
+	for i := range 3 {
+		h.publish(t, restart(fmt.Sprint("r", i), fmt.Sprintf("web-%02d", i), "web"))
+	}
+	h.settled(t, 3)
+	h.groupsWhen(t, sentAll(1))
+	for i := range 3 {
+		// khook replay republishes the stored event under a new message id.
+		ev := restart(fmt.Sprint("r", i), fmt.Sprintf("web-%02d", i), "web")
+		ev.Namespace, ev.Severity = "shop", "error"
+		data, err := json.Marshal(ev)
+		require.NoError(t, err)
+		body, err := cloudevent.Encode(&cloudevent.Event{ID: ev.ID, Source: "webhook", Type: ev.Type, Data: data})
+		require.NoError(t, err)
+		msg := nats.NewMsg("khook.events." + ev.Type)
+		msg.Data = body
+		msg.Header.Set(jetstream.MsgIDHeader, "replay-"+ev.ID)
+		msg.Header.Set(streams.HeaderReplayID, "replay-1")
+		_, err = h.js.PublishMsg(context.Background(), msg)
+		require.NoError(t, err)
+	}
+	h.settled(t, 6)
+	for _, g := range h.groupsWhen(t, sentAll(1)) {
+		require.Equal(t, 3, g.Total, "the replayed events were counted once, when they first came")
+	}
+	require.Len(t, h.agent.Received(), 1)
 }
 
 // A replay with --ignore-suppression bypasses grouping: each event is its own task.
