@@ -11,14 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/khook/khook/internal/demoagent"
-	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
-	"github.com/khook/khook/streams/cloudevent"
 )
 
 // TestEndToEndInProcess wires every stage in this process: a JetStream server, the webhook
@@ -275,16 +272,7 @@ func TestTwoMappersOneKilled(t *testing.T) {
 // would.
 func publishNormalized(t *testing.T, js jetstream.JetStream, id, resource string) {
 	t.Helper()
-	data, err := json.Marshal(mapping.Event{ID: id, Source: "webhook", SourceType: "deploy-failed", Type: "deploy-failed",
-		Severity: "error", Namespace: "shop", Resource: mapping.Resource{Name: resource}, Message: "m"})
-	require.NoError(t, err)
-	body, err := cloudevent.Encode(&cloudevent.Event{ID: id, Source: "webhook", Type: "deploy-failed", Data: data})
-	require.NoError(t, err)
-	msg := nats.NewMsg("khook.events.deploy-failed")
-	msg.Data = body
-	msg.Header.Set(jetstream.MsgIDHeader, id)
-	_, err = js.PublishMsg(context.Background(), msg)
-	require.NoError(t, err)
+	publishIncident(t, js, id, resource, "error")
 }
 
 // TestSuppressionAcrossDispatcherProcesses runs three dispatcher processes: the same

@@ -258,18 +258,9 @@ func startAgent(t *testing.T) (*demoagent.Server, string) {
 // waitReceived waits until the agent has received at least n messages and returns them.
 func waitReceived(t *testing.T, a *demoagent.Server, n int, timeout time.Duration) []demoagent.Received {
 	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		changed := a.Changed()
-		if got := a.Received(); len(got) >= n {
-			return got
-		}
-		select {
-		case <-changed:
-		case <-deadline:
-			t.Fatalf("agent received %d of %d messages within %s", len(a.Received()), n, timeout)
-		}
-	}
+	got, err := a.Await(n, timeout)
+	require.NoError(t, err)
+	return got
 }
 
 // pipelineFiles writes khook.yaml and its companion files for a test and returns the path

@@ -177,18 +177,9 @@ func (h *harness) replica(t *testing.T) *Dispatcher {
 
 func waitReceivedN(t *testing.T, a *demoagent.Server, n int) []demoagent.Received {
 	t.Helper()
-	deadline := time.After(30 * time.Second)
-	for {
-		changed := a.Changed()
-		if got := a.Received(); len(got) >= n {
-			return got
-		}
-		select {
-		case <-changed:
-		case <-deadline:
-			t.Fatalf("agent received %d of %d messages", len(a.Received()), n)
-		}
-	}
+	got, err := a.Await(n, 30*time.Second)
+	require.NoError(t, err)
+	return got
 }
 
 // An agent at its hourly budget gets no more tasks; the rest wait, visible as waiting, and

@@ -5,6 +5,7 @@ package demoagent
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"iter"
 	"net/http"
@@ -93,6 +94,24 @@ func (s *Server) Changed() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.notify
+}
+
+// Await waits until the server has received at least n messages, and returns them; after
+// timeout it returns what it has and an error.
+func (s *Server) Await(n int, timeout time.Duration) ([]Received, error) {
+	deadline := time.After(timeout)
+	for {
+		changed := s.Changed()
+		if got := s.Received(); len(got) >= n {
+			return got, nil
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			got := s.Received()
+			return got, fmt.Errorf("agent received %d of %d messages within %s", len(got), n, timeout)
+		}
+	}
 }
 
 func (s *Server) record(r Received) {
