@@ -19,9 +19,9 @@ type combiner struct {
 }
 
 // combined is what waits for the next write of a group: its events, and a channel per
-// waiting worker.
+// waiting worker. The writer's init opens the group if it is new; it differs from the
+// others' only in the first event's severity, which add raises anyway.
 type combined struct {
-	init    GroupRecord
 	events  []*mapping.Event
 	waiters []chan error
 }
