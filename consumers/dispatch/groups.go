@@ -199,7 +199,7 @@ func (f *flusher) start(ctx, work context.Context, key string, v viewEntry, now 
 		if used, ok := f.budgets[hook.Hash(agent)]; ok && !used.Free(b, now) {
 			return false
 		}
-		took, err := d.state.TakeBudget(ctx, b, agent, msgID, until)
+		took, err := d.state.TakeBudget(ctx, b, agent, msgID, f.holder, until)
 		if err != nil {
 			d.logger.Warn("budget not read", zap.String("agent", agent), zap.Error(err))
 		}
@@ -392,7 +392,7 @@ func (f *flusher) release(ctx context.Context, key string, delay time.Duration, 
 func (f *flusher) returnBudget(agent, msgID string, refund bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := f.d.state.ReturnBudget(ctx, agent, msgID, refund); err != nil {
+	if err := f.d.state.ReturnBudget(ctx, agent, msgID, f.holder, refund); err != nil {
 		f.d.logger.Warn("budget not returned; its hold lapses", zap.String("agent", agent), zap.Error(err))
 	}
 }

@@ -291,3 +291,32 @@ func TestReplayIgnoringSuppressionBypassesGrouping(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, groups)
 }
+
+// Two replicas racing for one task each hold their own slot: the loser's return gives back
+// its slot and its share of the hour, never the winner's.
+func TestBudgetHoldsArePerReplica(t *testing.T) {
+	h := newHarnessHooks(t, testConfig(), "1.0", 30*time.Second, groupedHooks)
+	s := h.d.State()
+	ctx := context.Background()
+	b := Budget{Agent: "kagent/x", MaxConcurrentTasks: 1, MaxTasksPerHour: 5}
+	until := time.Now().Add(time.Minute)
+	took, err := s.TakeBudget(ctx, b, "kagent/x", "task-1", "replica-a", until)
+	require.NoError(t, err)
+	require.True(t, took)
+	took, err = s.TakeBudget(ctx, b, "kagent/x", "task-1", "replica-b", until)
+	require.NoError(t, err)
+	require.False(t, took, "the one concurrent slot is replica a's")
+	took, err = s.TakeBudget(ctx, b, "kagent/x", "task-1", "replica-a", until)
+	require.NoError(t, err)
+	require.True(t, took, "taking again is keeping the same hold")
+	require.NoError(t, s.ReturnBudget(ctx, "kagent/x", "task-1", "replica-b", true))
+	budgets, err := s.Budgets(ctx)
+	require.NoError(t, err)
+	inFlight, lastHour := budgets[0].InUse(time.Now())
+	require.Equal(t, [2]int{1, 1}, [2]int{inFlight, lastHour}, "replica b's return took nothing of replica a's")
+	require.NoError(t, s.ReturnBudget(ctx, "kagent/x", "task-1", "replica-a", false))
+	budgets, err = s.Budgets(ctx)
+	require.NoError(t, err)
+	inFlight, lastHour = budgets[0].InUse(time.Now())
+	require.Equal(t, [2]int{0, 1}, [2]int{inFlight, lastHour}, "a sent task keeps its share of the hour")
+}

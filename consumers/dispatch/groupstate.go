@@ -374,7 +374,9 @@ type BudgetRecord struct {
 	Agent string `json:"agent"`
 	// Sent holds when each task of the last hour was started.
 	Sent []time.Time `json:"sent,omitempty"`
-	// InFlight maps a task's message id to when its hold lapses (a crashed replica's).
+	// InFlight maps each hold, "<message id> <replica>", to when it lapses (a crashed
+	// replica's). Holds are per replica: two replicas racing for one task each take, and
+	// return, their own.
 	InFlight map[string]time.Time `json:"inFlight,omitempty"`
 }
 
@@ -452,13 +454,14 @@ func (s *State) updateBudget(ctx context.Context, agent string, change func(r *B
 	return fmt.Errorf("budget of %s: too many concurrent updates", agent)
 }
 
-// TakeBudget takes one task of the agent's budget for messageID until until, if the budget
-// allows it.
-func (s *State) TakeBudget(ctx context.Context, b Budget, agent, messageID string, until time.Time) (bool, error) {
+// TakeBudget takes one task of the agent's budget for messageID, held by holder until
+// until, if the budget allows it.
+func (s *State) TakeBudget(ctx context.Context, b Budget, agent, messageID, holder string, until time.Time) (bool, error) {
 	took := false
+	hold := messageID + " " + holder
 	err := s.updateBudget(ctx, agent, func(r *BudgetRecord) bool {
 		now := s.now()
-		if _, ok := r.InFlight[messageID]; ok {
+		if _, ok := r.InFlight[hold]; ok {
 			took = true
 			return false
 		}
@@ -469,7 +472,7 @@ func (s *State) TakeBudget(ctx context.Context, b Budget, agent, messageID strin
 		if r.InFlight == nil {
 			r.InFlight = map[string]time.Time{}
 		}
-		r.InFlight[messageID] = until
+		r.InFlight[hold] = until
 		r.Sent = append(r.Sent, now)
 		took = true
 		return true
@@ -477,14 +480,16 @@ func (s *State) TakeBudget(ctx context.Context, b Budget, agent, messageID strin
 	return took, err
 }
 
-// ReturnBudget ends messageID's hold on the agent's budget. refund also gives back its share
-// of the hourly budget: the task was not sent (a failed call, a breaker, shutdown).
-func (s *State) ReturnBudget(ctx context.Context, agent, messageID string, refund bool) error {
+// ReturnBudget ends holder's hold for messageID on the agent's budget. refund also gives
+// back its share of the hourly budget: the task was not sent (a failed call, a breaker,
+// shutdown, another replica sending it).
+func (s *State) ReturnBudget(ctx context.Context, agent, messageID, holder string, refund bool) error {
+	hold := messageID + " " + holder
 	return s.updateBudget(ctx, agent, func(r *BudgetRecord) bool {
-		if _, ok := r.InFlight[messageID]; !ok {
+		if _, ok := r.InFlight[hold]; !ok {
 			return false
 		}
-		delete(r.InFlight, messageID)
+		delete(r.InFlight, hold)
 		if refund && len(r.Sent) > 0 {
 			// The newest stamp goes: which one does not matter for the count, and the
 			// newest frees the slot for the longest.
