@@ -31,13 +31,16 @@ import (
 )
 
 // groupedRestarts is the Hook of the grouping test: pod restarts grouped by their owning
-// workload, 5 s to gather, 15 s before a task for a group's new events.
+// workload, 10 s to gather, 15 s before a task for a group's new events. groupWait must cover
+// the burst's way through the pipeline and the killed dispatcher's in-flight events, which
+// come back after its 3 s ack wait: on a loaded two-core machine that took up to 5 s, and an
+// event that arrives after groupWait goes, as designed, into the group's next task.
 const groupedRestarts = `- apiVersion: kagent.dev/v1alpha2
   kind: Hook
   metadata: {name: crashloops, namespace: shop}
   spec:
     groupBy: [owner]
-    groupWait: 5s
+    groupWait: 10s
     groupInterval: 15s
     eventConfigurations:
       - eventType: pod-restart
@@ -141,7 +144,7 @@ func TestGroupingAcrossDispatcherProcesses(t *testing.T) {
 	_, natsURL := startNATS(t, dir+"/nats", freePort(t))
 	agent, agentURL := startAgent(t)
 	// The killed dispatcher's unacknowledged events come back after the ack wait: 3 s, inside
-	// the 5 s groupWait, so they join the group's first task.
+	// the 10 s groupWait, so they join the group's first task.
 	base := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), extraHooks: groupedRestarts, dispatcherAckWait: "3s",
 		extraPlugins: "  - name: kubernetes\n    config:\n      kubeconfig: " + c.Kubeconfig + "\n      namespace: shop\n"}
 	runOnce(t, "streams", "apply", "--config", base.write(t))
