@@ -286,10 +286,7 @@ func TestSuppressionAcrossDispatcherProcesses(t *testing.T) {
 	base := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), hookWindow: "2s"}
 	runOnce(t, "streams", "apply", "--config", base.write(t))
 	for i := range 3 {
-		f := base
-		f.dir, f.metrics, f.probes = t.TempDir(), freePort(t), freePort(t)
-		p := start(t, fmt.Sprintf("khook dispatcher %d", i), bins.khook(), "dispatcher", "--config", f.write(t))
-		waitReady(t, p, f.probes)
+		startStage(t, base, fmt.Sprint("khook dispatcher ", i), "dispatcher")
 	}
 	js := connectJS(t, natsURL)
 	topo := streams.Default()

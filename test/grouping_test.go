@@ -148,18 +148,11 @@ func TestGroupingAcrossDispatcherProcesses(t *testing.T) {
 	base := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), extraHooks: groupedRestarts, dispatcherAckWait: "3s",
 		extraPlugins: "  - name: kubernetes\n    config:\n      kubeconfig: " + c.Kubeconfig + "\n      namespace: shop\n"}
 	runOnce(t, "streams", "apply", "--config", base.write(t))
-	stage := func(name string, args ...string) *proc {
-		f := base
-		f.dir, f.metrics, f.probes = t.TempDir(), freePort(t), freePort(t)
-		p := start(t, name, bins.khook(), append(args, "--config", f.write(t))...)
-		waitReady(t, p, f.probes)
-		return p
-	}
-	stage("khook producer", "producer")
-	stage("khook mapper", "mapper")
+	startStage(t, base, "khook producer", "producer")
+	startStage(t, base, "khook mapper", "mapper")
 	var dispatchers []*proc
 	for i := range 3 {
-		dispatchers = append(dispatchers, stage(fmt.Sprint("khook dispatcher ", i), "dispatcher"))
+		dispatchers = append(dispatchers, startStage(t, base, fmt.Sprint("khook dispatcher ", i), "dispatcher"))
 	}
 	js := connectJS(t, natsURL)
 	topo := streams.Default()
@@ -255,10 +248,7 @@ func TestBudgetAcrossDispatcherProcesses(t *testing.T) {
 	config := base.write(t)
 	runOnce(t, "streams", "apply", "--config", config)
 	for i := range 3 {
-		f := base
-		f.dir, f.metrics, f.probes = t.TempDir(), freePort(t), freePort(t)
-		p := start(t, fmt.Sprint("khook dispatcher ", i), bins.khook(), "dispatcher", "--config", f.write(t))
-		waitReady(t, p, f.probes)
+		startStage(t, base, fmt.Sprint("khook dispatcher ", i), "dispatcher")
 	}
 	js := connectJS(t, natsURL)
 	topo := streams.Default()

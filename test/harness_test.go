@@ -337,6 +337,17 @@ server:
 	return filepath.Join(p.dir, "khook.yaml")
 }
 
+// startStage starts one khook stage (producer, mapper, dispatcher) of the pipeline base
+// describes, with its own directory and ports, and waits until it is ready.
+func startStage(t *testing.T, base pipelineFiles, name string, args ...string) *proc {
+	t.Helper()
+	f := base
+	f.dir, f.metrics, f.probes = t.TempDir(), freePort(t), freePort(t)
+	p := start(t, name, bins.khook(), append(args, "--config", f.write(t))...)
+	waitReady(t, p, f.probes)
+	return p
+}
+
 var hooksYAML = hooktest.Fixture("hooks/shop-deployments.yaml")
 
 // wantText is the message an agent receives for a deploy-failed event on resource with msg.
