@@ -68,7 +68,7 @@ func agentStatuses(ctx context.Context, js jetstream.JetStream, cfg config.Confi
 		return a
 	}
 	for _, r := range records {
-		if r.Pending > 0 || r.Lease != nil {
+		if r.Open() {
 			groups.Open++
 			groups.Events += r.Pending
 		}

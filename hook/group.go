@@ -1,6 +1,7 @@
 package hook
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/khook/khook/mapping"
 )
@@ -91,7 +93,7 @@ func (s HookSpec) validateGrouping() []error {
 // it through ownerReferences ("Deployment/web"); the resource itself when the event carries
 // no owner, so that grouping by owner never merges unrelated resources.
 func Owner(ev *mapping.Event) string {
-	if len(ev.Data) > 0 && strings.Contains(string(ev.Data), `"owner"`) {
+	if bytes.Contains(ev.Data, []byte(`"owner"`)) {
 		var d struct {
 			Owner struct{ Kind, Name string } `json:"owner"`
 		}
@@ -181,7 +183,7 @@ func GroupTask(m Match, g Group, events []GroupEvent) (Task, error) {
 	t := Task{
 		Hook:           m.Hook.Key(),
 		Agent:          m.Agent,
-		MessageID:      UUID("group-message", g.Key, strconv.Itoa(g.Sent)),
+		MessageID:      GroupMessageID(g.Key, g.Sent),
 		ContextID:      UUID("group-context", g.Key),
 		Event:          latest,
 		SuppressionKey: g.Key,
@@ -200,6 +202,12 @@ func GroupTask(m Match, g Group, events []GroupEvent) (Task, error) {
 	}
 	t.Text = prompt + GroupContext(g, events)
 	return t, err
+}
+
+// GroupMessageID is the message id of a group's task after sent tasks: one per group and
+// task, so that a retried send of the same task is recognisable.
+func GroupMessageID(key string, sent int) string {
+	return UUID("group-message", key, strconv.Itoa(sent))
 }
 
 // GroupContext is the text appended to a grouped task's prompt: the group's labels and
@@ -260,10 +268,8 @@ func truncate(s string, n int) string {
 		return s
 	}
 	cut := n
-	for cut > 0 && !utf8RuneStart(s[cut]) {
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}
 	return s[:cut] + "…"
 }
-
-func utf8RuneStart(b byte) bool { return b&0xC0 != 0x80 }

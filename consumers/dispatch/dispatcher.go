@@ -383,13 +383,9 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	}
 	// The prompt is rendered only now, for a task that will be sent: a suppressed event
 	// never pays for it.
-	if err := t.Render(m); errors.Is(err, hook.ErrPromptTooLarge) {
+	if err := t.Render(m); d.unsendable(err, log) {
 		d.Observer.Failed(t, err, true)
 		return d.giveUp(ctx, msg, t, d.router.Target(m.Agent), "prompt-too-large", 0, err, log)
-	} else if err != nil {
-		// Delivered anyway, with khook's plain placeholder expansion.
-		d.metrics.promptFallbacks.Inc()
-		log.Warn("prompt template failed on this event, using plain placeholders", zap.Error(err))
 	}
 	if md, err := msg.Metadata(); err != nil || md.NumDelivered == 1 {
 		d.Observer.Firing(t)
@@ -399,21 +395,86 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 		return d.enqueue(ctx, t, m, ev, log)
 	}
 
-	target := d.router.Target(m.Agent)
-	g := d.guards.get(target.Endpoint(t))
-	if wait := g.admit(); wait > 0 {
-		// Breaker open or endpoint saturated: not an attempt, just come back later.
-		d.metrics.deliveries.WithLabelValues(target.Name(), "delayed").Inc()
-		return settle{delay: jitter(wait)}
-	}
-	// One span per call, so every retry shows in the trace; the agent receives this span as
-	// its parent in the traceparent header.
+	// One span per call, so every retry shows in the trace.
 	attempt := 1
 	if md, err := msg.Metadata(); err == nil {
 		attempt = int(md.NumDelivered)
 	}
+	c := d.call(ctx, t, attempt, log)
+	switch c.outcome {
+	case callDelivered:
+		return settle{ack: true}
+	case callDelayed:
+		return settle{delay: c.wait}
+	case callInterrupted:
+		// The event comes back at once to another replica.
+		return settle{}
+	case callPermanent:
+		d.Observer.Failed(t, c.err, true)
+		return d.giveUp(ctx, msg, t, c.target, "permanent", 1, c.err, log)
+	}
+	attempts, aerr := d.state.Attempt(ctx, t.MessageID)
+	if aerr != nil {
+		log.Warn("attempt not counted", zap.Error(aerr))
+		attempts = 1
+	}
+	if attempts >= d.cfg.MaxAttempts {
+		d.Observer.Failed(t, c.err, true)
+		return d.giveUp(ctx, msg, t, c.target, "max-attempts", attempts, c.err, log)
+	}
+	return settle{delay: d.retryLater(t, c, attempts, log)}
+}
+
+// unsendable reports whether a task whose prompt rendered with err cannot be sent: it
+// rendered past the prompt limit. A template that failed on the task's events is sent anyway,
+// with khook's plain placeholder expansion, and counted.
+func (d *Dispatcher) unsendable(err error, log *zap.Logger) bool {
+	if errors.Is(err, hook.ErrPromptTooLarge) {
+		return true
+	}
+	if err != nil {
+		d.metrics.promptFallbacks.Inc()
+		log.Warn("prompt template failed on this task, using plain placeholders", zap.Error(err))
+	}
+	return false
+}
+
+// callOutcome is what one attempt to call an agent came to.
+type callOutcome int
+
+const (
+	callDelivered   callOutcome = iota // the agent accepted the task, and it is recorded as settled
+	callDelayed                        // the endpoint's breaker or concurrency limit held it back: not an attempt
+	callInterrupted                    // shutdown cut the call short: not an attempt
+	callRetryable                      // the call failed, and may succeed later
+	callPermanent                      // the call failed, and no retry will help
+)
+
+// callResult is one call's outcome, with the target it went to.
+type callResult struct {
+	outcome callOutcome
+	target  Target
+	// wait is how long to hold the task back (callDelayed), or the agent's Retry-After
+	// (callRetryable).
+	wait time.Duration
+	err  error
+}
+
+// call makes one call of t to its agent, within the endpoint's guard and in a span of its
+// own, and records a delivered task as settled. attempt numbers the call in the span. Both
+// an event's task and a group's go through it; what happens next (acknowledge, retry, give
+// up) is the caller's.
+func (d *Dispatcher) call(ctx context.Context, t hook.Task, attempt int, log *zap.Logger) callResult {
+	target := d.router.Target(t.Agent)
+	g := d.guards.get(target.Endpoint(t))
+	if wait := g.admit(); wait > 0 {
+		// Breaker open or endpoint saturated: not an attempt, just come back later.
+		d.metrics.deliveries.WithLabelValues(target.Name(), "delayed").Inc()
+		return callResult{outcome: callDelayed, target: target, wait: jitter(wait)}
+	}
+	// The agent receives this span as its parent in the traceparent header.
 	dctx, dspan := tracing.Tracer().Start(ctx, "khook.deliver", trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(attribute.String("khook.hook", m.Hook.Key()), attribute.String("khook.agent", m.Agent.Namespace+"/"+m.Agent.Name),
+		trace.WithAttributes(attribute.String("khook.hook", t.Hook), attribute.String("khook.agent", agentName(t.Agent)),
 			attribute.String("khook.target", target.Name()), attribute.Int("khook.delivery", attempt)))
 	defer dspan.End()
 	t.Traceparent = tracing.Traceparent(dctx)
@@ -422,50 +483,44 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	d.metrics.duration.WithLabelValues(target.Name()).Observe(time.Since(start).Seconds())
 	if err != nil && ctx.Err() != nil {
 		// Cut short by shutdown after the drain timeout: not the agent's failure, so no
-		// attempt is counted, the breaker is not told, and the event comes back at once to
-		// another replica. The agent may have received the task; it is sent again with the
-		// same messageId (a documented duplicate).
+		// attempt is counted and the breaker is not told. The agent may have received the
+		// task; it is sent again with the same messageId (a documented duplicate).
 		g.done(false, false)
 		tracing.Fail(dspan, err)
 		d.metrics.deliveries.WithLabelValues(target.Name(), "interrupted").Inc()
-		log.Info("call interrupted by shutdown, the event will be redelivered", zap.Duration("took", time.Since(start)))
-		return settle{}
+		log.Info("call interrupted by shutdown, the task will be sent again", zap.Duration("took", time.Since(start)))
+		return callResult{outcome: callInterrupted, target: target, err: err}
 	}
 	retryable, retryAfter := Classify(err)
 	g.done(err == nil, err != nil && retryable)
 	tracing.Fail(dspan, err)
 	dspan.SetAttributes(attribute.Bool("khook.retryable", err != nil && retryable))
+	switch {
+	case err != nil && retryable:
+		return callResult{outcome: callRetryable, target: target, wait: retryAfter, err: err}
+	case err != nil:
+		return callResult{outcome: callPermanent, target: target, err: err}
+	}
+	dspan.SetAttributes(attribute.String("khook.task_state", res.State))
+	d.metrics.deliveries.WithLabelValues(target.Name(), "success").Inc()
+	d.metrics.taskStates.WithLabelValues(res.State).Inc()
+	log.Info("delivered", zap.String("task_state", res.State), zap.Duration("took", time.Since(start)))
+	d.Observer.Delivered(t, res)
+	if err := d.state.MarkSettled(ctx, t.MessageID, "delivered "+res.State); err != nil {
+		// The agent has the task; without the record a redelivery would call it again.
+		log.Warn("delivery record not stored", zap.Error(err))
+	}
+	return callResult{outcome: callDelivered, target: target}
+}
 
-	if err == nil {
-		dspan.SetAttributes(attribute.String("khook.task_state", res.State))
-		d.metrics.deliveries.WithLabelValues(target.Name(), "success").Inc()
-		d.metrics.taskStates.WithLabelValues(res.State).Inc()
-		log.Info("delivered", zap.String("task_state", res.State), zap.Duration("took", time.Since(start)))
-		d.Observer.Delivered(t, res)
-		if err := d.state.MarkSettled(ctx, t.MessageID, "delivered "+res.State); err != nil {
-			// The agent has the task; without the record a redelivery would call it again.
-			log.Warn("delivery record not stored", zap.Error(err))
-		}
-		return settle{ack: true}
-	}
-	if !retryable {
-		d.Observer.Failed(t, err, true)
-		return d.giveUp(ctx, msg, t, target, "permanent", 1, err, log)
-	}
-	attempts, aerr := d.state.Attempt(ctx, t.MessageID)
-	if aerr != nil {
-		log.Warn("attempt not counted", zap.Error(aerr))
-		attempts = 1
-	}
-	if attempts >= d.cfg.MaxAttempts {
-		d.Observer.Failed(t, err, true)
-		return d.giveUp(ctx, msg, t, target, "max-attempts", attempts, err, log)
-	}
-	d.Observer.Failed(t, err, false)
-	delay := max(backoff(attempts, d.cfg.RetryBase, d.cfg.RetryMax), min(retryAfter, d.cfg.RetryMax))
-	d.metrics.deliveries.WithLabelValues(target.Name(), "retry").Inc()
-	log.Warn("delivery failed, will retry", zap.Int("attempt", attempts), zap.Duration("delay", delay), zap.Error(err))
-	return settle{delay: delay}
+// retryLater reports a retryable failure of t's call number attempts and returns how long
+// to wait before the next: exponential backoff, or the agent's Retry-After when longer.
+func (d *Dispatcher) retryLater(t hook.Task, c callResult, attempts int, log *zap.Logger) time.Duration {
+	d.Observer.Failed(t, c.err, false)
+	delay := max(backoff(attempts, d.cfg.RetryBase, d.cfg.RetryMax), min(c.wait, d.cfg.RetryMax))
+	d.metrics.deliveries.WithLabelValues(c.target.Name(), "retry").Inc()
+	log.Warn("delivery failed, will retry", zap.Int("attempt", attempts), zap.Duration("delay", delay), zap.Error(c.err))
+	return delay
 }
 
 type claimResult int

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -141,7 +140,7 @@ func (f *flusher) tick(ctx, work context.Context) {
 	open := 0
 	for key, v := range f.view {
 		r := &v.rec
-		if r.Pending > 0 || r.Lease != nil {
+		if r.Open() {
 			open++
 		}
 		if r.Waiting(now) {
@@ -207,20 +206,19 @@ func (f *flusher) start(ctx, work context.Context, key string, v viewEntry, now 
 			return false
 		}
 	}
-	// The view holds no events, and may trail a hot group by a write or two: read the
-	// latest record, whole, and lease it at its revision.
-	r, rev, err := d.state.waitingGroup(ctx, key, now)
-	var body []byte
-	if err == nil {
-		r.lease(f.holder, until)
-		body, err = json.Marshal(&r)
-	}
-	if err == nil {
-		_, err = d.state.kv.Update(ctx, groupPrefix+key, body, rev)
-	}
+	// The view holds no events, and may trail a hot group by a write or two: the lease is
+	// taken on the latest record, if its task still waits (another replica may have leased
+	// or sent it since this one looked).
+	var r GroupRecord
+	err := d.state.updateGroup(ctx, key, false, func(latest *GroupRecord, exists bool) (bool, error) {
+		if !exists || !latest.Waiting(now) {
+			return false, errNotWaiting
+		}
+		latest.lease(f.holder, until)
+		r = *latest
+		return true, nil
+	})
 	if err != nil {
-		// Another replica leased it, or an event changed it: the next tick sees the new
-		// record.
 		if budgeted {
 			f.returnBudget(agent, msgID, true)
 		}
@@ -241,7 +239,7 @@ func (r *GroupRecord) messageID(key string) string {
 	if r.Single {
 		return r.Task
 	}
-	return hook.UUID("group-message", key, strconv.Itoa(r.Sent))
+	return hook.GroupMessageID(key, r.Sent)
 }
 
 // send builds the group's task, calls its agent, and records the outcome in the group.
@@ -270,12 +268,9 @@ func (f *flusher) send(ctx context.Context, key string, r GroupRecord, msgID str
 	} else {
 		t, err = hook.GroupTask(m, r.Group(key), r.Events)
 	}
-	if errors.Is(err, hook.ErrPromptTooLarge) {
+	if d.unsendable(err, log) {
 		f.failed(ctx, key, t, err, "prompt-too-large", log)
 		return
-	} else if err != nil {
-		d.metrics.promptFallbacks.Inc()
-		log.Warn("prompt template failed on this group, using plain placeholders", zap.Error(err))
 	}
 	if d.state.Settled(ctx, t.MessageID) {
 		// A replica sent it and died before recording it in the group.
@@ -283,54 +278,28 @@ func (f *flusher) send(ctx context.Context, key string, r GroupRecord, msgID str
 		refund = false
 		return
 	}
-	target := d.router.Target(m.Agent)
-	g := d.guards.get(target.Endpoint(t))
-	if wait := g.admit(); wait > 0 {
-		d.metrics.deliveries.WithLabelValues(target.Name(), "delayed").Inc()
-		f.release(ctx, key, jitter(wait), r.Attempts, log)
-		return
-	}
-	start := time.Now()
-	res, err := target.Deliver(ctx, t)
-	d.metrics.duration.WithLabelValues(target.Name()).Observe(time.Since(start).Seconds())
-	if err != nil && ctx.Err() != nil {
-		g.done(false, false)
-		d.metrics.deliveries.WithLabelValues(target.Name(), "interrupted").Inc()
-		log.Info("call interrupted by shutdown, another replica sends the task when the lease lapses")
-		f.release(context.WithoutCancel(ctx), key, 0, r.Attempts, log)
-		return
-	}
-	retryable, retryAfter := Classify(err)
-	g.done(err == nil, err != nil && retryable)
-	if err == nil {
+	c := d.call(ctx, t, r.Attempts+1, log.With(zap.Int("events", r.Pending), zap.Int("resources", len(r.Events))))
+	switch c.outcome {
+	case callDelivered:
 		refund = false
-		d.metrics.deliveries.WithLabelValues(target.Name(), "success").Inc()
-		d.metrics.taskStates.WithLabelValues(res.State).Inc()
 		d.metrics.groupTasks.WithLabelValues("delivered").Inc()
-		log.Info("delivered", zap.Int("events", r.Pending), zap.Int("resources", len(r.Events)),
-			zap.String("task_state", res.State), zap.Duration("took", time.Since(start)))
-		d.Observer.Delivered(t, res)
-		if err := d.state.MarkSettled(ctx, t.MessageID, "delivered "+res.State); err != nil {
-			log.Warn("delivery record not stored", zap.Error(err))
-		}
 		f.finish(ctx, key, log)
-		return
-	}
-	attempts := r.Attempts + 1
-	if !retryable || attempts >= d.cfg.MaxAttempts {
+	case callDelayed:
+		f.release(ctx, key, c.wait, r.Attempts, log)
+	case callInterrupted:
+		// Given back at once, so that another replica need not wait for the lease to lapse.
+		f.release(context.WithoutCancel(ctx), key, 0, r.Attempts, log)
+	case callPermanent:
 		refund = false
-		reason := "permanent"
-		if retryable {
-			reason = "max-attempts"
+		f.failed(ctx, key, t, c.err, "permanent", log)
+	case callRetryable:
+		if attempts := r.Attempts + 1; attempts < d.cfg.MaxAttempts {
+			f.release(ctx, key, d.retryLater(t, c, attempts, log), attempts, log)
+		} else {
+			refund = false
+			f.failed(ctx, key, t, c.err, "max-attempts", log)
 		}
-		f.failed(ctx, key, t, err, reason, log)
-		return
 	}
-	d.Observer.Failed(t, err, false)
-	delay := max(backoff(attempts, d.cfg.RetryBase, d.cfg.RetryMax), min(retryAfter, d.cfg.RetryMax))
-	d.metrics.deliveries.WithLabelValues(target.Name(), "retry").Inc()
-	log.Warn("delivery failed, will retry", zap.Int("attempt", attempts), zap.Duration("delay", delay), zap.Error(err))
-	f.release(ctx, key, delay, attempts, log)
 }
 
 // failed gives up a task that no retry will deliver. Its events stay in the events stream,
@@ -468,6 +437,9 @@ func (d *Dispatcher) enqueue(ctx context.Context, t hook.Task, m hook.Match, ev 
 	}
 	return settle{ack: true}
 }
+
+// errNotWaiting is a group whose task another replica leased or sent first.
+var errNotWaiting = errors.New("the group's task is no longer waiting")
 
 // skipJSON is a field left undecoded.
 type skipJSON struct{}

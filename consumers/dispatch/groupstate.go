@@ -78,6 +78,9 @@ type GroupLease struct {
 	Counts  map[string]int `json:"counts"`
 }
 
+// Open reports whether the group holds events waiting for their task, or a task being sent.
+func (r *GroupRecord) Open() bool { return r.Pending > 0 || r.Lease != nil }
+
 // Waiting reports whether the group's task is due and no replica is sending it: waiting for
 // a worker or, mostly, for its agent's budget.
 func (r *GroupRecord) Waiting(now time.Time) bool {
@@ -200,85 +203,78 @@ func (s *State) AddToGroup(ctx context.Context, key string, init GroupRecord, ev
 // errDelete ends an update by deleting the record.
 var errDelete = errors.New("delete")
 
-// updateGroup applies change to the group's record by compare-and-set, retrying on
-// conflicts with the other replicas. change returns false to write nothing, or errDelete to
-// delete the record. cached allows starting from this replica's last write of the record
-// (see readGroup): only for a change that always writes when it changes anything, so that
-// a stale start fails the compare-and-set instead of deciding on old state.
+// updateGroup applies change to the group's record by compare-and-set (see
+// compareAndSet). cached allows starting from this replica's last write of the record: only
+// for a change that always writes when it changes anything, so that a stale start fails the
+// compare-and-set instead of deciding on old state.
 func (s *State) updateGroup(ctx context.Context, key string, cached bool, change func(r *GroupRecord, exists bool) (bool, error)) error {
-	for attempt := range casTries {
-		r, rev, err := s.readGroup(ctx, key, cached && attempt == 0)
-		if err != nil {
-			return err
+	// Any update takes the cached copy out, so that none is used after another write.
+	last := func() (GroupRecord, uint64, bool) {
+		r, rev, ok := s.groups.take(key)
+		return r, rev, ok && cached
+	}
+	r, rev, err := compareAndSet(ctx, s.kv, groupPrefix+key, GroupRecord{}, last, change)
+	if err == nil && rev != 0 {
+		s.groups.put(key, r, rev)
+	}
+	return err
+}
+
+// compareAndSet applies change to the JSON record at key and writes the result by
+// compare-and-set, trying again on the record another replica wrote first. A missing record
+// starts as empty. change returns false to write nothing, or errDelete to delete the record.
+// start, when it returns true, gives the record and revision to try first instead of reading
+// the bucket; a stale one fails the compare-and-set, and the next try reads. It returns the
+// record written and its revision, zero when nothing was written.
+func compareAndSet[T any](ctx context.Context, kv jetstream.KeyValue, key string, empty T,
+	start func() (T, uint64, bool), change func(r *T, exists bool) (bool, error)) (T, uint64, error) {
+	for try := range casTries {
+		r, rev, ok := empty, uint64(0), false
+		if try == 0 && start != nil {
+			r, rev, ok = start()
+		}
+		if !ok {
+			r, rev = empty, 0
+			e, err := kv.Get(ctx, key)
+			switch {
+			case errors.Is(err, jetstream.ErrKeyNotFound):
+			case err != nil:
+				return empty, 0, err
+			default:
+				if err := json.Unmarshal(e.Value(), &r); err != nil {
+					return empty, 0, fmt.Errorf("%s: %w", key, err)
+				}
+				rev = e.Revision()
+			}
 		}
 		write, err := change(&r, rev != 0)
-		if errors.Is(err, errDelete) {
-			err = s.kv.Delete(ctx, groupPrefix+key, jetstream.LastRevision(rev))
-			if err == nil || !isConflict(err) {
-				return err
-			}
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if !write {
-			// change may have altered r without writing it: the cached copy is gone, and the
-			// next update reads the bucket.
-			return nil
-		}
-		b, err := json.Marshal(&r)
-		if err != nil {
-			return err
-		}
 		var next uint64
-		if rev == 0 {
-			next, err = s.kv.Create(ctx, groupPrefix+key, b)
-		} else {
-			next, err = s.kv.Update(ctx, groupPrefix+key, b, rev)
+		switch {
+		case errors.Is(err, errDelete):
+			err = kv.Delete(ctx, key, jetstream.LastRevision(rev))
+		case err != nil || !write:
+			return empty, 0, err
+		default:
+			var b []byte
+			if b, err = json.Marshal(&r); err != nil {
+				return empty, 0, err
+			}
+			if rev == 0 {
+				next, err = kv.Create(ctx, key, b)
+			} else {
+				next, err = kv.Update(ctx, key, b, rev)
+			}
 		}
 		if err == nil {
-			s.groups.put(key, r, next)
-			return nil
+			return r, next, nil
 		}
 		if !isConflict(err) {
-			return err
+			return empty, 0, err
 		}
 		// Another replica wrote first: read its version and apply the change to it.
 		time.Sleep(time.Duration(rand.IntN(5)) * time.Millisecond) //nolint:gosec // jitter, not security
 	}
-	return fmt.Errorf("group %s: too many concurrent updates", key)
-}
-
-// readGroup returns the group's record and revision (0: no record). With cached, the
-// version this replica wrote last is used when it has one, saving a read and a decode per
-// write of a hot group; a stale one fails the compare-and-set and the retry reads.
-func (s *State) readGroup(ctx context.Context, key string, cached bool) (GroupRecord, uint64, error) {
-	if r, rev, ok := s.groups.take(key); ok && cached {
-		return r, rev, nil
-	}
-	var r GroupRecord
-	e, err := s.kv.Get(ctx, groupPrefix+key)
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return r, 0, nil
-	case err != nil:
-		return r, 0, err
-	}
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		return r, 0, fmt.Errorf("group %s: %w", key, err)
-	}
-	return r, e.Revision(), nil
-}
-
-// waitingGroup reads the group's latest record and revision, and fails unless its task is
-// still waiting at now (another replica may have leased or sent it since the caller looked).
-func (s *State) waitingGroup(ctx context.Context, key string, now time.Time) (GroupRecord, uint64, error) {
-	r, rev, err := s.readGroup(ctx, key, false)
-	if err == nil && (rev == 0 || !r.Waiting(now)) {
-		err = fmt.Errorf("group %s is no longer waiting", key)
-	}
-	return r, rev, err
+	return empty, 0, fmt.Errorf("%s: too many concurrent updates", key)
 }
 
 // groupCache holds the last record this replica wrote per group. An entry is taken out for
@@ -318,27 +314,14 @@ func isConflict(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
 }
 
-// Groups lists every group record with its key.
+// Groups lists every group record by its key.
 func (s *State) Groups(ctx context.Context) (map[string]GroupRecord, error) {
-	out := map[string]GroupRecord{}
-	lister, err := s.kv.ListKeysFiltered(ctx, groupPrefix+"*")
-	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return out, nil
-		}
-		return nil, err
+	records, err := listRecords[GroupRecord](ctx, s.kv, groupPrefix+"*")
+	out := make(map[string]GroupRecord, len(records))
+	for key, r := range records {
+		out[strings.TrimPrefix(key, groupPrefix)] = r
 	}
-	for key := range lister.Keys() {
-		e, err := s.kv.Get(ctx, key)
-		if err != nil {
-			continue
-		}
-		var r GroupRecord
-		if json.Unmarshal(e.Value(), &r) == nil {
-			out[strings.TrimPrefix(key, groupPrefix)] = r
-		}
-	}
-	return out, nil
+	return out, err
 }
 
 // Budget limits the tasks one agent gets: at most MaxConcurrentTasks at once and
@@ -416,42 +399,9 @@ func budgetKey(agent string) string { return budgetPrefix + hook.Hash(agent) }
 
 // updateBudget applies change to the agent's budget record by compare-and-set.
 func (s *State) updateBudget(ctx context.Context, agent string, change func(r *BudgetRecord) bool) error {
-	key := budgetKey(agent)
-	for range casTries {
-		r := BudgetRecord{Agent: agent}
-		var rev uint64
-		e, err := s.kv.Get(ctx, key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-		case err != nil:
-			return err
-		default:
-			if err := json.Unmarshal(e.Value(), &r); err != nil {
-				return fmt.Errorf("budget of %s: %w", agent, err)
-			}
-			rev = e.Revision()
-		}
-		if !change(&r) {
-			return nil
-		}
-		b, err := json.Marshal(&r)
-		if err != nil {
-			return err
-		}
-		if rev == 0 {
-			_, err = s.kv.Create(ctx, key, b)
-		} else {
-			_, err = s.kv.Update(ctx, key, b, rev)
-		}
-		if err == nil {
-			return nil
-		}
-		if !isConflict(err) {
-			return err
-		}
-		time.Sleep(time.Duration(rand.IntN(5)) * time.Millisecond) //nolint:gosec // jitter, not security
-	}
-	return fmt.Errorf("budget of %s: too many concurrent updates", agent)
+	_, _, err := compareAndSet(ctx, s.kv, budgetKey(agent), BudgetRecord{Agent: agent}, nil,
+		func(r *BudgetRecord, _ bool) (bool, error) { return change(r), nil })
+	return err
 }
 
 // TakeBudget takes one task of the agent's budget for messageID, held by holder until
@@ -501,23 +451,6 @@ func (s *State) ReturnBudget(ctx context.Context, agent, messageID, holder strin
 
 // Budgets lists every agent's budget record.
 func (s *State) Budgets(ctx context.Context) ([]BudgetRecord, error) {
-	lister, err := s.kv.ListKeysFiltered(ctx, budgetPrefix+"*")
-	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	var out []BudgetRecord
-	for key := range lister.Keys() {
-		e, err := s.kv.Get(ctx, key)
-		if err != nil {
-			continue
-		}
-		var r BudgetRecord
-		if json.Unmarshal(e.Value(), &r) == nil {
-			out = append(out, r)
-		}
-	}
-	return out, nil
+	records, err := listRecords[BudgetRecord](ctx, s.kv, budgetPrefix+"*")
+	return inKeyOrder(records), err
 }

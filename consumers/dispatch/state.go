@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -209,19 +211,41 @@ func (s *State) Seen(ctx context.Context, a ActiveEvent) error {
 
 // ActiveEvents lists the events a hook has seen within the state's lifetime.
 func (s *State) ActiveEvents(ctx context.Context, hookKey string) ([]ActiveEvent, error) {
-	lister, err := s.kv.ListKeysFiltered(ctx, "active."+hook.Hash(hookKey)+".>")
+	records, err := listRecords[ActiveEvent](ctx, s.kv, "active."+hook.Hash(hookKey)+".>")
 	if err != nil {
 		return nil, err
 	}
-	var out []ActiveEvent
+	return inKeyOrder(records), nil
+}
+
+// inKeyOrder returns the records in the order of their keys, as the bucket lists them.
+func inKeyOrder[T any](records map[string]T) []T {
+	out := make([]T, 0, len(records))
+	for _, key := range slices.Sorted(maps.Keys(records)) {
+		out = append(out, records[key])
+	}
+	return out
+}
+
+// listRecords reads every JSON record whose key matches filter, by key. A record that
+// expires or fails to decode between the listing and its read is left out.
+func listRecords[T any](ctx context.Context, kv jetstream.KeyValue, filter string) (map[string]T, error) {
+	out := map[string]T{}
+	lister, err := kv.ListKeysFiltered(ctx, filter)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, err
+	}
 	for key := range lister.Keys() {
-		e, err := s.kv.Get(ctx, key)
+		e, err := kv.Get(ctx, key)
 		if err != nil {
 			continue
 		}
-		var a ActiveEvent
-		if json.Unmarshal(e.Value(), &a) == nil {
-			out = append(out, a)
+		var r T
+		if json.Unmarshal(e.Value(), &r) == nil {
+			out[key] = r
 		}
 	}
 	return out, nil
