@@ -18,7 +18,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	k8s "k8s.io/client-go/kubernetes"
 
 	"github.com/khook/khook/consumers/dispatch"
@@ -48,11 +47,6 @@ const groupedRestarts = `- apiVersion: kagent.dev/v1alpha2
         prompt: "{{.Group.Count}} restarts across {{len .Events}} pods of {{.Group.Labels.owner}}."
 `
 
-func controlledBy(kind, name string) []metav1.OwnerReference {
-	yes := true
-	return []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: kind, Name: name, UID: types.UID(name + "-uid"), Controller: &yes}}
-}
-
 // webPods creates pods web-<from>..web-<to-1> of the Deployment web's ReplicaSet.
 func webPods(t *testing.T, cs k8s.Interface, from, to int) []string {
 	t.Helper()
@@ -60,7 +54,7 @@ func webPods(t *testing.T, cs k8s.Interface, from, to int) []string {
 	for i := from; i < to; i++ {
 		name := fmt.Sprintf("web-7c9d-%03d", i)
 		_, err := cs.CoreV1().Pods("shop").Create(context.Background(), &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop", OwnerReferences: controlledBy("ReplicaSet", "web-7c9d")},
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop", OwnerReferences: kubetest.ControlledBy("ReplicaSet", "web-7c9d")},
 			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.example/web:2"}}},
 		}, metav1.CreateOptions{})
 		require.NoError(t, err)
@@ -101,21 +95,12 @@ func podsNamed(text string) []string {
 	return out
 }
 
-func groupRecords(t *testing.T, kv jetstream.KeyValue) map[string]dispatch.GroupRecord {
+// groupRecords reads the dispatchers' group records, as khook status does.
+func groupRecords(t *testing.T, state *dispatch.State) map[string]dispatch.GroupRecord {
 	t.Helper()
-	out := map[string]dispatch.GroupRecord{}
-	keys, err := kv.ListKeysFiltered(context.Background(), "group.*")
+	groups, err := state.Groups(context.Background())
 	require.NoError(t, err)
-	for key := range keys.Keys() {
-		e, err := kv.Get(context.Background(), key)
-		if err != nil {
-			continue
-		}
-		var r dispatch.GroupRecord
-		require.NoError(t, json.Unmarshal(e.Value(), &r))
-		out[key] = r
-	}
-	return out
+	return groups
 }
 
 // TestGroupingAcrossDispatcherProcesses is the crash-looping rollout: 200 BackOff Events
@@ -130,7 +115,7 @@ func TestGroupingAcrossDispatcherProcesses(t *testing.T) {
 	require.NoError(t, err)
 	ensureNamespace(t, cs, "shop")
 	_, err = cs.AppsV1().ReplicaSets("shop").Create(context.Background(), &appsv1.ReplicaSet{
-		ObjectMeta: metav1.ObjectMeta{Name: "web-7c9d", Namespace: "shop", OwnerReferences: controlledBy("Deployment", "web")},
+		ObjectMeta: metav1.ObjectMeta{Name: "web-7c9d", Namespace: "shop", OwnerReferences: kubetest.ControlledBy("Deployment", "web")},
 		Spec: appsv1.ReplicaSetSpec{
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
 			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "web"}},
@@ -156,7 +141,7 @@ func TestGroupingAcrossDispatcherProcesses(t *testing.T) {
 	}
 	js := connectJS(t, natsURL)
 	topo := streams.Default()
-	kv, err := js.KeyValue(context.Background(), topo.DispatchBucket)
+	state, err := dispatch.OpenState(context.Background(), js, topo)
 	require.NoError(t, err)
 
 	began := time.Now()
@@ -164,7 +149,7 @@ func TestGroupingAcrossDispatcherProcesses(t *testing.T) {
 	t.Logf("200 BackOff Events recorded in %s", time.Since(began).Round(time.Millisecond))
 	// Kill a dispatcher while the group gathers: the group lives in JetStream, not in it.
 	require.Eventually(t, func() bool {
-		for _, r := range groupRecords(t, kv) {
+		for _, r := range groupRecords(t, state) {
 			return r.Pending > 0 && r.Sent == 0
 		}
 		return false
@@ -176,7 +161,7 @@ func TestGroupingAcrossDispatcherProcesses(t *testing.T) {
 	require.True(t, strings.HasPrefix(got[0].Text, "200 restarts across 50 pods of Deployment/web.\nGroup: owner=Deployment/web\nEvents: 200 on 50 resources"), got[0].Text)
 	var notified time.Time
 	require.Eventually(t, func() bool {
-		for _, r := range groupRecords(t, kv) {
+		for _, r := range groupRecords(t, state) {
 			notified = r.Notified
 			return r.Sent == 1 && r.Pending == 0 && r.Lease == nil
 		}
@@ -195,12 +180,12 @@ func TestGroupingAcrossDispatcherProcesses(t *testing.T) {
 	second := webPods(t, cs, 50, 60)
 	restartBurst(t, cs, second, 30, "second")
 	require.Eventually(t, func() bool {
-		for _, r := range groupRecords(t, kv) {
+		for _, r := range groupRecords(t, state) {
 			return r.Pending == 30
 		}
 		return false
 	}, time.Minute, 10*time.Millisecond)
-	for _, r := range groupRecords(t, kv) {
+	for _, r := range groupRecords(t, state) {
 		require.Equal(t, notified.Add(15*time.Second), r.Due, "due when groupInterval ends, not groupWait after the burst")
 	}
 	require.Len(t, agent.Received(), 1, "nothing within groupInterval")

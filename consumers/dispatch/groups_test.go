@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -49,7 +50,7 @@ func sentAll(n int) func(map[string]GroupRecord) bool {
 	return func(gs map[string]GroupRecord) bool {
 		sent := 0
 		for _, g := range gs {
-			if g.Pending > 0 || g.Lease != nil {
+			if g.Open() {
 				return false
 			}
 			sent += g.Sent
@@ -202,10 +203,19 @@ func TestHourlyBudgetHoldsTasks(t *testing.T) {
 		}
 		return waiting == 7
 	})
+	// The metrics say the same, from the view every replica keeps.
+	want := map[string]float64{
+		"khook_dispatcher_tasks_waiting kagent/budgeted":            7,
+		"khook_dispatcher_budget_in_use kagent/budgeted concurrent": 0,
+		"khook_dispatcher_budget_in_use kagent/budgeted hourly":     3,
+		"khook_dispatcher_budget_limit kagent/budgeted concurrent":  0,
+		"khook_dispatcher_budget_limit kagent/budgeted hourly":      3,
+	}
+	var got map[string]float64
 	require.Eventually(t, func() bool {
-		_, waiting := h.d.flusher.stats()
-		return waiting["kagent/budgeted"] == 7
-	}, 10*time.Second, 10*time.Millisecond)
+		got = samples(t, &budgetCollector{d: h.d})
+		return maps.Equal(want, got)
+	}, 10*time.Second, 10*time.Millisecond, "metrics: %v", got)
 	budgets, err := h.d.State().Budgets(context.Background())
 	require.NoError(t, err)
 	require.Len(t, budgets, 1)
@@ -319,4 +329,65 @@ func TestBudgetHoldsArePerReplica(t *testing.T) {
 	require.NoError(t, err)
 	inFlight, lastHour = budgets[0].InUse(time.Now())
 	require.Equal(t, [2]int{0, 1}, [2]int{inFlight, lastHour}, "a sent task keeps its share of the hour")
+}
+
+// samples collects c and returns every sample's value by its name and label values.
+func samples(t *testing.T, c prometheus.Collector) map[string]float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(c))
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	out := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			key := f.GetName()
+			for _, l := range m.GetLabel() {
+				key += " " + l.GetValue()
+			}
+			out[key] = m.GetGauge().GetValue()
+		}
+	}
+	return out
+}
+
+// A grouped hook whose agent is at its budget keeps gathering: the events that arrive while
+// its task waits are folded into that task, which goes when the budget frees.
+func TestWaitingGroupKeepsGathering(t *testing.T) {
+	cfg := testConfig()
+	cfg.Budgets = []Budget{{Agent: "kagent/sre", MaxConcurrentTasks: 1}}
+	h := newHarnessHooks(t, cfg, "1.0", 30*time.Second, groupedHooks)
+	release := make(chan struct{})
+	var calls atomic.Int64
+	h.agent.OnMessage = func(demoagent.Received) error {
+		if calls.Add(1) == 1 {
+			<-release // the api group's task holds the agent's one slot
+		}
+		return nil
+	}
+	h.publish(t, restart("api-0", "api-00", "api"))
+	require.Eventually(t, func() bool { return calls.Load() == 1 }, 30*time.Second, 5*time.Millisecond)
+	for i := range 3 {
+		h.publish(t, restart(fmt.Sprint("web-a", i), fmt.Sprintf("web-%02d", i), "web"))
+	}
+	h.settled(t, 4)
+	// The web group is due and waiting for the slot; more of its events arrive meanwhile.
+	h.groupsWhen(t, func(gs map[string]GroupRecord) bool {
+		for _, g := range gs {
+			if g.Labels["owner"] == "Deployment/web" {
+				return g.Waiting(time.Now())
+			}
+		}
+		return false
+	})
+	for i := 3; i < 6; i++ {
+		h.publish(t, restart(fmt.Sprint("web-b", i), fmt.Sprintf("web-%02d", i), "web"))
+	}
+	h.settled(t, 7)
+	close(release)
+	got := waitReceivedN(t, h.agent, 2)
+	h.groupsWhen(t, sentAll(2))
+	require.Len(t, h.agent.Received(), 2)
+	require.True(t, strings.HasPrefix(got[1].Text, "6 restarts in Deployment/web: "), got[1].Text)
+	require.Equal(t, pods("web", 0, 6), podsIn(got[1].Text), "the events that arrived while it waited are in the task")
 }

@@ -21,6 +21,9 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -216,4 +219,12 @@ func tail(b []byte, n int) string {
 		b = b[len(b)-n:]
 	}
 	return string(b)
+}
+
+// ControlledBy is the ownerReferences of an object whose controller is kind/name, as a
+// ReplicaSet's Pods carry it. The API server without controllers does not check the owner
+// exists, so tests build ownership chains without running the controllers.
+func ControlledBy(kind, name string) []metav1.OwnerReference {
+	controller := true
+	return []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: kind, Name: name, UID: types.UID(name + "-uid"), Controller: &controller}}
 }

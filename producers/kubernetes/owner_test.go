@@ -13,17 +13,11 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	k8s "k8s.io/client-go/kubernetes"
 
 	"github.com/khook/khook/internal/kubetest"
 	"github.com/khook/khook/producers"
 )
-
-func controllerRef(kind, name string) []metav1.OwnerReference {
-	yes := true
-	return []metav1.OwnerReference{{APIVersion: "v1", Kind: kind, Name: name, UID: types.UID(name + "-uid"), Controller: &yes}}
-}
 
 func createPod(t *testing.T, cs k8s.Interface, ns, name string, owner []metav1.OwnerReference) {
 	t.Helper()
@@ -42,7 +36,7 @@ func TestEventsCarryTheirOwningWorkload(t *testing.T) {
 	cs := clientset(t, c)
 	ctx := context.Background()
 	_, err := cs.AppsV1().ReplicaSets("default").Create(ctx, &appsv1.ReplicaSet{
-		ObjectMeta: metav1.ObjectMeta{Name: "web-5d8f", Namespace: "default", OwnerReferences: controllerRef("Deployment", "web")},
+		ObjectMeta: metav1.ObjectMeta{Name: "web-5d8f", Namespace: "default", OwnerReferences: kubetest.ControlledBy("Deployment", "web")},
 		Spec: appsv1.ReplicaSetSpec{
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
 			Template: corev1.PodTemplateSpec{
@@ -53,15 +47,15 @@ func TestEventsCarryTheirOwningWorkload(t *testing.T) {
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
 	_, err = cs.BatchV1().Jobs("default").Create(ctx, &batchv1.Job{
-		ObjectMeta: metav1.ObjectMeta{Name: "backup-2911", Namespace: "default", OwnerReferences: controllerRef("CronJob", "backup")},
+		ObjectMeta: metav1.ObjectMeta{Name: "backup-2911", Namespace: "default", OwnerReferences: kubetest.ControlledBy("CronJob", "backup")},
 		Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever,
 			Containers: []corev1.Container{{Name: "backup", Image: "registry.example/backup:1"}}}}},
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
-	createPod(t, cs, "default", "web-5d8f-aaaaa", controllerRef("ReplicaSet", "web-5d8f"))
-	createPod(t, cs, "default", "web-5d8f-bbbbb", controllerRef("ReplicaSet", "web-5d8f"))
-	createPod(t, cs, "default", "backup-2911-ccccc", controllerRef("Job", "backup-2911"))
-	createPod(t, cs, "default", "db-0", controllerRef("StatefulSet", "db"))
+	createPod(t, cs, "default", "web-5d8f-aaaaa", kubetest.ControlledBy("ReplicaSet", "web-5d8f"))
+	createPod(t, cs, "default", "web-5d8f-bbbbb", kubetest.ControlledBy("ReplicaSet", "web-5d8f"))
+	createPod(t, cs, "default", "backup-2911-ccccc", kubetest.ControlledBy("Job", "backup-2911"))
+	createPod(t, cs, "default", "db-0", kubetest.ControlledBy("StatefulSet", "db"))
 	createPod(t, cs, "default", "bare", nil)
 
 	rec := &recorder{events: map[string]producers.Event{}}
