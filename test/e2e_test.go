@@ -7,14 +7,12 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
-	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/streams"
 )
 
@@ -325,14 +323,7 @@ func TestDispatcherKilledDuringSlowCall(t *testing.T) {
 	dir := t.TempDir()
 	_, natsURL := startNATS(t, dir+"/nats", freePort(t))
 	agent, agentURL := startAgent(t)
-	var started atomic.Int64
-	release := make(chan struct{})
-	agent.OnMessage = func(demoagent.Received) error {
-		if started.Add(1) == 1 {
-			<-release // the first call hangs until the test lets it finish
-		}
-		return nil
-	}
+	started, release := agent.HoldFirst() // the first call hangs until the test lets it finish
 	base := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t), dispatcherAckWait: "3s"}
 	runOnce(t, "streams", "apply", "--config", base.write(t))
 	first := base
@@ -351,7 +342,7 @@ func TestDispatcherKilledDuringSlowCall(t *testing.T) {
 	topo := streams.Default()
 	waitSettled(t, js, topo.Events.Name, topo.Dispatcher.Durable, 1)
 	require.Equal(t, int64(2), started.Load(), "the replacement called the agent again")
-	close(release)
+	release()
 	got := waitReceived(t, agent, 2, 10*time.Second)
 	require.Equal(t, got[0].MessageID, got[1].MessageID, "the repeat carries the same messageId")
 	t.Logf("duplicate agent calls after a crash during a call: %d (bounded by the one call in flight)", len(got)-1)

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,7 +20,6 @@ import (
 	k8s "k8s.io/client-go/kubernetes"
 
 	"github.com/khook/khook/consumers/dispatch"
-	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/internal/kubetest"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/ops"
@@ -220,14 +218,7 @@ func TestBudgetAcrossDispatcherProcesses(t *testing.T) {
 	dir := t.TempDir()
 	_, natsURL := startNATS(t, dir+"/nats", freePort(t))
 	agent, agentURL := startAgent(t)
-	release := make(chan struct{})
-	var calls atomic.Int64
-	agent.OnMessage = func(demoagent.Received) error {
-		if calls.Add(1) == 1 {
-			<-release
-		}
-		return nil
-	}
+	calls, release := agent.HoldFirst()
 	base := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: agentURL, webhook: freePort(t),
 		extraConfig: "dispatcher:\n  budgets:\n    - agent: kagent/*\n      max_concurrent_tasks: 1\n      max_tasks_per_hour: 10\n"}
 	config := base.write(t)
@@ -254,7 +245,7 @@ func TestBudgetAcrossDispatcherProcesses(t *testing.T) {
 		s := status()
 		return len(s.Agents) == 1 && s.Agents[0].Waiting == 100
 	}, time.Minute, 50*time.Millisecond, "100 wait while the first task runs")
-	close(release)
+	release()
 
 	got := waitReceived(t, agent, 10, time.Minute)
 	require.Equal(t, "kagent/sre-agent", got[1].Agent)

@@ -7,7 +7,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -231,14 +230,7 @@ func TestWaitingTasksGoMostSevereFirst(t *testing.T) {
 	cfg := testConfig()
 	cfg.Budgets = []Budget{{Agent: "kagent/budgeted", MaxConcurrentTasks: 1}}
 	h := newHarnessHooks(t, cfg, "1.0", 30*time.Second, groupedHooks)
-	release := make(chan struct{})
-	var calls atomic.Int64
-	h.agent.OnMessage = func(demoagent.Received) error {
-		if calls.Add(1) == 1 {
-			<-release // the first task holds the one slot until the rest are queued
-		}
-		return nil
-	}
+	calls, release := h.agent.HoldFirst() // the first task holds the one slot until released
 	h.publish(t, mapping.Event{ID: "first", Type: "incident", Severity: "info", Resource: mapping.Resource{Name: "first"}})
 	require.Eventually(t, func() bool { return calls.Load() == 1 }, 30*time.Second, 5*time.Millisecond)
 	sev := []string{"warning", "info", "critical", "warning", "error", "critical"}
@@ -247,7 +239,7 @@ func TestWaitingTasksGoMostSevereFirst(t *testing.T) {
 	}
 	h.settled(t, uint64(len(sev)+1))
 	h.groupsWhen(t, func(gs map[string]GroupRecord) bool { return len(gs) == len(sev)+1 })
-	close(release)
+	release()
 	got := waitReceivedN(t, h.agent, len(sev)+1)
 	var order []string
 	for _, r := range got[1:] {
@@ -357,14 +349,7 @@ func TestWaitingGroupKeepsGathering(t *testing.T) {
 	cfg := testConfig()
 	cfg.Budgets = []Budget{{Agent: "kagent/sre", MaxConcurrentTasks: 1}}
 	h := newHarnessHooks(t, cfg, "1.0", 30*time.Second, groupedHooks)
-	release := make(chan struct{})
-	var calls atomic.Int64
-	h.agent.OnMessage = func(demoagent.Received) error {
-		if calls.Add(1) == 1 {
-			<-release // the api group's task holds the agent's one slot
-		}
-		return nil
-	}
+	calls, release := h.agent.HoldFirst() // the first task holds the one slot until released
 	h.publish(t, restart("api-0", "api-00", "api"))
 	require.Eventually(t, func() bool { return calls.Load() == 1 }, 30*time.Second, 5*time.Millisecond)
 	for i := range 3 {
@@ -384,7 +369,7 @@ func TestWaitingGroupKeepsGathering(t *testing.T) {
 		h.publish(t, restart(fmt.Sprint("web-b", i), fmt.Sprintf("web-%02d", i), "web"))
 	}
 	h.settled(t, 7)
-	close(release)
+	release()
 	got := waitReceivedN(t, h.agent, 2)
 	h.groupsWhen(t, sentAll(2))
 	require.Len(t, h.agent.Received(), 2)

@@ -10,6 +10,7 @@ import (
 	"iter"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/a2aproject/a2a-go/v2/a2a"
@@ -94,6 +95,22 @@ func (s *Server) Changed() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.notify
+}
+
+// HoldFirst makes the first message wait, unanswered, until release is called: a call in
+// flight that holds its agent's slot, or during which a test kills a dispatcher. calls
+// counts the messages that arrived, the held one included. It replaces OnMessage.
+func (s *Server) HoldFirst() (calls *atomic.Int64, release func()) {
+	calls = new(atomic.Int64)
+	held := make(chan struct{})
+	var once sync.Once
+	s.OnMessage = func(Received) error {
+		if calls.Add(1) == 1 {
+			<-held
+		}
+		return nil
+	}
+	return calls, func() { once.Do(func() { close(held) }) }
 }
 
 // Await waits until the server has received at least n messages, and returns them; after
