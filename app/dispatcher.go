@@ -17,6 +17,7 @@ import (
 
 	"github.com/khook/khook/consumers/dispatch"
 	"github.com/khook/khook/consumers/dispatch/kubehooks"
+	"github.com/khook/khook/consumers/dispatch/state"
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/internal/kube"
@@ -61,7 +62,7 @@ func loadDispatcher(ctx context.Context, cfg config.Config, logger *zap.Logger) 
 // come from the cluster, the hooks file's watcher, and the events API when it is enabled.
 func (ds *dispatcherStage) add(ctx context.Context, g *group, js jetstream.JetStream, cfg config.Config, reg prometheus.Registerer,
 	probes *telemetry.Probes, logger *zap.Logger) error {
-	state, err := dispatch.OpenState(ctx, js, cfg.Streams)
+	st, err := state.Open(ctx, js, cfg.Streams)
 	if err != nil {
 		return err
 	}
@@ -70,7 +71,7 @@ func (ds *dispatcherStage) add(ctx context.Context, g *group, js jetstream.JetSt
 	// The dispatcher's hooks come from its sources, merged: Hook resources first, then the
 	// hooks file. It pulls nothing until every source has given its hooks, so with the
 	// cluster it waits for the Hook informer's first list.
-	d := dispatch.New(js, cfg.Streams, dcfg, state, nil, newRouter(cfg, logger), reg, logger.Named("dispatcher"))
+	d := dispatch.New(js, cfg.Streams, dcfg, st, nil, newRouter(cfg, logger), reg, logger.Named("dispatcher"))
 	probes.Set("dispatcher", d.Ready)
 	var order []string
 	if ds.cluster != nil {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/consumers/dispatch/state"
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/config"
 	"github.com/khook/khook/ops"
@@ -42,15 +42,15 @@ func Status(ctx context.Context, js jetstream.JetStream, cfg config.Config, idx 
 func agentStatuses(ctx context.Context, js jetstream.JetStream, cfg config.Config) (ops.GroupsStatus, []ops.AgentStatus, error) {
 	var groups ops.GroupsStatus
 	agents := []ops.AgentStatus{}
-	state, err := dispatch.OpenState(ctx, js, cfg.Streams)
+	st, err := state.Open(ctx, js, cfg.Streams)
 	if err != nil {
 		return groups, agents, err
 	}
-	records, err := state.Groups(ctx)
+	records, err := st.Groups(ctx)
 	if err != nil {
 		return groups, agents, err
 	}
-	budgets, err := state.Budgets(ctx)
+	budgets, err := st.Budgets(ctx)
 	if err != nil {
 		return groups, agents, err
 	}
@@ -61,7 +61,7 @@ func agentStatuses(ctx context.Context, js jetstream.JetStream, cfg config.Confi
 			return a
 		}
 		a := &ops.AgentStatus{Agent: name}
-		if b, ok := dispatch.BudgetFor(cfg.Dispatcher.Budgets, name); ok {
+		if b, ok := state.BudgetFor(cfg.Dispatcher.Budgets, name); ok {
 			a.MaxConcurrentTasks, a.MaxTasksPerHour = b.MaxConcurrentTasks, b.MaxTasksPerHour
 		}
 		byAgent[name] = a

@@ -23,13 +23,23 @@ func Hash(parts ...string) string {
 }
 
 // SuppressionKey identifies what one suppression window covers: one hook entry and one
-// (event type, namespace, resource).
+// event key.
 func SuppressionKey(entry string, ev EventKey) string {
 	return Hash(entry, ev.Type, ev.Namespace, ev.Kind, ev.Name)
 }
 
-// EventKey is what khook's suppression tells events apart by.
+// EventKey is an event's identity as khook tells events apart: its type and the resource it
+// is about. Suppression windows, agent contexts, the events of a group and a Hook's active
+// events are all per event key. KeyOf is its one constructor from an event.
 type EventKey struct{ Type, Namespace, Kind, Name string }
+
+// KeyOf returns ev's event key.
+func KeyOf(ev *mapping.Event) EventKey {
+	return EventKey{Type: ev.Type, Namespace: ev.Namespace, Kind: ev.Resource.Kind, Name: ev.Resource.Name}
+}
+
+// Hash is the key's short, fixed-length form, for record keys.
+func (k EventKey) Hash() string { return Hash(k.Type, k.Namespace, k.Kind, k.Name) }
 
 // Task is one agent call: what one event configuration of one hook asks of its agent.
 type Task struct {
@@ -64,7 +74,7 @@ func Identify(m Match, ev *mapping.Event) Task {
 	// usual hook, with one entry per type, the key is khook's (hook, event type, namespace,
 	// resource). ev.ID is the event's key, already scoped by its source.
 	entry := m.Entry()
-	key := EventKey{ev.Type, ev.Namespace, ev.Resource.Kind, ev.Resource.Name}
+	key := KeyOf(ev)
 	return Task{
 		Hook:           m.Hook.Key(),
 		Agent:          m.Agent,

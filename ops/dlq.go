@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/consumers/dispatch/state"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/deadletter"
@@ -125,11 +125,11 @@ func RetryDeadLetter(ctx context.Context, js jetstream.JetStream, topo streams.C
 		// The dead-lettered task is settled, so the republished event would not call its
 		// agent again; reopening it lets exactly that task run, while the event's other
 		// tasks, delivered before, stay settled and are not called twice.
-		kv, err := js.KeyValue(ctx, topo.DispatchBucket)
+		st, err := state.Open(ctx, js, topo)
 		if err != nil {
 			return fmt.Errorf("dead letter %d: %w", d.Seq, err)
 		}
-		if err := dispatch.NewState(kv, topo.DispatchTTL).Reopen(ctx, d.Task); err != nil {
+		if err := st.Reopen(ctx, d.Task); err != nil {
 			return fmt.Errorf("dead letter %d: reopening task %s: %w", d.Seq, d.Task, err)
 		}
 	}

@@ -19,7 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8s "k8s.io/client-go/kubernetes"
 
-	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/consumers/dispatch/state"
 	"github.com/khook/khook/internal/kubetest"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/ops"
@@ -94,9 +94,9 @@ func podsNamed(text string) []string {
 }
 
 // groupRecords reads the dispatchers' group records, as khook status does.
-func groupRecords(t *testing.T, state *dispatch.State) map[string]dispatch.GroupRecord {
+func groupRecords(t *testing.T, st *state.Store) map[string]state.GroupRecord {
 	t.Helper()
-	groups, err := state.Groups(context.Background())
+	groups, err := st.Groups(context.Background())
 	require.NoError(t, err)
 	return groups
 }
@@ -139,7 +139,7 @@ func TestGroupingAcrossDispatcherProcesses(t *testing.T) {
 	}
 	js := connectJS(t, natsURL)
 	topo := streams.Default()
-	state, err := dispatch.OpenState(context.Background(), js, topo)
+	st, err := state.Open(context.Background(), js, topo)
 	require.NoError(t, err)
 
 	began := time.Now()
@@ -147,7 +147,7 @@ func TestGroupingAcrossDispatcherProcesses(t *testing.T) {
 	t.Logf("200 BackOff Events recorded in %s", time.Since(began).Round(time.Millisecond))
 	// Kill a dispatcher while the group gathers: the group lives in JetStream, not in it.
 	require.Eventually(t, func() bool {
-		for _, r := range groupRecords(t, state) {
+		for _, r := range groupRecords(t, st) {
 			return r.Pending > 0 && r.Sent == 0
 		}
 		return false
@@ -159,7 +159,7 @@ func TestGroupingAcrossDispatcherProcesses(t *testing.T) {
 	require.True(t, strings.HasPrefix(got[0].Text, "200 restarts across 50 pods of Deployment/web.\nGroup: owner=Deployment/web\nEvents: 200 on 50 resources"), got[0].Text)
 	var notified time.Time
 	require.Eventually(t, func() bool {
-		for _, r := range groupRecords(t, state) {
+		for _, r := range groupRecords(t, st) {
 			notified = r.Notified
 			return r.Sent == 1 && r.Pending == 0 && r.Lease == nil
 		}
@@ -178,12 +178,12 @@ func TestGroupingAcrossDispatcherProcesses(t *testing.T) {
 	second := webPods(t, cs, 50, 60)
 	restartBurst(t, cs, second, 30, "second")
 	require.Eventually(t, func() bool {
-		for _, r := range groupRecords(t, state) {
+		for _, r := range groupRecords(t, st) {
 			return r.Pending == 30
 		}
 		return false
 	}, time.Minute, 10*time.Millisecond)
-	for _, r := range groupRecords(t, state) {
+	for _, r := range groupRecords(t, st) {
 		require.Equal(t, notified.Add(15*time.Second), r.Due, "due when groupInterval ends, not groupWait after the burst")
 	}
 	require.Len(t, agent.Received(), 1, "nothing within groupInterval")

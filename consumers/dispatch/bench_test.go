@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/khook/khook/consumers/dispatch/state"
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/hook/hooktest"
 	"github.com/khook/khook/internal/demoagent"
@@ -75,11 +76,11 @@ func (e *benchEnv) startDispatcher(b *testing.B, ctx context.Context) {
 	cfg := DefaultConfig()
 	cfg.Workers = 64
 	cfg.Guard.Concurrency = 64
-	state, err := OpenState(ctx, e.js, e.topo)
+	st, err := state.Open(ctx, e.js, e.topo)
 	if err != nil {
 		b.Fatal(err)
 	}
-	d := New(e.js, e.topo, cfg, state, idx, NewRouter(NewKagent(KagentConfig{URL: e.url, UserID: "bench", Timeout: 10 * time.Second})),
+	d := New(e.js, e.topo, cfg, st, idx, NewRouter(NewKagent(KagentConfig{URL: e.url, UserID: "bench", Timeout: 10 * time.Second})),
 		prometheus.NewRegistry(), zap.NewNop())
 	go func() { _ = d.Run(ctx) }()
 }

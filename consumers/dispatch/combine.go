@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 
+	"github.com/khook/khook/consumers/dispatch/state"
 	"github.com/khook/khook/mapping"
 )
 
@@ -30,8 +31,8 @@ func newCombiner() *combiner { return &combiner{pending: map[string]*combined{}}
 
 // add stores ev in group key through write, together with whatever other workers queue for
 // the same group meanwhile, and returns once ev is stored (or its write failed).
-func (c *combiner) add(ctx context.Context, key string, init GroupRecord, ev *mapping.Event,
-	write func(ctx context.Context, key string, init GroupRecord, events []*mapping.Event) error) error {
+func (c *combiner) add(ctx context.Context, key string, init state.GroupRecord, ev *mapping.Event,
+	write func(ctx context.Context, key string, init state.GroupRecord, events []*mapping.Event) error) error {
 	c.mu.Lock()
 	if p, writing := c.pending[key]; writing {
 		ch := make(chan error, 1)

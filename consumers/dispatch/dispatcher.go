@@ -30,6 +30,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
+	"github.com/khook/khook/consumers/dispatch/state"
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/internal/tracing"
 	"github.com/khook/khook/mapping"
@@ -55,7 +56,7 @@ type Config struct {
 	// DrainTimeout bounds how long Run waits for in-flight deliveries after its context ends.
 	DrainTimeout time.Duration `koanf:"drain_timeout"`
 	// Budgets limit the tasks each agent gets, across replicas.
-	Budgets []Budget `koanf:"budgets"`
+	Budgets []state.Budget `koanf:"budgets"`
 	// ActiveEvents records each matched event in the dispatch bucket for Hook status
 	// (two KV round trips per match). Only the Kubernetes hook watcher reads the records, so
 	// a dispatcher with hooks from a file turns it off. It is not a setting: the pipeline
@@ -107,22 +108,22 @@ type Dispatcher struct {
 	guards   *guards
 	logger   *zap.Logger
 	metrics  *metrics
-	state    *State
+	state    *state.Store
 	flusher  *flusher
 	combiner *combiner
 	pulling  atomic.Bool
 }
 
 // New returns a dispatcher working with state, the dispatch bucket every replica shares
-// (OpenState). It starts nothing; call Run.
+// (state.Open). It starts nothing; call Run.
 //
 // hooks nil means the hooks are not known yet (a Hook informer still syncing): Run then
 // pulls nothing until the first SetHooks, because an event handled against an incomplete
 // set of hooks would be acknowledged as unmatched and never delivered.
-func New(js jetstream.JetStream, topo streams.Config, cfg Config, state *State, hooks *hook.Index, router *Router,
+func New(js jetstream.JetStream, topo streams.Config, cfg Config, st *state.Store, hooks *hook.Index, router *Router,
 	reg prometheus.Registerer, logger *zap.Logger) *Dispatcher {
 	m := newMetrics(reg, router.Kinds())
-	d := &Dispatcher{js: js, topo: topo, cfg: cfg, state: state, router: router, logger: logger, metrics: m, loaded: make(chan struct{})}
+	d := &Dispatcher{js: js, topo: topo, cfg: cfg, state: st, router: router, logger: logger, metrics: m, loaded: make(chan struct{})}
 	d.guards = newGuards(cfg.Guard, func(state string) {
 		m.breakerTransitions.WithLabelValues(state).Inc()
 	})
@@ -131,7 +132,9 @@ func New(js jetstream.JetStream, topo streams.Config, cfg Config, state *State, 
 		Help: "Endpoints whose circuit breaker is open or half-open.",
 	}, func() float64 { return float64(d.guards.openCount()) })
 	reg.MustRegister(m.breakersOpen)
-	d.flusher, d.combiner = newFlusher(d), newCombiner()
+	d.flusher = newFlusher(st, d, flushConfig{budgets: cfg.Budgets, maxAttempts: cfg.MaxAttempts, workers: cfg.Workers,
+		leaseFor: topo.Dispatcher.AckWait}, m, logger)
+	d.combiner = newCombiner()
 	d.registerGroupMetrics(reg)
 	if hooks != nil {
 		d.SetHooks(hooks)
@@ -156,7 +159,7 @@ func (d *Dispatcher) Hooks() *hook.Index {
 }
 
 // State returns the shared dispatch state.
-func (d *Dispatcher) State() *State { return d.state }
+func (d *Dispatcher) State() *state.Store { return d.state }
 
 // Ready fails until the dispatcher has its hooks and pulls events; a readiness probe.
 func (d *Dispatcher) Ready(context.Context) error {
@@ -211,7 +214,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	flushCtx, stopFlush := context.WithCancel(ctx)
 	defer stopFlush()
 	flushDone := make(chan struct{})
-	go func() { d.flusher.run(flushCtx, work); close(flushDone) }()
+	go func() { d.flusher.watch(flushCtx, work); close(flushDone) }()
 
 	// idle holds one token per idle worker; a pull asks for at most that many messages.
 	idle := make(chan struct{}, d.cfg.Workers)
@@ -360,7 +363,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	window := min(m.Hook.Window(d.cfg.SuppressionWindow), d.topo.DispatchTTL)
 
 	if d.cfg.ActiveEvents {
-		if err := d.state.Seen(ctx, ActiveEvent{
+		if err := d.state.Seen(ctx, state.ActiveEvent{
 			Hook: m.Hook.Key(), EventType: ev.Type, Namespace: ev.Namespace, ResourceKind: ev.Resource.Kind,
 			ResourceName: ev.Resource.Name, FirstSeen: time.Now(), LastSeen: time.Now(), Window: window,
 		}); err != nil {
@@ -390,7 +393,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	if md, err := msg.Metadata(); err != nil || md.NumDelivered == 1 {
 		d.Observer.Firing(t)
 	}
-	if _, ok := BudgetFor(d.cfg.Budgets, agentName(m.Agent)); ok {
+	if _, ok := state.BudgetFor(d.cfg.Budgets, agentName(m.Agent)); ok {
 		// The agent has a budget: the task waits its turn with every replica's, by severity.
 		return d.enqueue(ctx, t, m, ev, log)
 	}

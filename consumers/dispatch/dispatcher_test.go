@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/khook/khook/consumers/dispatch/state"
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/hook/hooktest"
 	"github.com/khook/khook/internal/demoagent"
@@ -135,9 +136,9 @@ func newHarnessHooks(t *testing.T, cfg Config, protocol string, ackWait time.Dur
 	target := NewKagent(KagentConfig{URL: srv.URL, Protocol: protocol, UserID: "tester", Timeout: 5 * time.Second, PollInterval: 50 * time.Millisecond})
 	legacy := NewKagent(KagentConfig{URL: srv.URL, Protocol: "0.3", UserID: "tester", Timeout: 5 * time.Second})
 	router := NewRouter(target, Route{Agent: "kagent/legacy-sre", Target: legacy})
-	state, err := OpenState(context.Background(), js, topo)
+	st, err := state.Open(context.Background(), js, topo)
 	require.NoError(t, err)
-	d := New(js, topo, cfg, state, idx, router, prometheus.NewRegistry(), zaptest.NewLogger(t))
+	d := New(js, topo, cfg, st, idx, router, prometheus.NewRegistry(), zaptest.NewLogger(t))
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
 	t.Cleanup(func() {

@@ -3,17 +3,15 @@ package dispatch
 import (
 	"cmp"
 	"context"
-	"encoding/json"
-	"errors"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"go.uber.org/zap"
 
+	"github.com/khook/khook/consumers/dispatch/state"
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/mapping"
 )
@@ -34,19 +32,49 @@ import (
 // groupInterval.
 const flushTick = 200 * time.Millisecond
 
+// taskRunner is what the flusher needs of the dispatcher: the hook entry a waiting task
+// belongs to, as the hooks are now, and the path every task takes to its agent and out of
+// it.
+type taskRunner interface {
+	// entry returns the hook entry id names, if a hook still has it.
+	entry(id string) (hook.Match, bool)
+	// call makes one call of t to its agent (Dispatcher.call).
+	call(ctx context.Context, t hook.Task, attempt int, log *zap.Logger) callResult
+	// retryLater reports a retryable failure and returns the delay before the next call.
+	retryLater(t hook.Task, c callResult, attempts int, log *zap.Logger) time.Duration
+	// unsendable reports whether a task whose prompt rendered with err cannot be sent.
+	unsendable(err error, log *zap.Logger) bool
+	// failed reports a task that no retry will deliver.
+	failed(t hook.Task, cause error)
+}
+
+// flushConfig is what the flusher takes of the dispatcher's configuration.
+type flushConfig struct {
+	budgets     []state.Budget
+	maxAttempts int
+	workers     int
+	// leaseFor is how long a lease holds before another replica may take the task over: the
+	// dispatcher consumer's ack wait, as for an event's redelivery.
+	leaseFor time.Duration
+}
+
 type viewEntry struct {
-	rec GroupRecord
+	rec state.GroupRecord
 	rev uint64
 }
 
 // flusher sends the tasks of due groups. Its view of the records is a cache of the bucket
-// fed by a watcher; decisions are made by compare-and-set on the bucket, never on the view.
+// fed by a watch; decisions are made by compare-and-set on the bucket, never on the view.
 type flusher struct {
-	d      *Dispatcher
-	holder string // this replica, in leases
+	st      *state.Store
+	run     taskRunner
+	cfg     flushConfig
+	logger  *zap.Logger
+	metrics *metrics
+	holder  string // this replica, in leases
 
-	view    map[string]viewEntry // by group key; only the run loop touches it
-	budgets map[string]BudgetRecord
+	view    map[string]viewEntry // by group key; only the loop touches it
+	budgets map[string]state.BudgetRecord
 
 	mu      sync.Mutex
 	sending map[string]bool
@@ -56,18 +84,19 @@ type flusher struct {
 	wg      sync.WaitGroup
 }
 
-func newFlusher(d *Dispatcher) *flusher {
-	return &flusher{d: d, holder: nuid.Next(), view: map[string]viewEntry{}, budgets: map[string]BudgetRecord{},
-		sending: map[string]bool{}, waiting: map[string]int{}, sem: make(chan struct{}, d.cfg.Workers)}
+func newFlusher(st *state.Store, run taskRunner, cfg flushConfig, m *metrics, logger *zap.Logger) *flusher {
+	return &flusher{st: st, run: run, cfg: cfg, metrics: m, logger: logger, holder: nuid.Next(),
+		view: map[string]viewEntry{}, budgets: map[string]state.BudgetRecord{},
+		sending: map[string]bool{}, waiting: map[string]int{}, sem: make(chan struct{}, cfg.workers)}
 }
 
-// run watches the group and budget records and sends due tasks until ctx ends. Sends run on
-// work, so that shutdown lets them finish as it lets deliveries finish.
-func (f *flusher) run(ctx, work context.Context) {
+// watch follows the group and budget records and sends due tasks until ctx ends. Sends run
+// on work, so that shutdown lets them finish as it lets deliveries finish.
+func (f *flusher) watch(ctx, work context.Context) {
 	for ctx.Err() == nil {
-		w, err := f.d.state.kv.WatchFiltered(ctx, []string{groupPrefix + "*", budgetPrefix + "*"})
+		w, err := f.st.Watch(ctx)
 		if err != nil {
-			f.d.logger.Warn("group watcher", zap.Error(err))
+			f.logger.Warn("group watcher", zap.Error(err))
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
@@ -79,62 +108,49 @@ func (f *flusher) run(ctx, work context.Context) {
 	}
 }
 
-func (f *flusher) loop(ctx, work context.Context, w jetstream.KeyWatcher) {
+func (f *flusher) loop(ctx, work context.Context, w *state.Watch) {
 	tick := time.NewTicker(flushTick)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case e, ok := <-w.Updates():
+		case u, ok := <-w.Updates():
 			if !ok {
 				return
 			}
-			if e != nil {
-				f.apply(e)
-			}
+			f.apply(u)
 		case <-tick.C:
 			f.tick(ctx, work)
 		}
 	}
 }
 
-func (f *flusher) apply(e jetstream.KeyValueEntry) {
-	deleted := e.Operation() != jetstream.KeyValuePut
-	if key, ok := strings.CutPrefix(e.Key(), budgetPrefix); ok {
-		var r BudgetRecord
+func (f *flusher) apply(u state.Update) {
+	if u.IsBudget {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		if deleted || json.Unmarshal(e.Value(), &r) != nil {
-			delete(f.budgets, key)
-			return
+		if u.Deleted {
+			delete(f.budgets, u.Key)
+		} else {
+			f.budgets[u.Key] = *u.Budget
 		}
-		f.budgets[key] = r
 		return
 	}
-	key := strings.TrimPrefix(e.Key(), groupPrefix)
-	// Every write of every group comes through here, on every replica: the view keeps the
-	// record without its events, which are read when the group is sent.
-	var h struct {
-		GroupRecord
-		Events skipJSON `json:"events"`
-		Recent skipJSON `json:"recent"`
-	}
-	if deleted || json.Unmarshal(e.Value(), &h) != nil {
-		delete(f.view, key)
+	if u.Deleted {
+		delete(f.view, u.Key)
 		return
 	}
-	r := h.GroupRecord
-	if v, ok := f.view[key]; ok && v.rev > e.Revision() {
+	if v, ok := f.view[u.Key]; ok && v.rev > u.Revision {
 		return
 	}
-	f.view[key] = viewEntry{rec: r, rev: e.Revision()}
+	f.view[u.Key] = viewEntry{rec: *u.Group, rev: u.Revision}
 }
 
-// tick sends what is due, most severe first, within budgets, and deletes groups that have
-// nothing pending and whose groupInterval has passed.
+// tick sends what is due, most severe first, within budgets, and deletes groups that are
+// over.
 func (f *flusher) tick(ctx, work context.Context) {
-	now := f.d.state.now()
+	now := time.Now()
 	var due []string
 	waiting := map[string]int{}
 	open := 0
@@ -150,10 +166,9 @@ func (f *flusher) tick(ctx, work context.Context) {
 			}
 			continue
 		}
-		if r.Pending == 0 && r.Lease == nil && !now.Before(r.Notified.Add(r.Interval)) {
-			// Nothing to send and nothing to suppress: the group is over. The revision makes
-			// the delete lose to an event that arrives meanwhile.
-			if err := f.d.state.kv.Delete(ctx, groupPrefix+key, jetstream.LastRevision(v.rev)); err == nil {
+		if r.Idle(now) {
+			// Nothing to send and nothing to suppress: the group is over.
+			if err := f.st.DeleteGroup(ctx, key, v.rev); err == nil {
 				delete(f.view, key)
 			}
 		}
@@ -163,7 +178,7 @@ func (f *flusher) tick(ctx, work context.Context) {
 	f.mu.Unlock()
 	slices.SortFunc(due, func(a, b string) int {
 		ra, rb := f.view[a].rec, f.view[b].rec
-		return cmp.Or(severityRank(rb.Severity)-severityRank(ra.Severity), ra.Due.Compare(rb.Due), strings.Compare(a, b))
+		return cmp.Or(state.SeverityRank(rb.Severity)-state.SeverityRank(ra.Severity), ra.Due.Compare(rb.Due), strings.Compare(a, b))
 	})
 	blocked := map[string]bool{}
 	for _, key := range due {
@@ -189,35 +204,25 @@ func (f *flusher) tick(ctx, work context.Context) {
 // start takes the agent's budget and the group's lease, and sends the task in the
 // background. False means it did not start.
 func (f *flusher) start(ctx, work context.Context, key string, v viewEntry, now time.Time) bool {
-	d := f.d
-	msgID := v.rec.messageID(key)
+	msgID := v.rec.MessageID(key)
 	agent := v.rec.Agent
-	until := now.Add(d.topo.Dispatcher.AckWait)
-	b, budgeted := BudgetFor(d.cfg.Budgets, agent)
+	until := now.Add(f.cfg.leaseFor)
+	b, budgeted := state.BudgetFor(f.cfg.budgets, agent)
 	if budgeted {
-		if used, ok := f.budgets[hook.Hash(agent)]; ok && !used.Free(b, now) {
+		if used, ok := f.budgets[state.BudgetKey(agent)]; ok && !used.Free(b, now) {
 			return false
 		}
-		took, err := d.state.TakeBudget(ctx, b, agent, msgID, f.holder, until)
+		took, err := f.st.TakeBudget(ctx, b, agent, msgID, f.holder, until)
 		if err != nil {
-			d.logger.Warn("budget not read", zap.String("agent", agent), zap.Error(err))
+			f.logger.Warn("budget not read", zap.String("agent", agent), zap.Error(err))
 		}
 		if !took {
 			return false
 		}
 	}
 	// The view holds no events, and may trail a hot group by a write or two: the lease is
-	// taken on the latest record, if its task still waits (another replica may have leased
-	// or sent it since this one looked).
-	var r GroupRecord
-	err := d.state.updateGroup(ctx, key, false, func(latest *GroupRecord, exists bool) (bool, error) {
-		if !exists || !latest.Waiting(now) {
-			return false, errNotWaiting
-		}
-		latest.lease(f.holder, until)
-		r = *latest
-		return true, nil
-	})
+	// taken on the latest record, if its task still waits.
+	r, err := f.st.LeaseGroup(ctx, key, f.holder, until, now)
 	if err != nil {
 		if budgeted {
 			f.returnBudget(agent, msgID, true)
@@ -233,19 +238,9 @@ func (f *flusher) start(ctx, work context.Context, key string, v viewEntry, now 
 	return true
 }
 
-// messageID is the A2A message id of the group's next task: the event's own for a queued
-// single task, else one per group and task number.
-func (r *GroupRecord) messageID(key string) string {
-	if r.Single {
-		return r.Task
-	}
-	return hook.GroupMessageID(key, r.Sent)
-}
-
 // send builds the group's task, calls its agent, and records the outcome in the group.
-func (f *flusher) send(ctx context.Context, key string, r GroupRecord, msgID string, budgeted bool) {
-	d := f.d
-	log := d.logger.With(zap.String("group", key), zap.String("hook", r.Hook), zap.String("agent", r.Agent),
+func (f *flusher) send(ctx context.Context, key string, r state.GroupRecord, msgID string, budgeted bool) {
+	log := f.logger.With(zap.String("group", key), zap.String("hook", r.Hook), zap.String("agent", r.Agent),
 		zap.String("message_id", msgID))
 	refund := true
 	defer func() {
@@ -253,11 +248,11 @@ func (f *flusher) send(ctx context.Context, key string, r GroupRecord, msgID str
 			f.returnBudget(r.Agent, msgID, refund)
 		}
 	}()
-	m, ok := d.Hooks().Entry(r.Entry)
+	m, ok := f.run.entry(r.Entry)
 	if !ok {
 		// The hook, or this entry of it, was deleted or changed since the events arrived.
 		log.Warn("the hook entry of a waiting task is gone, dropping its events", zap.Int("events", r.Pending))
-		d.metrics.groupTasks.WithLabelValues("dropped").Inc()
+		f.metrics.groupTasks.WithLabelValues("dropped").Inc()
 		f.finish(ctx, key, log)
 		return
 	}
@@ -268,21 +263,21 @@ func (f *flusher) send(ctx context.Context, key string, r GroupRecord, msgID str
 	} else {
 		t, err = hook.GroupTask(m, r.Group(key), r.Events)
 	}
-	if d.unsendable(err, log) {
+	if f.run.unsendable(err, log) {
 		f.failed(ctx, key, t, err, "prompt-too-large", log)
 		return
 	}
-	if d.state.Settled(ctx, t.MessageID) {
+	if f.st.Settled(ctx, t.MessageID) {
 		// A replica sent it and died before recording it in the group.
 		f.finish(ctx, key, log)
 		refund = false
 		return
 	}
-	c := d.call(ctx, t, r.Attempts+1, log.With(zap.Int("events", r.Pending), zap.Int("resources", len(r.Events))))
+	c := f.run.call(ctx, t, r.Attempts+1, log.With(zap.Int("events", r.Pending), zap.Int("resources", len(r.Events))))
 	switch c.outcome {
 	case callDelivered:
 		refund = false
-		d.metrics.groupTasks.WithLabelValues("delivered").Inc()
+		f.metrics.groupTasks.WithLabelValues("delivered").Inc()
 		f.finish(ctx, key, log)
 	case callDelayed:
 		f.release(ctx, key, c.wait, r.Attempts, log)
@@ -293,8 +288,8 @@ func (f *flusher) send(ctx context.Context, key string, r GroupRecord, msgID str
 		refund = false
 		f.failed(ctx, key, t, c.err, "permanent", log)
 	case callRetryable:
-		if attempts := r.Attempts + 1; attempts < d.cfg.MaxAttempts {
-			f.release(ctx, key, d.retryLater(t, c, attempts, log), attempts, log)
+		if attempts := r.Attempts + 1; attempts < f.cfg.maxAttempts {
+			f.release(ctx, key, f.run.retryLater(t, c, attempts, log), attempts, log)
 		} else {
 			refund = false
 			f.failed(ctx, key, t, c.err, "max-attempts", log)
@@ -305,55 +300,32 @@ func (f *flusher) send(ctx context.Context, key string, r GroupRecord, msgID str
 // failed gives up a task that no retry will deliver. Its events stay in the events stream,
 // from which `khook replay --ignore-suppression` can send them one by one.
 func (f *flusher) failed(ctx context.Context, key string, t hook.Task, cause error, reason string, log *zap.Logger) {
-	d := f.d
-	d.metrics.groupTasks.WithLabelValues("failed").Inc()
-	d.Observer.Failed(t, cause, true)
+	f.metrics.groupTasks.WithLabelValues("failed").Inc()
+	f.run.failed(t, cause)
 	log.Error("task failed, its events are given up", zap.String("reason", reason), zap.Error(cause))
-	if err := d.state.MarkSettled(ctx, t.MessageID, "failed "+reason); err != nil {
+	if err := f.st.MarkSettled(ctx, t.MessageID, "failed "+reason); err != nil {
 		log.Warn("settled record not stored", zap.Error(err))
 	}
 	if t.Event != nil && t.SuppressionKey != "" && t.SuppressionKey != key {
 		// A queued single task holds its event's suppression claim: release it, as a
 		// dead-lettered task does.
-		if err := d.state.Release(ctx, t.SuppressionKey, t.MessageID); err != nil {
+		if err := f.st.Release(ctx, t.SuppressionKey, t.MessageID); err != nil {
 			log.Warn("suppression claim not released", zap.Error(err))
 		}
 	}
 	f.finish(ctx, key, log)
 }
 
-// finish records that the leased task is done: the events it covered leave the group, which
-// is then suppressed for groupInterval. A queued single task's record is deleted.
+// finish records that the leased task is done.
 func (f *flusher) finish(ctx context.Context, key string, log *zap.Logger) {
-	err := f.d.state.updateGroup(ctx, key, false, func(r *GroupRecord, exists bool) (bool, error) {
-		if !exists || r.Lease == nil || r.Lease.Holder != f.holder {
-			// The lease lapsed and another replica took the task over; it finds the task
-			// settled and finishes it.
-			return false, nil
-		}
-		if r.Single {
-			return false, errDelete
-		}
-		r.sent(f.d.state.now())
-		return true, nil
-	})
-	if err != nil {
+	if err := f.st.FinishGroup(ctx, key, f.holder); err != nil {
 		log.Warn("group not updated after its task; another replica finishes it when the lease lapses", zap.Error(err))
 	}
 }
 
 // release gives the lease back without a task sent: the group is due again after delay.
 func (f *flusher) release(ctx context.Context, key string, delay time.Duration, attempts int, log *zap.Logger) {
-	err := f.d.state.updateGroup(ctx, key, false, func(r *GroupRecord, exists bool) (bool, error) {
-		if !exists || r.Lease == nil || r.Lease.Holder != f.holder {
-			return false, nil
-		}
-		r.Lease = nil
-		r.Due = f.d.state.now().Add(delay)
-		r.Attempts = attempts
-		return true, nil
-	})
-	if err != nil {
+	if err := f.st.ReleaseGroup(ctx, key, f.holder, time.Now().Add(delay), attempts); err != nil {
 		log.Warn("group lease not released; it lapses", zap.Error(err))
 	}
 }
@@ -361,8 +333,8 @@ func (f *flusher) release(ctx context.Context, key string, delay time.Duration, 
 func (f *flusher) returnBudget(agent, msgID string, refund bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := f.d.state.ReturnBudget(ctx, agent, msgID, f.holder, refund); err != nil {
-		f.d.logger.Warn("budget not returned; its hold lapses", zap.String("agent", agent), zap.Error(err))
+	if err := f.st.ReturnBudget(ctx, agent, msgID, f.holder, refund); err != nil {
+		f.logger.Warn("budget not returned; its hold lapses", zap.String("agent", agent), zap.Error(err))
 	}
 }
 
@@ -382,11 +354,11 @@ func (f *flusher) setSending(key string, on bool) {
 	}
 }
 
-// budgetView returns the budget records as the watcher last saw them.
-func (f *flusher) budgetView() []BudgetRecord {
+// budgetView returns the budget records as the watch last saw them.
+func (f *flusher) budgetView() []state.BudgetRecord {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := make([]BudgetRecord, 0, len(f.budgets))
+	out := make([]state.BudgetRecord, 0, len(f.budgets))
 	for _, r := range f.budgets {
 		out = append(out, r)
 	}
@@ -405,11 +377,11 @@ func (f *flusher) stats() (open int, waiting map[string]int) {
 func (d *Dispatcher) gather(ctx context.Context, m hook.Match, g hook.Grouping, ev *mapping.Event, log *zap.Logger) settle {
 	labels := g.Labels(ev)
 	key := hook.GroupKey(m.Entry(), labels)
-	init := GroupRecord{
+	init := state.GroupRecord{
 		Entry: m.Entry(), Hook: m.Hook.Key(), Agent: agentName(m.Agent), Labels: labels, Severity: ev.Severity,
 		Wait: g.Wait, Interval: g.Interval, MaxEvents: g.MaxEvents,
 	}
-	err := d.combiner.add(ctx, key, init, ev, func(ctx context.Context, key string, init GroupRecord, events []*mapping.Event) error {
+	err := d.combiner.add(ctx, key, init, ev, func(ctx context.Context, key string, init state.GroupRecord, events []*mapping.Event) error {
 		opened, err := d.state.AddToGroup(ctx, key, init, events...)
 		if err == nil && opened {
 			log.Info("group opened", zap.String("group", key), zap.Any("labels", labels), zap.Duration("group_wait", g.Wait))
@@ -428,7 +400,7 @@ func (d *Dispatcher) gather(ctx context.Context, m hook.Match, g hook.Grouping, 
 // when the budget allows, most severe first.
 func (d *Dispatcher) enqueue(ctx context.Context, t hook.Task, m hook.Match, ev *mapping.Event, log *zap.Logger) settle {
 	key := hook.Hash("single", t.MessageID)
-	if _, err := d.state.AddToGroup(ctx, key, GroupRecord{
+	if _, err := d.state.AddToGroup(ctx, key, state.GroupRecord{
 		Entry: m.Entry(), Hook: m.Hook.Key(), Agent: agentName(m.Agent), Severity: ev.Severity, MaxEvents: 1,
 		Single: true, Task: t.MessageID,
 	}, ev); err != nil {
@@ -438,12 +410,11 @@ func (d *Dispatcher) enqueue(ctx context.Context, t hook.Task, m hook.Match, ev 
 	return settle{ack: true}
 }
 
-// errNotWaiting is a group whose task another replica leased or sent first.
-var errNotWaiting = errors.New("the group's task is no longer waiting")
+// entry, failed: the rest of the flusher's taskRunner.
+func (d *Dispatcher) entry(id string) (hook.Match, bool) { return d.Hooks().Entry(id) }
 
-// skipJSON is a field left undecoded.
-type skipJSON struct{}
+func (d *Dispatcher) failed(t hook.Task, cause error) { d.Observer.Failed(t, cause, true) }
 
-func (*skipJSON) UnmarshalJSON([]byte) error { return nil }
+var _ taskRunner = (*Dispatcher)(nil)
 
 func agentName(a hook.AgentRef) string { return a.Namespace + "/" + a.Name }

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/khook/khook/consumers/dispatch/state"
 	"github.com/khook/khook/hook/hooktest"
 	"github.com/khook/khook/internal/demoagent"
 	"github.com/khook/khook/mapping"
@@ -34,9 +35,9 @@ func restart(id, pod, owner string) mapping.Event {
 }
 
 // groups reads the group records until cond holds for them.
-func (h *harness) groupsWhen(t *testing.T, cond func(map[string]GroupRecord) bool) map[string]GroupRecord {
+func (h *harness) groupsWhen(t *testing.T, cond func(map[string]state.GroupRecord) bool) map[string]state.GroupRecord {
 	t.Helper()
-	var got map[string]GroupRecord
+	var got map[string]state.GroupRecord
 	require.Eventually(t, func() bool {
 		var err error
 		got, err = h.d.State().Groups(context.Background())
@@ -45,8 +46,8 @@ func (h *harness) groupsWhen(t *testing.T, cond func(map[string]GroupRecord) boo
 	return got
 }
 
-func sentAll(n int) func(map[string]GroupRecord) bool {
-	return func(gs map[string]GroupRecord) bool {
+func sentAll(n int) func(map[string]state.GroupRecord) bool {
+	return func(gs map[string]state.GroupRecord) bool {
 		sent := 0
 		for _, g := range gs {
 			if g.Open() {
@@ -123,7 +124,7 @@ func TestGroupIntervalSendsOnlyWhatIsNew(t *testing.T) {
 	}
 	h.settled(t, 8)
 	// The burst is held, due when the interval ends, not groupWait after it.
-	for _, g := range h.groupsWhen(t, func(gs map[string]GroupRecord) bool {
+	for _, g := range h.groupsWhen(t, func(gs map[string]state.GroupRecord) bool {
 		for _, g := range gs {
 			return g.Pending == 3
 		}
@@ -163,9 +164,9 @@ func TestGroupIsSentByOneReplica(t *testing.T) {
 func (h *harness) replica(t *testing.T) *Dispatcher {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	state, err := OpenState(ctx, h.js, h.topo)
+	st, err := state.Open(ctx, h.js, h.topo)
 	require.NoError(t, err)
-	d := New(h.js, h.topo, h.d.cfg, state, h.d.Hooks(), h.d.router, prometheus.NewRegistry(), zaptest.NewLogger(t))
+	d := New(h.js, h.topo, h.d.cfg, st, h.d.Hooks(), h.d.router, prometheus.NewRegistry(), zaptest.NewLogger(t))
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
 	t.Cleanup(func() {
@@ -186,14 +187,14 @@ func waitReceivedN(t *testing.T, a *demoagent.Server, n int) []demoagent.Receive
 // are neither dropped nor dead-lettered.
 func TestHourlyBudgetHoldsTasks(t *testing.T) {
 	cfg := testConfig()
-	cfg.Budgets = []Budget{{Agent: "kagent/*", MaxTasksPerHour: 3}}
+	cfg.Budgets = []state.Budget{{Agent: "kagent/*", MaxTasksPerHour: 3}}
 	h := newHarnessHooks(t, cfg, "1.0", 30*time.Second, groupedHooks)
 	for i := range 10 {
 		h.publish(t, mapping.Event{ID: fmt.Sprint("i", i), Type: "incident", Severity: "warning", Resource: mapping.Resource{Name: fmt.Sprint("svc-", i)}})
 	}
 	h.settled(t, 10)
 	waitReceivedN(t, h.agent, 3)
-	h.groupsWhen(t, func(gs map[string]GroupRecord) bool {
+	h.groupsWhen(t, func(gs map[string]state.GroupRecord) bool {
 		waiting := 0
 		for _, g := range gs {
 			if g.Waiting(time.Now()) {
@@ -228,7 +229,7 @@ func TestHourlyBudgetHoldsTasks(t *testing.T) {
 // arrival.
 func TestWaitingTasksGoMostSevereFirst(t *testing.T) {
 	cfg := testConfig()
-	cfg.Budgets = []Budget{{Agent: "kagent/budgeted", MaxConcurrentTasks: 1}}
+	cfg.Budgets = []state.Budget{{Agent: "kagent/budgeted", MaxConcurrentTasks: 1}}
 	h := newHarnessHooks(t, cfg, "1.0", 30*time.Second, groupedHooks)
 	calls, release := h.agent.HoldFirst() // the first task holds the one slot until released
 	h.publish(t, mapping.Event{ID: "first", Type: "incident", Severity: "info", Resource: mapping.Resource{Name: "first"}})
@@ -238,7 +239,7 @@ func TestWaitingTasksGoMostSevereFirst(t *testing.T) {
 		h.publish(t, mapping.Event{ID: fmt.Sprint("e", i), Type: "incident", Severity: s, Resource: mapping.Resource{Name: fmt.Sprint("svc-", i)}})
 	}
 	h.settled(t, uint64(len(sev)+1))
-	h.groupsWhen(t, func(gs map[string]GroupRecord) bool { return len(gs) == len(sev)+1 })
+	h.groupsWhen(t, func(gs map[string]state.GroupRecord) bool { return len(gs) == len(sev)+1 })
 	release()
 	got := waitReceivedN(t, h.agent, len(sev)+1)
 	var order []string
@@ -300,7 +301,7 @@ func TestBudgetHoldsArePerReplica(t *testing.T) {
 	h := newHarnessHooks(t, testConfig(), "1.0", 30*time.Second, groupedHooks)
 	s := h.d.State()
 	ctx := context.Background()
-	b := Budget{Agent: "kagent/x", MaxConcurrentTasks: 1, MaxTasksPerHour: 5}
+	b := state.Budget{Agent: "kagent/x", MaxConcurrentTasks: 1, MaxTasksPerHour: 5}
 	until := time.Now().Add(time.Minute)
 	took, err := s.TakeBudget(ctx, b, "kagent/x", "task-1", "replica-a", until)
 	require.NoError(t, err)
@@ -347,7 +348,7 @@ func samples(t *testing.T, c prometheus.Collector) map[string]float64 {
 // its task waits are folded into that task, which goes when the budget frees.
 func TestWaitingGroupKeepsGathering(t *testing.T) {
 	cfg := testConfig()
-	cfg.Budgets = []Budget{{Agent: "kagent/sre", MaxConcurrentTasks: 1}}
+	cfg.Budgets = []state.Budget{{Agent: "kagent/sre", MaxConcurrentTasks: 1}}
 	h := newHarnessHooks(t, cfg, "1.0", 30*time.Second, groupedHooks)
 	calls, release := h.agent.HoldFirst() // the first task holds the one slot until released
 	h.publish(t, restart("api-0", "api-00", "api"))
@@ -357,7 +358,7 @@ func TestWaitingGroupKeepsGathering(t *testing.T) {
 	}
 	h.settled(t, 4)
 	// The web group is due and waiting for the slot; more of its events arrive meanwhile.
-	h.groupsWhen(t, func(gs map[string]GroupRecord) bool {
+	h.groupsWhen(t, func(gs map[string]state.GroupRecord) bool {
 		for _, g := range gs {
 			if g.Labels["owner"] == "Deployment/web" {
 				return g.Waiting(time.Now())

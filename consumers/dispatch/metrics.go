@@ -5,6 +5,8 @@ package dispatch
 import (
 	"time"
 
+	"github.com/khook/khook/consumers/dispatch/state"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -131,7 +133,7 @@ func (c *budgetCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(waitingDesc, prometheus.GaugeValue, float64(n), agent)
 	}
 	for _, r := range c.d.flusher.budgetView() {
-		b, ok := BudgetFor(c.d.cfg.Budgets, r.Agent)
+		b, ok := state.BudgetFor(c.d.cfg.Budgets, r.Agent)
 		if !ok {
 			continue
 		}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/consumers/dispatch/state"
 )
 
 func writeFile(t *testing.T, body string) string {
@@ -275,7 +275,7 @@ func TestDispatcherSettingsReachTheDispatcher(t *testing.T) {
 func TestBudgets(t *testing.T) {
 	cfg, err := Load(writeFile(t, "dispatcher:\n  budgets:\n    - agent: kagent/sre\n      max_concurrent_tasks: 2\n      max_tasks_per_hour: 30\n    - agent: kagent/*\n      max_tasks_per_hour: 10\n"), nil, nil)
 	require.NoError(t, err)
-	require.Equal(t, []dispatch.Budget{{Agent: "kagent/sre", MaxConcurrentTasks: 2, MaxTasksPerHour: 30}, {Agent: "kagent/*", MaxTasksPerHour: 10}},
+	require.Equal(t, []state.Budget{{Agent: "kagent/sre", MaxConcurrentTasks: 2, MaxTasksPerHour: 30}, {Agent: "kagent/*", MaxTasksPerHour: 10}},
 		cfg.Dispatcher.Budgets)
 	for body, want := range map[string]string{
 		"    - agent: sre\n      max_tasks_per_hour: 1\n":                                                  "dispatcher.budgets[0].agent: want namespace/name or namespace/*, got \"sre\"",

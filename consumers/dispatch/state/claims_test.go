@@ -1,4 +1,4 @@
-package dispatch
+package state
 
 import (
 	"context"
@@ -37,7 +37,7 @@ func TestClaimReadFromALaggingReplicaIsRetriedNotSuppressed(t *testing.T) {
 	bucket, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "claims", LimitMarkerTTL: time.Second})
 	require.NoError(t, err)
 	kv := &laggingKV{KeyValue: bucket}
-	s := NewState(kv, time.Hour)
+	s := New(js, kv, time.Hour)
 
 	// The claim was created by this message, but its acknowledgement was lost: the
 	// dispatcher saw an error and the event came back.
@@ -46,7 +46,7 @@ func TestClaimReadFromALaggingReplicaIsRetriedNotSuppressed(t *testing.T) {
 
 	kv.staleReads.Store(10)
 	owned, created, err := s.Claim(ctx, "k", "msg-1", time.Minute)
-	require.ErrorIs(t, err, errClaimUnread)
+	require.ErrorIs(t, err, ErrClaimUnread)
 	require.False(t, owned)
 	require.False(t, created)
 

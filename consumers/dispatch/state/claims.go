@@ -1,0 +1,116 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Claim takes the suppression claim for key on behalf of messageID for window. It returns
+// owned when the claim is (now) held by messageID, including when a redelivery of the same
+// message finds its own claim, and false when another event holds it; created says this
+// call made the claim.
+//
+// "Another event holds it" is concluded only from reading the holder. Reads may be served by
+// any replica of the bucket, and one that has not applied the latest write yet answers "not
+// found" for a claim that exists, typically this message's own claim, whose creation was
+// acknowledged too late during a leader change. Such a claim is neither ours nor someone
+// else's yet: Claim returns ErrClaimUnread, and the event is retried rather than
+// acknowledged as suppressed (which would lose it).
+func (s *Store) Claim(ctx context.Context, key, messageID string, window time.Duration) (owned, created bool, err error) {
+	full := claims.key(key)
+	for range 3 {
+		_, err := s.kv.Create(ctx, full, []byte(messageID), jetstream.KeyTTL(window))
+		if err == nil {
+			return true, true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return false, false, err
+		}
+		e, err := s.kv.Get(ctx, full)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			// Expired between the two calls, or read from a replica that is behind.
+			continue
+		}
+		if err != nil {
+			return false, false, err
+		}
+		return string(e.Value()) == messageID, false, nil
+	}
+	return false, false, ErrClaimUnread
+}
+
+// ErrClaimUnread is a claim that exists but could not be read; the caller retries later.
+var ErrClaimUnread = errors.New("suppression claim exists but reads say it does not (a replica is behind)")
+
+// Release gives up a claim held by messageID, so that the next event in the window may call
+// the agent (used when a task is dead-lettered: suppressing events for a task that never
+// reached the agent would hide them).
+func (s *Store) Release(ctx context.Context, key, messageID string) error {
+	full := claims.key(key)
+	e, err := s.kv.Get(ctx, full)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if string(e.Value()) != messageID {
+		return nil
+	}
+	return ignoreExists(s.kv.Delete(ctx, full, jetstream.LastRevision(e.Revision())))
+}
+
+// Settled reports whether the task is settled: its agent accepted it, or it was
+// dead-lettered. A settled task is never called again for that event. A lookup error counts
+// as not settled: a possible duplicate call is better than a lost one.
+func (s *Store) Settled(ctx context.Context, messageID string) bool {
+	_, err := s.kv.Get(ctx, settled.key(messageID))
+	return err == nil
+}
+
+// MarkSettled records how a task settled ("delivered <state>", "dead-lettered <reason>").
+// The task's attempt count is left to expire with the bucket's TTL: nothing reads it once
+// the task is settled, and purging it would cost a write on every delivery.
+func (s *Store) MarkSettled(ctx context.Context, messageID, outcome string) error {
+	_, err := s.kv.Create(ctx, settled.key(messageID), []byte(outcome), jetstream.KeyTTL(s.ttl))
+	return ignoreExists(err)
+}
+
+// Reopen forgets that a task settled and how many attempts it used, so that it runs again:
+// `khook dlq retry` of a dead-lettered task.
+func (s *Store) Reopen(ctx context.Context, messageID string) error {
+	for _, key := range []string{settled.key(messageID), attempts.key(messageID)} {
+		if err := s.kv.Purge(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
+// Attempt counts one more failed call of a task and returns the total so far.
+func (s *Store) Attempt(ctx context.Context, messageID string) (int, error) {
+	key := attempts.key(messageID)
+	for range 5 {
+		e, err := s.kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			if _, err := s.kv.Create(ctx, key, []byte("1"), jetstream.KeyTTL(s.ttl)); err == nil {
+				return 1, nil
+			} else if !errors.Is(err, jetstream.ErrKeyExists) {
+				return 0, err
+			}
+		case err != nil:
+			return 0, err
+		default:
+			n, _ := strconv.Atoi(string(e.Value()))
+			if _, err := s.kv.Update(ctx, key, []byte(strconv.Itoa(n+1)), e.Revision()); err == nil {
+				return n + 1, nil
+			}
+		}
+	}
+	return 0, errors.New("attempt counter: too many concurrent updates")
+}

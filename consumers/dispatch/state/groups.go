@@ -1,0 +1,305 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/khook/khook/hook"
+	"github.com/khook/khook/mapping"
+)
+
+// maxRecent is how many event ids a group remembers, so that an event redelivered after a
+// lost acknowledgement is counted once.
+const maxRecent = 256
+
+// GroupRecord is one group's state, shared by every replica. Pending counts the events
+// since the group's last task; Events lists them, one entry per distinct event.
+type GroupRecord struct {
+	Entry     string            `json:"entry"`
+	Hook      string            `json:"hook"`
+	Agent     string            `json:"agent"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Severity  string            `json:"severity"`
+	Wait      time.Duration     `json:"wait"`
+	Interval  time.Duration     `json:"interval"`
+	MaxEvents int               `json:"maxEvents"`
+	FirstSeen time.Time         `json:"firstSeen"`
+	LastSeen  time.Time         `json:"lastSeen"`
+	// Due is when the pending events are sent: groupWait after the first of them, and never
+	// before groupInterval has passed since the last task.
+	Due      time.Time         `json:"due"`
+	Notified time.Time         `json:"notified,omitzero"`
+	Sent     int               `json:"sent"`
+	Total    int               `json:"total"`
+	Pending  int               `json:"pending"`
+	Omitted  int               `json:"omitted,omitempty"`
+	Events   []hook.GroupEvent `json:"events,omitempty"`
+	Recent   []string          `json:"recent,omitempty"`
+	Lease    *GroupLease       `json:"lease,omitempty"`
+	Attempts int               `json:"attempts,omitempty"`
+	// Single is an ungrouped task waiting for its agent's budget: its one event is sent as
+	// khook sends any event, with the event's own ids; Task is its message id.
+	Single bool   `json:"single,omitempty"`
+	Task   string `json:"task,omitempty"`
+}
+
+// GroupLease is held by the replica sending a group's task, until it finishes or Until
+// passes (a crashed replica). It records what the task covers, so that the events that
+// arrive meanwhile stay pending for the next task.
+type GroupLease struct {
+	Holder  string         `json:"holder"`
+	Until   time.Time      `json:"until"`
+	Pending int            `json:"pending"`
+	Omitted int            `json:"omitted"`
+	Counts  map[string]int `json:"counts"`
+}
+
+// Open reports whether the group holds events waiting for their task, or a task being sent.
+func (r *GroupRecord) Open() bool { return r.Pending > 0 || r.Lease != nil }
+
+// Waiting reports whether the group's task is due and no replica is sending it: waiting for
+// a worker or, mostly, for its agent's budget.
+func (r *GroupRecord) Waiting(now time.Time) bool {
+	return r.Pending > 0 && !now.Before(r.Due) && (r.Lease == nil || now.After(r.Lease.Until))
+}
+
+// Idle reports whether the group is over at now: nothing to send, nothing being sent, and
+// its groupInterval since the last task has passed.
+func (r *GroupRecord) Idle(now time.Time) bool {
+	return r.Pending == 0 && r.Lease == nil && !now.Before(r.Notified.Add(r.Interval))
+}
+
+// MessageID is the A2A message id of the group's next task: the event's own for a queued
+// single task, else one per group and task number.
+func (r *GroupRecord) MessageID(key string) string {
+	if r.Single {
+		return r.Task
+	}
+	return hook.GroupMessageID(key, r.Sent)
+}
+
+// add folds ev into the group; false means the event was counted before (a redelivery).
+// index maps the event keys of r.Events to their positions; add keeps it current.
+func (r *GroupRecord) add(ev *mapping.Event, now time.Time, index map[string]int) bool {
+	if slices.Contains(r.Recent, ev.ID) {
+		return false
+	}
+	r.Recent = append(r.Recent, ev.ID)
+	if len(r.Recent) > maxRecent {
+		r.Recent = slices.Delete(r.Recent, 0, len(r.Recent)-maxRecent)
+	}
+	if r.Pending == 0 {
+		r.FirstSeen = now
+		r.Due = now.Add(r.Wait)
+		if !r.Notified.IsZero() && r.Due.Before(r.Notified.Add(r.Interval)) {
+			r.Due = r.Notified.Add(r.Interval)
+		}
+	}
+	r.Pending++
+	r.Total++
+	r.LastSeen = now
+	if severityRank(ev.Severity) > severityRank(r.Severity) {
+		r.Severity = ev.Severity
+	}
+	e := *ev
+	if !r.Single {
+		// A group lists events by their fields; their payloads would make the record, which
+		// is rewritten on every event, grow by kilobytes per resource.
+		e.Data = nil
+	}
+	k := hook.KeyOf(ev).Hash()
+	if i, ok := index[k]; ok {
+		r.Events[i].Event = e
+		r.Events[i].Count++
+		return true
+	}
+	if len(r.Events) < r.MaxEvents {
+		index[k] = len(r.Events)
+		r.Events = append(r.Events, hook.GroupEvent{Event: e, Count: 1, FirstSeen: now})
+	} else {
+		r.Omitted++
+	}
+	return true
+}
+
+// lease marks the group as being sent by holder until until, covering what is pending now.
+func (r *GroupRecord) lease(holder string, until time.Time) {
+	counts := make(map[string]int, len(r.Events))
+	for _, e := range r.Events {
+		counts[hook.KeyOf(&e.Event).Hash()] = e.Count
+	}
+	r.Lease = &GroupLease{Holder: holder, Until: until, Pending: r.Pending, Omitted: r.Omitted, Counts: counts}
+}
+
+// sent removes what the lease covered: the events that arrived while the task was sent stay
+// pending, due a groupInterval after this task.
+func (r *GroupRecord) sent(now time.Time) {
+	l := r.Lease
+	r.Pending = max(0, r.Pending-l.Pending)
+	r.Omitted = max(0, r.Omitted-l.Omitted)
+	kept := r.Events[:0]
+	for _, e := range r.Events {
+		e.Count -= l.Counts[hook.KeyOf(&e.Event).Hash()]
+		if e.Count > 0 {
+			kept = append(kept, e)
+		}
+	}
+	r.Events = kept
+	r.Sent++
+	r.Notified = now
+	r.Lease = nil
+	r.Attempts = 0
+	if r.Pending > 0 {
+		r.FirstSeen = now
+		r.Due = now.Add(r.Interval)
+	}
+}
+
+// Group returns what the task's prompt sees as .Group.
+func (r *GroupRecord) Group(key string) hook.Group {
+	return hook.Group{Key: key, Labels: r.Labels, Count: r.Pending, Total: r.Total, Omitted: r.Omitted,
+		Resources: len(r.Events), FirstSeen: r.FirstSeen, LastSeen: r.LastSeen, Sent: r.Sent}
+}
+
+func severityRank(s string) int { return slices.Index(mapping.Severities, s) }
+
+// SeverityRank orders severities, info lowest; an unknown one ranks below info.
+func SeverityRank(s string) int { return severityRank(s) }
+
+// AddToGroup folds events into the group key, opening it from init when it is new, in one
+// write. It returns whether the group was opened by this call.
+func (s *Store) AddToGroup(ctx context.Context, key string, init GroupRecord, events ...*mapping.Event) (opened bool, err error) {
+	err = s.updateGroup(ctx, key, true, func(r *GroupRecord, exists bool) (bool, error) {
+		if !exists {
+			*r = init
+		}
+		opened = !exists
+		// The index is built once per write: a storm's write folds many events into a
+		// group of up to maxEventsPerTask entries.
+		index := make(map[string]int, len(r.Events))
+		for i := range r.Events {
+			index[hook.KeyOf(&r.Events[i].Event).Hash()] = i
+		}
+		changed := false
+		for _, ev := range events {
+			changed = r.add(ev, s.now(), index) || changed
+		}
+		return changed, nil
+	})
+	return opened, err
+}
+
+// ErrNotWaiting is a group whose task another replica leased or sent first.
+var ErrNotWaiting = errors.New("the group's task is no longer waiting")
+
+// LeaseGroup takes the lease of the group's task for holder until until, if the task still
+// waits at now (another replica may have leased or sent it since the caller looked): it
+// returns the group as leased, with its events, or ErrNotWaiting.
+func (s *Store) LeaseGroup(ctx context.Context, key, holder string, until, now time.Time) (GroupRecord, error) {
+	var r GroupRecord
+	err := s.updateGroup(ctx, key, false, func(latest *GroupRecord, exists bool) (bool, error) {
+		if !exists || !latest.Waiting(now) {
+			return false, ErrNotWaiting
+		}
+		latest.lease(holder, until)
+		r = *latest
+		return true, nil
+	})
+	return r, err
+}
+
+// FinishGroup records that holder's leased task is done: the events it covered leave the
+// group, which is then suppressed for groupInterval. A queued single task's record is
+// deleted. A lease that lapsed and passed to another replica is left to that replica, which
+// finds the task settled and finishes it.
+func (s *Store) FinishGroup(ctx context.Context, key, holder string) error {
+	return s.updateGroup(ctx, key, false, func(r *GroupRecord, exists bool) (bool, error) {
+		if !exists || r.Lease == nil || r.Lease.Holder != holder {
+			return false, nil
+		}
+		if r.Single {
+			return false, errDelete
+		}
+		r.sent(s.now())
+		return true, nil
+	})
+}
+
+// ReleaseGroup gives holder's lease back without a task sent: the group is due again at due,
+// having used attempts calls.
+func (s *Store) ReleaseGroup(ctx context.Context, key, holder string, due time.Time, attempts int) error {
+	return s.updateGroup(ctx, key, false, func(r *GroupRecord, exists bool) (bool, error) {
+		if !exists || r.Lease == nil || r.Lease.Holder != holder {
+			return false, nil
+		}
+		r.Lease = nil
+		r.Due = due
+		r.Attempts = attempts
+		return true, nil
+	})
+}
+
+// DeleteGroup deletes the group if it is still at revision rev: a group that is over. The
+// revision makes the delete lose to an event that arrives meanwhile.
+func (s *Store) DeleteGroup(ctx context.Context, key string, rev uint64) error {
+	return s.kv.Delete(ctx, groups.key(key), jetstream.LastRevision(rev))
+}
+
+// updateGroup applies change to the group's record by compare-and-set (see
+// compareAndSet). cached allows starting from this replica's last write of the record: only
+// for a change that always writes when it changes anything, so that a stale start fails the
+// compare-and-set instead of deciding on old state.
+func (s *Store) updateGroup(ctx context.Context, key string, cached bool, change func(r *GroupRecord, exists bool) (bool, error)) error {
+	// Any update takes the cached copy out, so that none is used after another write.
+	last := func() (GroupRecord, uint64, bool) {
+		r, rev, ok := s.cache.take(key)
+		return r, rev, ok && cached
+	}
+	r, rev, err := compareAndSet(ctx, s, groups, key, GroupRecord{}, last, change)
+	if err == nil && rev != 0 {
+		s.cache.put(key, r, rev)
+	}
+	return err
+}
+
+// Groups lists every group record by its key.
+func (s *Store) Groups(ctx context.Context) (map[string]GroupRecord, error) {
+	return list[GroupRecord](ctx, s, groups, "*")
+}
+
+// groupCache holds the last record this replica wrote per group. An entry is taken out for
+// one update, so two updates never share (and mutate) one record.
+type groupCache struct {
+	mu      sync.Mutex
+	records map[string]cachedGroup
+}
+
+type cachedGroup struct {
+	rec GroupRecord
+	rev uint64
+}
+
+// maxCachedGroups bounds the cache; past it, it starts over.
+const maxCachedGroups = 1024
+
+func (c *groupCache) take(key string) (GroupRecord, uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	g, ok := c.records[key]
+	delete(c.records, key)
+	return g.rec, g.rev, ok
+}
+
+func (c *groupCache) put(key string, r GroupRecord, rev uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.records == nil || len(c.records) >= maxCachedGroups {
+		c.records = map[string]cachedGroup{}
+	}
+	c.records[key] = cachedGroup{rec: r, rev: rev}
+}
