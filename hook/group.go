@@ -162,17 +162,28 @@ type Group struct {
 	// Omitted is how many of the Count events are not listed in .Events, past
 	// maxEventsPerTask.
 	Omitted int
+	// Unlisted is how many more are not listed to keep the task within the prompt limit.
+	Unlisted int
 	// Resources is how many distinct events (type and resource) .Events lists.
 	Resources           int
 	FirstSeen, LastSeen time.Time
 	// Sent is how many tasks the group had before this one.
 	Sent int
+	// Incarnation tells this group from an earlier one with the same key: the same
+	// incident recurring after its group ended.
+	Incarnation string `json:"-"`
 }
 
 // GroupTask builds the task of a group: one call for every event of the group since its last
 // task. The prompt sees .Events and .Group besides the latest event's fields; the text after
-// it lists the group compactly. The ids are the group's, per task (gen), so a retried send
-// is recognisable and the settled record keeps it from being called twice.
+// it lists the group compactly. The ids are the group's, per task, so a retried send is
+// recognisable and the settled record keeps it from being called twice: MessageID is
+// GroupMessageID(g.Key, g.Incarnation, g.Sent).
+//
+// A storm's prompt may render past MaxPromptOutput when it lists every event (a thousand
+// events with a message each): the task then lists fewer, halving until it fits, and counts
+// the rest in .Group.Unlisted, which the text after the prompt states. Only a prompt too
+// large with a single event fails, with ErrPromptTooLarge.
 func GroupTask(m Match, g Group, events []GroupEvent) (Task, error) {
 	latest := &events[len(events)-1].Event
 	for i := range events {
@@ -183,31 +194,49 @@ func GroupTask(m Match, g Group, events []GroupEvent) (Task, error) {
 	t := Task{
 		Hook:           m.Hook.Key(),
 		Agent:          m.Agent,
-		MessageID:      GroupMessageID(g.Key, g.Sent),
+		MessageID:      GroupMessageID(g.Key, g.Incarnation, g.Sent),
 		ContextID:      UUID("group-context", g.Key),
 		Event:          latest,
 		SuppressionKey: g.Key,
 	}
 	data := newPromptData(latest)
-	data.Events, data.Group = events, g
-	b := limitedBuffer{limit: MaxPromptOutput}
-	err := m.prompt.Execute(&b, data)
+	listed := events
+	var prompt string
+	var err error
+	for {
+		data.Events, data.Group = listed, g
+		data.Group.Resources = len(listed)
+		if prompt, err = execute(m.prompt, &data); !errors.Is(err, ErrPromptTooLarge) || len(listed) == 1 {
+			break
+		}
+		listed = listed[:len(listed)/2]
+		g.Unlisted = 0
+		for _, e := range events[len(listed):] {
+			g.Unlisted += e.Count
+		}
+	}
 	if errors.Is(err, ErrPromptTooLarge) {
 		return t, fmt.Errorf("hook %s prompt: %w", m.Hook.Key(), err)
 	}
-	prompt := b.String()
 	if err != nil {
 		prompt = expandPlaceholders(m.Config().Prompt, latest)
 		err = fmt.Errorf("hook %s prompt: %w", m.Hook.Key(), err)
 	}
-	t.Text = prompt + GroupContext(g, events)
+	g.Resources = len(events)
+	t.Text = prompt + GroupContext(g, listed)
 	return t, err
 }
 
-// GroupMessageID is the message id of a group's task after sent tasks: one per group and
-// task, so that a retried send of the same task is recognisable.
-func GroupMessageID(key string, sent int) string {
-	return UUID("group-message", key, strconv.Itoa(sent))
+// GroupMessageID is the message id of a group's task after sent tasks: one per group, per
+// incarnation of the group and per task, so that a retried send of the same task is
+// recognisable while the same incident recurring after its group ended is a new task (its
+// group is a new incarnation). Groups stored before incarnations existed have none, and keep
+// their ids.
+func GroupMessageID(key, incarnation string, sent int) string {
+	if incarnation == "" {
+		return UUID("group-message", key, strconv.Itoa(sent))
+	}
+	return UUID("group-message", key, incarnation, strconv.Itoa(sent))
 }
 
 // GroupContext is the text appended to a grouped task's prompt: the group's labels and
@@ -255,6 +284,9 @@ func GroupContext(g Group, events []GroupEvent) string {
 	}
 	if omitted > 0 {
 		fmt.Fprintf(&b, "\n- and %d more events not listed (maxEventsPerTask)", omitted)
+	}
+	if g.Unlisted > 0 {
+		fmt.Fprintf(&b, "\n- and %d more events not listed, to keep the task within the prompt limit", g.Unlisted)
 	}
 	return b.String()
 }

@@ -132,3 +132,42 @@ func TestGroupListingIsBounded(t *testing.T) {
 	require.Less(t, listed, MaxGroupEvents)
 	require.True(t, strings.HasSuffix(text, fmt.Sprintf("\n- and %d more events not listed (maxEventsPerTask)", 2*(MaxGroupEvents-listed))), text[len(text)-100:])
 }
+
+// A storm's prompt that lists every event's message passes the prompt limit (100 pods with
+// a kilobyte each): the task lists as many as fit, says how many it leaves out, and is sent.
+// Only a prompt that does not fit with one event fails, as too large.
+func TestGroupTaskDegradesPastThePromptLimit(t *testing.T) {
+	idx := mustIndex(t, groupedHook("  groupBy: [owner]\n"))
+	ev := &mapping.Event{Type: "pod-restart", Namespace: "prod", Resource: mapping.Resource{Kind: "Pod", Name: "web-0"}}
+	m := idx.Match(ev)[0]
+	m.prompt = mustTemplate(t, "{{.Group.Resources}} of {{len .Events}} listed, {{.Group.Unlisted}} not:{{range .Events}}\n{{.Resource.Name}}: {{.Message}}{{end}}")
+	var events []GroupEvent
+	for i := range 100 {
+		e := *ev
+		e.Resource.Name = fmt.Sprintf("web-%02d", i)
+		e.Message = strings.Repeat("m", 1024)
+		events = append(events, GroupEvent{Event: e, Count: 2})
+	}
+	g := Group{Key: "k", Labels: map[string]string{"owner": "Deployment/web"}, Count: 200, Total: 200, Resources: 100}
+	task, err := GroupTask(m, g, events)
+	require.NoError(t, err)
+	first, _, _ := strings.Cut(task.Text, "\n")
+	require.Equal(t, "50 of 50 listed, 100 not:", first, "halved until it fits; the prompt sees what it lists")
+	require.Contains(t, task.Text, "\n- and 100 more events not listed, to keep the task within the prompt limit")
+	require.Contains(t, task.Text, "\nEvents: 200 on 100 resources", "the counts are the group's")
+	require.Less(t, len(task.Text), 2*MaxPromptOutput)
+
+	m.prompt = mustTemplate(t, "{{range .Events}}{{.Message}}{{.Message}}{{end}}")
+	events = events[:1]
+	events[0].Message = strings.Repeat("m", MaxPromptOutput/2+1)
+	_, err = GroupTask(m, g, events)
+	require.ErrorIs(t, err, ErrPromptTooLarge)
+}
+
+// A group's task ids belong to one incarnation of the group: the same incident recurring
+// after its group ended is a new task, never taken for the earlier one's.
+func TestGroupMessageIDsArePerIncarnation(t *testing.T) {
+	require.NotEqual(t, GroupMessageID("k", "a", 0), GroupMessageID("k", "b", 0))
+	require.NotEqual(t, GroupMessageID("k", "a", 0), GroupMessageID("k", "a", 1))
+	require.Equal(t, UUID("group-message", "k", "0"), GroupMessageID("k", "", 0), "a group stored before incarnations keeps its ids")
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"text/template"
 	"time"
 
@@ -199,6 +200,7 @@ type Match struct {
 	Agent  AgentRef
 	prompt *template.Template
 	entry  string
+	stable string
 }
 
 // Entry identifies the matched event configuration by what it is (its hook, event type,
@@ -206,8 +208,19 @@ type Match struct {
 // task id, context id or suppression key, and in-flight events are not called again.
 func (m Match) Entry() string { return m.entry }
 
+// StableEntry identifies the matched event configuration by its hook, event type and agent
+// only: what it is for, not what it says. Work that waits (a group gathering events, a task
+// queued for its agent's budget) belongs to it, so that editing the prompt meanwhile sends
+// that work with the new prompt instead of dropping it. Two entries of one Hook for the same
+// event type and agent are told apart by their order among themselves.
+func (m Match) StableEntry() string { return m.stable }
+
 func entryID(hook string, ec EventConfiguration, agent AgentRef) string {
 	return hook + "#" + Hash(ec.EventType, agent.Namespace, agent.Name, ec.Prompt)
+}
+
+func stableEntryID(hook string, ec EventConfiguration, agent AgentRef, nth int) string {
+	return hook + "#" + Hash("stable", ec.EventType, agent.Namespace, agent.Name, strconv.Itoa(nth))
 }
 
 // Config returns the matched event configuration.
@@ -239,6 +252,7 @@ func NewIndex(hooks []Hook) (*Index, error) {
 			continue
 		}
 		entries := map[string]bool{}
+		nth := map[[3]string]int{}
 		for j, ec := range h.Spec.EventConfigurations {
 			agent := ec.AgentRef
 			if agent.Namespace == "" {
@@ -253,9 +267,13 @@ func NewIndex(hooks []Hook) (*Index, error) {
 			entries[entry] = true
 			tmpl, _, _ := compilePrompt(ec.Prompt) // validated above
 			k := indexKey{h.Metadata.Namespace, ec.EventType}
-			m := Match{Hook: h, Index: j, Agent: agent, prompt: tmpl, entry: entry}
+			same := [3]string{ec.EventType, agent.Namespace, agent.Name}
+			stable := stableEntryID(h.Key(), ec, agent, nth[same])
+			nth[same]++
+			m := Match{Hook: h, Index: j, Agent: agent, prompt: tmpl, entry: entry, stable: stable}
 			idx.byKey[k] = append(idx.byKey[k], m)
 			idx.byEntry[entry] = m
+			idx.byEntry[stable] = m
 		}
 		idx.hooks = append(idx.hooks, h)
 	}
@@ -292,8 +310,8 @@ func (m Match) accepts(ev *mapping.Event) bool {
 	return true
 }
 
-// Entry returns the event configuration whose Entry is entry, if a hook still has it: a
-// group's task is built from the entry that opened the group.
+// Entry returns the event configuration whose Entry or StableEntry is entry, if a hook
+// still has it: a group's task is built from the entry of the group, as it is now.
 func (idx *Index) Entry(entry string) (Match, bool) {
 	m, ok := idx.byEntry[entry]
 	return m, ok

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/template"
 	"text/template/parse"
+	"time"
 )
 
 // Prompt limits. A Hook is written by whoever may create Hooks in a namespace, so a prompt is
@@ -29,6 +30,21 @@ const (
 
 // ErrPromptTooLarge is a render that exceeded MaxPromptOutput.
 var ErrPromptTooLarge = fmt.Errorf("prompt renders to more than %d bytes", MaxPromptOutput)
+
+// Render bounds in time. Ranging only over the event's collections, never nested, with no
+// recursion and bounded output, a prompt's cost is linear in the event's size; these bound
+// what that still allows (a 1 MiB payload ranged over by a body of a thousand actions) and
+// anything the static checks miss. Every render, at load and per task, runs under them.
+var (
+	// MaxRenderTime bounds one render in wall-clock time.
+	MaxRenderTime = 100 * time.Millisecond
+	// maxRenderSteps bounds one render in steps (each action, range iteration and branch
+	// taken is one), the same on every machine.
+	maxRenderSteps = 1_000_000
+)
+
+// ErrPromptTooSlow is a render stopped by MaxRenderTime or maxRenderSteps.
+var ErrPromptTooSlow = errors.New("prompt took too long to render")
 
 // checkPrompt rejects, at load, the template constructs whose cost does not depend on the
 // event's size: ranging over a number or over a function's result (text/template ranges over
@@ -148,6 +164,19 @@ func checkFormat(format string) error {
 		}
 	}
 	return nil
+}
+
+// bounded wraps an escaping builtin (html, js, urlquery) so that it refuses an input past
+// MaxPromptOutput: each multiplies its input's size (html turns & into &amp;), and a chain of
+// them would otherwise grow a short string exponentially before anything is written.
+func bounded(escape func(...any) string) func(...any) (string, error) {
+	return func(args ...any) (string, error) {
+		s := escape(args...)
+		if len(s) > MaxPromptOutput {
+			return "", ErrPromptTooLarge
+		}
+		return s, nil
+	}
 }
 
 // boundedPrint and boundedPrintln bound the builtins' output the same way.

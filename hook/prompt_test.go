@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -23,6 +24,13 @@ func TestHostilePromptsAreRefusedAtLoad(t *testing.T) {
 		{"a huge printf width", `{{printf "%0999999999d" 1}}`, "width or precision"},
 		{"printf width from an argument", `{{printf "%*d" 999999999 1}}`, "not allowed"},
 		{"too long", strings.Repeat("a", MaxPromptSource+1), "longer than"},
+		// A variable or a method chain can hold an integer, which text/template ranges over:
+		// the check is made on the value, when the prompt renders (at load, on an empty
+		// event, and for every task).
+		{"range over a variable holding a number", `{{$n := 1000000000000}}{{range $n}}{{end}}`, "lists and maps only"},
+		{"range over a method's number", `{{range .Group.FirstSeen.UnixNano}}{{end}}`, "lists and maps only"},
+		{"range over a group count", `{{range .Group.Count}}x{{end}}`, "lists and maps only"},
+		{"escapers chained to grow", `{{"\\" ` + strings.Repeat("| js ", 40) + `}}`, "renders to more than"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := compilePrompt(tc.prompt)
@@ -39,6 +47,41 @@ func TestHostilePromptsAreRefusedAtLoad(t *testing.T) {
 		_, _, err := compilePrompt(ok)
 		require.NoError(t, err, ok)
 	}
+}
+
+// A prompt that is cheap on an empty event but whose cost grows with the event (a long
+// range body over a large payload) is stopped by the render's bounds, and the task is sent
+// with khook's plain placeholders instead.
+func TestExpensivePromptIsStoppedAndFallsBack(t *testing.T) {
+	prompt := `Pod {{.ResourceName}}{{range .Data.items}}` + strings.Repeat(`{{if .}}{{end}}`, 600) + `{{end}}`
+	tmpl, _, err := compilePrompt(prompt)
+	require.NoError(t, err, "cheap on an empty event")
+	items := make([]int, 200000)
+	data, _ := json.Marshal(map[string]any{"items": items})
+	ev := &mapping.Event{Type: "pod-restart", Namespace: "shop", Resource: mapping.Resource{Name: "cart-1"}, Data: data}
+	_, err = render(tmpl, ev)
+	require.ErrorIs(t, err, ErrPromptTooSlow)
+
+	h := Hook{APIVersion: APIVersion, Kind: Kind, Metadata: ObjectMeta{Name: "h", Namespace: "shop"},
+		Spec: HookSpec{EventConfigurations: []EventConfiguration{{EventType: "pod-restart", AgentRef: AgentRef{Name: "a"}, Prompt: prompt}}}}
+	idx, err := NewIndex([]Hook{h})
+	require.NoError(t, err)
+	task, err := NewTask(idx.Match(ev)[0], ev)
+	require.ErrorIs(t, err, ErrPromptTooSlow)
+	require.True(t, strings.HasPrefix(task.Text, "Pod cart-1{{range"), "sent with plain placeholders: %.40q", task.Text)
+}
+
+// The step bound holds on every machine, whatever the clock says: a render that keeps
+// stepping stops after maxRenderSteps.
+func TestRenderStopsAfterItsSteps(t *testing.T) {
+	defer func(d time.Duration) { MaxRenderTime = d }(MaxRenderTime)
+	MaxRenderTime = time.Hour
+	tmpl, _, err := compilePrompt(`{{range .Data.items}}{{if .}}{{end}}{{end}}`)
+	require.NoError(t, err)
+	data, _ := json.Marshal(map[string]any{"items": make([]int, maxRenderSteps)})
+	_, err = render(tmpl, &mapping.Event{Data: data})
+	require.ErrorIs(t, err, ErrPromptTooSlow)
+	require.ErrorContains(t, err, "steps")
 }
 
 // Placeholders kagent's khook did not know were sent as written; a migrated Hook keeps that,

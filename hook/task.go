@@ -140,11 +140,17 @@ func newPromptData(ev *mapping.Event) promptData {
 // sandbox replaces the one built-in template function that can reach outside the event
 // data: templates see only plain data, and may not call functions from it.
 var sandbox = template.FuncMap{
-	"call":    func(...any) (any, error) { return nil, errors.New("call is not allowed in prompts") },
-	"get":     lookup,
-	"printf":  boundedPrintf,
-	"print":   boundedPrint,
-	"println": boundedPrintln,
+	"call":     func(...any) (any, error) { return nil, errors.New("call is not allowed in prompts") },
+	"get":      lookup,
+	"printf":   boundedPrintf,
+	"print":    boundedPrint,
+	"println":  boundedPrintln,
+	"html":     bounded(template.HTMLEscaper),
+	"js":       bounded(template.JSEscaper),
+	"urlquery": bounded(template.URLQueryEscaper),
+	rangeFunc:  rangeable,
+	// Replaced in every render by that render's budget (execute).
+	stepFunc: func() string { return "" },
 }
 
 // lookup is the template function get: {{get .Data "labels.pod"}} reads a dotted path and
@@ -192,6 +198,9 @@ func compilePrompt(text string) (*template.Template, []string, error) {
 	if err := checkPrompt(t); err != nil {
 		return nil, nil, err
 	}
+	if err := instrument(t); err != nil {
+		return nil, nil, err
+	}
 	// Paths into .Data depend on each event's payload, not on the template, so only the
 	// rest of the template must run cleanly on an empty event.
 	if _, err := render(t, &mapping.Event{}); err != nil && !strings.Contains(err.Error(), "at <.Data") {
@@ -225,16 +234,15 @@ func expandPlaceholders(prompt string, ev *mapping.Event) string {
 	})
 }
 
-// render expands t for ev, failing with ErrPromptTooLarge past MaxPromptOutput.
+// render expands t for ev, failing with ErrPromptTooLarge past MaxPromptOutput and with
+// ErrPromptTooSlow past the render's time and step bounds.
 func render(t *template.Template, ev *mapping.Event) (string, error) {
-	b := limitedBuffer{limit: MaxPromptOutput}
-	if err := t.Execute(&b, newPromptData(ev)); err != nil {
-		if errors.Is(err, ErrPromptTooLarge) {
-			return "", ErrPromptTooLarge
-		}
-		return "", err
+	data := newPromptData(ev)
+	out, err := execute(t, &data)
+	if errors.Is(err, ErrPromptTooLarge) {
+		return "", ErrPromptTooLarge
 	}
-	return b.String(), nil
+	return out, err
 }
 
 // ExpandPrompt renders a prompt for an event; an invalid prompt is returned as written.

@@ -20,7 +20,7 @@ import (
 
 // HeaderRetryOf marks an event republished from a dead letter with the dead letter's
 // sequence, for the logs and for tracing back.
-const HeaderRetryOf = "Khook-Dlq-Retry-Of"
+const HeaderRetryOf = streams.HeaderRetryOf
 
 // DeadLetter is one message in the dead-letter stream, with its reason.
 type DeadLetter struct {

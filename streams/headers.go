@@ -12,3 +12,14 @@ const (
 
 // ReplayHeaders are the headers a stage passes on from its input to its output.
 var ReplayHeaders = []string{HeaderReplayID, HeaderOriginalID, HeaderOriginalSeq, HeaderIgnoreSuppression}
+
+// HeaderRawSeq is set by the mapper on every normalized event: the sequence, in the raw
+// stream, of the raw event it was mapped from (for a replayed copy, its original's). A
+// redelivered event, and a replayed copy of an event, carry the same value as the first
+// delivery, so the dispatcher's groups count each raw event once. Replays and the mapper
+// pass it on unchanged.
+const HeaderRawSeq = "Khook-Raw-Seq"
+
+// HeaderRetryOf marks an event republished from a dead letter (khook dlq retry) with the
+// dead letter's sequence: it is handled again on purpose, not as a repeat of its original.
+const HeaderRetryOf = "Khook-Dlq-Retry-Of"

@@ -5,7 +5,6 @@ import (
 	"sync"
 
 	"github.com/khook/khook/consumers/dispatch/state"
-	"github.com/khook/khook/mapping"
 )
 
 // combiner folds the events of one group that this replica's workers handle at the same
@@ -23,7 +22,7 @@ type combiner struct {
 // waiting worker. The writer's init opens the group if it is new; it differs from the
 // others' only in the first event's severity, which add raises anyway.
 type combined struct {
-	events  []*mapping.Event
+	events  []state.Arrival
 	waiters []chan error
 }
 
@@ -31,8 +30,8 @@ func newCombiner() *combiner { return &combiner{pending: map[string]*combined{}}
 
 // add stores ev in group key through write, together with whatever other workers queue for
 // the same group meanwhile, and returns once ev is stored (or its write failed).
-func (c *combiner) add(ctx context.Context, key string, init state.GroupRecord, ev *mapping.Event,
-	write func(ctx context.Context, key string, init state.GroupRecord, events []*mapping.Event) error) error {
+func (c *combiner) add(ctx context.Context, key string, init state.GroupRecord, ev state.Arrival,
+	write func(ctx context.Context, key string, init state.GroupRecord, events []state.Arrival) error) error {
 	c.mu.Lock()
 	if p, writing := c.pending[key]; writing {
 		ch := make(chan error, 1)
@@ -51,7 +50,7 @@ func (c *combiner) add(ctx context.Context, key string, init state.GroupRecord, 
 	c.pending[key] = &combined{}
 	c.mu.Unlock()
 
-	err := write(ctx, key, init, []*mapping.Event{ev})
+	err := write(ctx, key, init, []state.Arrival{ev})
 	// Write what queued up meanwhile, until nothing did: this worker is the group's writer
 	// until then.
 	for {

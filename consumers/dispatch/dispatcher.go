@@ -373,7 +373,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	if g, ok := m.Hook.Grouping(); ok && !ignore {
 		// A grouped hook's events are sent as their group's task; a replay that ignores
 		// suppression bypasses grouping too, and sends each event on its own.
-		return d.gather(ctx, m, g, ev, log)
+		return d.gather(ctx, msg, m, g, ev, log)
 	}
 	switch claim, err := d.claim(ctx, t, window, ignore, log); claim {
 	case claimRetry:
@@ -395,7 +395,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	}
 	if _, ok := state.BudgetFor(d.cfg.Budgets, agentName(m.Agent)); ok {
 		// The agent has a budget: the task waits its turn with every replica's, by severity.
-		return d.enqueue(ctx, t, m, ev, log)
+		return d.enqueue(ctx, msg, t, m, ev, log)
 	}
 
 	// One span per call, so every retry shows in the trace.

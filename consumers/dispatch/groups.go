@@ -4,16 +4,19 @@ import (
 	"cmp"
 	"context"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"go.uber.org/zap"
 
 	"github.com/khook/khook/consumers/dispatch/state"
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/streams"
 )
 
 // Grouping and budgets: tasks that do not go straight to their agent.
@@ -260,6 +263,11 @@ func (f *flusher) send(ctx context.Context, key string, r state.GroupRecord, msg
 	var err error
 	if r.Single {
 		t, err = hook.NewTask(m, &r.Events[0].Event)
+		// The ids it was queued with: the prompt may have changed since, and its event's
+		// suppression claim and delivery record are under these.
+		if r.Task != "" {
+			t.MessageID, t.ContextID, t.SuppressionKey = r.Task, cmp.Or(r.Context, t.ContextID), cmp.Or(r.Claim, t.SuppressionKey)
+		}
 	} else {
 		t, err = hook.GroupTask(m, r.Group(key), r.Events)
 	}
@@ -374,14 +382,14 @@ func (f *flusher) stats() (open int, waiting map[string]int) {
 
 // gather folds an event of a grouped hook into its group. The event is acknowledged once the
 // group holds it.
-func (d *Dispatcher) gather(ctx context.Context, m hook.Match, g hook.Grouping, ev *mapping.Event, log *zap.Logger) settle {
+func (d *Dispatcher) gather(ctx context.Context, msg jetstream.Msg, m hook.Match, g hook.Grouping, ev *mapping.Event, log *zap.Logger) settle {
 	labels := g.Labels(ev)
-	key := hook.GroupKey(m.Entry(), labels)
+	key := hook.GroupKey(m.StableEntry(), labels)
 	init := state.GroupRecord{
-		Entry: m.Entry(), Hook: m.Hook.Key(), Agent: agentName(m.Agent), Labels: labels, Severity: ev.Severity,
+		Entry: m.StableEntry(), Hook: m.Hook.Key(), Agent: agentName(m.Agent), Labels: labels, Severity: ev.Severity,
 		Wait: g.Wait, Interval: g.Interval, MaxEvents: g.MaxEvents,
 	}
-	err := d.combiner.add(ctx, key, init, ev, func(ctx context.Context, key string, init state.GroupRecord, events []*mapping.Event) error {
+	err := d.combiner.add(ctx, key, init, arrivalOf(msg, ev), func(ctx context.Context, key string, init state.GroupRecord, events []state.Arrival) error {
 		opened, err := d.state.AddToGroup(ctx, key, init, events...)
 		if err == nil && opened {
 			log.Info("group opened", zap.String("group", key), zap.Any("labels", labels), zap.Duration("group_wait", g.Wait))
@@ -396,14 +404,27 @@ func (d *Dispatcher) gather(ctx context.Context, m hook.Match, g hook.Grouping, 
 	return settle{ack: true}
 }
 
+// arrivalOf is how a group counts ev once: by the raw event it was mapped from, which a
+// redelivery and a replayed copy share; failing that, by its id or its original's. An event
+// retried from a dead letter is counted again, on purpose, once per dead letter.
+func arrivalOf(msg jetstream.Msg, ev *mapping.Event) state.Arrival {
+	h := msg.Headers()
+	if retry := h.Get(streams.HeaderRetryOf); retry != "" {
+		return state.Arrival{Event: ev, ID: "dlq-retry-" + retry}
+	}
+	a := state.Arrival{Event: ev, ID: cmp.Or(h.Get(streams.HeaderOriginalID), ev.ID)}
+	a.RawSeq, _ = strconv.ParseUint(h.Get(streams.HeaderRawSeq), 10, 64)
+	return a
+}
+
 // enqueue queues a task whose agent has a budget, as a group of one: the flusher sends it
-// when the budget allows, most severe first.
-func (d *Dispatcher) enqueue(ctx context.Context, t hook.Task, m hook.Match, ev *mapping.Event, log *zap.Logger) settle {
+// when the budget allows, most severe first, with the ids it has now.
+func (d *Dispatcher) enqueue(ctx context.Context, msg jetstream.Msg, t hook.Task, m hook.Match, ev *mapping.Event, log *zap.Logger) settle {
 	key := hook.Hash("single", t.MessageID)
 	if _, err := d.state.AddToGroup(ctx, key, state.GroupRecord{
-		Entry: m.Entry(), Hook: m.Hook.Key(), Agent: agentName(m.Agent), Severity: ev.Severity, MaxEvents: 1,
-		Single: true, Task: t.MessageID,
-	}, ev); err != nil {
+		Entry: m.StableEntry(), Hook: m.Hook.Key(), Agent: agentName(m.Agent), Severity: ev.Severity, MaxEvents: 1,
+		Single: true, Task: t.MessageID, Context: t.ContextID, Claim: t.SuppressionKey,
+	}, arrivalOf(msg, ev)); err != nil {
 		log.Warn("task not queued for its agent's budget, will retry", zap.Error(err))
 		return settle{delay: d.cfg.RetryBase}
 	}

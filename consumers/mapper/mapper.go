@@ -161,7 +161,7 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 		deadletter.AckOrLog(m.logger, msg)
 		return pending{}, false
 	}
-	out, err := m.encode(ctx, ev, msg.Headers())
+	out, err := m.encode(ctx, ev, msg)
 	if err != nil {
 		tracing.Fail(span, err)
 		m.metrics.events.WithLabelValues("invalid").Inc()
@@ -192,7 +192,8 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 	return pending{msg: msg, ack: fut}, true
 }
 
-func (m *Mapper) encode(ctx context.Context, ev mapping.Event, in nats.Header) (*nats.Msg, error) {
+func (m *Mapper) encode(ctx context.Context, ev mapping.Event, msg jetstream.Msg) (*nats.Msg, error) {
+	in := msg.Headers()
 	subj, err := m.topo.Subjects().Events(ev.Type)
 	if err != nil {
 		return nil, err
@@ -211,6 +212,13 @@ func (m *Mapper) encode(ctx context.Context, ev mapping.Event, in nats.Header) (
 		if v := in.Get(h); v != "" {
 			out.Header.Set(h, v)
 		}
+	}
+	// The raw event's sequence identifies it to the dispatcher's groups: a replayed copy
+	// names its original's.
+	if seq := in.Get(streams.HeaderOriginalSeq); seq != "" && in.Get(streams.HeaderReplayID) != "" {
+		out.Header.Set(streams.HeaderRawSeq, seq)
+	} else if md, err := msg.Metadata(); err == nil {
+		out.Header.Set(streams.HeaderRawSeq, strconv.FormatUint(md.Sequence.Stream, 10))
 	}
 	return out, nil
 }

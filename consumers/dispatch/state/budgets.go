@@ -37,22 +37,35 @@ func BudgetFor(budgets []Budget, agent string) (Budget, bool) {
 	return Budget{}, false
 }
 
-// BudgetRecord is one agent's budget in use, shared by every replica.
+// MaxTasksPerHour is the highest hourly budget: the record keeps a start time per task of
+// the last hour, and is rewritten on every start.
+const MaxTasksPerHour = 10000
+
+// BudgetRecord is one agent's budget in use, shared by every replica. It keeps only what
+// the budget's limits need: a start time per task of the last hour only with an hourly
+// limit, and never more of them than the limit, so its size is bounded by the budget, not
+// by the rate of tasks.
 type BudgetRecord struct {
 	Agent string `json:"agent"`
-	// Sent holds when each task of the last hour was started.
+	// Sent holds when each task of the last hour was started, with an hourly limit.
 	Sent []time.Time `json:"sent,omitempty"`
-	// InFlight maps each hold, "<message id> <replica>", to when it lapses (a crashed
-	// replica's). Holds are per replica: two replicas racing for one task each take, and
-	// return, their own.
-	InFlight map[string]time.Time `json:"inFlight,omitempty"`
+	// Holds maps each hold, "<message id> <replica>", to when it started and when it lapses
+	// (a crashed replica's). Holds are per replica: two replicas racing for one task each
+	// take, and return, their own.
+	Holds map[string]Hold `json:"holds,omitempty"`
+}
+
+// Hold is one task's hold on a budget.
+type Hold struct {
+	Started time.Time `json:"started"`
+	Until   time.Time `json:"until"`
 }
 
 func (r *BudgetRecord) prune(now time.Time) {
 	r.Sent = slices.DeleteFunc(r.Sent, func(t time.Time) bool { return now.Sub(t) >= time.Hour })
-	for id, until := range r.InFlight {
-		if now.After(until) {
-			delete(r.InFlight, id)
+	for id, h := range r.Holds {
+		if now.After(h.Until) {
+			delete(r.Holds, id)
 		}
 	}
 }
@@ -60,8 +73,8 @@ func (r *BudgetRecord) prune(now time.Time) {
 // InUse returns the tasks in flight and the tasks sent in the hour before now; it does not
 // change r.
 func (r *BudgetRecord) InUse(now time.Time) (inFlight, lastHour int) {
-	for _, until := range r.InFlight {
-		if !now.After(until) {
+	for _, h := range r.Holds {
+		if !now.After(h.Until) {
 			inFlight++
 		}
 	}
@@ -91,13 +104,17 @@ func (s *Store) updateBudget(ctx context.Context, agent string, change func(r *B
 }
 
 // TakeBudget takes one task of the agent's budget for messageID, held by holder until
-// until, if the budget allows it.
+// until, if the budget allows it. It reports true only when the record that holds the hold
+// was written, or already held it: a replica that lost the compare-and-set decides again on
+// the winner's record, and a write that failed took nothing.
 func (s *Store) TakeBudget(ctx context.Context, b Budget, agent, messageID, holder string, until time.Time) (bool, error) {
-	took := false
 	hold := messageID + " " + holder
+	var took bool
 	err := s.updateBudget(ctx, agent, func(r *BudgetRecord) bool {
+		// Decided afresh on every try: the record may be another replica's newer one.
+		took = false
 		now := s.now()
-		if _, ok := r.InFlight[hold]; ok {
+		if _, ok := r.Holds[hold]; ok {
 			took = true
 			return false
 		}
@@ -105,15 +122,26 @@ func (s *Store) TakeBudget(ctx context.Context, b Budget, agent, messageID, hold
 		if !r.Free(b, now) {
 			return false
 		}
-		if r.InFlight == nil {
-			r.InFlight = map[string]time.Time{}
+		if r.Holds == nil {
+			r.Holds = map[string]Hold{}
 		}
-		r.InFlight[hold] = until
-		r.Sent = append(r.Sent, now)
+		r.Holds[hold] = Hold{Started: now, Until: until}
+		if b.MaxTasksPerHour > 0 {
+			r.Sent = append(r.Sent, now)
+			// Only the last MaxTasksPerHour starts can decide whether another fits.
+			if over := len(r.Sent) - b.MaxTasksPerHour; over > 0 {
+				r.Sent = slices.Delete(r.Sent, 0, over)
+			}
+		} else {
+			r.Sent = nil
+		}
 		took = true
 		return true
 	})
-	return took, err
+	if err != nil {
+		return false, err
+	}
+	return took, nil
 }
 
 // ReturnBudget ends holder's hold for messageID on the agent's budget. refund also gives
@@ -122,14 +150,17 @@ func (s *Store) TakeBudget(ctx context.Context, b Budget, agent, messageID, hold
 func (s *Store) ReturnBudget(ctx context.Context, agent, messageID, holder string, refund bool) error {
 	hold := messageID + " " + holder
 	return s.updateBudget(ctx, agent, func(r *BudgetRecord) bool {
-		if _, ok := r.InFlight[hold]; !ok {
+		h, ok := r.Holds[hold]
+		if !ok {
 			return false
 		}
-		delete(r.InFlight, hold)
-		if refund && len(r.Sent) > 0 {
-			// The newest stamp goes: which one does not matter for the count, and the
-			// newest frees the slot for the longest.
-			r.Sent = r.Sent[:len(r.Sent)-1]
+		delete(r.Holds, hold)
+		if refund {
+			// This task's own start goes: another's would free that task's slot before
+			// its hour is over, and let the hour hold one task too many.
+			if i := slices.IndexFunc(r.Sent, h.Started.Equal); i >= 0 {
+				r.Sent = slices.Delete(r.Sent, i, i+1)
+			}
 		}
 		return true
 	})

@@ -6,16 +6,22 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/mapping"
 )
 
-// maxRecent is how many event ids a group remembers, so that an event redelivered after a
-// lost acknowledgement is counted once.
+// maxRecent is how many ids a group remembers for the events whose raw-stream sequence it
+// does not know (published to the events stream directly, not through the mapper).
 const maxRecent = 256
+
+// maxGroupMessage bounds each listed event's message in a group's record: the listing cuts
+// it at 200 characters anyway, and a record is rewritten on every event.
+const maxGroupMessage = 1024
 
 // GroupRecord is one group's state, shared by every replica. Pending counts the events
 // since the group's last task; Events lists them, one entry per distinct event.
@@ -28,8 +34,12 @@ type GroupRecord struct {
 	Wait      time.Duration     `json:"wait"`
 	Interval  time.Duration     `json:"interval"`
 	MaxEvents int               `json:"maxEvents"`
-	FirstSeen time.Time         `json:"firstSeen"`
-	LastSeen  time.Time         `json:"lastSeen"`
+	// Incarnation tells this group from an earlier one of the same key, deleted once it
+	// was over: the same incident recurring is a new incarnation, whose tasks have new
+	// message ids. It is set once, by the write that creates the record.
+	Incarnation string    `json:"incarnation,omitempty"`
+	FirstSeen   time.Time `json:"firstSeen"`
+	LastSeen    time.Time `json:"lastSeen"`
 	// Due is when the pending events are sent: groupWait after the first of them, and never
 	// before groupInterval has passed since the last task.
 	Due      time.Time         `json:"due"`
@@ -39,13 +49,35 @@ type GroupRecord struct {
 	Pending  int               `json:"pending"`
 	Omitted  int               `json:"omitted,omitempty"`
 	Events   []hook.GroupEvent `json:"events,omitempty"`
-	Recent   []string          `json:"recent,omitempty"`
-	Lease    *GroupLease       `json:"lease,omitempty"`
-	Attempts int               `json:"attempts,omitempty"`
+	// Counted holds the raw-stream sequences of every event this incarnation counted, so
+	// that each is counted once: a redelivery and a replayed copy carry the sequence of the
+	// raw event they came from. Recent holds the ids of the last events that carried no
+	// sequence. Forgotten counts the sequences Counted let go past its bound.
+	Counted   SeqSet      `json:"counted,omitempty"`
+	Recent    []string    `json:"recent,omitempty"`
+	Forgotten uint64      `json:"forgotten,omitempty"`
+	Lease     *GroupLease `json:"lease,omitempty"`
+	Attempts  int         `json:"attempts,omitempty"`
 	// Single is an ungrouped task waiting for its agent's budget: its one event is sent as
-	// khook sends any event, with the event's own ids; Task is its message id.
-	Single bool   `json:"single,omitempty"`
-	Task   string `json:"task,omitempty"`
+	// khook sends any event, with the ids it had when it was queued (Task, Context and its
+	// suppression claim, Claim), whatever the prompt has become since.
+	Single  bool   `json:"single,omitempty"`
+	Task    string `json:"task,omitempty"`
+	Context string `json:"context,omitempty"`
+	Claim   string `json:"claim,omitempty"`
+}
+
+// Arrival is one event as it reaches its group: the event, and what identifies it for
+// counting it once.
+type Arrival struct {
+	Event *mapping.Event
+	// RawSeq is the sequence, in the raw stream, of the raw event it was mapped from: the
+	// same for a redelivery and for a replayed copy. Zero when unknown.
+	RawSeq uint64
+	// ID identifies it when RawSeq is unknown: the event's id, or the original's for a
+	// replayed copy. Empty counts it whatever came before (a dead letter retried on
+	// purpose).
+	ID string
 }
 
 // GroupLease is held by the replica sending a group's task, until it finishes or Until
@@ -75,24 +107,41 @@ func (r *GroupRecord) Idle(now time.Time) bool {
 }
 
 // MessageID is the A2A message id of the group's next task: the event's own for a queued
-// single task, else one per group and task number.
+// single task, else one per group incarnation and task number.
 func (r *GroupRecord) MessageID(key string) string {
 	if r.Single {
 		return r.Task
 	}
-	return hook.GroupMessageID(key, r.Sent)
+	return hook.GroupMessageID(key, r.Incarnation, r.Sent)
 }
 
-// add folds ev into the group; false means the event was counted before (a redelivery).
-// index maps the event keys of r.Events to their positions; add keeps it current.
-func (r *GroupRecord) add(ev *mapping.Event, now time.Time, index map[string]int) bool {
-	if slices.Contains(r.Recent, ev.ID) {
+// counted reports whether a was counted before, and marks it counted.
+func (r *GroupRecord) counted(a Arrival) bool {
+	switch {
+	case a.RawSeq != 0:
+		added, forgotten := r.Counted.Add(a.RawSeq)
+		r.Forgotten += forgotten
+		return !added
+	case a.ID != "":
+		if slices.Contains(r.Recent, a.ID) {
+			return true
+		}
+		r.Recent = append(r.Recent, a.ID)
+		if len(r.Recent) > maxRecent {
+			r.Recent = slices.Delete(r.Recent, 0, len(r.Recent)-maxRecent)
+		}
+	}
+	return false
+}
+
+// add folds an arrival into the group; false means it was counted before (a redelivery or
+// a replayed copy). index maps the event keys of r.Events to their positions; add keeps it
+// current.
+func (r *GroupRecord) add(a Arrival, now time.Time, index map[string]int) bool {
+	if r.counted(a) {
 		return false
 	}
-	r.Recent = append(r.Recent, ev.ID)
-	if len(r.Recent) > maxRecent {
-		r.Recent = slices.Delete(r.Recent, 0, len(r.Recent)-maxRecent)
-	}
+	ev := a.Event
 	if r.Pending == 0 {
 		r.FirstSeen = now
 		r.Due = now.Add(r.Wait)
@@ -111,6 +160,7 @@ func (r *GroupRecord) add(ev *mapping.Event, now time.Time, index map[string]int
 		// A group lists events by their fields; their payloads would make the record, which
 		// is rewritten on every event, grow by kilobytes per resource.
 		e.Data = nil
+		e.Message = truncate(e.Message, maxGroupMessage)
 	}
 	k := hook.KeyOf(ev).Hash()
 	if i, ok := index[k]; ok {
@@ -163,7 +213,7 @@ func (r *GroupRecord) sent(now time.Time) {
 // Group returns what the task's prompt sees as .Group.
 func (r *GroupRecord) Group(key string) hook.Group {
 	return hook.Group{Key: key, Labels: r.Labels, Count: r.Pending, Total: r.Total, Omitted: r.Omitted,
-		Resources: len(r.Events), FirstSeen: r.FirstSeen, LastSeen: r.LastSeen, Sent: r.Sent}
+		Resources: len(r.Events), FirstSeen: r.FirstSeen, LastSeen: r.LastSeen, Sent: r.Sent, Incarnation: r.Incarnation}
 }
 
 func severityRank(s string) int { return slices.Index(mapping.Severities, s) }
@@ -171,12 +221,14 @@ func severityRank(s string) int { return slices.Index(mapping.Severities, s) }
 // SeverityRank orders severities, info lowest; an unknown one ranks below info.
 func SeverityRank(s string) int { return severityRank(s) }
 
-// AddToGroup folds events into the group key, opening it from init when it is new, in one
-// write. It returns whether the group was opened by this call.
-func (s *Store) AddToGroup(ctx context.Context, key string, init GroupRecord, events ...*mapping.Event) (opened bool, err error) {
+// AddToGroup folds arrivals into the group key, opening it from init when it is new (a new
+// incarnation), in one write. It returns whether the group was opened by this call. A record
+// that would not fit in a message is ErrTooLarge: those events cannot join the group.
+func (s *Store) AddToGroup(ctx context.Context, key string, init GroupRecord, events ...Arrival) (opened bool, err error) {
 	err = s.updateGroup(ctx, key, true, func(r *GroupRecord, exists bool) (bool, error) {
 		if !exists {
 			*r = init
+			r.Incarnation = nuid.Next()
 		}
 		opened = !exists
 		// The index is built once per write: a storm's write folds many events into a
@@ -302,4 +354,16 @@ func (c *groupCache) put(key string, r GroupRecord, rev uint64) {
 		c.records = map[string]cachedGroup{}
 	}
 	c.records[key] = cachedGroup{rec: r, rev: rev}
+}
+
+// truncate cuts s to at most n bytes, on a rune boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

@@ -73,8 +73,9 @@ func decodeUpdate(e jetstream.KeyValueEntry) Update {
 	u.Key = strings.TrimPrefix(e.Key(), groups.prefix)
 	var h struct {
 		GroupRecord
-		Events skipJSON `json:"events"`
-		Recent skipJSON `json:"recent"`
+		Events  skipJSON `json:"events"`
+		Counted skipJSON `json:"counted"`
+		Recent  skipJSON `json:"recent"`
 	}
 	if u.Deleted || json.Unmarshal(e.Value(), &h) != nil {
 		u.Deleted = true
