@@ -96,8 +96,12 @@ func (c Config) Validate(prefix string) error {
 	if c.DispatchBucket == "" {
 		errs = append(errs, fmt.Errorf("%s.dispatch_bucket: required", prefix))
 	}
-	if c.DispatchTTL <= 0 {
-		errs = append(errs, fmt.Errorf("%s.dispatch_ttl: must be positive", prefix))
+	// A delivery record must outlive the longest wait before the same task can be tried
+	// again (an event's redelivery, a lapsed lease: the ack wait, twice over for a call that
+	// began just before it), or that try would call the agent a second time.
+	if c.DispatchTTL < 2*c.Dispatcher.AckWait {
+		errs = append(errs, fmt.Errorf("%s.dispatch_ttl: must be at least twice %s.dispatcher.ack_wait (%s), got %s",
+			prefix, prefix, 2*c.Dispatcher.AckWait, c.DispatchTTL))
 	}
 	names := []string{c.Raw.Name, c.Events.Name, c.DLQ.Name}
 	slices.Sort(names)

@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"github.com/khook/khook/consumers/dispatch/state"
@@ -64,6 +65,14 @@ func (c *combiner) add(ctx context.Context, key string, init state.GroupRecord, 
 		c.pending[key] = &combined{}
 		c.mu.Unlock()
 		werr := write(ctx, key, init, p.events)
+		if errors.Is(werr, state.ErrTooLarge) && len(p.events) > 1 {
+			// One event can make the record too large to store; the others of the batch
+			// may fit. Each is written on its own, and told its own outcome.
+			for i, ev := range p.events {
+				p.waiters[i] <- write(ctx, key, init, []state.Arrival{ev})
+			}
+			continue
+		}
 		for _, ch := range p.waiters {
 			ch <- werr
 		}

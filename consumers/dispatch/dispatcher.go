@@ -133,7 +133,7 @@ func New(js jetstream.JetStream, topo streams.Config, cfg Config, st *state.Stor
 	}, func() float64 { return float64(d.guards.openCount()) })
 	reg.MustRegister(m.breakersOpen)
 	d.flusher = newFlusher(st, d, flushConfig{budgets: cfg.Budgets, maxAttempts: cfg.MaxAttempts, workers: cfg.Workers,
-		leaseFor: topo.Dispatcher.AckWait}, m, logger)
+		leaseFor: topo.Dispatcher.AckWait, retryBase: cfg.RetryBase, subjects: topo.Subjects()}, m, logger)
 	d.combiner = newCombiner()
 	d.registerGroupMetrics(reg)
 	if hooks != nil {
@@ -379,7 +379,6 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	case claimRetry:
 		return settle{delay: d.cfg.RetryBase}
 	case claimRefused:
-		d.Observer.Failed(t, err, true)
 		return d.giveUp(ctx, msg, t, d.router.Target(m.Agent), "claim-refused", 0, err, log)
 	case claimDone:
 		return settle{ack: true}
@@ -387,7 +386,6 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	// The prompt is rendered only now, for a task that will be sent: a suppressed event
 	// never pays for it.
 	if err := t.Render(m); d.unsendable(err, log) {
-		d.Observer.Failed(t, err, true)
 		return d.giveUp(ctx, msg, t, d.router.Target(m.Agent), "prompt-too-large", 0, err, log)
 	}
 	if md, err := msg.Metadata(); err != nil || md.NumDelivered == 1 {
@@ -413,7 +411,6 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 		// The event comes back at once to another replica.
 		return settle{}
 	case callPermanent:
-		d.Observer.Failed(t, c.err, true)
 		return d.giveUp(ctx, msg, t, c.target, "permanent", 1, c.err, log)
 	}
 	attempts, aerr := d.state.Attempt(ctx, t.MessageID)
@@ -422,7 +419,6 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 		attempts = 1
 	}
 	if attempts >= d.cfg.MaxAttempts {
-		d.Observer.Failed(t, c.err, true)
 		return d.giveUp(ctx, msg, t, c.target, "max-attempts", attempts, c.err, log)
 	}
 	return settle{delay: d.retryLater(t, c, attempts, log)}
@@ -590,33 +586,54 @@ func (d *Dispatcher) claim(ctx context.Context, t hook.Task, window time.Duratio
 	return claimOwned, nil
 }
 
-// giveUp dead-letters the event for this task, records the task as settled so that no
-// redelivery of the event (for another match that is still retrying) calls its agent again,
-// and releases its suppression claim, so the next occurrence is not silently suppressed
-// behind a task that never reached its agent.
+// giveUp dead-letters the event for this task (abandon): the event is acknowledged for this
+// match once its dead letter is stored, and comes back later when it is not.
 func (d *Dispatcher) giveUp(ctx context.Context, msg jetstream.Msg, t hook.Task, target Target, reason string,
 	attempts int, cause error, log *zap.Logger) settle {
-	d.metrics.deliveries.WithLabelValues(target.Name(), "deadletter").Inc()
-	d.metrics.deadLetters.WithLabelValues(reason).Inc()
-	log.Warn("delivery failed, dead-lettering", zap.String("reason", reason), zap.Int("attempt", attempts), zap.Error(cause))
-	if err := deadletter.Publish(ctx, d.js, d.topo.Subjects(), deadletter.Letter{
-		Stage: Stage, Reason: reason, Err: cause, Msg: msg, Hook: t.Hook, Key: t.MessageID,
-		Target: target.Name() + " " + target.Endpoint(t), Attempts: attempts,
-	}); err != nil {
-		log.Warn("dead letter not stored, will redeliver", zap.Error(err))
+	if err := d.abandon(ctx, t, target, reason, attempts, cause, []deadletter.Letter{{Msg: msg}}, log); err != nil {
 		return settle{delay: d.cfg.RetryBase}
 	}
+	// The event is settled for this hook; other matches of the same event still run, and
+	// the event is acknowledged when they are done.
+	return settle{ack: true}
+}
+
+// abandon gives up a task that no retry will deliver, the one way for every task: its dead
+// letters are stored (the event's message, or the events a group or the budget queue held),
+// then the task is recorded as settled, so that no redelivery calls its agent again, and its
+// suppression claim is released, so the next occurrence is not silently suppressed behind a
+// task that never reached its agent. letters need only their Msg or Held and Part: the rest
+// is the task's. An error means a dead letter was not stored, and nothing else was done: the
+// caller tries again later.
+func (d *Dispatcher) abandon(ctx context.Context, t hook.Task, target Target, reason string, attempts int, cause error,
+	letters []deadletter.Letter, log *zap.Logger) error {
+	if target == nil {
+		target = d.router.Target(t.Agent)
+	}
+	log.Warn("delivery failed, dead-lettering", zap.String("reason", reason), zap.Int("attempt", attempts),
+		zap.Int("dead_letters", len(letters)), zap.Error(cause))
+	for _, l := range letters {
+		l.Stage, l.Reason, l.Err, l.Hook, l.Key, l.Attempts = Stage, reason, cause, t.Hook, t.MessageID, attempts
+		l.Target = target.Name() + " " + target.Endpoint(t)
+		if err := deadletter.Publish(ctx, d.js, d.topo.Subjects(), l); err != nil {
+			log.Warn("dead letter not stored, will try again", zap.Error(err))
+			return err
+		}
+	}
+	d.metrics.deliveries.WithLabelValues(target.Name(), "deadletter").Inc()
+	d.metrics.deadLetters.WithLabelValues(reason).Add(float64(len(letters)))
+	d.Observer.Failed(t, cause, true)
 	if err := d.state.MarkSettled(ctx, t.MessageID, "dead-lettered "+reason); err != nil {
 		// The dead letter is stored; without the record, a redelivery of this event for
 		// another match would call this agent again (a documented duplicate).
 		log.Warn("settled record not stored", zap.Error(err))
 	}
-	if err := d.state.Release(ctx, t.SuppressionKey, t.MessageID); err != nil {
-		log.Warn("suppression claim not released", zap.Error(err))
+	if t.SuppressionKey != "" {
+		if err := d.state.Release(ctx, t.SuppressionKey, t.MessageID); err != nil {
+			log.Warn("suppression claim not released", zap.Error(err))
+		}
 	}
-	// The event is settled for this hook; other matches of the same event still run, and
-	// the event is acknowledged when they are done.
-	return settle{ack: true}
+	return nil
 }
 
 // backoff is exponential from base, doubling per attempt, capped at limit, with ±20% jitter

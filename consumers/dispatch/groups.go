@@ -3,12 +3,14 @@ package dispatch
 import (
 	"cmp"
 	"context"
+	"errors"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"go.uber.org/zap"
@@ -17,6 +19,9 @@ import (
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
+	"github.com/khook/khook/streams/cloudevent"
+	"github.com/khook/khook/streams/deadletter"
+	"github.com/khook/khook/streams/subject"
 )
 
 // Grouping and budgets: tasks that do not go straight to their agent.
@@ -47,8 +52,10 @@ type taskRunner interface {
 	retryLater(t hook.Task, c callResult, attempts int, log *zap.Logger) time.Duration
 	// unsendable reports whether a task whose prompt rendered with err cannot be sent.
 	unsendable(err error, log *zap.Logger) bool
-	// failed reports a task that no retry will deliver.
-	failed(t hook.Task, cause error)
+	// abandon dead-letters a task that no retry will deliver (Dispatcher.abandon); target
+	// nil is the agent's.
+	abandon(ctx context.Context, t hook.Task, target Target, reason string, attempts int, cause error,
+		letters []deadletter.Letter, log *zap.Logger) error
 }
 
 // flushConfig is what the flusher takes of the dispatcher's configuration.
@@ -59,6 +66,9 @@ type flushConfig struct {
 	// leaseFor is how long a lease holds before another replica may take the task over: the
 	// dispatcher consumer's ack wait, as for an event's redelivery.
 	leaseFor time.Duration
+	// retryBase is how soon a task whose dead letters could not be stored is tried again.
+	retryBase time.Duration
+	subjects  subject.Builder
 }
 
 type viewEntry struct {
@@ -253,10 +263,9 @@ func (f *flusher) send(ctx context.Context, key string, r state.GroupRecord, msg
 	}()
 	m, ok := f.run.entry(r.Entry)
 	if !ok {
-		// The hook, or this entry of it, was deleted or changed since the events arrived.
-		log.Warn("the hook entry of a waiting task is gone, dropping its events", zap.Int("events", r.Pending))
-		f.metrics.groupTasks.WithLabelValues("dropped").Inc()
-		f.finish(ctx, key, log)
+		// The Hook, or this entry of it (its event type or agent), was deleted while the
+		// events waited: they are dead-lettered, for `khook dlq retry` once it is back.
+		f.fail(ctx, key, r, orphanTask(r, msgID), nil, "hook-deleted", errors.New("the hook entry of the waiting task was deleted"), log)
 		return
 	}
 	var t hook.Task
@@ -272,11 +281,14 @@ func (f *flusher) send(ctx context.Context, key string, r state.GroupRecord, msg
 		t, err = hook.GroupTask(m, r.Group(key), r.Events)
 	}
 	if f.run.unsendable(err, log) {
-		f.failed(ctx, key, t, err, "prompt-too-large", log)
+		refund = false
+		f.fail(ctx, key, r, t, nil, "prompt-too-large", err, log)
 		return
 	}
 	if f.st.Settled(ctx, t.MessageID) {
-		// A replica sent it and died before recording it in the group.
+		// A replica sent it (or gave it up) and died before recording it in the group.
+		log.Info("task settled before, by a replica that did not finish it; finishing")
+		f.metrics.groupTasks.WithLabelValues("settled-before").Inc()
 		f.finish(ctx, key, log)
 		refund = false
 		return
@@ -294,34 +306,81 @@ func (f *flusher) send(ctx context.Context, key string, r state.GroupRecord, msg
 		f.release(context.WithoutCancel(ctx), key, 0, r.Attempts, log)
 	case callPermanent:
 		refund = false
-		f.failed(ctx, key, t, c.err, "permanent", log)
+		f.fail(ctx, key, r, t, c.target, "permanent", c.err, log)
 	case callRetryable:
 		if attempts := r.Attempts + 1; attempts < f.cfg.maxAttempts {
 			f.release(ctx, key, f.run.retryLater(t, c, attempts, log), attempts, log)
 		} else {
 			refund = false
-			f.failed(ctx, key, t, c.err, "max-attempts", log)
+			f.fail(ctx, key, r, t, c.target, "max-attempts", c.err, log)
 		}
 	}
 }
 
-// failed gives up a task that no retry will deliver. Its events stay in the events stream,
-// from which `khook replay --ignore-suppression` can send them one by one.
-func (f *flusher) failed(ctx context.Context, key string, t hook.Task, cause error, reason string, log *zap.Logger) {
-	f.metrics.groupTasks.WithLabelValues("failed").Inc()
-	f.run.failed(t, cause)
-	log.Error("task failed, its events are given up", zap.String("reason", reason), zap.Error(cause))
-	if err := f.st.MarkSettled(ctx, t.MessageID, "failed "+reason); err != nil {
-		log.Warn("settled record not stored", zap.Error(err))
+// fail gives up a leased task that no retry will deliver: every event it held is
+// dead-lettered, then the task leaves the group as a sent one would. When a dead letter
+// cannot be stored, the lease is given back and the task is given up again later.
+func (f *flusher) fail(ctx context.Context, key string, r state.GroupRecord, t hook.Task, target Target, reason string,
+	cause error, log *zap.Logger) {
+	letters, err := f.letters(key, r)
+	if err != nil {
+		log.Error("dead letters not built", zap.Error(err))
+	} else {
+		err = f.run.abandon(ctx, t, target, reason, r.Attempts+1, cause, letters, log)
 	}
-	if t.Event != nil && t.SuppressionKey != "" && t.SuppressionKey != key {
-		// A queued single task holds its event's suppression claim: release it, as a
-		// dead-lettered task does.
-		if err := f.st.Release(ctx, t.SuppressionKey, t.MessageID); err != nil {
-			log.Warn("suppression claim not released", zap.Error(err))
-		}
+	if err != nil {
+		f.release(ctx, key, f.cfg.retryBase, r.Attempts, log)
+		return
+	}
+	f.metrics.groupTasks.WithLabelValues("dead-lettered").Inc()
+	if r.Omitted > 0 {
+		log.Warn("events past maxEventsPerTask were counted, not kept, and have no dead letter", zap.Int("omitted", r.Omitted))
 	}
 	f.finish(ctx, key, log)
+}
+
+// letters are the dead letters of what a group or a queued task held: each listed event as
+// the normalized event it arrived as (a group's without its payload), to be retried through
+// the dispatcher.
+func (f *flusher) letters(key string, r state.GroupRecord) ([]deadletter.Letter, error) {
+	out := make([]deadletter.Letter, 0, len(r.Events))
+	for _, e := range r.Events {
+		ev := e.Event
+		// The envelope needs a source; only events published by hand lack one.
+		ev.Source = cmp.Or(ev.Source, "khook")
+		subject, err := f.cfg.subjects.Events(ev.Type)
+		if err != nil {
+			return nil, err
+		}
+		body, err := ev.Encode()
+		if err != nil {
+			return nil, err
+		}
+		held := &deadletter.Held{Subject: subject, Data: body, Header: nats.Header{}}
+		held.Header.Set("Content-Type", cloudevent.ContentType)
+		l := deadletter.Letter{Held: held}
+		if !r.Single {
+			held.Header.Set(deadletter.HeaderGroup, key)
+			held.Header.Set(deadletter.HeaderCount, strconv.Itoa(e.Count))
+			l.Part = hook.KeyOf(&ev).Hash()
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// orphanTask is the task of a waiting group whose hook entry is gone: its ids, for its dead
+// letters.
+func orphanTask(r state.GroupRecord, msgID string) hook.Task {
+	ns, name, _ := strings.Cut(r.Agent, "/")
+	t := hook.Task{Hook: r.Hook, Agent: hook.AgentRef{Namespace: ns, Name: name}, MessageID: msgID}
+	if r.Single {
+		t.SuppressionKey = r.Claim
+	}
+	if len(r.Events) > 0 {
+		t.Event = &r.Events[len(r.Events)-1].Event
+	}
+	return t
 }
 
 // finish records that the leased task is done.
@@ -396,6 +455,10 @@ func (d *Dispatcher) gather(ctx context.Context, msg jetstream.Msg, m hook.Match
 		}
 		return err
 	})
+	if errors.Is(err, state.ErrTooLarge) {
+		// No retry makes it fit: the event is dead-lettered instead of coming back for ever.
+		return d.giveUp(ctx, msg, hook.Identify(m, ev), nil, "too-large", 0, err, log)
+	}
 	if err != nil {
 		log.Warn("event not added to its group, will retry", zap.String("group", key), zap.Error(err))
 		return settle{delay: d.cfg.RetryBase}
@@ -424,17 +487,19 @@ func (d *Dispatcher) enqueue(ctx context.Context, msg jetstream.Msg, t hook.Task
 	if _, err := d.state.AddToGroup(ctx, key, state.GroupRecord{
 		Entry: m.StableEntry(), Hook: m.Hook.Key(), Agent: agentName(m.Agent), Severity: ev.Severity, MaxEvents: 1,
 		Single: true, Task: t.MessageID, Context: t.ContextID, Claim: t.SuppressionKey,
-	}, arrivalOf(msg, ev)); err != nil {
+	}, arrivalOf(msg, ev)); errors.Is(err, state.ErrTooLarge) {
+		// The task cannot wait in the queue (its event's payload is too large for the
+		// record): it is dead-lettered, not retried for ever.
+		return d.giveUp(ctx, msg, t, nil, "too-large", 0, err, log)
+	} else if err != nil {
 		log.Warn("task not queued for its agent's budget, will retry", zap.Error(err))
 		return settle{delay: d.cfg.RetryBase}
 	}
 	return settle{ack: true}
 }
 
-// entry, failed: the rest of the flusher's taskRunner.
+// entry: the rest of the flusher's taskRunner.
 func (d *Dispatcher) entry(id string) (hook.Match, bool) { return d.Hooks().Entry(id) }
-
-func (d *Dispatcher) failed(t hook.Task, cause error) { d.Observer.Failed(t, cause, true) }
 
 var _ taskRunner = (*Dispatcher)(nil)
 

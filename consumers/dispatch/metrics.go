@@ -50,7 +50,7 @@ func newMetrics(reg prometheus.Registerer, targets []string) *metrics {
 		}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "khook_dispatcher_deadletters_total",
-			Help: "Events dead-lettered by the dispatcher, by reason (permanent, max-attempts, invalid-event, prompt-too-large, claim-refused).",
+			Help: "Dead letters stored by the dispatcher, by reason (permanent, max-attempts, invalid-event, prompt-too-large, claim-refused, hook-deleted, too-large).",
 		}, []string{"reason"}),
 		taskStates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "khook_dispatcher_task_states_total",
@@ -71,9 +71,9 @@ func newMetrics(reg prometheus.Registerer, targets []string) *metrics {
 	})
 	m.groupTasks = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "khook_dispatcher_group_tasks_total",
-		Help: "Tasks sent from groups and from the budget queue, by result (delivered, failed, dropped).",
+		Help: "Tasks sent from groups and from the budget queue, by result (delivered, dead-lettered, settled-before: sent by a replica that died before recording it).",
 	}, []string{"result"})
-	for _, r := range []string{"delivered", "failed", "dropped"} {
+	for _, r := range []string{"delivered", "dead-lettered", "settled-before"} {
 		m.groupTasks.WithLabelValues(r)
 	}
 	reg.MustRegister(m.groupedEvents, m.groupTasks)
@@ -87,7 +87,7 @@ func newMetrics(reg prometheus.Registerer, targets []string) *metrics {
 			m.deliveries.WithLabelValues(t, r)
 		}
 	}
-	for _, r := range []string{"permanent", "max-attempts", "invalid-event", "prompt-too-large", "claim-refused"} {
+	for _, r := range []string{"permanent", "max-attempts", "invalid-event", "prompt-too-large", "claim-refused", "hook-deleted", "too-large"} {
 		m.deadLetters.WithLabelValues(r)
 	}
 	for _, s := range []string{"open", "half-open", "closed"} {

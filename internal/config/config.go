@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/khook/khook/consumers/dispatch"
+	"github.com/khook/khook/consumers/dispatch/state"
 	"github.com/khook/khook/streams"
 )
 
@@ -274,6 +275,10 @@ func (d Dispatcher) validate(dispatchTTL time.Duration) error {
 		seen[b.Agent] = true
 		if b.MaxConcurrentTasks < 0 || b.MaxTasksPerHour < 0 || b.MaxConcurrentTasks+b.MaxTasksPerHour == 0 {
 			errs = append(errs, fmt.Errorf("%s: set max_concurrent_tasks, max_tasks_per_hour or both, each at least 1", key))
+		}
+		// The budget's record keeps a start time per task of the hour, in one KV value.
+		if b.MaxTasksPerHour > state.MaxTasksPerHour {
+			errs = append(errs, fmt.Errorf("%s.max_tasks_per_hour: at most %d, got %d", key, state.MaxTasksPerHour, b.MaxTasksPerHour))
 		}
 	}
 	for i, r := range d.Routes {

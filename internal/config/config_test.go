@@ -282,8 +282,16 @@ func TestBudgets(t *testing.T) {
 		"    - agent: kagent/sre\n":                                                                        "dispatcher.budgets[0]: set max_concurrent_tasks, max_tasks_per_hour or both",
 		"    - agent: kagent/sre\n      max_tasks_per_hour: -1\n":                                          "dispatcher.budgets[0]: set max_concurrent_tasks",
 		"    - {agent: kagent/a, max_tasks_per_hour: 1}\n    - {agent: kagent/a, max_tasks_per_hour: 2}\n": "dispatcher.budgets[1].agent: kagent/a has a budget already",
+		"    - {agent: kagent/a, max_tasks_per_hour: 10001}\n":                                             "dispatcher.budgets[0].max_tasks_per_hour: at most 10000, got 10001",
 	} {
 		_, err := Load(writeFile(t, "dispatcher:\n  budgets:\n"+body), nil, nil)
 		require.ErrorContains(t, err, want, body)
 	}
+	// A list item's key is found by its index, on its own line.
+	_, err = Load(writeFile(t, "dispatcher:\n  budgets:\n    - agent: kagent/a\n      max_tasks_per_hour: 20000\n"), nil, nil)
+	require.ErrorContains(t, err, "line 4: dispatcher.budgets[0].max_tasks_per_hour: at most 10000")
+	// Settings that cannot work together are refused: a delivery record that expires
+	// before its task can be tried again.
+	_, err = Load(writeFile(t, "streams:\n  dispatch_ttl: 1m\ndispatcher:\n  suppression_window: 30s\n"), nil, nil)
+	require.ErrorContains(t, err, "line 2: streams.dispatch_ttl: must be at least twice streams.dispatcher.ack_wait (6m0s), got 1m0s")
 }

@@ -212,6 +212,11 @@ func readFile(path string, known map[string]keyKind) (map[string]any, map[string
 					before := len(errs)
 					fields := map[string]any{}
 					walk(mi, "", itemKeys, fields)
+					// Validation names an item's keys by their index (budgets[0].agent).
+					lines[fmt.Sprintf("%s[%d]", key, j)] = strictyaml.Line(mi)
+					for _, f := range mi.Values {
+						lines[fmt.Sprintf("%s[%d].%s", key, j, strictyaml.Text(f.Key))] = strictyaml.Line(f.Key)
+					}
 					good = good && len(errs) == before
 					items = append(items, fields)
 				}
@@ -410,7 +415,7 @@ func checkDurations(k, defaults *koanf.Koanf, known map[string]keyKind) error {
 
 // keyInError finds the setting an error is about: validation errors start with the key,
 // decoding errors quote it.
-var keyInError = regexp.MustCompile(`^'?([a-z0-9_]+(?:\.[a-z0-9_]+)+)'?[: ]|'([a-z0-9_]+(?:\.[a-z0-9_]+)+)'`)
+var keyInError = regexp.MustCompile(`^'?([a-z0-9_]+(?:\.[a-z0-9_]+|\[[0-9]+\])+)'?[: ]|'([a-z0-9_]+(?:\.[a-z0-9_]+)+)'`)
 
 // withLines prefixes each line of err that names a key set in the file with that key's line.
 func withLines(path string, lines map[string]int, err error) error {
@@ -434,7 +439,7 @@ func withLines(path string, lines map[string]int, err error) error {
 }
 
 func parent(key string) string {
-	i := strings.LastIndex(key, ".")
+	i := strings.LastIndexAny(key, ".[")
 	if i < 0 {
 		return ""
 	}

@@ -27,16 +27,20 @@ const Name = "alertmanager"
 // Types are the event types: an alert starts firing, or resolves.
 var Types = []string{"firing", "resolved"}
 
+// DefaultMaxAlerts is how many alerts one notification may carry by default
+// (maxBatchSize): Alertmanager sends a group's alerts together, and a group of a thousand
+// alerts is already a storm.
+const DefaultMaxAlerts = 1000
+
 // FromSpec builds the receiver from its plugins.yaml entry. Its config is the webhook's
-// (port default 9095, path default /alerts); the batch and type settings do not apply.
+// (port default 9095, path default /alerts, maxBatchSize the most alerts one notification
+// may carry, default 1000); the type settings do not apply.
 func FromSpec(spec producers.Spec, logger *zap.Logger, reg prometheus.Registerer) (producers.EventSource, error) {
 	cfg := webhook.DefaultConfig()
-	cfg.Port, cfg.Path = 9095, "/alerts"
+	cfg.Port, cfg.Path, cfg.MaxBatchSize = 9095, "/alerts", DefaultMaxAlerts
 	if err := spec.DecodeConfig(&cfg); err != nil {
 		return nil, err
 	}
-	// One notification carries many alerts.
-	cfg.MaxBatchSize = 1000
 	return webhook.NewServer(Name, cfg, Decode, Types, logger, reg)
 }
 
@@ -64,7 +68,7 @@ type alert struct {
 // repeated notifications of the same alert are stored once and a later episode is new. The
 // namespace, resource, reason and message come from the labels `namespace`, `pod` (or
 // `deployment`, `node`, ...), `alertname` and the `summary` (or `description`) annotation.
-func Decode(_ webhook.Endpoint, source string, header http.Header, _ url.Values, body []byte) ([]producers.Event, bool, error) {
+func Decode(e webhook.Endpoint, source string, header http.Header, _ url.Values, body []byte) ([]producers.Event, bool, error) {
 	if ct := header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return nil, false, webhook.Refuse(http.StatusUnsupportedMediaType, "content type %q not supported: Alertmanager sends application/json", ct)
 	}
@@ -74,6 +78,12 @@ func Decode(_ webhook.Endpoint, source string, header http.Header, _ url.Values,
 	}
 	if len(n.Alerts) == 0 {
 		return nil, false, webhook.Refuse(http.StatusBadRequest, "no alerts in the notification")
+	}
+	if e.MaxBatchSize > 0 && len(n.Alerts) > e.MaxBatchSize {
+		// Refused whole, before any alert is stored: Alertmanager retries the notification,
+		// and an operator raises maxBatchSize or splits the route's groups.
+		return nil, false, webhook.Refuse(http.StatusRequestEntityTooLarge,
+			"notification of %d alerts exceeds maxBatchSize %d", len(n.Alerts), e.MaxBatchSize)
 	}
 	events := make([]producers.Event, 0, len(n.Alerts))
 	for i, a := range n.Alerts {

@@ -1,14 +1,20 @@
 package alertmanager
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
 
 	"github.com/khook/khook/producers"
 	"github.com/khook/khook/producers/producertest"
@@ -83,4 +89,53 @@ func TestConformance(t *testing.T) {
 		},
 		BadConfigs: map[string]string{"port": "port: -1\n", "receiver": "receiver: x\n"},
 	})
+}
+
+// A notification with more alerts than maxBatchSize (default 1000) is refused whole with
+// 413 and the reason, and none of its alerts is stored: one megabyte of alerts would
+// otherwise become tens of thousands of events.
+func TestTooManyAlertsAreRefusedWhole(t *testing.T) {
+	specs, err := producers.ParseSpecs([]byte("plugins:\n  - name: alertmanager\n    config: {address: 127.0.0.1, port: 0}\n"), nil)
+	require.NoError(t, err)
+	src, err := FromSpec(specs[0], zap.NewNop(), prometheus.NewRegistry())
+	require.NoError(t, err)
+	addr := make(chan net.Addr, 1)
+	src.(*webhook.Webhook).OnListen = func(a net.Addr) { addr <- a }
+	var emitted atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- src.Run(ctx, func(context.Context, producers.Event) (producers.Result, error) {
+			emitted.Add(1)
+			return producers.Result{}, nil
+		})
+	}()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	url := "http://" + (<-addr).String() + "/alerts"
+
+	notification := func(alerts int) string {
+		var b strings.Builder
+		b.WriteString(`{"version":"4","status":"firing","receiver":"khook","alerts":[`)
+		for i := range alerts {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, `{"status":"firing","fingerprint":"f%d","labels":{"alertname":"A","pod":"p%d"},"startsAt":"2026-11-27T07:10:00Z"}`, i, i)
+		}
+		b.WriteString("]}")
+		return b.String()
+	}
+	resp, err := http.Post(url, "application/json", strings.NewReader(notification(DefaultMaxAlerts+1)))
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusRequestEntityTooLarge, resp.StatusCode)
+	require.Contains(t, string(body), "notification of 1001 alerts exceeds maxBatchSize 1000")
+	require.Zero(t, emitted.Load(), "nothing of it was stored")
+
+	resp, err = http.Post(url, "application/json", strings.NewReader(notification(DefaultMaxAlerts)))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	require.Equal(t, int64(DefaultMaxAlerts), emitted.Load())
 }

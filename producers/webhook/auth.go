@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -49,6 +50,11 @@ func (a authenticator) checkBody(h http.Header, body []byte) error {
 	key, err := a.hmacKey.Get()
 	if err != nil {
 		return err
+	}
+	if len(key) == 0 {
+		// A secret file emptied at run time: with an empty key anyone can sign. Refused, as
+		// an empty bearer token is.
+		return errors.New("the hmac secret is empty; refusing every signature until it is set")
 	}
 	sig := strings.TrimPrefix(h.Get(a.hmacHeader), "sha256=")
 	got, err := hex.DecodeString(sig)

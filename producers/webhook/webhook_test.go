@@ -318,6 +318,29 @@ func TestHMACSignatures(t *testing.T) {
 	requireNoSecretLogged(t, f.logs, "hmac-k3y")
 }
 
+// A secret file emptied while khook runs (a Secret rotated to nothing) leaves no key:
+// every signature is refused, above all one made with the empty key, until it is set again.
+func TestHMACSecretEmptiedAtRunTimeRefusesAll(t *testing.T) {
+	secretFile := filepath.Join(t.TempDir(), "hmac")
+	require.NoError(t, os.WriteFile(secretFile, []byte("hmac-k3y"), 0o600))
+	cfg := DefaultConfig()
+	cfg.HMACSecretFile = secretFile
+	f := start(t, cfg)
+	sign := func(key, body string) string {
+		mac := hmac.New(sha256.New, []byte(key))
+		mac.Write([]byte(body))
+		return "sha256=" + hex.EncodeToString(mac.Sum(nil))
+	}
+	require.Equal(t, http.StatusAccepted, f.post(t, f.url, "application/json", `{"type":"a"}`, "X-Hub-Signature-256", sign("hmac-k3y", `{"type":"a"}`)).code)
+	require.NoError(t, os.WriteFile(secretFile, nil, 0o600))
+	require.Equal(t, http.StatusUnauthorized, f.post(t, f.url, "application/json", `{"type":"b"}`, "X-Hub-Signature-256", sign("", `{"type":"b"}`)).code,
+		"a signature with the empty key")
+	require.Equal(t, http.StatusUnauthorized, f.post(t, f.url, "application/json", `{"type":"c"}`, "X-Hub-Signature-256", sign("hmac-k3y", `{"type":"c"}`)).code)
+	require.NoError(t, os.WriteFile(secretFile, []byte("n3w-k3y"), 0o600))
+	require.Equal(t, http.StatusAccepted, f.post(t, f.url, "application/json", `{"type":"d"}`, "X-Hub-Signature-256", sign("n3w-k3y", `{"type":"d"}`)).code)
+	require.Equal(t, uint64(2), f.stored(t))
+}
+
 func requireNoSecretLogged(t *testing.T, logs *observer.ObservedLogs, secrets ...string) {
 	t.Helper()
 	require.NotZero(t, logs.Len(), "the refusals were logged")

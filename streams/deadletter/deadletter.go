@@ -31,19 +31,37 @@ const (
 	// HeaderTruncated is set, to the original body's size in bytes, on a dead letter whose
 	// body had to be cut to fit the server's max_payload.
 	HeaderTruncated = "Khook-Truncated"
+	// HeaderGroup is the group whose task was given up on, on the dead letter of each
+	// event that group listed; HeaderCount is how many times that event occurred in it.
+	HeaderGroup = "Khook-Group"
+	HeaderCount = "Khook-Count"
 )
+
+// Held is an event a stage acknowledged and kept, and gave up on later: one of a group's
+// events, or a task that waited for its agent's budget. Its dead letter is what the stage
+// would have published it as (its subject and body), so that `khook dlq retry` hands it
+// back to the same stage.
+type Held struct {
+	Subject string
+	Data    []byte
+	Header  nats.Header
+}
 
 // Letter is one message a stage gives up on.
 type Letter struct {
 	Stage  string // mapper or dispatcher
 	Reason string // a short, stable token: invalid-envelope, permanent, max-deliver
 	Err    error
-	Msg    jetstream.Msg
-	Hook   string // namespace/name, for the dispatcher
+	// Msg is the message given up on; Held, when there is no message any more.
+	Msg  jetstream.Msg
+	Held *Held
+	Hook string // namespace/name, for the dispatcher
 	// Key identifies what within the message was given up on, when a message can be dead-
 	// lettered more than once (the dispatcher: once per task, the task's message id). Two
 	// dead letters of one message with different keys are both stored.
-	Key    string
+	Key string
+	// Part tells apart the dead letters of one task's held events (a group's events).
+	Part   string
 	Target string // the agent or URL, for the dispatcher
 	// Attempts is how many calls were made; zero means the message's delivery count.
 	Attempts int
@@ -58,9 +76,10 @@ func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Build
 	if err != nil {
 		return err
 	}
+	origSubject, data, header := l.original()
 	out := nats.NewMsg(subj)
-	out.Data = l.Msg.Data()
-	for k, v := range l.Msg.Headers() {
+	out.Data = data
+	for k, v := range header {
 		if k != jetstream.MsgIDHeader {
 			out.Header[k] = v
 		}
@@ -70,7 +89,7 @@ func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Build
 	if l.Err != nil {
 		out.Header.Set(HeaderError, l.Err.Error())
 	}
-	out.Header.Set(HeaderOriginalSubject, l.Msg.Subject())
+	out.Header.Set(HeaderOriginalSubject, origSubject)
 	if l.Hook != "" {
 		out.Header.Set(HeaderHook, l.Hook)
 	}
@@ -83,7 +102,15 @@ func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Build
 	if l.Attempts > 0 {
 		out.Header.Set(HeaderAttempts, strconv.Itoa(l.Attempts))
 	}
-	if md, err := l.Msg.Metadata(); err == nil {
+	if l.Held != nil {
+		// Held events have no message any more: the task and the part name the letter, so
+		// that a stage storing it again after a crash stores it once.
+		id := "dlq-" + l.Stage + "-held-" + l.Key
+		if l.Part != "" {
+			id += "-" + l.Part
+		}
+		out.Header.Set(jetstream.MsgIDHeader, id)
+	} else if md, err := l.Msg.Metadata(); err == nil {
 		if l.Attempts == 0 {
 			out.Header.Set(HeaderAttempts, strconv.FormatUint(md.NumDelivered, 10))
 		}
@@ -105,6 +132,14 @@ func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Build
 		return fmt.Errorf("dead letter to %s: %w", subj, err)
 	}
 	return nil
+}
+
+// original is what the letter is about: its subject, body and headers.
+func (l Letter) original() (string, []byte, nats.Header) {
+	if l.Held != nil {
+		return l.Held.Subject, l.Held.Data, l.Held.Header
+	}
+	return l.Msg.Subject(), l.Msg.Data(), l.Msg.Headers()
 }
 
 // Settle hands msg over to the dead-letter stream: it stores l, and only then terminates msg

@@ -2,8 +2,10 @@ package state
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -158,8 +160,10 @@ func (r *GroupRecord) add(a Arrival, now time.Time, index map[string]int) bool {
 	e := *ev
 	if !r.Single {
 		// A group lists events by their fields; their payloads would make the record, which
-		// is rewritten on every event, grow by kilobytes per resource.
-		e.Data = nil
+		// is rewritten on every event, grow by kilobytes per resource. Only the owner is
+		// kept, which grouping by owner reads from the payload: the event's dead letter,
+		// retried, must join the same group.
+		e.Data = ownerOnly(ev)
 		e.Message = truncate(e.Message, maxGroupMessage)
 	}
 	k := hook.KeyOf(ev).Hash()
@@ -366,4 +370,16 @@ func truncate(s string, n int) string {
 		cut--
 	}
 	return s[:cut] + "…"
+}
+
+// ownerOnly is the part of ev's payload that hook.Owner reads, or nil when the event has no
+// owner of its own.
+func ownerOnly(ev *mapping.Event) json.RawMessage {
+	owner := hook.Owner(ev)
+	if owner == strings.TrimPrefix(ev.Resource.Kind+"/"+ev.Resource.Name, "/") {
+		return nil
+	}
+	kind, name, _ := strings.Cut(owner, "/")
+	b, _ := json.Marshal(map[string]map[string]string{"owner": {"kind": kind, "name": name}})
+	return b
 }
