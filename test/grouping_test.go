@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +22,7 @@ import (
 	k8s "k8s.io/client-go/kubernetes"
 
 	"github.com/khook/khook/consumers/dispatch/state"
+	"github.com/khook/khook/hook/hooktest"
 	"github.com/khook/khook/internal/kubetest"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/ops"
@@ -271,4 +274,54 @@ func deadLetterCount(t *testing.T, js jetstream.JetStream, topo streams.Config) 
 	info, err := s.Info(context.Background())
 	require.NoError(t, err)
 	return info.State.Msgs
+}
+
+var opsGroupedHook = hooktest.Fixture("hooks/ops-grouped.yaml")
+
+// TestReplayDoesNotRetriggerAGroup runs the real `khook replay`, through the mapper and
+// through the dispatcher, over an incident that a grouped Hook has just sent: the copies
+// (new ids, new stream sequences) are recognised as the events the group already counted,
+// by the raw event they came from, so the group counts nothing new and the agent is not
+// called again.
+func TestReplayDoesNotRetriggerAGroup(t *testing.T) {
+	agent, agentURL := startAgent(t)
+	natsPort := freePort(t)
+	f := pipelineFiles{
+		dir: t.TempDir(), agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
+		embeddedListen: "127.0.0.1:" + strconv.Itoa(natsPort), extraHooks: opsGroupedHook,
+	}
+	f.storeDir = f.dir + "/data"
+	cfg := f.write(t)
+	p := start(t, "khook run", bins.khook(), "run", "--config", cfg)
+	waitReady(t, p, f.probes)
+	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
+	js := connectJS(t, natsURL)
+	st, err := state.Open(context.Background(), js, streams.Default())
+	require.NoError(t, err)
+
+	for i := range 3 {
+		body := fmt.Sprintf(`{"type":"deploy-failed","namespace":"ops","resourceName":"api-%d","message":"rollout stuck"}`, i)
+		resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/webhook", f.webhook), "application/json", strings.NewReader(body))
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	}
+	got := waitReceived(t, agent, 1, 30*time.Second)
+	require.True(t, strings.HasPrefix(got[0].Text, "3 failed deploys in ops"), got[0].Text)
+
+	events := uint64(3)
+	for _, through := range []string{"mapper", "dispatcher"} {
+		code, out := khookCmd(t, "replay", "--config", cfg, "--nats-url", natsURL, "--through", through, "--since", "1h", "--namespace", "ops")
+		require.Equal(t, 0, code, out)
+		require.Contains(t, out, "sent 3 events", out)
+		events += 3
+		waitSettled(t, js, "KHOOK_EVENTS", "khook-dispatcher", events)
+		groups := groupRecords(t, st)
+		require.Len(t, groups, 1)
+		for _, g := range groups {
+			require.Equal(t, 3, g.Total, "replayed through the %s, the copies were not counted again", through)
+			require.Zero(t, g.Pending, "nothing waits for a second task")
+		}
+	}
+	require.Len(t, agent.Received(), 1, "the replays called nobody")
 }
