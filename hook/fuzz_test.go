@@ -2,6 +2,7 @@ package hook
 
 import (
 	"encoding/json"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -78,12 +79,20 @@ func FuzzHooks(f *testing.F) {
 		}()
 		// Parsing, indexing (one load render per prompt) and one task render per entry:
 		// each render is bounded by MaxRenderTime, and the rest is linear in the input.
-		// The margin makes this a hang detector on a loaded machine, not a speed test.
+		// The margin makes this a hang detector on a loaded machine, not a speed test;
+		// `make fuzz` sets KHOOK_FUZZ_BOUND to hold every input to the issue's 100 ms.
 		bound := 10 * time.Second
+		if b, err := time.ParseDuration(os.Getenv("KHOOK_FUZZ_BOUND")); err == nil {
+			bound = b
+		}
+		began := time.Now()
 		select {
 		case <-done:
 		case <-time.After(bound):
 			t.Fatalf("parsing and rendering did not end within %s for %q", bound, doc)
+		}
+		if took := time.Since(began); took > bound {
+			t.Fatalf("parsing and rendering took %s, over %s, for %q", took, bound, doc)
 		}
 		runtime.ReadMemStats(&after)
 		if grew := after.TotalAlloc - before.TotalAlloc; grew > 256<<20 {

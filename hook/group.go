@@ -185,7 +185,11 @@ type Group struct {
 // the rest in .Group.Unlisted, which the text after the prompt states. Only a prompt too
 // large with a single event fails, with ErrPromptTooLarge.
 func GroupTask(m Match, g Group, events []GroupEvent) (Task, error) {
-	latest := &events[len(events)-1].Event
+	// A group can have only events past maxEventsPerTask pending, counted but not listed.
+	latest := &mapping.Event{}
+	if len(events) > 0 {
+		latest = &events[len(events)-1].Event
+	}
 	for i := range events {
 		if events[i].Time.After(latest.Time) {
 			latest = &events[i].Event
@@ -206,7 +210,7 @@ func GroupTask(m Match, g Group, events []GroupEvent) (Task, error) {
 	for {
 		data.Events, data.Group = listed, g
 		data.Group.Resources = len(listed)
-		if prompt, err = execute(m.prompt, &data); !errors.Is(err, ErrPromptTooLarge) || len(listed) == 1 {
+		if prompt, err = execute(m.prompt, &data); !errors.Is(err, ErrPromptTooLarge) || len(listed) <= 1 {
 			break
 		}
 		listed = listed[:len(listed)/2]

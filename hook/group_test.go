@@ -171,3 +171,13 @@ func TestGroupMessageIDsArePerIncarnation(t *testing.T) {
 	require.NotEqual(t, GroupMessageID("k", "a", 0), GroupMessageID("k", "a", 1))
 	require.Equal(t, UUID("group-message", "k", "0"), GroupMessageID("k", "", 0), "a group stored before incarnations keeps its ids")
 }
+
+// A group whose pending events are all past maxEventsPerTask lists none of them: its task
+// still renders, and counts them.
+func TestGroupTaskWithNoListedEvents(t *testing.T) {
+	idx := mustIndex(t, groupedHook("  groupBy: [owner]\n"))
+	m := idx.Match(&mapping.Event{Type: "pod-restart", Namespace: "prod"})[0]
+	task, err := GroupTask(m, Group{Key: "k", Count: 5, Omitted: 5}, nil)
+	require.NoError(t, err)
+	require.Contains(t, task.Text, "\n- and 5 more events not listed (maxEventsPerTask)")
+}

@@ -89,6 +89,10 @@ type flusher struct {
 	view    map[string]viewEntry // by group key; only the loop touches it
 	budgets map[string]state.BudgetRecord
 
+	// poke asks the loop for a tick now: a send ended or a budget changed, so a waiting
+	// task may start without waiting for the next flushTick.
+	poke chan struct{}
+
 	mu      sync.Mutex
 	sending map[string]bool
 	waiting map[string]int // by agent, for the metric
@@ -99,7 +103,7 @@ type flusher struct {
 
 func newFlusher(st *state.Store, run taskRunner, cfg flushConfig, m *metrics, logger *zap.Logger) *flusher {
 	return &flusher{st: st, run: run, cfg: cfg, metrics: m, logger: logger, holder: nuid.Next(),
-		view: map[string]viewEntry{}, budgets: map[string]state.BudgetRecord{},
+		view: map[string]viewEntry{}, budgets: map[string]state.BudgetRecord{}, poke: make(chan struct{}, 1),
 		sending: map[string]bool{}, waiting: map[string]int{}, sem: make(chan struct{}, cfg.workers)}
 }
 
@@ -107,6 +111,7 @@ func newFlusher(st *state.Store, run taskRunner, cfg flushConfig, m *metrics, lo
 // on work, so that shutdown lets them finish as it lets deliveries finish.
 func (f *flusher) watch(ctx, work context.Context) {
 	for ctx.Err() == nil {
+		reconnects := f.st.Reconnects()
 		w, err := f.st.Watch(ctx)
 		if err != nil {
 			f.logger.Warn("group watcher", zap.Error(err))
@@ -116,12 +121,21 @@ func (f *flusher) watch(ctx, work context.Context) {
 			}
 			continue
 		}
-		f.loop(ctx, work, w)
+		// A new watch starts with every current record: the view is rebuilt from it, so
+		// nothing deleted while the last watch stalled stays in it.
+		f.view = map[string]viewEntry{}
+		f.mu.Lock()
+		f.budgets = map[string]state.BudgetRecord{}
+		f.mu.Unlock()
+		f.loop(ctx, work, w, reconnects)
 		_ = w.Stop()
 	}
 }
 
-func (f *flusher) loop(ctx, work context.Context, w *state.Watch) {
+// loop applies the watch's updates to the view and sends what is due, until ctx ends, the
+// watch ends, or the connection reconnected (after which a watch can lag for many seconds:
+// it is started afresh instead).
+func (f *flusher) loop(ctx, work context.Context, w *state.Watch, reconnects uint64) {
 	tick := time.NewTicker(flushTick)
 	defer tick.Stop()
 	for {
@@ -134,7 +148,13 @@ func (f *flusher) loop(ctx, work context.Context, w *state.Watch) {
 			}
 			f.apply(u)
 		case <-tick.C:
-			f.tick(ctx, work)
+			if f.st.Reconnects() != reconnects {
+				f.logger.Info("reconnected to NATS: watching the groups afresh")
+				return
+			}
+			f.tick(ctx, work, true)
+		case <-f.poke:
+			f.tick(ctx, work, false)
 		}
 	}
 }
@@ -148,6 +168,8 @@ func (f *flusher) apply(u state.Update) {
 		} else {
 			f.budgets[u.Key] = *u.Budget
 		}
+		// A slot may have freed: a budgeted agent's next task need not wait for the tick.
+		f.wake()
 		return
 	}
 	if u.Deleted {
@@ -160,13 +182,17 @@ func (f *flusher) apply(u state.Update) {
 	f.view[u.Key] = viewEntry{rec: *u.Group, rev: u.Revision}
 }
 
-// tick sends what is due, most severe first, within budgets, and deletes groups that are
-// over.
-func (f *flusher) tick(ctx, work context.Context) {
+// maxDeletesPerTick bounds the deletes of ended groups one tick makes: they are round trips
+// made on the loop, which also keeps the view current.
+const maxDeletesPerTick = 32
+
+// tick sends what is due, most severe first, within budgets; on the timer's ticks (not
+// every poke), it also deletes groups that are over.
+func (f *flusher) tick(ctx, work context.Context, timer bool) {
 	now := time.Now()
 	var due []string
 	waiting := map[string]int{}
-	open := 0
+	open, deletes := 0, 0
 	for key, v := range f.view {
 		r := &v.rec
 		if r.Open() {
@@ -179,8 +205,9 @@ func (f *flusher) tick(ctx, work context.Context) {
 			}
 			continue
 		}
-		if r.Idle(now) {
+		if timer && r.Idle(now) && deletes < maxDeletesPerTick {
 			// Nothing to send and nothing to suppress: the group is over.
+			deletes++
 			if err := f.st.DeleteGroup(ctx, key, v.rev); err == nil {
 				delete(f.view, key)
 			}
@@ -240,15 +267,31 @@ func (f *flusher) start(ctx, work context.Context, key string, v viewEntry, now 
 		if budgeted {
 			f.returnBudget(agent, msgID, true)
 		}
+		// The view was behind: it catches up here rather than trying the same key again.
+		switch {
+		case errors.Is(err, state.ErrGone):
+			delete(f.view, key)
+		case errors.Is(err, state.ErrNotWaiting):
+			f.view[key] = viewEntry{rec: r, rev: v.rev}
+		}
 		return false
 	}
 	f.setSending(key, true)
 	f.wg.Go(func() {
+		defer f.wake()
 		defer func() { <-f.sem }()
 		defer f.setSending(key, false)
 		f.send(work, key, r, msgID, budgeted)
 	})
 	return true
+}
+
+// wake asks for a tick now, unless one is asked for already.
+func (f *flusher) wake() {
+	select {
+	case f.poke <- struct{}{}:
+	default:
+	}
 }
 
 // send builds the group's task, calls its agent, and records the outcome in the group.
@@ -281,7 +324,7 @@ func (f *flusher) send(ctx context.Context, key string, r state.GroupRecord, msg
 		t, err = hook.GroupTask(m, r.Group(key), r.Events)
 	}
 	if f.run.unsendable(err, log) {
-		refund = false
+		// No call was made: the budget's slot and share of the hour go back.
 		f.fail(ctx, key, r, t, nil, "prompt-too-large", err, log)
 		return
 	}

@@ -36,6 +36,7 @@ import (
 
 	"github.com/khook/khook/consumers/dispatch"
 	"github.com/khook/khook/hook"
+	"github.com/khook/khook/mapping"
 )
 
 // GVR is the Hook resource.
@@ -369,6 +370,11 @@ func (o observer) Failed(t hook.Task, err error, final bool) {
 	if final {
 		what = "dead-lettered"
 	}
+	ev := t.Event
+	if ev == nil {
+		// A waiting group whose Hook entry was deleted before any event was listed.
+		ev = &mapping.Event{}
+	}
 	o.event(t, corev1.EventTypeWarning, "AgentCallFailure", "agent %s/%s, %s task for %s (%s): %v",
-		t.Agent.Namespace, t.Agent.Name, t.Event.Type, t.Event.Resource.Name, what, err)
+		t.Agent.Namespace, t.Agent.Name, ev.Type, ev.Resource.Name, what, err)
 }

@@ -250,16 +250,25 @@ func (s *Store) AddToGroup(ctx context.Context, key string, init GroupRecord, ev
 	return opened, err
 }
 
-// ErrNotWaiting is a group whose task another replica leased or sent first.
-var ErrNotWaiting = errors.New("the group's task is no longer waiting")
+// ErrNotWaiting is a group whose task another replica leased or sent first; ErrGone, a
+// group that no longer exists (sent and deleted, a queued task done).
+var (
+	ErrNotWaiting = errors.New("the group's task is no longer waiting")
+	ErrGone       = errors.New("the group is gone")
+)
 
 // LeaseGroup takes the lease of the group's task for holder until until, if the task still
 // waits at now (another replica may have leased or sent it since the caller looked): it
-// returns the group as leased, with its events, or ErrNotWaiting.
+// returns the group as leased, with its events. Otherwise it returns ErrGone, or
+// ErrNotWaiting with the group as it is, so that the caller's view can catch up.
 func (s *Store) LeaseGroup(ctx context.Context, key, holder string, until, now time.Time) (GroupRecord, error) {
 	var r GroupRecord
 	err := s.updateGroup(ctx, key, false, func(latest *GroupRecord, exists bool) (bool, error) {
-		if !exists || !latest.Waiting(now) {
+		if !exists {
+			return false, ErrGone
+		}
+		r = *latest
+		if !latest.Waiting(now) {
 			return false, ErrNotWaiting
 		}
 		latest.lease(holder, until)

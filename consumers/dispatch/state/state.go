@@ -99,6 +99,11 @@ func New(js jetstream.JetStream, kv jetstream.KeyValue, ttl time.Duration) *Stor
 	return s
 }
 
+// Reconnects counts the connection's reconnections to NATS. A watch may stall for a while
+// after one (its consumer is recreated when heartbeats go missing), so a watcher that sees
+// the count change starts afresh.
+func (s *Store) Reconnects() uint64 { return s.js.Conn().Stats().Reconnects }
+
 // ErrTooLarge is a record that would not fit in one message of the server: it cannot be
 // stored, on this try or any other.
 var ErrTooLarge = errors.New("record larger than the server's max_payload")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -25,8 +26,10 @@ type Update struct {
 // Watch follows the group and budget records: first their current values, then every
 // change, until ctx ends or the watch fails (the channel closes).
 type Watch struct {
-	w   jetstream.KeyWatcher
-	out chan Update
+	w    jetstream.KeyWatcher
+	out  chan Update
+	stop chan struct{}
+	once sync.Once
 }
 
 // Watch starts a watch of the group and budget records.
@@ -35,28 +38,33 @@ func (s *Store) Watch(ctx context.Context) (*Watch, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make(chan Update, 64)
+	watch := &Watch{w: w, out: make(chan Update, 64), stop: make(chan struct{})}
 	go func() {
-		defer close(out)
+		defer close(watch.out)
 		for e := range w.Updates() {
 			if e == nil {
 				continue // the end of the initial values
 			}
 			select {
-			case out <- decodeUpdate(e):
+			case watch.out <- decodeUpdate(e):
 			case <-ctx.Done():
+				return
+			case <-watch.stop:
 				return
 			}
 		}
 	}()
-	return &Watch{w: w, out: out}, nil
+	return watch, nil
 }
 
 // Updates delivers the changes; it closes when the watch ends.
 func (w *Watch) Updates() <-chan Update { return w.out }
 
 // Stop ends the watch.
-func (w *Watch) Stop() error { return w.w.Stop() }
+func (w *Watch) Stop() error {
+	w.once.Do(func() { close(w.stop) })
+	return w.w.Stop()
+}
 
 func decodeUpdate(e jetstream.KeyValueEntry) Update {
 	u := Update{Revision: e.Revision(), Deleted: e.Operation() != jetstream.KeyValuePut}
