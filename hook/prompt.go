@@ -127,10 +127,35 @@ func (b *limitedBuffer) Write(p []byte) (int, error) {
 	return b.Buffer.Write(p)
 }
 
+// checkArgs refuses arguments whose formatted size is past MaxPromptOutput, before they are
+// formatted together: print, printf and the escapers build their whole result before the
+// template writes any of it, so a call with a thousand 64 KiB arguments would allocate
+// gigabytes and only then be refused. A string counts its length; anything else (the
+// event's data) is formatted on its own, which costs at most its size, and the count stops
+// at the first argument past the limit.
+func checkArgs(args []any) error {
+	n := 0
+	for _, a := range args {
+		if s, ok := a.(string); ok {
+			n += len(s)
+		} else {
+			n += len(fmt.Sprint(a))
+		}
+		if n > MaxPromptOutput {
+			return ErrPromptTooLarge
+		}
+	}
+	return nil
+}
+
 // boundedPrintf is text/template's printf with widths and precisions bounded, since
-// "%0999999999d" allocates its whole output before the template writes any of it.
+// "%0999999999d" allocates its whole output before the template writes any of it, and its
+// arguments bounded as checkArgs bounds them.
 func boundedPrintf(format string, args ...any) (string, error) {
 	if err := checkFormat(format); err != nil {
+		return "", err
+	}
+	if err := checkArgs(args); err != nil {
 		return "", err
 	}
 	s := fmt.Sprintf(format, args...)
@@ -166,11 +191,15 @@ func checkFormat(format string) error {
 	return nil
 }
 
-// bounded wraps an escaping builtin (html, js, urlquery) so that it refuses an input past
-// MaxPromptOutput: each multiplies its input's size (html turns & into &amp;), and a chain of
-// them would otherwise grow a short string exponentially before anything is written.
+// bounded wraps an escaping builtin (html, js, urlquery) so that it refuses arguments past
+// MaxPromptOutput before escaping them, and an output past it after: each multiplies its
+// input's size (js doubles a backslash), and a chain of them would otherwise grow a short
+// string exponentially before anything is written.
 func bounded(escape func(...any) string) func(...any) (string, error) {
 	return func(args ...any) (string, error) {
+		if err := checkArgs(args); err != nil {
+			return "", err
+		}
 		s := escape(args...)
 		if len(s) > MaxPromptOutput {
 			return "", ErrPromptTooLarge
@@ -179,8 +208,11 @@ func bounded(escape func(...any) string) func(...any) (string, error) {
 	}
 }
 
-// boundedPrint and boundedPrintln bound the builtins' output the same way.
+// boundedPrint and boundedPrintln bound the builtins' arguments and output the same way.
 func boundedPrint(args ...any) (string, error) {
+	if err := checkArgs(args); err != nil {
+		return "", err
+	}
 	s := fmt.Sprint(args...)
 	if len(s) > MaxPromptOutput {
 		return "", ErrPromptTooLarge
@@ -189,6 +221,9 @@ func boundedPrint(args ...any) (string, error) {
 }
 
 func boundedPrintln(args ...any) (string, error) {
+	if err := checkArgs(args); err != nil {
+		return "", err
+	}
 	s := fmt.Sprintln(args...)
 	if len(s) > MaxPromptOutput {
 		return "", ErrPromptTooLarge

@@ -2,6 +2,7 @@ package hook
 
 import (
 	"encoding/json"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -125,4 +126,26 @@ func TestUnknownPlaceholdersAreSentAsWritten(t *testing.T) {
 	}
 	h := Hook{Spec: HookSpec{EventConfigurations: []EventConfiguration{{Prompt: "ok {{.ResourceName}}"}, {Prompt: "{{.PodName}}"}}}}
 	require.Equal(t, []string{"spec.eventConfigurations[1].prompt: {{.PodName}} is not a field khook knows, so it is sent as written"}, h.Warnings())
+}
+
+// One action can pass thousands of arguments: print, printf and the escapers refuse them
+// before formatting them all, so the render fails with a bounded allocation instead of
+// building gigabytes first. The prompt builds a 64 KiB string itself, and hides the call
+// behind the payload so that it loads.
+func TestOneActionCannotAllocateWithoutBound(t *testing.T) {
+	build := `{{$s := "` + strings.Repeat("&", 64) + `"}}` + strings.Repeat(`{{$s = print $s $s}}`, 10)
+	for _, fn := range []string{"print", "println", "html", "js", "urlquery", `printf "%s"`} {
+		t.Run(fn, func(t *testing.T) {
+			args := strings.Repeat(" $s", (MaxPromptSource-len(build)-60)/3)
+			tmpl, _, err := compilePrompt(`{{if .Data}}` + build + `{{` + fn + args + `}}{{end}}`)
+			require.NoError(t, err, "it loads: the payload gate skips the call at load")
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			_, err = render(tmpl, &mapping.Event{Data: json.RawMessage(`{"x":1}`)})
+			runtime.ReadMemStats(&after)
+			require.ErrorIs(t, err, ErrPromptTooLarge)
+			require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(64<<20), "allocated %d MiB", (after.TotalAlloc-before.TotalAlloc)>>20)
+		})
+	}
 }

@@ -44,8 +44,9 @@ type AgentStatus struct {
 	OldestWaiting      time.Time `json:"oldestWaiting,omitzero"`
 	InFlight           int       `json:"inFlight"`
 	MaxConcurrentTasks int       `json:"maxConcurrentTasks"`
-	LastHour           int       `json:"lastHour"`
-	MaxTasksPerHour    int       `json:"maxTasksPerHour"`
+	// LastHour counts the tasks started in the last hour, for a budget with an hourly limit.
+	LastHour        int `json:"lastHour"`
+	MaxTasksPerHour int `json:"maxTasksPerHour"`
 }
 
 // StreamStatus is one stream's fill against its limits.
@@ -248,12 +249,21 @@ func (s *Status) WriteTable(w io.Writer) error {
 	}
 	for _, a := range s.Agents {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", a.Agent, a.Waiting, ago(a.OldestWaiting),
-			ofLimit(a.InFlight, a.MaxConcurrentTasks), ofLimit(a.LastHour, a.MaxTasksPerHour))
+			ofLimit(a.InFlight, a.MaxConcurrentTasks), hourly(a))
 	}
 	return tw.Flush()
 }
 
 // ofLimit prints a count against its limit: "3/10", or "3" without a limit.
+// hourly is the LAST HOUR column: tasks started in the last hour are counted only for a
+// budget with an hourly limit (the budget keeps nothing else), so without one it is "-".
+func hourly(a AgentStatus) string {
+	if a.MaxTasksPerHour <= 0 {
+		return "-"
+	}
+	return ofLimit(a.LastHour, a.MaxTasksPerHour)
+}
+
 func ofLimit(n, limit int) string {
 	if limit <= 0 {
 		return fmt.Sprint(n)

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -514,4 +516,43 @@ func TestHooksFromClusterAndFile(t *testing.T) {
 	require.Equal(t, 202, code, body)
 	got = waitReceived(t, agent, 5, 30*time.Second)
 	require.ElementsMatch(t, []string{"kagent/cluster-agent", "kagent/file-agent", "kagent/second-file-agent"}, agents(got[2:]))
+}
+
+// TestHookStatusIsBounded: a Hook that matches many resources lists at most 100 of them in
+// status.activeEvents, the most recent first, so that its status stays within what the API
+// server accepts (a soak's Hook of 16,000 pods wrote a status etcd refused, past 2 MiB).
+func TestHookStatusIsBounded(t *testing.T) {
+	c := startHookCluster(t, "soak")
+	_, err := c.hooks.Create(context.Background(), hookObject("soak", "restarts", "Pod {{.ResourceName}} restarted", ""), metav1.CreateOptions{})
+	require.NoError(t, err)
+	agent, agentURL := startAgent(t)
+	f := pipelineFiles{
+		dir: t.TempDir(), agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
+		embeddedListen: "127.0.0.1:" + strconv.Itoa(freePort(t)), kubeconfig: c.Kubeconfig,
+		extraMappings: "  - eventSource: webhook\n    eventType: pod-restart\n    severity: warning\n",
+	}
+	f.storeDir = f.dir + "/data"
+	p := start(t, "khook run", bins.khook(), "run", "--config", f.write(t))
+	waitReady(t, p, f.probes)
+	const pods = 150
+	for i := range pods {
+		body := fmt.Sprintf(`{"type":"pod-restart","namespace":"soak","resourceName":"pod-%03d","message":"back-off"}`, i)
+		resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/webhook", f.webhook), "application/json", strings.NewReader(body))
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	}
+	waitReceived(t, agent, pods, time.Minute)
+	var names []string
+	require.Eventually(t, func() bool {
+		h, err := c.hooks.Get(context.Background(), "restarts", metav1.GetOptions{})
+		require.NoError(t, err)
+		items, _, _ := unstructured.NestedSlice(h.Object, "status", "activeEvents")
+		names = names[:0]
+		for _, it := range items {
+			names = append(names, it.(map[string]any)["resourceName"].(string))
+		}
+		return slices.Contains(names, fmt.Sprintf("pod-%03d", pods-1))
+	}, time.Minute, 50*time.Millisecond, "the status lists the latest pod")
+	require.Len(t, names, 100, "at most 100 active events")
 }

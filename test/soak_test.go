@@ -399,6 +399,15 @@ drive:
 	peaks := budgets.peaks()
 	t.Logf("soak seed %d: %d events in %s (sending and faults %s); faults %v; calls %d; dead letters %v; duplicate calls by cause %v, unexplained %d; budget peaks %v; replays %q",
 		seed, total, time.Since(began).Round(time.Millisecond), sending.Round(time.Millisecond), kinds, len(calls), deadReasons, causes, unexplained, peaks, replays)
+	if len(lost) > 0 {
+		for _, r := range calls {
+			for _, line := range strings.Split(r.Text, "\n") {
+				if strings.Contains(line, "not listed") {
+					t.Logf("task %s to %s: %s", r.MessageID, r.Agent, line)
+				}
+			}
+		}
+	}
 	require.Empty(t, lost, "events accepted with 202 and neither delivered nor dead-lettered")
 	require.Zero(t, unexplained, "duplicate calls outside the documented windows")
 	for path, limit := range limits {
@@ -466,6 +475,10 @@ func incidentsHook(name, agent string, v int) *unstructured.Unstructured {
 	spec["groupBy"] = []any{"reason"}
 	spec["groupWait"] = "500ms"
 	spec["groupInterval"] = "2s"
+	// Every event is listed, so that each can be found in its task: past maxEventsPerTask
+	// events are counted, not listed (docs/grouping.md), and a group that waits long for
+	// its budget gathers more than the default 100.
+	spec["maxEventsPerTask"] = int64(1000)
 	return h
 }
 

@@ -273,6 +273,8 @@ func (f *flusher) start(ctx, work context.Context, key string, v viewEntry, now 
 			delete(f.view, key)
 		case errors.Is(err, state.ErrNotWaiting):
 			f.view[key] = viewEntry{rec: r, rev: v.rev}
+		default:
+			f.logger.Warn("group lease not taken, will try again", zap.String("group", key), zap.Error(err))
 		}
 		return false
 	}

@@ -8,6 +8,7 @@
 package mapper
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -215,8 +216,8 @@ func (m *Mapper) encode(ctx context.Context, ev mapping.Event, msg jetstream.Msg
 	}
 	// The raw event's sequence identifies it to the dispatcher's groups: a replayed copy
 	// names its original's.
-	if seq := in.Get(streams.HeaderOriginalSeq); seq != "" && in.Get(streams.HeaderReplayID) != "" {
-		out.Header.Set(streams.HeaderRawSeq, seq)
+	if seq, ok := m.originalSeq(ctx, msg); ok {
+		out.Header.Set(streams.HeaderRawSeq, strconv.FormatUint(seq, 10))
 	} else if md, err := msg.Metadata(); err == nil {
 		out.Header.Set(streams.HeaderRawSeq, strconv.FormatUint(md.Sequence.Stream, 10))
 	}
@@ -255,4 +256,38 @@ func nakOrLog(l *zap.Logger, msg jetstream.Msg) {
 	if err := msg.NakWithDelay(time.Second); err != nil {
 		l.Warn("nak", zap.String("subject", msg.Subject()), zap.Error(err))
 	}
+}
+
+// originalSeq returns the raw-stream sequence of the original a replayed copy names, once the
+// raw stream confirms it: the message at that sequence is on the copy's subject, has the id
+// the copy names as its original's, and the copy's type and data. Anyone who may publish raw
+// events can set headers, and a sequence taken on trust would let one source's message pass
+// for a repeat of another's, which a group would then not count.
+func (m *Mapper) originalSeq(ctx context.Context, msg jetstream.Msg) (uint64, bool) {
+	in := msg.Headers()
+	seqText, original := in.Get(streams.HeaderOriginalSeq), in.Get(streams.HeaderOriginalID)
+	if in.Get(streams.HeaderReplayID) == "" || seqText == "" || original == "" {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(seqText, 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	st, err := m.js.Stream(ctx, m.topo.Raw.Name)
+	if err != nil {
+		return 0, false
+	}
+	raw, err := st.GetMsg(ctx, seq)
+	if err != nil {
+		return 0, false
+	}
+	orig, err1 := cloudevent.Decode(raw.Data)
+	cp, err2 := cloudevent.Decode(msg.Data())
+	if err1 != nil || err2 != nil || raw.Subject != msg.Subject() || orig.Type != cp.Type || !bytes.Equal(orig.Data, cp.Data) ||
+		mapping.RawOf(m.topo.Subjects().SourceOf(raw.Subject), raw.Header.Get(jetstream.MsgIDHeader), orig).ID != original {
+		m.logger.Warn("a replayed copy names an original it is not a copy of; counted as a new event",
+			zap.String("subject", msg.Subject()), zap.String("original_id", original), zap.Uint64("original_seq", seq))
+		return 0, false
+	}
+	return seq, true
 }

@@ -211,3 +211,57 @@ func TestReloadUnderLoad(t *testing.T) {
 	require.NoError(t, <-errc)
 	require.NoError(t, <-errc)
 }
+
+// Every normalized event carries the raw sequence it came from; a replayed copy carries its
+// original's, but only once the raw stream confirms that the message at that sequence is
+// the original the copy names: a publisher cannot make its event pass for a copy of another
+// source's, which the dispatcher's groups would then take for a repeat and not count.
+func TestRawSequenceOfCopiesIsVerified(t *testing.T) {
+	ctx := context.Background()
+	_, js := streamstest.Connect(t, streamstest.RunServer(t))
+	topo := streams.Default()
+	_, err := streams.Apply(ctx, js, topo)
+	require.NoError(t, err)
+	rules, err := mapping.Parse([]byte("unmapped: passthrough\nmappings: []\n"))
+	require.NoError(t, err)
+
+	withHeaders := func(subject, id string, body []byte, h map[string]string) {
+		msg := nats.NewMsg(subject)
+		msg.Data = body
+		msg.Header.Set(jetstream.MsgIDHeader, id)
+		for k, v := range h {
+			msg.Header.Set(k, v)
+		}
+		_, err := js.PublishMsg(ctx, msg)
+		require.NoError(t, err)
+	}
+	// seq 1 and 2: forgeries claiming to be copies of seq 3, the real event, from another
+	// subject, and from its own with other data.
+	forged := map[string]string{streams.HeaderReplayID: "r", streams.HeaderOriginalSeq: "3", streams.HeaderOriginalID: "webhook/real"}
+	withHeaders("khook.raw.evil.x", "forged", rawEvent(t, "forged", "x", `{"resourceName":"real"}`), forged)
+	withHeaders("khook.raw.webhook.x", "forged-2", rawEvent(t, "forged-2", "x", `{"resourceName":"other"}`), forged)
+	// seq 3: the real event; seq 4: a genuine copy of it, as khook replay makes it.
+	publishRaw(t, js, "khook.raw.webhook.x", "real", rawEvent(t, "real", "x", `{"resourceName":"real"}`))
+	withHeaders("khook.raw.webhook.x", "real/replay-1", rawEvent(t, "real/replay-1", "x", `{"resourceName":"real"}`),
+		map[string]string{streams.HeaderReplayID: "1", streams.HeaderOriginalSeq: "3", streams.HeaderOriginalID: "webhook/real"})
+
+	m := New(js, topo, rules, prometheus.NewRegistry(), zaptest.NewLogger(t))
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- m.Run(runCtx) }()
+	events, err := js.Stream(ctx, topo.Events.Name)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := events.Info(ctx)
+		return err == nil && info.State.Msgs == 4
+	}, 10*time.Second, 10*time.Millisecond)
+	cancel()
+	require.NoError(t, <-done)
+	seqs := map[string]string{}
+	for seq := uint64(1); seq <= 4; seq++ {
+		msg, err := events.GetMsg(ctx, seq)
+		require.NoError(t, err)
+		seqs[msg.Header.Get(jetstream.MsgIDHeader)] = msg.Header.Get(streams.HeaderRawSeq)
+	}
+	require.Equal(t, map[string]string{"evil/forged": "1", "webhook/forged-2": "2", "webhook/real": "3", "webhook/real/replay-1": "3"}, seqs)
+}

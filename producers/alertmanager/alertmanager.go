@@ -80,8 +80,9 @@ func Decode(e webhook.Endpoint, source string, header http.Header, _ url.Values,
 		return nil, false, webhook.Refuse(http.StatusBadRequest, "no alerts in the notification")
 	}
 	if e.MaxBatchSize > 0 && len(n.Alerts) > e.MaxBatchSize {
-		// Refused whole, before any alert is stored: Alertmanager retries the notification,
-		// and an operator raises maxBatchSize or splits the route's groups.
+		// Refused whole, before any alert is stored, rather than stored in part. Alertmanager
+		// does not retry a 4xx, so the notification is lost on its side: set max_alerts on
+		// the webhook receiver at or below maxBatchSize (docs/plugins.md).
 		return nil, false, webhook.Refuse(http.StatusRequestEntityTooLarge,
 			"notification of %d alerts exceeds maxBatchSize %d", len(n.Alerts), e.MaxBatchSize)
 	}

@@ -275,6 +275,9 @@ type activeEvent struct {
 	Status       string      `json:"status"`
 }
 
+// maxStatusEvents bounds a Hook's status.activeEvents.
+const maxStatusEvents = 100
+
 // reconcileStatus patches the status of every Hook whose active events changed.
 func (w *Watcher) reconcileStatus(ctx context.Context) {
 	state := w.d.State()
@@ -299,6 +302,21 @@ func (w *Watcher) reconcileStatus(ctx context.Context) {
 			want = append(want, activeEvent{EventType: a.EventType, ResourceName: a.ResourceName,
 				FirstSeen: metav1.NewTime(a.FirstSeen.Truncate(time.Second)), LastSeen: metav1.NewTime(a.LastSeen.Truncate(time.Second)),
 				Status: a.Status(now)})
+		}
+		if len(want) > maxStatusEvents {
+			// A Hook that matches thousands of resources would write a status past the API
+			// server's request limit (etcd refuses 2 MiB): it lists the firing ones first,
+			// the most recent first, up to the limit.
+			slices.SortFunc(want, func(a, b activeEvent) int {
+				if (a.Status == "firing") != (b.Status == "firing") {
+					if a.Status == "firing" {
+						return -1
+					}
+					return 1
+				}
+				return b.LastSeen.Compare(a.LastSeen.Time)
+			})
+			want = want[:maxStatusEvents]
 		}
 		slices.SortFunc(want, func(a, b activeEvent) int {
 			if a.EventType != b.EventType {

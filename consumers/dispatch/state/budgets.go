@@ -114,11 +114,16 @@ func (s *Store) TakeBudget(ctx context.Context, b Budget, agent, messageID, hold
 		// Decided afresh on every try: the record may be another replica's newer one.
 		took = false
 		now := s.now()
-		if _, ok := r.Holds[hold]; ok {
-			took = true
-			return false
-		}
+		// A hold that lapsed is gone (prune): its slot may have gone to another task since.
 		r.prune(now)
+		if h, ok := r.Holds[hold]; ok {
+			// This replica holds it already (a retry after its return failed): the hold is
+			// renewed, so that it does not lapse under the task.
+			h.Until = until
+			r.Holds[hold] = h
+			took = true
+			return true
+		}
 		if !r.Free(b, now) {
 			return false
 		}

@@ -144,3 +144,26 @@ func TestBudgetRecordIsBounded(t *testing.T) {
 	clock = clock.Add(55 * time.Minute) // an hour after a, 55 minutes after b
 	require.False(t, take("d"), "b's and c's starts are within the hour")
 }
+
+// A replica that takes a task it holds already renews the hold; one whose hold lapsed
+// decides afresh, so a lapsed hold never lets a task past a budget that is full.
+func TestBudgetHoldIsRenewedOrDecidedAfresh(t *testing.T) {
+	s, _, _ := openStore(t, time.Hour)
+	ctx := context.Background()
+	b := Budget{Agent: "kagent/a", MaxConcurrentTasks: 1}
+	clock := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	s.now = func() time.Time { return clock }
+	take := func(id, holder string) bool {
+		took, err := s.TakeBudget(ctx, b, b.Agent, id, holder, clock.Add(time.Minute))
+		require.NoError(t, err)
+		return took
+	}
+	require.True(t, take("task-1", "r0"))
+	clock = clock.Add(30 * time.Second)
+	require.True(t, take("task-1", "r0"), "held already: renewed")
+	clock = clock.Add(45 * time.Second) // past the first until, within the renewed one
+	require.False(t, take("task-2", "r1"), "the renewed hold still holds the slot")
+	clock = clock.Add(2 * time.Minute) // every hold lapsed
+	require.True(t, take("task-2", "r1"))
+	require.False(t, take("task-1", "r0"), "task-1's lapsed hold is gone; the slot is task-2's")
+}

@@ -139,7 +139,7 @@ func (r *GroupRecord) counted(a Arrival) bool {
 // add folds an arrival into the group; false means it was counted before (a redelivery or
 // a replayed copy). index maps the event keys of r.Events to their positions; add keeps it
 // current.
-func (r *GroupRecord) add(a Arrival, now time.Time, index map[string]int) bool {
+func (r *GroupRecord) add(a Arrival, now time.Time, index map[string]int, full bool) bool {
 	if r.counted(a) {
 		return false
 	}
@@ -172,7 +172,7 @@ func (r *GroupRecord) add(a Arrival, now time.Time, index map[string]int) bool {
 		r.Events[i].Count++
 		return true
 	}
-	if len(r.Events) < r.MaxEvents {
+	if len(r.Events) < r.MaxEvents && !full {
 		index[k] = len(r.Events)
 		r.Events = append(r.Events, hook.GroupEvent{Event: e, Count: 1, FirstSeen: now})
 	} else {
@@ -182,12 +182,28 @@ func (r *GroupRecord) add(a Arrival, now time.Time, index map[string]int) bool {
 }
 
 // lease marks the group as being sent by holder until until, covering what is pending now.
+// A lease that lapsed (its replica died) is taken over with the coverage it had: its task,
+// under the same message id, may have reached the agent already, and then only what it
+// covered is done; the events that arrived since stay pending for the next task.
 func (r *GroupRecord) lease(holder string, until time.Time) {
+	if r.Lease != nil {
+		r.Lease.Holder, r.Lease.Until = holder, until
+		return
+	}
 	counts := make(map[string]int, len(r.Events))
 	for _, e := range r.Events {
 		counts[hook.KeyOf(&e.Event).Hash()] = e.Count
 	}
 	r.Lease = &GroupLease{Holder: holder, Until: until, Pending: r.Pending, Omitted: r.Omitted, Counts: counts}
+}
+
+// reserve is the room a record keeps for the lease it will take: a group that fits only
+// without its lease could never be sent.
+func (r *GroupRecord) reserve() int {
+	if r.Lease != nil {
+		return 0
+	}
+	return 256 + 48*len(r.Events)
 }
 
 // sent removes what the lease covered: the events that arrived while the task was sent stay
@@ -226,27 +242,35 @@ func severityRank(s string) int { return slices.Index(mapping.Severities, s) }
 func SeverityRank(s string) int { return severityRank(s) }
 
 // AddToGroup folds arrivals into the group key, opening it from init when it is new (a new
-// incarnation), in one write. It returns whether the group was opened by this call. A record
-// that would not fit in a message is ErrTooLarge: those events cannot join the group.
+// incarnation), in one write. It returns whether the group was opened by this call. A group
+// whose record is full (its listed events fill the server's max_payload) counts new events
+// without listing them, as past maxEventsPerTask; a record that cannot take even that (a
+// queued task whose payload is too large) is ErrTooLarge: those events cannot join it.
 func (s *Store) AddToGroup(ctx context.Context, key string, init GroupRecord, events ...Arrival) (opened bool, err error) {
-	err = s.updateGroup(ctx, key, true, func(r *GroupRecord, exists bool) (bool, error) {
-		if !exists {
-			*r = init
-			r.Incarnation = nuid.Next()
-		}
-		opened = !exists
-		// The index is built once per write: a storm's write folds many events into a
-		// group of up to maxEventsPerTask entries.
-		index := make(map[string]int, len(r.Events))
-		for i := range r.Events {
-			index[hook.KeyOf(&r.Events[i].Event).Hash()] = i
-		}
-		changed := false
-		for _, ev := range events {
-			changed = r.add(ev, s.now(), index) || changed
-		}
-		return changed, nil
-	})
+	add := func(full bool) error {
+		return s.updateGroup(ctx, key, !full, func(r *GroupRecord, exists bool) (bool, error) {
+			if !exists {
+				*r = init
+				r.Incarnation = nuid.Next()
+			}
+			opened = !exists
+			// The index is built once per write: a storm's write folds many events into a
+			// group of up to maxEventsPerTask entries.
+			index := make(map[string]int, len(r.Events))
+			for i := range r.Events {
+				index[hook.KeyOf(&r.Events[i].Event).Hash()] = i
+			}
+			changed := false
+			for _, ev := range events {
+				changed = r.add(ev, s.now(), index, full) || changed
+			}
+			return changed, nil
+		})
+	}
+	err = add(false)
+	if errors.Is(err, ErrTooLarge) && !init.Single {
+		err = add(true)
+	}
 	return opened, err
 }
 
@@ -273,6 +297,9 @@ func (s *Store) LeaseGroup(ctx context.Context, key, holder string, until, now t
 		}
 		latest.lease(holder, until)
 		r = *latest
+		// The sender renders the task from these events while this replica's next write
+		// of the group (from its cached record) may change them: the sender has its own.
+		r.Events = slices.Clone(latest.Events)
 		return true, nil
 	})
 	return r, err

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/streams/streamstest"
 )
 
 func restart(pod string, seq uint64) Arrival {
@@ -137,4 +138,80 @@ func TestRecordTooLargeIsSaidAtOnce(t *testing.T) {
 	init.Single, init.Task, init.MaxEvents = true, "task-1", 1
 	_, err := s.AddToGroup(ctx, "single", init, a)
 	require.ErrorIs(t, err, ErrTooLarge)
+}
+
+// A storm of large events fills a group's record before maxEventsPerTask (here 1000): the
+// events past what fits are counted, not listed, as past maxEventsPerTask, and the group
+// can still take its lease and be sent. (A thousand events with kilobyte messages do it; a
+// large tag on each does it sooner.)
+func TestFullGroupCountsWithoutListing(t *testing.T) {
+	s, _, _ := openStore(t, time.Hour)
+	ctx := context.Background()
+	init := groupInit()
+	init.MaxEvents = 1000
+	const events = 20
+	for i := range events {
+		a := restart(fmt.Sprintf("pod-%04d", i), uint64(i+1))
+		a.Event.Tags = map[string]string{"detail": strings.Repeat("t", 100000)}
+		_, err := s.AddToGroup(ctx, "g", init, a)
+		require.NoError(t, err, "event %d", i)
+	}
+	groups, err := s.Groups(ctx)
+	require.NoError(t, err)
+	g := groups["g"]
+	require.Equal(t, events, g.Total)
+	require.Positive(t, g.Omitted, "some are counted, not listed")
+	require.Equal(t, events, len(g.Events)+g.Omitted)
+	leased, err := s.LeaseGroup(ctx, "g", "r", time.Now().Add(time.Minute), g.Due.Add(time.Second))
+	require.NoError(t, err, "the full group takes its lease")
+	require.Equal(t, events, leased.Lease.Pending)
+}
+
+// A lease that lapsed (its replica died after sending) is taken over with the coverage it
+// had: when the task turns out to be settled already, the events that arrived since stay
+// pending for the next task instead of being taken as sent.
+func TestLapsedLeaseKeepsItsCoverage(t *testing.T) {
+	s, _, _ := openStore(t, time.Hour)
+	ctx := context.Background()
+	_, err := s.AddToGroup(ctx, "g", groupInit(), restart("web-0", 1), restart("web-1", 2))
+	require.NoError(t, err)
+	groups, err := s.Groups(ctx)
+	require.NoError(t, err)
+	due := groups["g"].Due
+	_, err = s.LeaseGroup(ctx, "g", "crashed", due.Add(time.Second), due.Add(time.Millisecond))
+	require.NoError(t, err)
+	_, err = s.AddToGroup(ctx, "g", groupInit(), restart("web-2", 3), restart("web-3", 4))
+	require.NoError(t, err)
+	// The lease lapsed: another replica takes the task over.
+	taken, err := s.LeaseGroup(ctx, "g", "survivor", due.Add(time.Hour), due.Add(2*time.Second))
+	require.NoError(t, err)
+	require.Equal(t, 2, taken.Lease.Pending, "the old task's coverage")
+	require.NoError(t, s.FinishGroup(ctx, "g", "survivor"))
+	groups, err = s.Groups(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 2, groups["g"].Pending, "web-2 and web-3 wait for the next task")
+	require.Equal(t, 1, groups["g"].Sent)
+}
+
+// A group deleted long enough ago that the server aged its delete marker out (leaving a
+// marker of its own, with a reason instead of an operation) is opened again at once.
+func TestGroupReopensAfterItsMarkerAgedOut(t *testing.T) {
+	s, ns, topo := openStore(t, time.Second)
+	ctx := context.Background()
+	_, err := s.AddToGroup(ctx, "g", groupInit(), restart("web-0", 1))
+	require.NoError(t, err)
+	kv := rawKV(t, ns, topo)
+	e, err := kv.Get(ctx, groups.key("g"))
+	require.NoError(t, err)
+	require.NoError(t, s.DeleteGroup(ctx, "g", e.Revision()))
+	_, js := streamstest.Connect(t, ns)
+	st, err := js.Stream(ctx, "KV_"+topo.DispatchBucket)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		m, err := st.GetLastMsgForSubject(ctx, "$KV."+topo.DispatchBucket+"."+groups.key("g"))
+		return err == nil && m.Header.Get("Nats-Marker-Reason") != ""
+	}, 30*time.Second, 50*time.Millisecond, "the server replaced the delete marker with its own")
+	opened, err := s.AddToGroup(ctx, "g", groupInit(), restart("web-0", 2))
+	require.NoError(t, err)
+	require.True(t, opened)
 }

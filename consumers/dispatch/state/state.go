@@ -149,7 +149,11 @@ func compareAndSet[T any](ctx context.Context, s *Store, k kind, key string, emp
 			if b, err = json.Marshal(&r); err != nil {
 				return empty, 0, err
 			}
-			next, err = s.put(ctx, k, full, b, rev)
+			extra := 0
+			if rr, ok := any(&r).(reserver); ok {
+				extra = rr.reserve()
+			}
+			next, err = s.put(ctx, k, full, b, rev, extra)
 		}
 		if err == nil {
 			return r, next, nil
@@ -179,9 +183,13 @@ func read[T any](ctx context.Context, kv jetstream.KeyValue, key string, empty T
 	return r, e.Revision(), nil
 }
 
-// put writes value at key if the key's revision is still rev (0: the key has no value).
-func (s *Store) put(ctx context.Context, k kind, key string, value []byte, rev uint64) (uint64, error) {
-	if s.maxValue > 0 && len(value) > s.maxValue {
+// reserver is a record that keeps room for a later write of itself (a group, for its lease).
+type reserver interface{ reserve() int }
+
+// put writes value at key if the key's revision is still rev (0: the key has no value),
+// keeping reserve bytes of room below the largest record.
+func (s *Store) put(ctx context.Context, k kind, key string, value []byte, rev uint64, reserve int) (uint64, error) {
+	if s.maxValue > 0 && len(value)+reserve > s.maxValue {
 		return 0, fmt.Errorf("%s: %d bytes: %w", key, len(value), ErrTooLarge)
 	}
 	if k.life != untilDeleted {
@@ -228,8 +236,11 @@ func (s *Store) deletedAt(ctx context.Context, key string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	switch m.Header.Get("KV-Operation") {
-	case "DEL", "PURGE":
+	// A marker khook wrote carries KV-Operation; one the server wrote when a record aged out
+	// (the bucket's TTL, then LimitMarkerTTL) carries Nats-Marker-Reason instead.
+	switch {
+	case m.Header.Get("KV-Operation") == "DEL", m.Header.Get("KV-Operation") == "PURGE",
+		m.Header.Get("Nats-Marker-Reason") != "":
 		return m.Sequence, nil
 	}
 	return 0, nil
