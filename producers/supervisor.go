@@ -204,7 +204,8 @@ func (s *Supervisor) parse(b []byte) (map[string]Desired, error) {
 	for _, spec := range specs {
 		build, ok := s.Table[spec.Name]
 		if !ok {
-			return nil, fmt.Errorf("plugin %q is not a built-in plugin (built-in: %s)", spec.Name, strings.Join(slices.Sorted(maps.Keys(s.Table)), ", "))
+			// Worded as the deployment guide's troubleshooting greps for it ("plugin.*not found").
+			return nil, fmt.Errorf("plugin %q not found: it is not a built-in plugin (built-in: %s)", spec.Name, strings.Join(slices.Sorted(maps.Keys(s.Table)), ", "))
 		}
 		if s.Only != "" && spec.Name != s.Only {
 			continue
@@ -222,7 +223,8 @@ func (s *Supervisor) parse(b []byte) (map[string]Desired, error) {
 		}
 		p, err := build(spec, logger, reg)
 		if err != nil {
-			return nil, err
+			// Worded as the deployment guide greps for it ("failed to initialize plugin").
+			return nil, fmt.Errorf("failed to initialize plugin %q: %w", spec.Name, err)
 		}
 		if !enabled {
 			continue
@@ -325,7 +327,9 @@ func (s *Supervisor) supervise(ctx context.Context, r *runner, d Desired) {
 		started := time.Now()
 		r.set("running", nil)
 		s.Metrics.SetActive(p.Name(), true)
-		log.Info("plugin started")
+		// Worded as the deployment guide's verification greps for it
+		// ("Successfully registered.*plugin").
+		log.Info("Successfully registered plugin, started")
 		err := runSafely(ctx, p, emit)
 		s.Metrics.SetActive(p.Name(), false)
 		if ctx.Err() != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -170,4 +171,53 @@ func TestAlertmanagerFiringThenResolved(t *testing.T) {
 	require.Equal(t, http.StatusAccepted, post("resolved", "2026-11-27T08:00:00Z"))
 	got = waitReceived(t, agent, 2, 30*time.Second)
 	require.True(t, strings.HasPrefix(got[1].Text, "RESOLVED KubePodCrashLooping on ledger-0"), got[1].Text)
+}
+
+// TestDeploymentGuideLogGreps runs the log greps of the plugin deployment guide against
+// khook's own output: its verification step (`grep "Successfully registered.*plugin"`) and
+// its troubleshooting steps (`grep "plugin.*not found"`, `grep "failed to initialize
+// plugin"`), at start and on a live edit of plugins.yaml.
+func TestDeploymentGuideLogGreps(t *testing.T) {
+	registered := regexp.MustCompile(`Successfully registered.*plugin`)
+	notFound := regexp.MustCompile(`plugin.*not found`)
+	failedInit := regexp.MustCompile(`failed to initialize plugin`)
+
+	_, agentURL := startAgent(t)
+	f := pipelineFiles{
+		dir: t.TempDir(), agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
+		embeddedListen: "127.0.0.1:" + strconv.Itoa(freePort(t)),
+	}
+	f.storeDir = f.dir + "/data"
+	cfg := f.write(t)
+	p := start(t, "khook run", bins.khook(), "run", "--config", cfg)
+	waitReady(t, p, f.probes)
+	require.Eventually(t, func() bool { return registered.MatchString(p.out.String()) }, 10*time.Second, 10*time.Millisecond,
+		"verification: %s", p.out.String())
+
+	// A live edit naming a plugin khook does not have is refused, in the guide's words.
+	plugins := filepath.Join(f.dir, "plugins.yaml")
+	good, err := os.ReadFile(plugins)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(plugins, append(good, []byte("  - name: slack-notifier\n")...), 0o600))
+	require.Eventually(t, func() bool { return notFound.MatchString(p.out.String()) }, 30*time.Second, 20*time.Millisecond,
+		"a live edit: %s", p.out.String())
+
+	// At start, both errors stop khook with the guide's words on its output.
+	for name, plugin := range map[string]string{
+		"unknown plugin": "  - name: slack-notifier\n",
+		"bad config":     "  - name: heartbeat\n    config:\n      interval: -1s\n",
+	} {
+		g := f
+		g.dir, g.metrics, g.probes = t.TempDir(), freePort(t), freePort(t)
+		g.storeDir = g.dir + "/data"
+		g.embeddedListen = "127.0.0.1:" + strconv.Itoa(freePort(t))
+		g.extraPlugins = plugin
+		code, out := khookCmd(t, "run", "--config", g.write(t))
+		require.NotZero(t, code, name)
+		want := notFound
+		if name == "bad config" {
+			want = failedInit
+		}
+		require.Regexp(t, want, out, name)
+	}
 }

@@ -39,6 +39,33 @@ func commandPaths() [][]string {
 	return out
 }
 
+// TestEveryCommandShowsExamples: every command that does something (a leaf, but for the
+// version and the completion scripts) shows examples in its --help, and each example is a
+// command line of that command whose flags the command has.
+func TestEveryCommandShowsExamples(t *testing.T) {
+	root := newRoot()
+	for _, path := range commandPaths() {
+		cmd, _, err := root.Find(path)
+		require.NoError(t, err)
+		name := cmd.CommandPath()
+		if cmd.HasSubCommands() || cmd.Name() == "version" || strings.HasPrefix(name, "khook completion") || len(path) == 0 {
+			continue
+		}
+		require.NotEmpty(t, cmd.Example, "%s --help shows no example", name)
+		for _, line := range strings.Split(cmd.Example, "\n") {
+			line, _, _ = strings.Cut(strings.TrimSpace(line), "   #")
+			line = strings.TrimPrefix(line[strings.Index(line, "khook"):], "")
+			require.True(t, strings.HasPrefix(line, name), "%s: example %q is of another command", name, line)
+			for _, word := range strings.Fields(line) {
+				if flagName, ok := strings.CutPrefix(word, "--"); ok {
+					flagName, _, _ = strings.Cut(flagName, "=")
+					require.NotNil(t, cmd.Flags().Lookup(flagName), "%s: example %q uses --%s, which it does not have", name, line, flagName)
+				}
+			}
+		}
+	}
+}
+
 // TestEveryCommandHelps asks every command and verb for help both ways: each answers on
 // stdout with exit 0, and names itself.
 func TestEveryCommandHelps(t *testing.T) {

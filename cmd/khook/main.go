@@ -72,6 +72,7 @@ or each stage as its own process against a NATS server, as the Helm chart does:
 		agentCmd(), mappingsCmd(), publishCmd(), pluginsCmd(), probeCmd(),
 		replayCmd(), statusCmd(), dlqCmd(), eventsCmd(), versionCmd(),
 	)
+	addExamples(root)
 	return root
 }
 

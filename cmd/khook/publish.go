@@ -39,7 +39,7 @@ func publishCmd() *cobra.Command {
 		user := fs.String("user", "", "NATS user (an embedded server's plugin user is the plugin's name)")
 		passwordFile := fs.String("password-file", "", "file holding the NATS password")
 		timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for each event to be stored")
-		wait := fs.Duration("wait", 0, "with --data: also wait this long for the mapper to take the event (a pipeline check, e.g. `helm test`)")
+		wait := fs.Duration("wait", 0, "with --data: also wait this long for the mapper to take the event (a pipeline check, as helm test makes)")
 		return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if *source == "" {
 				return usageError{error: errors.New("--source is required")}
