@@ -27,8 +27,9 @@ run: build
 # test/promtool/build-promtool.sh, cached in ~/.cache/khook).
 # The container tests run on the Docker engine with the Compose v2 and buildx plugins, built
 # from the module proxy (test/docker/build-plugins.sh, cached in ~/.cache/khook), and use
-# Debian's busybox-static as the shell of a stand-in Go image. test/tools.sh builds the
-# tools side by side and sets the variables.
+# Debian's busybox-static as the shell of a stand-in Go image (installed with apt-get when
+# missing: test/busybox/find-busybox.sh). test/tools.sh builds the tools side by side, prints
+# one line per tool with its time, and sets the variables.
 test: vet
 	eval "$$(test/tools.sh)" && \
 	$(GO) test -race -count=1 -timeout 30m ./...

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, or finds in the cache outside the clone, every tool `make test` and `make lint` run:
 # kube-apiserver and etcd, helm, promtool, the Compose v2 and buildx plugins, and
-# golangci-lint, each from the Go module proxy. The builds run
+# golangci-lint, each from the Go module proxy, and Debian's busybox-static (installed with
+# apt-get when missing). The builds run
 # side by side, because on a cold machine much of each is waiting on module downloads. Prints
 # the variables the tests read, for `eval`, and each build's time on stderr.
 #
@@ -27,10 +28,11 @@ start helm helm/build-helm.sh
 start docker docker/build-plugins.sh
 start promtool promtool/build-promtool.sh
 start lint lint/build-golangci-lint.sh
+start busybox busybox/find-busybox.sh
 wait
 
 failed=0
-for name in kube helm docker promtool lint; do
+for name in kube helm docker promtool lint busybox; do
   read -r status took <"$out/$name.done"
   if [ -s "$out/$name.log" ]; then
     sed "s/^/tools: $name: /" "$out/$name.log" >&2
@@ -38,11 +40,11 @@ for name in kube helm docker promtool lint; do
   if [ "$status" -ne 0 ]; then
     echo "tools: $name failed (exit $status) after ${took}s" >&2
     failed=1
-  elif [ "$took" -gt 1 ]; then
-    echo "tools: $name built in ${took}s" >&2
+  else
+    echo "tools: $name ready in ${took}s" >&2
   fi
 done
 [ "$failed" -eq 0 ] || exit 1
 
-printf 'export KUBE_TEST_ASSETS=%q HELM=%q DOCKER_PLUGINS=%q PROMTOOL=%q GOLANGCI_LINT=%q\n' \
-  "$(cat "$out/kube")" "$(cat "$out/helm")" "$(cat "$out/docker")" "$(cat "$out/promtool")" "$(cat "$out/lint")"
+printf 'export KUBE_TEST_ASSETS=%q HELM=%q DOCKER_PLUGINS=%q PROMTOOL=%q GOLANGCI_LINT=%q BUSYBOX=%q\n' \
+  "$(cat "$out/kube")" "$(cat "$out/helm")" "$(cat "$out/docker")" "$(cat "$out/promtool")" "$(cat "$out/lint")" "$(cat "$out/busybox")"
