@@ -44,9 +44,13 @@ func TestGroupingErrorsNameTheField(t *testing.T) {
 		"  groupWait: 1s\n  maxEventsPerTask: 5000\n": `spec.maxEventsPerTask: must be 1 to 1000, got 5000`,
 		"  groupInterval: 1m\n":                       `spec.groupInterval and spec.maxEventsPerTask need spec.groupBy or spec.groupWait`,
 	} {
-		_, err := Parse([]byte(groupedHook(spec)))
+		doc := groupedHook(spec)
+		_, err := Parse([]byte(doc))
 		require.ErrorContains(t, err, want, spec)
-		require.ErrorContains(t, err, "prod/pods (line 1)", spec)
+		// The line is the field's own.
+		field := strings.TrimPrefix(strings.FieldsFunc(want, func(r rune) bool { return r == ':' || r == '[' || r == ' ' })[0], "spec.")
+		line := strings.Count(doc[:strings.Index(doc, "  "+field+":")], "\n") + 1
+		require.ErrorContains(t, err, fmt.Sprintf("prod/pods (line %d): ", line), spec)
 	}
 }
 

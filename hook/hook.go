@@ -3,8 +3,10 @@ package hook
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"text/template"
 	"time"
 
@@ -161,7 +163,7 @@ func Parse(b []byte) ([]Hook, error) {
 				h.Metadata.Namespace = "default"
 			}
 			if err := h.Validate(); err != nil {
-				return nil, fmt.Errorf("hooks: %s (line %d): %w", h.Key(), strictyaml.Line(item), err)
+				return nil, atLines(h.Key(), item, err)
 			}
 			hooks = append(hooks, h)
 		}
@@ -174,6 +176,23 @@ func Parse(b []byte) ([]Hook, error) {
 		seen[h.Key()] = true
 	}
 	return hooks, nil
+}
+
+// problemPath finds the field a Validate problem names ("spec.eventConfigurations[0].prompt").
+var problemPath = regexp.MustCompile(`^((?:spec|metadata)(?:\.[A-Za-z]+|\[\d+\])+)`)
+
+// atLines says, for each of a Hook's problems, the line of hooks.yaml it is on: the field it
+// names, else the Hook's first line.
+func atLines(key string, item ast.Node, err error) error {
+	var out []string
+	for _, problem := range strings.Split(err.Error(), "\n") {
+		line := strictyaml.Line(item)
+		if m := problemPath.FindStringSubmatch(problem); m != nil {
+			line = strictyaml.LineOf(item, m[1])
+		}
+		out = append(out, fmt.Sprintf("hooks: %s (line %d): %s", key, line, problem))
+	}
+	return errors.New(strings.Join(out, "\n"))
 }
 
 func hookNodes(n ast.Node) ([]ast.Node, error) {

@@ -184,3 +184,14 @@ func TestGetIsLenient(t *testing.T) {
 	ev.Data = []byte(`{}`)
 	require.True(t, strings.HasPrefix(task(t, idx.Match(ev)[0], ev).Text, "Pod p restarted on !"))
 }
+
+// Each problem of a Hook points at its own line of hooks.yaml: a prompt with an unclosed
+// action names the prompt's line and says so.
+func TestProblemsNameTheirLine(t *testing.T) {
+	doc := "- apiVersion: kagent.dev/v1alpha2\n  kind: Hook\n  metadata: {name: h, namespace: ns}\n  spec:\n    eventConfigurations:\n" +
+		"      - eventType: x\n        agentRef: {name: a}\n        prompt: \"fine {{.ResourceName}}\"\n" +
+		"      - eventType: y\n        agentRef: {name: a}\n        prompt: \"hello {{.ResourceName\"\n        minSeverity: loud\n"
+	_, err := Parse([]byte(doc))
+	require.ErrorContains(t, err, "hooks: ns/h (line 11): spec.eventConfigurations[1].prompt: template: prompt:1: unclosed action")
+	require.ErrorContains(t, err, "hooks: ns/h (line 12): spec.eventConfigurations[1].minSeverity: must be one of")
+}

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -294,4 +295,20 @@ func TestBudgets(t *testing.T) {
 	// before its task can be tried again.
 	_, err = Load(writeFile(t, "streams:\n  dispatch_ttl: 1m\ndispatcher:\n  suppression_window: 30s\n"), nil, nil)
 	require.ErrorContains(t, err, "line 2: streams.dispatch_ttl: must be at least twice streams.dispatcher.ack_wait (6m0s), got 1m0s")
+}
+
+// A problem points at where its value came from: an environment variable that set it, not
+// the file's line for the same key; and problems come in the order of the file's lines.
+func TestProblemsPointAtTheirSourceInLineOrder(t *testing.T) {
+	path := writeFile(t, "streams:\n  dispatch_ttl: 1m\nlog:\n  level: nope\ndispatcher:\n  workers: 4\n  max_attempts: 0\n")
+	_, err := Load(path, []string{"KHOOK_DISPATCHER_WORKERS=5000"}, nil)
+	require.Error(t, err)
+	lines := strings.Split(err.Error(), "\n")
+	require.Equal(t, []string{
+		path + " line 2: streams.dispatch_ttl: must be at least twice streams.dispatcher.ack_wait (6m0s), got 1m0s",
+		path + " line 4: log.level: must be debug, info, warn or error, got \"nope\"",
+		path + " line 5: dispatcher.suppression_window: must be at least 1s and at most streams.dispatch_ttl (1m0s), got 10m0s",
+		path + " line 7: dispatcher.max_attempts: must be at least 1, got 0",
+		"environment KHOOK_DISPATCHER_WORKERS: dispatcher.workers: must be 1 to 1024, got 5000",
+	}, lines)
 }

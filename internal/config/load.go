@@ -1,9 +1,11 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -69,11 +71,15 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 
 	var ignored []string
 	env := map[string]string{}
+	// origin names where a key's value came from when it was not the file, so that a
+	// problem with it points there and not at the file's line for the same key.
+	origin := map[string]string{}
 	set := func(source, key, value string) {
 		if err := known[key].parse(value); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %s: %w", source, key, err))
 			return
 		}
+		origin[key] = source
 		errs = append(errs, k.Set(key, value))
 	}
 	for _, kv := range environ {
@@ -123,14 +129,16 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 			errs = append(errs, fmt.Errorf("override %s: no such setting", key))
 			continue
 		}
+		origin[key] = "the command line"
 		errs = append(errs, k.Set(key, v))
 	}
-	errs = append(errs, withLines(path, lines, checkDurations(k, defaults, known)))
+	at := func(err error) error { return withLines(path, lines, origin, err) }
+	errs = append(errs, at(checkDurations(k, defaults, known)))
 
 	var cfg Config
 	if err := k.UnmarshalWithConf("", &cfg, koanf.UnmarshalConf{Tag: "koanf"}); err != nil {
 		// Values are checked above, so this is not expected; it is reported, not hidden.
-		return Config{}, withLines(path, lines, errors.Join(append(errs, err)...))
+		return Config{}, at(errors.Join(append(errs, err)...))
 	}
 	if path != "" {
 		dir := filepath.Dir(path)
@@ -140,8 +148,8 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 			}
 		}
 	}
-	errs = append(errs, withLines(path, lines, cfg.Validate()))
-	if err := errors.Join(errs...); err != nil {
+	errs = append(errs, at(cfg.Validate()))
+	if err := inLineOrder(errs); err != nil {
 		return Config{}, err
 	}
 	cfg.IgnoredEnv = ignored
@@ -417,8 +425,9 @@ func checkDurations(k, defaults *koanf.Koanf, known map[string]keyKind) error {
 // decoding errors quote it.
 var keyInError = regexp.MustCompile(`^'?([a-z0-9_]+(?:\.[a-z0-9_]+|\[[0-9]+\])+)'?[: ]|'([a-z0-9_]+(?:\.[a-z0-9_]+)+)'`)
 
-// withLines prefixes each line of err that names a key set in the file with that key's line.
-func withLines(path string, lines map[string]int, err error) error {
+// withLines prefixes each line of err that names a key with where its value came from: the
+// environment variable or the command line that set it, else the key's line in the file.
+func withLines(path string, lines map[string]int, origin map[string]string, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -426,6 +435,10 @@ func withLines(path string, lines map[string]int, err error) error {
 	for _, msg := range strings.Split(err.Error(), "\n") {
 		if m := keyInError.FindStringSubmatch(msg); m != nil {
 			key := m[1] + m[2]
+			if src, ok := origin[key]; ok {
+				out = append(out, src+": "+msg)
+				continue
+			}
 			for k := key; k != ""; k = parent(k) {
 				if line, ok := lines[k]; ok {
 					msg = fmt.Sprintf("%s line %d: %s", path, line, msg)
@@ -436,6 +449,63 @@ func withLines(path string, lines map[string]int, err error) error {
 		out = append(out, msg)
 	}
 	return errors.New(strings.Join(out, "\n"))
+}
+
+// lineOf finds the file line a problem names ("khook.yaml line 12:", "line 3, column 5:").
+var lineOf = regexp.MustCompile(`(?:^|\s)line (\d+)[,:]`)
+
+// inLineOrder joins every problem into one error, those that name a line of the file in the
+// order of their lines, then the others (the environment, the command line) as found. A
+// problem of several lines (a YAML excerpt) stays whole.
+func inLineOrder(errs []error) error {
+	type problem struct {
+		text string
+		line int
+	}
+	var all []problem
+	for _, err := range errs {
+		if err == nil {
+			continue
+		}
+		var parts []error
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			parts = j.Unwrap()
+		} else {
+			parts = []error{err}
+		}
+		for _, p := range parts {
+			for _, text := range splitProblems(p.Error()) {
+				line := math.MaxInt
+				if m := lineOf.FindStringSubmatch(text); m != nil {
+					line, _ = strconv.Atoi(m[1])
+				}
+				all = append(all, problem{text, line})
+			}
+		}
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	slices.SortStableFunc(all, func(a, b problem) int { return cmp.Compare(a.line, b.line) })
+	texts := make([]string, len(all))
+	for i, p := range all {
+		texts[i] = p.text
+	}
+	return errors.New(strings.Join(texts, "\n"))
+}
+
+// splitProblems splits one error's text into its problems: a line that starts a problem,
+// with the lines of its excerpt (indented, or a "|" gutter) kept with it.
+func splitProblems(text string) []string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if len(out) > 0 && (strings.HasPrefix(l, " ") || strings.HasPrefix(l, ">") || strings.HasPrefix(l, "\t")) {
+			out[len(out)-1] += "\n" + l
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
 }
 
 func parent(key string) string {

@@ -11,6 +11,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/goccy/go-yaml"
@@ -59,11 +60,52 @@ func positioned(err error) error {
 	} else {
 		excerpt = ""
 	}
-	msg := fmt.Sprintf("line %d, column %d: %s", pos.Line, pos.Column, ye.GetMessage())
+	what := ye.GetMessage()
+	if strings.Contains(what, "'\t'") {
+		// The parser's words for a tab ("found character '\t' that cannot start any token")
+		// do not say what to do about it.
+		what = "a tab: YAML does not allow tabs for indentation, indent with spaces"
+	}
+	msg := fmt.Sprintf("line %d, column %d: %s", pos.Line, pos.Column, what)
 	if excerpt != "" {
 		msg += "\n" + excerpt
 	}
 	return errors.New(msg)
+}
+
+// LineOf returns the line of the key that path names below node ("spec.items[2].name": the
+// line of that item's name key), or of the nearest part of the path that exists; 0 when
+// node is nil.
+func LineOf(node ast.Node, path string) int {
+	line := Line(node)
+	n := node
+	for _, part := range strings.Split(path, ".") {
+		name, index, hasIndex := strings.Cut(part, "[")
+		m, ok := unwrap(n).(*ast.MappingNode)
+		if !ok {
+			return line
+		}
+		found := false
+		for _, kv := range m.Values {
+			if Text(kv.Key) == name {
+				n, line, found = kv.Value, Line(kv.Key), true
+				break
+			}
+		}
+		if !found {
+			return line
+		}
+		if hasIndex {
+			i, err := strconv.Atoi(strings.TrimSuffix(index, "]"))
+			seq, ok := unwrap(n).(*ast.SequenceNode)
+			if err != nil || !ok || i < 0 || i >= len(seq.Values) {
+				return line
+			}
+			n = seq.Values[i]
+			line = Line(n)
+		}
+	}
+	return line
 }
 
 // Line is the line node starts on (0 for a nil node).

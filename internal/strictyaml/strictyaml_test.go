@@ -42,6 +42,10 @@ func TestSyntaxErrorsPointAtTheirLine(t *testing.T) {
 
 	_, err = Documents([]byte("a: 1\n---\nb: [\n"))
 	require.ErrorContains(t, err, "line 3")
+
+	// A tab says what it is, and what to do.
+	_, err = Document([]byte("dispatcher:\n\tworkers: 4\n"))
+	require.ErrorContains(t, err, "line 2, column 1: a tab: YAML does not allow tabs for indentation, indent with spaces")
 }
 
 // Every mistake of a document is reported at once, each with its line and column, and a
