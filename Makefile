@@ -4,7 +4,7 @@ BIN      := bin
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: all build run test test-short bench bench-packages fuzz lint fmt vet clean docker-build helm-lint helm-template helm-upgrade
+.PHONY: all build run test test-short bench bench-packages fuzz lint fmt vet clean docker-build helm-path helm-lint helm-template helm-upgrade
 IMAGE_REPO ?= ghcr.io/khook/khook
 IMAGE    ?= $(IMAGE_REPO):$(VERSION)
 
@@ -88,6 +88,10 @@ docker-build:
 HELM      ?= $(shell command -v helm || test/helm/build-helm.sh)
 NAMESPACE ?= kagent
 VALUES    ?=
+# helm-path prints the helm the targets use: alias helm="$(make -s helm-path)".
+helm-path:
+	@echo $(HELM)
+
 helm-lint:
 	$(HELM) lint --strict helm/khook-crds
 	@for v in "" helm/khook/values-dev.yaml helm/khook/values-staging.yaml helm/khook/values-prod.yaml; do \
