@@ -145,7 +145,7 @@ func TestReplayInterruptAndResumeCLI(t *testing.T) {
 	require.Contains(t, p.out.String(), "interrupted; resume with: khook replay --resume "+id)
 	var ee *exec.ExitError
 	require.ErrorAs(t, p.err, &ee)
-	require.Equal(t, 1, ee.ExitCode(), "an interrupted replay does not exit 0")
+	require.Equal(t, 130, ee.ExitCode(), "an interrupted replay exits 130, as a command stopped by Ctrl-C")
 	sentBefore := countCopies(t, js, id)
 	require.Less(t, len(sentBefore), total)
 	t.Logf("interrupted after %d of %d", len(sentBefore), total)

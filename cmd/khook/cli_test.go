@@ -166,9 +166,12 @@ func cliReference() string {
 	b.WriteString("Generated from the commands themselves (`go test ./cmd/khook -run TestCLIReference -update`); a test\n")
 	b.WriteString("fails when it is stale. Every command prints the same with `--help`.\n\n")
 	b.WriteString("Conventions: help goes to stdout with exit 0; errors go to stderr, with exit 1 when the\n")
-	b.WriteString("command failed and 2 when the command line is wrong. Commands that print data take\n")
-	b.WriteString("`-o, --output` (`table` or `text`, `json`, `yaml`). Durations take `d` for days (`--since 2d`).\n")
-	b.WriteString("`khook completion bash|zsh|fish|powershell` prints a shell completion script.\n")
+	b.WriteString("command failed, 2 when the command line is wrong, and 130 when Ctrl-C stopped it. Commands\n")
+	b.WriteString("that print data take `-o, --output` (`table` or `text`, `json`, `yaml`); tables have a header\n")
+	b.WriteString("line (`--no-headers` drops it), and an empty listing says so on stderr. Listings show\n")
+	b.WriteString("`--limit` items, 100 by default. `-n` is `--namespace`. Durations take `d` for days\n")
+	b.WriteString("(`--since 2d`). `khook completion bash|zsh|fish|powershell` prints a shell completion\n")
+	b.WriteString("script, which completes commands, flags and the values of flags that take one of a list.\n")
 	for _, path := range commandPaths() {
 		var stdout, stderr bytes.Buffer
 		execute(context.Background(), append(path, "--help"), &stdout, &stderr)
@@ -256,4 +259,81 @@ func TestOperationsFindNATS(t *testing.T) {
 	// A stage ignores NATS_URL: the variable belongs to the nats CLI's shell.
 	require.Equal(t, map[string]any{}, (&commonFlags{}).overrides())
 	require.Equal(t, map[string]any{"nats.url": ns.ClientURL()}, (&commonFlags{}).opsOverrides())
+}
+
+// TestKubectlGrammar: the command line reads as kubectl's does. An unknown verb is said
+// before an unknown flag, with the nearest verbs and aliases; list and watch are get and
+// tail; -n is --namespace; every flag that takes one of a list refuses anything else, with
+// the usage exit code; tables have headers (--no-headers drops them); an empty listing says
+// so on stderr and prints nothing on stdout.
+func TestKubectlGrammar(t *testing.T) {
+	run := func(args ...string) (int, string, string) {
+		var stdout, stderr bytes.Buffer
+		code := execute(context.Background(), args, &stdout, &stderr)
+		return code, stdout.String(), stderr.String()
+	}
+	code, _, stderr := run("events", "lst", "--since", "1h", "--nope")
+	require.Equal(t, 2, code)
+	require.Contains(t, stderr, `unknown command "lst" for "khook events"`)
+	require.Contains(t, stderr, "Did you mean this?\n\tget\n\tlist")
+	code, _, stderr = run("dlq", "retyr")
+	require.Equal(t, 2, code)
+	require.Contains(t, stderr, "Did you mean this?\n\tretry")
+
+	for alias, verb := range map[string]string{"list": "get", "watch": "tail"} {
+		code, out, _ := run("events", alias, "--help")
+		require.Equal(t, 0, code)
+		require.Contains(t, out, "khook events "+verb, "events %s is events %s", alias, verb)
+	}
+	root := newRoot()
+	for _, path := range [][]string{{"events", "get"}, {"events", "tail"}, {"replay"}, {"plugins", "disable"}, {"plugins", "enable"}} {
+		cmd, _, err := root.Find(path)
+		require.NoError(t, err)
+		f := cmd.Flags().ShorthandLookup("n")
+		require.NotNil(t, f, "%v has -n", path)
+		require.Equal(t, "namespace", f.Name)
+	}
+	for _, bad := range [][]string{
+		{"dlq", "list", "--stage", "router"},
+		{"dlq", "retry", "--all", "--reason", "typo"},
+		{"events", "get", "--severity", "fatal"},
+		{"replay", "--through", "agent"},
+		{"status", "-o", "xml"},
+	} {
+		code, _, stderr := run(bad...)
+		require.Equal(t, 2, code, "%v: %s", bad, stderr)
+		require.Contains(t, stderr, "want ", bad)
+	}
+
+	// Shell completion offers a flag's values.
+	code, out, _ := run("__complete", "dlq", "list", "--stage", "")
+	require.Equal(t, 0, code)
+	require.True(t, strings.HasPrefix(out, "mapper\ndispatcher\n:4"), out)
+	code, out, _ = run("__complete", "events", "get", "-o", "")
+	require.Equal(t, 0, code)
+	require.True(t, strings.HasPrefix(out, "table\njson\nyaml\n"), out)
+
+	ns := streamstest.RunServer(t)
+	url := ns.ClientURL()
+	code, _, stderr = run("streams", "apply", "--nats-url", url)
+	require.Equal(t, 0, code, stderr)
+	for args, empty := range map[string]string{"events get": "No events found.", "dlq list": "No dead letters found."} {
+		code, out, stderr := run(append(strings.Fields(args), "--nats-url", url)...)
+		require.Equal(t, 0, code, stderr)
+		require.Empty(t, out, args)
+		require.Equal(t, empty+"\n", stderr, args)
+	}
+	_, js := streamstest.Connect(t, ns)
+	msg := nats.NewMsg("khook.dlq.mapper")
+	msg.Header.Set(deadletter.HeaderStage, "mapper")
+	msg.Header.Set(deadletter.HeaderReason, "unmapped")
+	msg.Data = []byte(`{}`)
+	_, err := js.PublishMsg(context.Background(), msg)
+	require.NoError(t, err)
+	code, out, _ = run("dlq", "list", "--nats-url", url)
+	require.Equal(t, 0, code)
+	require.True(t, strings.HasPrefix(out, "SEQ "), out)
+	code, out, _ = run("dlq", "list", "--nats-url", url, "--no-headers")
+	require.Equal(t, 0, code)
+	require.True(t, strings.HasPrefix(out, "1 "), out)
 }

@@ -24,28 +24,37 @@ import (
 	"golang.org/x/term"
 
 	"github.com/khook/khook/ops"
+	"github.com/khook/khook/streams/deadletter"
 )
 
 // dlqSelection is the flags that select dead letters, with the sequence numbers given as
 // arguments.
 type dlqSelection struct {
-	stage, reason, hook, typ, since *string
-	limit                           *int
+	stage, reason    *enumFlag
+	hook, typ, since *string
+	limit            *int
 }
 
-func addDLQSelection(fs *pflag.FlagSet) *dlqSelection {
-	return &dlqSelection{
-		stage:  fs.String("stage", "", "only dead letters of this stage (mapper, dispatcher)"),
-		reason: fs.String("reason", "", "only this reason (permanent, max-attempts, unmapped, ...)"),
+// addDLQSelection declares the selection flags; a listing shows defaultLimit dead letters
+// unless --limit says otherwise, retry and purge act on every one selected.
+func addDLQSelection(fs *pflag.FlagSet, listing bool) *dlqSelection {
+	d := &dlqSelection{
+		stage:  addEnum(fs, "stage", "only dead letters of this stage", deadletter.Stages...),
+		reason: addEnum(fs, "reason", "only this reason", deadletter.Reasons...),
 		hook:   fs.String("hook", "", "only dead letters of this hook (namespace/name)"),
 		typ:    fs.String("type", "", "only events of this type"),
 		since:  fs.String("since", "", "only dead letters stored since this long ago (2h, 2d) or this RFC 3339 time"),
-		limit:  fs.Int("limit", 0, "at most this many (0: all)"),
 	}
+	if listing {
+		d.limit = addLimit(fs)
+	} else {
+		d.limit = fs.Int("limit", 0, "at most this many (0: all)")
+	}
+	return d
 }
 
 func (d *dlqSelection) filter(seqs []string) (ops.DLQFilter, error) {
-	f := ops.DLQFilter{Stage: *d.stage, Reason: *d.reason, Hook: *d.hook, Type: *d.typ}
+	f := ops.DLQFilter{Stage: d.stage.value, Reason: d.reason.value, Hook: *d.hook, Type: *d.typ}
 	var err error
 	if f.Since, err = parseWhen("since", *d.since, true); err != nil {
 		return f, usageError{err}
@@ -98,9 +107,10 @@ func (d *dlqSelection) openSelected(ctx context.Context, common *commonFlags, se
 func dlqCmd() *cobra.Command {
 	list := leaf("list [SEQ...]", "list dead letters, newest last", nil, func(fs *pflag.FlagSet) runFunc {
 		common := addCommonFlags(fs)
-		sel := addDLQSelection(fs)
+		sel := addDLQSelection(fs, true)
 		output := addOutput(fs, "table", "json", "yaml")
-		return func(ctx context.Context, args []string, stdout, _ io.Writer) error {
+		noHeaders := fs.Bool("no-headers", false, "print the table without its header line")
+		return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			f, err := sel.filter(args)
 			if err != nil {
 				return err
@@ -117,9 +127,15 @@ func dlqCmd() *cobra.Command {
 			if letters == nil {
 				letters = []ops.DeadLetter{}
 			}
+			if len(letters) == 0 && output.value == "table" {
+				_, err := fmt.Fprintln(stderr, "No dead letters found.")
+				return err
+			}
 			return writeAs(stdout, output.value, letters, func(w io.Writer) error {
 				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "SEQ\tSTORED\tSTAGE\tREASON\tHOOK\tEVENT\tERROR")
+				if !*noHeaders {
+					fmt.Fprintln(tw, "SEQ\tSTORED\tSTAGE\tREASON\tHOOK\tEVENT\tERROR")
+				}
 				for _, d := range letters {
 					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Seq, d.Time.UTC().Format(time.RFC3339), d.Stage, d.Reason,
 						cmp.Or(d.Hook, "-"), d.EventType+" "+d.EventID, d.Error)
@@ -162,7 +178,7 @@ func dlqCmd() *cobra.Command {
 	})
 	retry := leaf("retry [SEQ...]", "send dead letters back where they failed, and remove them", nil, func(fs *pflag.FlagSet) runFunc {
 		common := addCommonFlags(fs)
-		sel := addDLQSelection(fs)
+		sel := addDLQSelection(fs, false)
 		all := fs.Bool("all", false, "retry every dead letter the filters select")
 		dryRun := fs.Bool("dry-run", false, "list what would be retried; change nothing")
 		return func(ctx context.Context, args []string, stdout, _ io.Writer) error {
@@ -192,7 +208,7 @@ func dlqCmd() *cobra.Command {
 	})
 	purge := leaf("purge [SEQ...]", "delete dead letters (asks first, unless --force)", nil, func(fs *pflag.FlagSet) runFunc {
 		common := addCommonFlags(fs)
-		sel := addDLQSelection(fs)
+		sel := addDLQSelection(fs, false)
 		all := fs.Bool("all", false, "purge every dead letter the filters select")
 		dryRun := fs.Bool("dry-run", false, "list what would be purged; delete nothing")
 		force := fs.Bool("force", false, "delete without asking (needed when stdin is not a terminal)")

@@ -14,25 +14,33 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/ops"
 )
 
 // eventSelection is the flags that select normalized events, shared by tail and get.
 type eventSelection struct {
-	typ, namespace, resource, severity *string
+	typ, namespace, resource *string
+	severity                 *enumFlag
 }
 
 func addEventSelection(fs *pflag.FlagSet) *eventSelection {
 	return &eventSelection{
 		typ:       fs.String("type", "", "only this internal event type"),
-		namespace: fs.String("namespace", "", "only this namespace"),
+		namespace: fs.StringP("namespace", "n", "", "only this namespace"),
 		resource:  fs.String("resource", "", "only this resource name"),
-		severity:  fs.String("severity", "", "only this severity and above (info, warning, error, critical)"),
+		severity:  addEnum(fs, "severity", "only this severity and above", mapping.Severities...),
 	}
 }
 
 func (e *eventSelection) filter() ops.EventFilter {
-	return ops.EventFilter{Type: *e.typ, Namespace: *e.namespace, Resource: *e.resource, MinSeverity: *e.severity}
+	return ops.EventFilter{Type: *e.typ, Namespace: *e.namespace, Resource: *e.resource, MinSeverity: e.severity.value}
+}
+
+// eventHeader is the table's header line, in eventLine's columns.
+func eventHeader(w io.Writer) error {
+	_, err := fmt.Fprintf(w, "%-20s %-8s %-16s %-9s %s\n", "STORED", "SEQ", "TYPE", "SEVERITY", "NAMESPACE/KIND/NAME: MESSAGE")
+	return err
 }
 
 // eventLine prints one event as a table line.
@@ -51,6 +59,7 @@ func eventsCmd() *cobra.Command {
 		common := addCommonFlags(fs)
 		sel := addEventSelection(fs)
 		output := addOutput(fs, "table", "json", "yaml")
+		noHeaders := fs.Bool("no-headers", false, "print the table without its header line")
 		return func(ctx context.Context, _ []string, stdout, _ io.Writer) error {
 			f := sel.filter()
 			if err := f.Validate(); err != nil {
@@ -61,9 +70,14 @@ func eventsCmd() *cobra.Command {
 				return err
 			}
 			defer s.nc.Close()
-			ctx, stop := interruptible(ctx)
+			sigCtx, stop := interruptible(ctx)
 			defer stop()
-			return ops.TailEvents(ctx, s.js, s.cfg.Streams, f, func(rec ops.EventRecord) error {
+			if output.value == "table" && !*noHeaders {
+				if err := eventHeader(stdout); err != nil {
+					return err
+				}
+			}
+			err = ops.TailEvents(sigCtx, s.js, s.cfg.Streams, f, func(rec ops.EventRecord) error {
 				switch output.value {
 				case "json":
 					// One object per line, for jq and log shippers.
@@ -83,6 +97,11 @@ func eventsCmd() *cobra.Command {
 					return eventLine(stdout, rec)
 				}
 			})
+			if sigCtx.Err() != nil && ctx.Err() == nil {
+				// Ctrl-C ends a tail: the usual way out, said with the usual exit code.
+				return errInterrupted
+			}
+			return err
 		}
 	})
 	get := leaf("get", "list retained normalized events, oldest first", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
@@ -90,9 +109,10 @@ func eventsCmd() *cobra.Command {
 		sel := addEventSelection(fs)
 		since := fs.String("since", "", "events stored since this long ago (2h, 2d) or this RFC 3339 time")
 		until := fs.String("until", "", "events stored up to this RFC 3339 time")
-		limit := fs.Int("limit", 100, "at most this many events")
+		limit := addLimit(fs)
 		output := addOutput(fs, "table", "json", "yaml")
-		return func(ctx context.Context, _ []string, stdout, _ io.Writer) error {
+		noHeaders := fs.Bool("no-headers", false, "print the table without its header line")
+		return func(ctx context.Context, _ []string, stdout, stderr io.Writer) error {
 			f := sel.filter()
 			var err error
 			if f.Since, err = parseWhen("since", *since, true); err != nil {
@@ -116,7 +136,18 @@ func eventsCmd() *cobra.Command {
 			if events == nil {
 				events = []ops.EventRecord{}
 			}
+			if len(events) == 0 && output.value == "table" {
+				// An empty result says so, as kubectl does, on stderr: stdout stays empty for
+				// scripts.
+				_, err := fmt.Fprintln(stderr, "No events found.")
+				return err
+			}
 			return writeAs(stdout, output.value, events, func(w io.Writer) error {
+				if !*noHeaders {
+					if err := eventHeader(w); err != nil {
+						return err
+					}
+				}
 				for _, rec := range events {
 					if err := eventLine(w, rec); err != nil {
 						return err
@@ -126,5 +157,7 @@ func eventsCmd() *cobra.Command {
 			})
 		}
 	})
+	tail.Aliases = []string{"watch"}
+	get.Aliases = []string{"list"}
 	return group("events", "follow or list normalized events", tail, get)
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
 
@@ -89,29 +90,72 @@ func environ() []string {
 	return out
 }
 
-// outputFlag is -o, --output: a format from a fixed list, checked when the flag is parsed,
-// so a wrong one fails before any connection is made.
-type outputFlag struct {
-	value   string
-	choices []string
+// enumFlag is a flag whose value is one of a fixed list, checked when the flag is parsed, so
+// a wrong one fails (with the usage exit code) before any connection is made. Shell
+// completion offers the list (completeEnums). An empty value, where allowed, means "any".
+type enumFlag struct {
+	value    string
+	choices  []string
+	allowAny bool
 }
 
-func (o *outputFlag) String() string { return o.value }
-func (o *outputFlag) Type() string   { return "format" }
-func (o *outputFlag) Set(v string) error {
-	if !slices.Contains(o.choices, v) {
+func (o *enumFlag) String() string { return o.value }
+func (o *enumFlag) Type() string   { return "string" }
+func (o *enumFlag) Set(v string) error {
+	if !slices.Contains(o.choices, v) && !(o.allowAny && v == "") {
 		return fmt.Errorf("want %s, got %q", strings.Join(o.choices, ", "), v)
 	}
 	o.value = v
 	return nil
 }
 
+// outputFlag is -o, --output: a format from a fixed list.
+type outputFlag = enumFlag
+
 // addOutput declares -o, --output with the formats a command can print, the first being the
 // default.
 func addOutput(fs *pflag.FlagSet, choices ...string) *outputFlag {
-	o := &outputFlag{value: choices[0], choices: choices}
+	o := &enumFlag{value: choices[0], choices: choices}
 	fs.VarP(o, "output", "o", "output format: "+strings.Join(choices, ", "))
 	return o
+}
+
+// addEnum declares a flag that takes one of choices, or nothing (any).
+func addEnum(fs *pflag.FlagSet, name, usage string, choices ...string) *enumFlag {
+	e := &enumFlag{choices: choices, allowAny: true}
+	fs.Var(e, name, usage+": "+strings.Join(choices, ", "))
+	return e
+}
+
+// addChoice declares a flag that takes one of choices, def by default.
+func addChoice(fs *pflag.FlagSet, name, def, usage string, choices ...string) *enumFlag {
+	e := &enumFlag{value: def, choices: choices}
+	fs.Var(e, name, usage+": "+strings.Join(choices, " or "))
+	return e
+}
+
+// defaultLimit is how many items every listing shows unless --limit says otherwise.
+const defaultLimit = 100
+
+// addLimit declares --limit for a listing.
+func addLimit(fs *pflag.FlagSet) *int {
+	return fs.Int("limit", defaultLimit, "at most this many")
+}
+
+// completeEnums registers, on every command of the tree, shell completion of each enum
+// flag's values.
+func completeEnums(cmd *cobra.Command) {
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if e, ok := f.Value.(*enumFlag); ok {
+			choices := e.choices
+			_ = cmd.RegisterFlagCompletionFunc(f.Name, func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+				return choices, cobra.ShellCompDirectiveNoFileComp
+			})
+		}
+	})
+	for _, c := range cmd.Commands() {
+		completeEnums(c)
+	}
 }
 
 // writeAs prints v as JSON or YAML, or through table for the table format.

@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/khook/khook/internal/strictyaml"
 	"github.com/spf13/pflag"
 )
 
@@ -30,7 +32,10 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	cmd, err := root.ExecuteContextC(ctx)
+	cmd, err := verbFirst(root, args)
+	if err == nil {
+		cmd, err = root.ExecuteContextC(ctx)
+	}
 	if err == nil {
 		return 0
 	}
@@ -39,6 +44,10 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		name = cmd.CommandPath()
 	}
 	fmt.Fprintf(stderr, "%s: %v\n", name, err)
+	if errors.Is(err, errInterrupted) {
+		// As a shell reports a command stopped by Ctrl-C: 128 + SIGINT.
+		return 130
+	}
 	if isUsage(err) {
 		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", name)
 		return 2
@@ -73,6 +82,7 @@ or each stage as its own process against a NATS server, as the Helm chart does:
 		replayCmd(), statusCmd(), dlqCmd(), eventsCmd(), versionCmd(),
 	)
 	addExamples(root)
+	completeEnums(root)
 	return root
 }
 
@@ -95,13 +105,59 @@ func group(use, short string, verbs ...*cobra.Command) *cobra.Command {
 	cmd := &cobra.Command{Use: use, Short: short,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usageError{fmt.Errorf("unknown command %q for %q", args[0], cmd.CommandPath())}
+				return unknownVerb(cmd, args[0])
 			}
 			return cmd.Help()
 		}}
 	cmd.AddCommand(verbs...)
 	return cmd
 }
+
+// unknownVerb is the usage error of a group given a verb it does not have, with the nearest
+// ones.
+func unknownVerb(group *cobra.Command, verb string) error {
+	msg := fmt.Sprintf("unknown command %q for %q", verb, group.CommandPath())
+	if group.SuggestionsMinimumDistance <= 0 {
+		group.SuggestionsMinimumDistance = 2
+	}
+	near := group.SuggestionsFor(verb)
+	for _, c := range group.Commands() {
+		for _, alias := range c.Aliases {
+			if strings.HasPrefix(alias, verb) || strictyaml.Distance(verb, alias) <= 2 {
+				near = append(near, alias)
+			}
+		}
+	}
+	if len(near) > 0 {
+		msg += "\n\nDid you mean this?\n\t" + strings.Join(near, "\n\t")
+	}
+	return usageError{errors.New(msg)}
+}
+
+// verbFirst finds an unknown verb before cobra parses flags, so that `khook events lst
+// --since 1h` is told its verb is unknown (and the nearest ones) rather than that --since
+// is: the words that follow khook name commands until the first flag, and a group followed
+// by a word that is none of its commands has an unknown verb.
+func verbFirst(root *cobra.Command, args []string) (*cobra.Command, error) {
+	cmd := root
+	for _, a := range args {
+		if strings.HasPrefix(a, "-") {
+			return nil, nil
+		}
+		next, _, err := cmd.Find([]string{a})
+		if err != nil || next == cmd {
+			if cmd != root && cmd.HasAvailableSubCommands() {
+				return cmd, unknownVerb(cmd, a)
+			}
+			return nil, nil
+		}
+		cmd = next
+	}
+	return nil, nil
+}
+
+// errInterrupted is a command stopped by SIGINT or SIGTERM before it was done; it exits 130.
+var errInterrupted = errors.New("interrupted")
 
 // usageError is a command line the command cannot run: unknown flags or commands, missing
 // or extra arguments. It exits 2.

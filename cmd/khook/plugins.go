@@ -35,7 +35,7 @@ func pluginsCmd() *cobra.Command {
 				common:    addCommonFlags(fs),
 				file:      fs.String("file", "", "a plugins.yaml file to edit in place"),
 				configMap: fs.String("configmap", "", "a ConfigMap holding plugins.yaml, e.g. khook-plugin-config"),
-				namespace: fs.String("namespace", "", "the ConfigMap's namespace (default: the kubeconfig context's, else $POD_NAMESPACE)"),
+				namespace: fs.StringP("namespace", "n", "", "the ConfigMap's namespace (default: the kubeconfig context's, else $POD_NAMESPACE)"),
 				key:       fs.String("key", "plugins.yaml", "the ConfigMap key holding plugins.yaml"),
 				dryRun:    fs.Bool("dry-run", false, "print the edited plugins.yaml and change nothing"),
 			}

@@ -26,7 +26,8 @@ import (
 func replayCmd() *cobra.Command {
 	return leaf("replay", "replay retained events through the mapper or the dispatcher", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
 		common := addCommonFlags(fs)
-		through := fs.String("through", "mapper", "where events re-enter: mapper (raw events, re-mapped with today's mappings) or dispatcher (normalized events, to today's hooks)")
+		through := addChoice(fs, "through", ops.ThroughMapper, "where events re-enter, mapper (raw events, re-mapped with today's mappings) or dispatcher (normalized events, to today's hooks)",
+			ops.ThroughMapper, ops.ThroughDispatcher)
 		since := fs.String("since", "", "replay events stored since this long ago (2h, 2d) or this RFC 3339 time")
 		from := fs.String("from", "", "same as --since, for symmetry with --to")
 		to := fs.String("to", "", "replay events stored up to this RFC 3339 time")
@@ -34,14 +35,14 @@ func replayCmd() *cobra.Command {
 		toSeq := fs.Uint64("to-seq", 0, "last stream sequence to replay")
 		source := fs.String("source", "", "only events from this source (plugin)")
 		typ := fs.String("type", "", "only events of this type (the raw type through the mapper, the internal type through the dispatcher)")
-		namespace := fs.String("namespace", "", "only events in this namespace")
+		namespace := fs.StringP("namespace", "n", "", "only events in this namespace")
 		rate := fs.Float64("rate", 0, "at most this many events per second (0: as fast as JetStream takes them)")
 		dryRun := fs.Bool("dry-run", false, "print which hooks and agents each event would reach; send nothing")
 		ignoreSuppression := fs.Bool("ignore-suppression", false, "deliver even inside a hook's suppression window")
 		resume := fs.String("resume", "", "continue an interrupted replay by its id")
 		output := addOutput(fs, "text", "json", "yaml")
 		return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-			sel := ops.Selection{Through: *through, FromSeq: *fromSeq, ToSeq: *toSeq, Source: *source, Type: *typ,
+			sel := ops.Selection{Through: through.value, FromSeq: *fromSeq, ToSeq: *toSeq, Source: *source, Type: *typ,
 				Namespace: *namespace, IgnoreSuppression: *ignoreSuppression}
 			var err error
 			if *since != "" && *from != "" {
@@ -139,7 +140,7 @@ func replayCmd() *cobra.Command {
 			}
 			if !r.Done && !*dryRun {
 				// Interrupted on purpose: the progress is stored and the exit code says so.
-				return errors.New("interrupted")
+				return errInterrupted
 			}
 			return nil
 		}

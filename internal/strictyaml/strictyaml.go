@@ -375,7 +375,7 @@ func Nearest(s string, candidates []string) string {
 	}
 	best, bestDist := "", -1
 	for _, c := range candidates {
-		d := distance(norm(s), norm(c))
+		d := Distance(norm(s), norm(c))
 		if bestDist < 0 || d < bestDist {
 			best, bestDist = c, d
 		}
@@ -388,7 +388,9 @@ func Nearest(s string, candidates []string) string {
 
 // distance is the edit distance between a and b in which swapping two neighbouring letters,
 // the commonest typo, counts as one edit (optimal string alignment).
-func distance(a, b string) int {
+// Distance is the Levenshtein distance between a and b: how many single-byte edits turn one
+// into the other.
+func Distance(a, b string) int {
 	d := make([][]int, len(a)+1)
 	for i := range d {
 		d[i] = make([]int, len(b)+1)

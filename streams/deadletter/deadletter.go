@@ -37,6 +37,20 @@ const (
 	HeaderCount = "Khook-Count"
 )
 
+// Stages are the stages that dead-letter, and Reasons every reason each gives, for the
+// operations commands to check a --stage or --reason against.
+var (
+	Stages  = []string{"mapper", "dispatcher"}
+	Reasons = []string{
+		// mapper
+		"invalid-envelope", "unmapped",
+		// both
+		"invalid-event", "too-large",
+		// dispatcher
+		"permanent", "max-attempts", "prompt-too-large", "claim-refused", "hook-deleted",
+	}
+)
+
 // Held is an event a stage acknowledged and kept, and gave up on later: one of a group's
 // events, or a task that waited for its agent's budget. Its dead letter is what the stage
 // would have published it as (its subject and body), so that `khook dlq retry` hands it
