@@ -8,6 +8,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -131,8 +132,11 @@ func (a *App) Run(ctx context.Context) error {
 
 	var embedded []nats.Option
 	if a.st.Embedded && cfg.NATS.URL == "" {
-		ns, opts, err := streams.StartEmbedded(cfg.NATS.Embedded, cfg.Streams.Subjects())
+		ns, opts, err := streams.StartEmbedded(ctx, cfg.NATS.Embedded, cfg.Streams.Subjects())
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped during start-up
+			}
 			return err
 		}
 		defer func() {
@@ -143,8 +147,15 @@ func (a *App) Run(ctx context.Context) error {
 			zap.String("listen", cfg.NATS.Embedded.Listen))
 		embedded = append(opts, nats.InProcessServer(ns))
 	}
-	nc, js, err := Connect(cfg, embedded...)
+	if len(embedded) == 0 {
+		logger.Info("connecting to NATS", zap.String("url", cmp.Or(cfg.NATS.URL, localNATSURL(cfg))))
+	}
+	nc, js, err := ConnectContext(ctx, cfg, embedded...)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Stopped during start-up (Ctrl-C while NATS was away): nothing to drain.
+			return nil
+		}
 		return err
 	}
 	// Closed last, after every actor has stopped, so draining stages can still ack.

@@ -24,10 +24,15 @@ import (
 // context. extra options come last; reconnects never give up, so a stage outlives NATS
 // restarts.
 func Connect(cfg config.Config, extra ...nats.Option) (*nats.Conn, jetstream.JetStream, error) {
+	return ConnectContext(context.Background(), cfg, extra...)
+}
+
+// ConnectContext is Connect, given up at once when ctx ends (Ctrl-C while NATS is away).
+func ConnectContext(ctx context.Context, cfg config.Config, extra ...nats.Option) (*nats.Conn, jetstream.JetStream, error) {
 	if cfg.NATS.URL == "" {
 		cfg.NATS.URL = localNATSURL(cfg)
 	}
-	nc, err := connect(cfg, extra...)
+	nc, err := connect(ctx, cfg, extra...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -65,7 +70,7 @@ func localNATSURL(cfg config.Config) string {
 	return "nats://" + net.JoinHostPort(host, port)
 }
 
-func connect(cfg config.Config, extra ...nats.Option) (*nats.Conn, error) {
+func connect(ctx context.Context, cfg config.Config, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name("khook"),
 		nats.MaxReconnects(-1),
@@ -90,9 +95,12 @@ func connect(cfg config.Config, extra ...nats.Option) (*nats.Conn, error) {
 	url := cfg.NATS.URL
 	deadline := time.Now().Add(cfg.NATS.ConnectTimeout)
 	for {
-		nc, err := nats.Connect(url, opts...)
+		nc, err := connectOnce(ctx, url, opts)
 		if err == nil {
 			return nc, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("nats connect %s: %w", url, ctx.Err())
 		}
 		// Wrong credentials will not become right by waiting.
 		if errors.Is(err, nats.ErrAuthorization) || strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
@@ -101,7 +109,37 @@ func connect(cfg config.Config, extra ...nats.Option) (*nats.Conn, error) {
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("nats connect %s: %w", url, err)
 		}
-		time.Sleep(200 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("nats connect %s: %w", url, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// connectOnce is one nats.Connect, which may wait up to its timeout for a server that
+// accepted the connection but does not answer; ctx ending abandons the wait (the attempt's
+// connection, should it succeed after all, is closed).
+func connectOnce(ctx context.Context, url string, opts []nats.Option) (*nats.Conn, error) {
+	type result struct {
+		nc  *nats.Conn
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		nc, err := nats.Connect(url, opts...)
+		done <- result{nc, err}
+	}()
+	select {
+	case r := <-done:
+		return r.nc, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.nc != nil {
+				r.nc.Close()
+			}
+		}()
+		return nil, ctx.Err()
 	}
 }
 

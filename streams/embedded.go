@@ -1,6 +1,7 @@
 package streams
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -42,7 +43,7 @@ type PluginUser struct {
 // It returns the options khook's own in-process connection needs (a generated internal
 // user, when plugin users make the server require one). The caller owns the server and must
 // call Shutdown and WaitForShutdown.
-func StartEmbedded(cfg EmbeddedConfig, subjects subject.Builder) (*server.Server, []nats.Option, error) {
+func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, subjects subject.Builder) (*server.Server, []nats.Option, error) {
 	opts := &server.Options{
 		ServerName: "khook-embedded",
 		JetStream:  true,
@@ -91,6 +92,14 @@ func StartEmbedded(cfg EmbeddedConfig, subjects subject.Builder) (*server.Server
 		}
 		if opts.Port == 0 {
 			opts.Port = server.RANDOM_PORT
+		} else {
+			// The server reports a busy address only in its log and then never becomes
+			// ready: the address is tried first, so that the error says so at once.
+			ln, err := net.Listen("tcp", cfg.Listen)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%w; set nats.embedded.listen or KHOOK_NATS_EMBEDDED_LISTEN", err)
+			}
+			_ = ln.Close()
 		}
 	}
 	ns, err := server.NewServer(opts)
@@ -98,9 +107,15 @@ func StartEmbedded(cfg EmbeddedConfig, subjects subject.Builder) (*server.Server
 		return nil, nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		ns.Shutdown()
-		return nil, nil, errors.New("embedded nats: not ready for connections after 30s (is the listen address in use?)")
+	// Ready within 30 s, or stopped at once by ctx (Ctrl-C during start-up).
+	for deadline := time.Now().Add(30 * time.Second); !ns.ReadyForConnections(100 * time.Millisecond); {
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			ns.Shutdown()
+			if ctx.Err() != nil {
+				return nil, nil, ctx.Err()
+			}
+			return nil, nil, errors.New("embedded nats: not ready for connections after 30s")
+		}
 	}
 	return ns, connect, nil
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -346,4 +348,49 @@ func TestDispatcherKilledDuringSlowCall(t *testing.T) {
 	got := waitReceived(t, agent, 2, 10*time.Second)
 	require.Equal(t, got[0].MessageID, got[1].MessageID, "the repeat carries the same messageId")
 	t.Logf("duplicate agent calls after a crash during a call: %d (bounded by the one call in flight)", len(got)-1)
+}
+
+// TestStartFailsFastAndStopsAtOnce: a listen address in use fails khook run at once, naming
+// the address and the key that sets it; Ctrl-C while khook waits for NATS stops it at once;
+// an operations command against a NATS where nothing listens fails within its bound with a
+// hint, and one given an http:// URL is refused as a usage error. Each path has its bound
+// (5 s: a process start and, for the command, its 2 s connect timeout).
+func TestStartFailsFastAndStopsAtOnce(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { busy.Close() })
+	_, agentURL := startAgent(t)
+	f := pipelineFiles{dir: t.TempDir(), agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
+		embeddedListen: busy.Addr().String()}
+	f.storeDir = f.dir + "/data"
+	bins.khook() // built before the clock starts
+	began := time.Now()
+	code, out := khookCmd(t, "run", "--config", f.write(t))
+	require.Equal(t, 1, code)
+	require.Contains(t, out, "listen tcp "+busy.Addr().String()+": bind: address already in use; set nats.embedded.listen or KHOOK_NATS_EMBEDDED_LISTEN")
+	require.Less(t, time.Since(began), 5*time.Second)
+
+	// NATS is away: khook run keeps trying for nats.connect_timeout, and Ctrl-C ends that.
+	g := f
+	g.dir, g.natsURL = t.TempDir(), "nats://"+busy.Addr().String()
+	p := start(t, "khook run", bins.khook(), "run", "--config", g.write(t))
+	require.Eventually(t, func() bool { return strings.Contains(p.out.String(), "connecting to NATS") }, 30*time.Second, 10*time.Millisecond)
+	require.NoError(t, p.cmd.Process.Signal(os.Interrupt))
+	select {
+	case <-p.done:
+		require.NoError(t, p.err, "stopped during start-up, with nothing to drain: exit 0")
+	case <-time.After(5 * time.Second):
+		t.Fatalf("khook run ignored Ctrl-C while waiting for NATS:\n%s", p.out.String())
+	}
+
+	closed := freePort(t)
+	began = time.Now()
+	code, out = khookCmd(t, "status", "-s", fmt.Sprintf("127.0.0.1:%d", closed))
+	require.Equal(t, 1, code)
+	require.Contains(t, out, fmt.Sprintf("nats connect nats://127.0.0.1:%d", closed), "host:port is nats://host:port")
+	require.Contains(t, out, "is khook run running? pass --config, -s or NATS_URL")
+	require.Less(t, time.Since(began), 5*time.Second)
+	code, out = khookCmd(t, "status", "-s", "http://localhost:8222")
+	require.Equal(t, 2, code, out)
+	require.Contains(t, out, "want nats://, tls://, ws:// or wss://, or host:port")
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,15 +30,47 @@ type opsSession struct {
 }
 
 func openOps(common *commonFlags) (*opsSession, error) {
-	cfg, err := config.Load(common.config, environ(), common.opsOverrides())
+	overrides := common.opsOverrides()
+	if u, ok := overrides["nats.url"].(string); ok {
+		norm, err := natsURL(u)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		overrides["nats.url"] = norm
+	}
+	cfg, err := config.Load(common.config, environ(), overrides)
 	if err != nil {
 		return nil, err
 	}
+	// An operator's command answers at once: a stage waits for a NATS that is starting, a
+	// command does not.
+	cfg.NATS.ConnectTimeout = min(cfg.NATS.ConnectTimeout, opsConnectTimeout)
 	nc, js, err := app.Connect(cfg)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w\nis khook run running? pass --config, -s or NATS_URL", err)
 	}
 	return &opsSession{cfg: cfg, nc: nc, js: js}, nil
+}
+
+// opsConnectTimeout bounds how long an operations command tries to reach NATS.
+const opsConnectTimeout = 2 * time.Second
+
+// natsURL accepts host:port for nats://host:port, as the nats CLI does, and refuses a
+// scheme NATS does not speak (an http:// URL pasted from the wrong place).
+func natsURL(u string) (string, error) {
+	var out []string
+	for _, one := range strings.Split(u, ",") {
+		one = strings.TrimSpace(one)
+		scheme, _, ok := strings.Cut(one, "://")
+		switch {
+		case !ok:
+			one = "nats://" + one
+		case scheme != "nats" && scheme != "tls" && scheme != "ws" && scheme != "wss":
+			return "", fmt.Errorf("--nats-url %q: want nats://, tls://, ws:// or wss://, or host:port", one)
+		}
+		out = append(out, one)
+	}
+	return strings.Join(out, ","), nil
 }
 
 // hooks are the hooks the dispatcher would use: the cluster's Hook resources or hooks.yaml.
