@@ -337,3 +337,65 @@ func TestKubectlGrammar(t *testing.T) {
 	require.Equal(t, 0, code)
 	require.True(t, strings.HasPrefix(out, "1 "), out)
 }
+
+// TestHooksCheckAndList: hooks check validates a hooks file with the errors khook gives at
+// load (the field's line) and, given an event, shows the tasks it would make, grouped or
+// not; hooks list shows the hooks in use.
+func TestHooksCheckAndList(t *testing.T) {
+	dir := t.TempDir()
+	hooksFile := filepath.Join(dir, "hooks.yaml")
+	require.NoError(t, os.WriteFile(hooksFile, []byte(`- apiVersion: kagent.dev/v1alpha2
+  kind: Hook
+  metadata: {name: crashes, namespace: shop}
+  spec:
+    groupBy: [owner]
+    eventConfigurations:
+      - eventType: pod-restart
+        agentRef: {name: sre, namespace: kagent}
+        prompt: "{{.Group.Count}} restarts in {{.Group.Labels.owner}}"
+      - eventType: oom-kill
+        agentRef: {name: sre, namespace: kagent}
+        prompt: "OOM in {{.ResourceName}} ({{.PodUID}})"
+`), 0o600))
+	event := filepath.Join(dir, "event.json")
+	require.NoError(t, os.WriteFile(event, []byte(`{"id":"e1","type":"pod-restart","namespace":"shop","resource":{"kind":"Pod","name":"web-0"},
+		"reason":"BackOff","data":{"owner":{"kind":"Deployment","name":"web"}}}`), 0o600))
+	run := func(args ...string) (int, string, string) {
+		var stdout, stderr bytes.Buffer
+		code := execute(context.Background(), args, &stdout, &stderr)
+		return code, stdout.String(), stderr.String()
+	}
+	code, out, stderr := run("hooks", "check", hooksFile, "--event", event, "-o", "json")
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stderr, "warning: shop/crashes: spec.eventConfigurations[1].prompt: {{.PodUID}} is not a field khook knows")
+	var got struct {
+		Hooks   int `json:"hooks"`
+		Entries []hookRow
+		Tasks   []checkedTask
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &got), out)
+	require.Equal(t, 1, got.Hooks)
+	require.Len(t, got.Entries, 2)
+	require.Len(t, got.Tasks, 1)
+	require.Equal(t, map[string]string{"owner": "Deployment/web"}, got.Tasks[0].Group)
+	require.True(t, strings.HasPrefix(got.Tasks[0].Text, "1 restarts in Deployment/web\nGroup: owner=Deployment/web"), got.Tasks[0].Text)
+
+	bad := filepath.Join(dir, "bad.yaml")
+	require.NoError(t, os.WriteFile(bad, []byte(strings.Replace(mustRead(t, hooksFile), `"OOM in {{.ResourceName}} ({{.PodUID}})"`, `"OOM in {{.ResourceName"`, 1)), 0o600))
+	code, _, stderr = run("hooks", "check", bad)
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, "shop/crashes (line 12): spec.eventConfigurations[1].prompt: template: prompt:1: unclosed action")
+
+	cfg := filepath.Join(dir, "khook.yaml")
+	require.NoError(t, os.WriteFile(cfg, []byte("files:\n  hooks: hooks.yaml\nkubernetes:\n  hooks: file\n"), 0o600))
+	code, out, stderr = run("hooks", "list", "--config", cfg)
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, out, "HOOK          EVENT TYPE   AGENT       TASKS\nshop/crashes  pod-restart  kagent/sre  grouped by [owner], after 30s\n")
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return string(b)
+}

@@ -31,6 +31,7 @@ var examples = map[string][]string{
 		"khook replay --resume 20261127-101500-3fa2c1        # continue an interrupted replay",
 	},
 	"khook status": {"khook status", "khook status -o json"},
+	"khook hooks list": {"khook hooks list --config khook.yaml", "khook hooks list --kubeconfig ~/.kube/config -o yaml"},
 	"khook dlq list": {
 		"khook dlq list",
 		"khook dlq list --stage dispatcher --reason permanent --since 2d -o json",

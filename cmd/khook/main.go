@@ -78,7 +78,7 @@ or each stage as its own process against a NATS server, as the Helm chart does:
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
 		runCmd(), producerCmd(), mapperCmd(), dispatcherCmd(), streamsCmd(),
-		agentCmd(), mappingsCmd(), publishCmd(), pluginsCmd(), probeCmd(),
+		agentCmd(), mappingsCmd(), hooksCmd(), publishCmd(), pluginsCmd(), probeCmd(),
 		replayCmd(), statusCmd(), dlqCmd(), eventsCmd(), versionCmd(),
 	)
 	addExamples(root)
