@@ -30,7 +30,7 @@ var examples = map[string][]string{
 		"khook replay --through dispatcher --type pod-restart --namespace shop --from 2026-11-27T08:00:00Z --to 2026-11-27T09:00:00Z",
 		"khook replay --resume 20261127-101500-3fa2c1        # continue an interrupted replay",
 	},
-	"khook status": {"khook status", "khook status -o json"},
+	"khook status":     {"khook status", "khook status -o json"},
 	"khook hooks list": {"khook hooks list --config khook.yaml", "khook hooks list --kubeconfig ~/.kube/config -o yaml"},
 	"khook dlq list": {
 		"khook dlq list",
