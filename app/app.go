@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -182,12 +183,45 @@ func (a *App) Run(ctx context.Context) error {
 		pluginMetrics = append(pluginMetrics, a.producers.sup.Gatherer())
 	}
 	for _, s := range []*telemetry.HTTPServer{
-		{Name: "metrics", Addr: cfg.Server.MetricsAddr, Handler: telemetry.MetricsHandler(a.reg, pluginMetrics...), Logger: logger},
-		{Name: "probes", Addr: cfg.Server.ProbesAddr, Handler: a.probes.Handler(), Logger: logger},
+		{Name: "metrics", Addr: cfg.Server.MetricsAddr, Handler: telemetry.MetricsHandler(a.reg, pluginMetrics...), Logger: logger,
+			SetBy: "server.metrics_addr or KHOOK_SERVER_METRICS_ADDR"},
+		{Name: "probes", Addr: cfg.Server.ProbesAddr, Handler: a.probes.Handler(), Logger: logger,
+			SetBy: "server.probes_addr or KHOOK_SERVER_PROBES_ADDR"},
 	} {
 		g.add(s.Name+" server", s.Run)
 	}
+	if a.st.Producers && a.st.Mapper && a.st.Dispatcher {
+		g.add("ready line", func(ctx context.Context) error { return a.sayReady(ctx) })
+	}
 	return g.run(ctx)
+}
+
+// sayReady logs one line when every stage of `khook run` is ready: where to post events,
+// where the agents are called, and how to stop. It then waits for ctx like any actor.
+func (a *App) sayReady(ctx context.Context) error {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, ready := a.probes.Ready(ctx); ready {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+	agents := a.cfg.Kagent.URL + " (kagent.url)"
+	if a.cfg.Dispatcher.Target == "log" {
+		agents = "none: tasks are logged (dispatcher.target: log)"
+	}
+	post := "no HTTP plugin is enabled"
+	if urls := a.producers.sup.URLs(); len(urls) > 0 {
+		post = "POST events to " + strings.Join(urls, ", ")
+	}
+	a.logger.Info(fmt.Sprintf("khook is ready: %s; agents at %s; Ctrl-C stops it", post, agents))
+	<-ctx.Done()
+	return nil
 }
 
 // watchNATS reports the connection and the streams on the probes and the metrics.

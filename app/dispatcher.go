@@ -114,7 +114,8 @@ func (ds *dispatcherStage) add(ctx context.Context, g *group, js jetstream.JetSt
 			Logger: logger.Named("api"), Status: func(ctx context.Context) (*ops.Status, error) {
 				return Status(ctx, js, cfg, d.Hooks())
 			}}
-		apiServer := &telemetry.HTTPServer{Name: "api", Addr: cfg.API.Addr, Handler: srv.Handler(), Logger: logger}
+		apiServer := &telemetry.HTTPServer{Name: "api", Addr: cfg.API.Addr, Handler: srv.Handler(), Logger: logger,
+			SetBy: "api.addr or KHOOK_API_ADDR"}
 		g.add("api server", apiServer.Run)
 	}
 	logger.Info("dispatcher started", zap.Int("hooks", d.Hooks().Len()), zap.String("default_target", cfg.Dispatcher.Target),

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -51,6 +52,9 @@ type Supervisor struct {
 	running map[string]*runner
 	reloads *prometheus.CounterVec
 	started atomic.Bool
+	// fatal carries a plugin's failure that ends the process: one that could not listen
+	// when the process started (a port in use), which no restart would fix.
+	fatal chan error
 }
 
 // Gatherer serves the metrics of the running plugins. Each plugin instance registers on a
@@ -83,6 +87,8 @@ type runner struct {
 	reg         *prometheus.Registry
 	cancel      context.CancelFunc
 	done        chan struct{}
+	// atStart: the plugin was started with the process, not by a reload.
+	atStart bool
 
 	mu    sync.Mutex
 	state string // running, restarting, failed
@@ -177,6 +183,18 @@ func (s *Supervisor) Reload(b []byte) error {
 	return nil
 }
 
+// URLs lists where the plugins Load built take events over HTTP (the webhook and the
+// Alertmanager receiver), for the ready line of `khook run`.
+func (s *Supervisor) URLs() []string {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(s.loaded)) {
+		if u, ok := s.loaded[name].plugin.(interface{ URLs() []string }); ok {
+			out = append(out, u.URLs()...)
+		}
+	}
+	return out
+}
+
 // Planned names the plugins Load built that will run (the enabled ones), sorted.
 func (s *Supervisor) Planned() []string {
 	return slices.Sorted(maps.Keys(s.loaded))
@@ -250,6 +268,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return errors.New("plugins: Run before Load")
 	}
 	s.running = map[string]*runner{}
+	s.fatal = make(chan error, 1)
 	s.apply(ctx, s.loaded)
 	s.started.Store(true)
 	defer s.apply(context.Background(), nil) // stop everything
@@ -260,6 +279,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-s.fatal:
+			return err
 		case want := <-s.changes:
 			s.apply(ctx, want)
 		case <-t.C:
@@ -308,7 +329,8 @@ func (s *Supervisor) apply(ctx context.Context, want map[string]Desired) {
 		}
 		d := want[name]
 		rctx, cancel := context.WithCancel(ctx)
-		r := &runner{name: name, fingerprint: d.fingerprint, reg: d.reg, cancel: cancel, done: make(chan struct{}), state: "starting"}
+		r := &runner{name: name, fingerprint: d.fingerprint, reg: d.reg, cancel: cancel, done: make(chan struct{}), state: "starting",
+			atStart: !s.started.Load()}
 		s.running[name] = r
 		s.Probes.Set("plugin "+name, r.ready)
 		s.Metrics.Init(name, d.plugin.SupportedEventTypes())
@@ -337,6 +359,17 @@ func (s *Supervisor) supervise(ctx context.Context, r *runner, d Desired) {
 		}
 		if err == nil {
 			err = errors.New("Run returned before it was stopped")
+		}
+		var op *net.OpError
+		if r.atStart && failures == 0 && errors.As(err, &op) && op.Op == "listen" {
+			// The process has just started and the plugin cannot listen (a port in use):
+			// that is a start-up error, said at once, not a plugin restarting for ever.
+			// Later, after a reload or a first success, a failure is restarted as any is.
+			select {
+			case s.fatal <- fmt.Errorf("plugin %s: %w", p.Name(), err):
+			default:
+			}
+			return
 		}
 		s.Metrics.Failed(p.Name())
 		if time.Since(started) > stableAfter {

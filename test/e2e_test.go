@@ -370,6 +370,30 @@ func TestStartFailsFastAndStopsAtOnce(t *testing.T) {
 	require.Contains(t, out, "listen tcp "+busy.Addr().String()+": bind: address already in use; set nats.embedded.listen or KHOOK_NATS_EMBEDDED_LISTEN")
 	require.Less(t, time.Since(began), 5*time.Second)
 
+	// So does every listener of khook's own: a plugin's port at start, the metrics port.
+	_, busyPort, err := net.SplitHostPort(busy.Addr().String())
+	require.NoError(t, err)
+	port, err := strconv.Atoi(busyPort)
+	require.NoError(t, err)
+	for what, want := range map[string]string{
+		"webhook": "plugin webhook: webhook: listen tcp 127.0.0.1:" + busyPort + ": bind: address already in use; set address and port in the plugin's plugins.yaml entry",
+		"metrics": "metrics server: listen tcp 127.0.0.1:" + busyPort + ": bind: address already in use; set server.metrics_addr or KHOOK_SERVER_METRICS_ADDR",
+	} {
+		g := f
+		g.dir, g.embeddedListen = t.TempDir(), "127.0.0.1:"+strconv.Itoa(freePort(t))
+		g.storeDir = g.dir + "/data"
+		if what == "webhook" {
+			g.webhook = port
+		} else {
+			g.metrics = port
+		}
+		began = time.Now()
+		code, out := khookCmd(t, "run", "--config", g.write(t))
+		require.Equal(t, 1, code, what)
+		require.Contains(t, out, want, what)
+		require.Less(t, time.Since(began), 5*time.Second, what)
+	}
+
 	// NATS is away: khook run keeps trying for nats.connect_timeout, and Ctrl-C ends that.
 	g := f
 	g.dir, g.natsURL = t.TempDir(), "nats://"+busy.Addr().String()

@@ -193,6 +193,11 @@ func TestDeploymentGuideLogGreps(t *testing.T) {
 	waitReady(t, p, f.probes)
 	require.Eventually(t, func() bool { return registered.MatchString(p.out.String()) }, 10*time.Second, 10*time.Millisecond,
 		"verification: %s", p.out.String())
+	// khook run says once that it is ready, where events go in and where tasks go out.
+	ready := fmt.Sprintf("khook is ready: POST events to http://127.0.0.1:%d/webhook; agents at %s (kagent.url); Ctrl-C stops it", f.webhook, agentURL)
+	require.Eventually(t, func() bool { return strings.Contains(p.out.String(), ready) }, 10*time.Second, 10*time.Millisecond,
+		"the ready line: %s", p.out.String())
+	require.Equal(t, 1, strings.Count(p.out.String(), "khook is ready"))
 
 	// A live edit naming a plugin khook does not have is refused, in the guide's words.
 	plugins := filepath.Join(f.dir, "plugins.yaml")

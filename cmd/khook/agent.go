@@ -46,6 +46,7 @@ func serveAgent(ctx context.Context, addr string, delay time.Duration, stdout io
 	if err != nil {
 		return err
 	}
-	hs := &telemetry.HTTPServer{Name: "demo agent", Addr: addr, Handler: srv.Handler(), Logger: logger.With(zap.String("component", "agent"))}
+	hs := &telemetry.HTTPServer{Name: "demo agent", Addr: addr, Handler: srv.Handler(), Logger: logger.With(zap.String("component", "agent")),
+		SetBy: "--addr"}
 	return hs.Run(ctx)
 }

@@ -84,6 +84,9 @@ type HTTPServer struct {
 	Logger  *zap.Logger
 	// OnListen, when set, is told the bound address (useful with port 0).
 	OnListen func(net.Addr)
+	// SetBy names what sets Addr (a key, its environment variable, a flag), for the error
+	// when the address cannot be bound.
+	SetBy string
 }
 
 // Run listens on Addr and serves until ctx is done. It returns an error when the address
@@ -91,6 +94,9 @@ type HTTPServer struct {
 func (s *HTTPServer) Run(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.Addr)
 	if err != nil {
+		if s.SetBy != "" {
+			return fmt.Errorf("%s server: %w; set %s", s.Name, err, s.SetBy)
+		}
 		return fmt.Errorf("%s server: %w", s.Name, err)
 	}
 	if s.OnListen != nil {

@@ -106,6 +106,25 @@ func (w *Webhook) Name() string { return w.name }
 // Version implements producers.EventSource.
 func (w *Webhook) Version() string { return Version }
 
+// URLs are where events are posted: one per endpoint, on the configured address (a
+// wildcard one shown as 127.0.0.1).
+func (w *Webhook) URLs() []string {
+	scheme := "http"
+	if w.cfg.EnableTLS {
+		scheme = "https"
+	}
+	host := w.cfg.Address
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	base := scheme + "://" + net.JoinHostPort(host, strconv.Itoa(w.cfg.Port))
+	var out []string
+	for _, e := range w.cfg.endpoints() {
+		out = append(out, base+e.Path)
+	}
+	return out
+}
+
 // SupportedEventTypes implements producers.EventSource: the types of the decoder, or any.
 func (w *Webhook) SupportedEventTypes() []string { return w.types }
 
@@ -114,7 +133,7 @@ func (w *Webhook) SupportedEventTypes() []string { return w.types }
 func (w *Webhook) Run(ctx context.Context, emit producers.Emit) error {
 	ln, err := net.Listen("tcp", net.JoinHostPort(w.cfg.Address, strconv.Itoa(w.cfg.Port)))
 	if err != nil {
-		return fmt.Errorf("webhook: %w", err)
+		return fmt.Errorf("webhook: %w; set address and port in the plugin's plugins.yaml entry", err)
 	}
 	if w.OnListen != nil {
 		w.OnListen(ln.Addr())
