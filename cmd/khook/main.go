@@ -12,9 +12,9 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/khook/khook/internal/strictyaml"
-	"github.com/spf13/pflag"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
