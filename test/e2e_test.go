@@ -360,9 +360,8 @@ func TestStartFailsFastAndStopsAtOnce(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { busy.Close() })
 	_, agentURL := startAgent(t)
-	f := pipelineFiles{dir: t.TempDir(), agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
-		embeddedListen: busy.Addr().String()}
-	f.storeDir = f.dir + "/data"
+	f := embeddedPipeline(t, agentURL)
+	f.embeddedListen = busy.Addr().String()
 	bins.khook() // built before the clock starts
 	began := time.Now()
 	code, out := khookCmd(t, "run", "--config", f.write(t))

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -285,16 +284,12 @@ var opsGroupedHook = hooktest.Fixture("hooks/ops-grouped.yaml")
 // called again.
 func TestReplayDoesNotRetriggerAGroup(t *testing.T) {
 	agent, agentURL := startAgent(t)
-	natsPort := freePort(t)
-	f := pipelineFiles{
-		dir: t.TempDir(), agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
-		embeddedListen: "127.0.0.1:" + strconv.Itoa(natsPort), extraHooks: opsGroupedHook,
-	}
-	f.storeDir = f.dir + "/data"
+	f := embeddedPipeline(t, agentURL)
+	f.extraHooks = opsGroupedHook
 	cfg := f.write(t)
 	p := start(t, "khook run", bins.khook(), "run", "--config", cfg)
 	waitReady(t, p, f.probes)
-	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
+	natsURL := f.embeddedURL()
 	js := connectJS(t, natsURL)
 	st, err := state.Open(context.Background(), js, streams.Default())
 	require.NoError(t, err)

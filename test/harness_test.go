@@ -292,6 +292,21 @@ type pipelineFiles struct {
 	kubeconfig, hooksMode string
 }
 
+// embeddedPipeline is the files of a `khook run` on its own embedded NATS server (listening
+// on a port of its own, for the test's reads) delivering to agentURL, with fresh ports.
+func embeddedPipeline(t *testing.T, agentURL string) pipelineFiles {
+	t.Helper()
+	f := pipelineFiles{
+		dir: t.TempDir(), agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
+		embeddedListen: "127.0.0.1:" + strconv.Itoa(freePort(t)),
+	}
+	f.storeDir = f.dir + "/data"
+	return f
+}
+
+// embeddedURL is the embedded server's URL, for the test's own connection.
+func (p pipelineFiles) embeddedURL() string { return "nats://" + p.embeddedListen }
+
 func (p pipelineFiles) write(t *testing.T) string {
 	t.Helper()
 	natsBlock := "nats:\n  url: " + p.natsURL + "\n"

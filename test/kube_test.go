@@ -526,12 +526,9 @@ func TestHookStatusIsBounded(t *testing.T) {
 	_, err := c.hooks.Create(context.Background(), hookObject("soak", "restarts", "Pod {{.ResourceName}} restarted", ""), metav1.CreateOptions{})
 	require.NoError(t, err)
 	agent, agentURL := startAgent(t)
-	f := pipelineFiles{
-		dir: t.TempDir(), agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
-		embeddedListen: "127.0.0.1:" + strconv.Itoa(freePort(t)), kubeconfig: c.Kubeconfig,
-		extraMappings: "  - eventSource: webhook\n    eventType: pod-restart\n    severity: warning\n",
-	}
-	f.storeDir = f.dir + "/data"
+	f := embeddedPipeline(t, agentURL)
+	f.kubeconfig = c.Kubeconfig
+	f.extraMappings = "  - eventSource: webhook\n    eventType: pod-restart\n    severity: warning\n"
 	p := start(t, "khook run", bins.khook(), "run", "--config", f.write(t))
 	waitReady(t, p, f.probes)
 	const pods = 150

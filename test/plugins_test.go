@@ -183,11 +183,7 @@ func TestDeploymentGuideLogGreps(t *testing.T) {
 	failedInit := regexp.MustCompile(`failed to initialize plugin`)
 
 	_, agentURL := startAgent(t)
-	f := pipelineFiles{
-		dir: t.TempDir(), agentURL: agentURL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
-		embeddedListen: "127.0.0.1:" + strconv.Itoa(freePort(t)),
-	}
-	f.storeDir = f.dir + "/data"
+	f := embeddedPipeline(t, agentURL)
 	cfg := f.write(t)
 	p := start(t, "khook run", bins.khook(), "run", "--config", cfg)
 	waitReady(t, p, f.probes)
