@@ -283,7 +283,7 @@ func GroupContext(g Group, events []GroupEvent) string {
 			fmt.Fprintf(&b, " ×%d", e.Count)
 		}
 		if e.Reason != "" || e.Message != "" {
-			fmt.Fprintf(&b, ": %s", strings.TrimPrefix(e.Reason+" "+truncate(e.Message, maxListedMessage), " "))
+			fmt.Fprintf(&b, ": %s", strings.TrimPrefix(e.Reason+" "+Truncate(e.Message, maxListedMessage), " "))
 		}
 	}
 	if omitted > 0 {
@@ -299,7 +299,9 @@ func GroupContext(g Group, events []GroupEvent) string {
 // stays within maxEventsPerTask short lines.
 const maxListedMessage = 200
 
-func truncate(s string, n int) string {
+// Truncate cuts s to at most n bytes, on a rune boundary, and marks the cut with an
+// ellipsis.
+func Truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
@@ -164,7 +163,7 @@ func (r *GroupRecord) add(a Arrival, now time.Time, index map[string]int, full b
 		// kept, which grouping by owner reads from the payload: the event's dead letter,
 		// retried, must join the same group.
 		e.Data = ownerOnly(ev)
-		e.Message = truncate(e.Message, maxGroupMessage)
+		e.Message = hook.Truncate(e.Message, maxGroupMessage)
 	}
 	k := hook.KeyOf(ev).Hash()
 	if i, ok := index[k]; ok {
@@ -394,18 +393,6 @@ func (c *groupCache) put(key string, r GroupRecord, rev uint64) {
 		c.records = map[string]cachedGroup{}
 	}
 	c.records[key] = cachedGroup{rec: r, rev: rev}
-}
-
-// truncate cuts s to at most n bytes, on a rune boundary, marking the cut.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	cut := n
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
 }
 
 // ownerOnly is the part of ev's payload that hook.Owner reads, or nil when the event has no
