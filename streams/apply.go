@@ -63,6 +63,7 @@ func apply(ctx context.Context, js jetstream.JetStream, cfg Config, dryRun bool)
 		cfg.Raw.streamConfig(subj.AllRaw()),
 		cfg.Events.streamConfig(subj.AllEvents()),
 		cfg.DLQ.streamConfig(subj.AllDLQ()),
+		cfg.Outcomes.streamConfig(subj.AllOutcomes()),
 	} {
 		action, diff, err := applyStream(ctx, js, s, dryRun)
 		if err != nil {

@@ -20,7 +20,7 @@ func TestApplyIsIdempotentAndAppliesChanges(t *testing.T) {
 
 	first, err := streams.Apply(ctx, js, cfg)
 	require.NoError(t, err)
-	require.Len(t, first, 6)
+	require.Len(t, first, 7)
 	for _, c := range first {
 		require.Equal(t, streams.Created, c.Action, c.String())
 	}
@@ -64,7 +64,7 @@ func TestPlanChangesNothingAndSaysWhatWouldGo(t *testing.T) {
 
 	plan, err := streams.Plan(ctx, js, cfg)
 	require.NoError(t, err)
-	require.Len(t, plan, 6)
+	require.Len(t, plan, 7)
 	for _, c := range plan {
 		require.Equal(t, streams.Created, c.Action)
 		require.True(t, strings.HasSuffix(c.String(), "would be created"), c.String())

@@ -23,3 +23,8 @@ const HeaderRawSeq = "Khook-Raw-Seq"
 // HeaderRetryOf marks an event republished from a dead letter (khook dlq retry) with the
 // dead letter's sequence: it is handled again on purpose, not as a repeat of its original.
 const HeaderRetryOf = "Khook-Dlq-Retry-Of"
+
+// HeaderMapping is set by the mapper on every normalized event: "mapped" when a mapping rule
+// made it, "passthrough" when no rule matched and unmapped events pass through with their
+// own type. khook events describe shows it.
+const HeaderMapping = "Khook-Mapping"

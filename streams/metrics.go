@@ -41,7 +41,7 @@ const (
 
 // NewCollector reports on the streams and consumers the given stages use: the producer
 // writes the raw stream; the mapper reads it, writes the events stream and may dead-letter;
-// the dispatcher reads the events stream and may dead-letter.
+// the dispatcher reads the events stream and may dead-letter; both record outcomes.
 func NewCollector(js jetstream.JetStream, topo Config, stages ...Stage) *Collector {
 	c := &Collector{js: js, timeout: 2 * time.Second, now: time.Now}
 	seen := map[string]bool{}
@@ -59,10 +59,12 @@ func NewCollector(js jetstream.JetStream, topo Config, stages ...Stage) *Collect
 			addStream(topo.Raw)
 			addStream(topo.Events)
 			addStream(topo.DLQ)
+			addStream(topo.Outcomes)
 			c.consumers = append(c.consumers, consumerRef{topo.Raw.Name, topo.Mapper.Durable})
 		case StageDispatcher:
 			addStream(topo.Events)
 			addStream(topo.DLQ)
+			addStream(topo.Outcomes)
 			c.consumers = append(c.consumers, consumerRef{topo.Events.Name, topo.Dispatcher.Durable})
 		}
 	}

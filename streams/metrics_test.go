@@ -63,14 +63,15 @@ func TestCollectorReportsFillAndLag(t *testing.T) {
 	require.Equal(t, 4.0, get("khook_consumer_ack_pending_messages", "KHOOK_RAW", "khook-mapper"))
 	require.InDelta(t, 3600, get("khook_consumer_oldest_unprocessed_age_seconds", "KHOOK_RAW", "khook-mapper"), 60)
 	require.InDelta(t, 3600, get("khook_consumer_last_delivery_age_seconds", "KHOOK_RAW", "khook-mapper"), 60)
-	// The mapper reports the stream it reads, the one it writes and the DLQ, and its consumer.
-	require.Equal(t, 4, testutil.CollectAndCount(c, "khook_stream_up", "khook_consumer_up"))
+	// The mapper reports the stream it reads, the ones it writes (events, DLQ, outcomes), and
+	// its consumer.
+	require.Equal(t, 5, testutil.CollectAndCount(c, "khook_stream_up", "khook_consumer_up"))
 
 	// A stream that disappears reports up 0 and nothing else, and its consumer up 0.
 	require.NoError(t, js.DeleteStream(ctx, topo.Raw.Name))
 	require.Equal(t, 0.0, get("khook_stream_up", "KHOOK_RAW"))
 	require.Equal(t, 0.0, get("khook_consumer_up", "KHOOK_RAW", "khook-mapper"))
-	require.Equal(t, 2, testutil.CollectAndCount(c, "khook_stream_messages"))
+	require.Equal(t, 3, testutil.CollectAndCount(c, "khook_stream_messages"))
 }
 
 func TestCollectorCaughtUpConsumerIsNotLate(t *testing.T) {

@@ -37,12 +37,15 @@ type ConsumerSettings struct {
 	MaxAckPending int           `koanf:"max_ack_pending"`
 }
 
-// Config is the whole topology: one prefix, three streams, two consumers and a KV bucket.
+// Config is the whole topology: one prefix, four streams, two consumers and a KV bucket.
 type Config struct {
-	Prefix         string           `koanf:"prefix"`
-	Raw            StreamSettings   `koanf:"raw"`
-	Events         StreamSettings   `koanf:"events"`
-	DLQ            StreamSettings   `koanf:"dlq"`
+	Prefix string         `koanf:"prefix"`
+	Raw    StreamSettings `koanf:"raw"`
+	Events StreamSettings `koanf:"events"`
+	DLQ    StreamSettings `koanf:"dlq"`
+	// Outcomes holds what became of each event: the record `khook events describe` reads
+	// and `khook status` counts. Nothing in the pipeline reads it back.
+	Outcomes       StreamSettings   `koanf:"outcomes"`
 	Mapper         ConsumerSettings `koanf:"mapper"`
 	Dispatcher     ConsumerSettings `koanf:"dispatcher"`
 	DispatchBucket string           `koanf:"dispatch_bucket"`
@@ -64,6 +67,9 @@ func Default() Config {
 		Raw:    stream("KHOOK_RAW", 72*time.Hour),
 		Events: stream("KHOOK_EVENTS", 72*time.Hour),
 		DLQ:    stream("KHOOK_DLQ", 14*24*time.Hour),
+		// As long as the events they are about are kept, so that every retained event can
+		// be described.
+		Outcomes: stream("KHOOK_OUTCOMES", 72*time.Hour),
 		Mapper: ConsumerSettings{
 			Durable: "khook-mapper", AckWait: 30 * time.Second, MaxDeliver: -1, MaxAckPending: 1024,
 		},
@@ -87,7 +93,7 @@ func (c Config) Validate(prefix string) error {
 	if err := subject.CheckToken(prefix+".prefix", c.Prefix); err != nil {
 		errs = append(errs, err)
 	}
-	for key, s := range map[string]StreamSettings{"raw": c.Raw, "events": c.Events, "dlq": c.DLQ} {
+	for key, s := range map[string]StreamSettings{"raw": c.Raw, "events": c.Events, "dlq": c.DLQ, "outcomes": c.Outcomes} {
 		errs = append(errs, s.validate(prefix+"."+key))
 	}
 	for key, s := range map[string]ConsumerSettings{"mapper": c.Mapper, "dispatcher": c.Dispatcher} {
@@ -103,10 +109,10 @@ func (c Config) Validate(prefix string) error {
 		errs = append(errs, fmt.Errorf("%s.dispatch_ttl: must be at least twice %s.dispatcher.ack_wait (%s), got %s",
 			prefix, prefix, 2*c.Dispatcher.AckWait, c.DispatchTTL))
 	}
-	names := []string{c.Raw.Name, c.Events.Name, c.DLQ.Name}
+	names := []string{c.Raw.Name, c.Events.Name, c.DLQ.Name, c.Outcomes.Name}
 	slices.Sort(names)
-	if len(slices.Compact(names)) != 3 {
-		errs = append(errs, fmt.Errorf("%s: raw, events and dlq need distinct names", prefix))
+	if len(slices.Compact(names)) != 4 {
+		errs = append(errs, fmt.Errorf("%s: raw, events, dlq and outcomes need distinct names", prefix))
 	}
 	return errors.Join(errs...)
 }

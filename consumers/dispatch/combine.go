@@ -24,34 +24,57 @@ type combiner struct {
 // others' only in the first event's severity, which add raises anyway.
 type combined struct {
 	events  []state.Arrival
-	waiters []chan error
+	waiters []chan placed
+}
+
+// placed is one event's share of a write: where it went, or the write's error.
+type placed struct {
+	task   string
+	repeat bool
+	err    error
+}
+
+// writeFunc stores events in the group key, opening it from init when it is new.
+type writeFunc func(ctx context.Context, key string, init state.GroupRecord, events []state.Arrival) (state.Added, error)
+
+// share is the i-th event's part of a write's outcome.
+func share(a state.Added, err error, i int) placed {
+	if err != nil {
+		return placed{err: err}
+	}
+	p := placed{task: a.Task}
+	if i < len(a.Repeat) {
+		p.repeat = a.Repeat[i]
+	}
+	return p
 }
 
 func newCombiner() *combiner { return &combiner{pending: map[string]*combined{}} }
 
 // add stores ev in group key through write, together with whatever other workers queue for
-// the same group meanwhile, and returns once ev is stored (or its write failed).
-func (c *combiner) add(ctx context.Context, key string, init state.GroupRecord, ev state.Arrival,
-	write func(ctx context.Context, key string, init state.GroupRecord, events []state.Arrival) error) error {
+// the same group meanwhile, and returns once ev is stored (or its write failed), with where
+// it went.
+func (c *combiner) add(ctx context.Context, key string, init state.GroupRecord, ev state.Arrival, write writeFunc) placed {
 	c.mu.Lock()
 	if p, writing := c.pending[key]; writing {
-		ch := make(chan error, 1)
+		ch := make(chan placed, 1)
 		p.events = append(p.events, ev)
 		p.waiters = append(p.waiters, ch)
 		c.mu.Unlock()
 		select {
-		case err := <-ch:
-			return err
+		case r := <-ch:
+			return r
 		case <-ctx.Done():
 			// The writer may still store ev; the event is redelivered, and the group counts
 			// its id once.
-			return ctx.Err()
+			return placed{err: ctx.Err()}
 		}
 	}
 	c.pending[key] = &combined{}
 	c.mu.Unlock()
 
-	err := write(ctx, key, init, []state.Arrival{ev})
+	a, err := write(ctx, key, init, []state.Arrival{ev})
+	mine := share(a, err, 0)
 	// Write what queued up meanwhile, until nothing did: this worker is the group's writer
 	// until then.
 	for {
@@ -60,21 +83,22 @@ func (c *combiner) add(ctx context.Context, key string, init state.GroupRecord, 
 		if len(p.events) == 0 {
 			delete(c.pending, key)
 			c.mu.Unlock()
-			return err
+			return mine
 		}
 		c.pending[key] = &combined{}
 		c.mu.Unlock()
-		werr := write(ctx, key, init, p.events)
+		wa, werr := write(ctx, key, init, p.events)
 		if errors.Is(werr, state.ErrTooLarge) && len(p.events) > 1 {
 			// One event can make the record too large to store; the others of the batch
 			// may fit. Each is written on its own, and told its own outcome.
 			for i, ev := range p.events {
-				p.waiters[i] <- write(ctx, key, init, []state.Arrival{ev})
+				one, err := write(ctx, key, init, []state.Arrival{ev})
+				p.waiters[i] <- share(one, err, 0)
 			}
 			continue
 		}
-		for _, ch := range p.waiters {
-			ch <- werr
+		for i, ch := range p.waiters {
+			ch <- share(wa, werr, i)
 		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,7 @@ import (
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/deadletter"
+	"github.com/khook/khook/streams/outcome"
 )
 
 // Stage is the dispatcher's name in dead-letter subjects and metrics.
@@ -112,6 +114,8 @@ type Dispatcher struct {
 	flusher  *flusher
 	combiner *combiner
 	pulling  atomic.Bool
+	// rec records what became of each event, for khook events describe and khook status.
+	rec *outcome.Recorder
 }
 
 // New returns a dispatcher working with state, the dispatch bucket every replica shares
@@ -123,7 +127,8 @@ type Dispatcher struct {
 func New(js jetstream.JetStream, topo streams.Config, cfg Config, st *state.Store, hooks *hook.Index, router *Router,
 	reg prometheus.Registerer, logger *zap.Logger) *Dispatcher {
 	m := newMetrics(reg, router.Kinds())
-	d := &Dispatcher{js: js, topo: topo, cfg: cfg, state: st, router: router, logger: logger, metrics: m, loaded: make(chan struct{})}
+	d := &Dispatcher{js: js, topo: topo, cfg: cfg, state: st, router: router, logger: logger, metrics: m, loaded: make(chan struct{}),
+		rec: outcome.NewRecorder(js, topo.Subjects(), outcome.NewFailedCounter(reg, Stage), logger)}
 	d.guards = newGuards(cfg.Guard, func(state string) {
 		m.breakerTransitions.WithLabelValues(state).Inc()
 	})
@@ -133,7 +138,7 @@ func New(js jetstream.JetStream, topo streams.Config, cfg Config, st *state.Stor
 	}, func() float64 { return float64(d.guards.openCount()) })
 	reg.MustRegister(m.breakersOpen)
 	d.flusher = newFlusher(st, d, flushConfig{budgets: cfg.Budgets, maxAttempts: cfg.MaxAttempts, workers: cfg.Workers,
-		leaseFor: topo.Dispatcher.AckWait, retryBase: cfg.RetryBase, subjects: topo.Subjects()}, m, logger)
+		leaseFor: topo.Dispatcher.AckWait, retryBase: cfg.RetryBase, subjects: topo.Subjects(), rec: d.rec}, m, logger)
 	d.combiner = newCombiner()
 	d.registerGroupMetrics(reg)
 	if hooks != nil {
@@ -201,6 +206,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dispatcher: consumer %s on %s: %w", d.topo.Dispatcher.Durable, d.topo.Events.Name, err)
 	}
+	go d.rec.Run(ctx)
 
 	// Deliveries run on their own context so that shutdown lets them finish, up to the drain
 	// timeout, instead of cutting every agent call at once.
@@ -319,7 +325,11 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	if err != nil {
 		tracing.Fail(span, err)
 		d.metrics.events.WithLabelValues("invalid").Inc()
-		d.deadLetter(ctx, deadletter.Letter{Stage: Stage, Reason: "invalid-event", Err: err, Msg: msg})
+		seq := d.deadLetter(ctx, deadletter.Letter{Stage: Stage, Reason: "invalid-event", Err: err, Msg: msg})
+		if id := msg.Headers().Get(jetstream.MsgIDHeader); id != "" && seq > 0 {
+			d.note(msg, &mapping.Event{ID: id}, outcome.Record{Outcome: outcome.DeadLettered, Reason: "invalid-event",
+				Error: err.Error(), DeadLetterSeq: seq})
+		}
 		return
 	}
 	_, mspan := tracing.Tracer().Start(ctx, "khook.match")
@@ -332,6 +342,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		d.metrics.events.WithLabelValues("unmatched").Inc()
 		d.logger.Debug("no hook matches", zap.String("event_id", ev.ID), tracing.LogField(ctx),
 			zap.String("type", ev.Type), zap.String("namespace", ev.Namespace))
+		d.note(msg, &ev, outcome.Record{Outcome: outcome.Unmatched})
 		deadletter.AckOrLog(d.logger, msg)
 		return
 	}
@@ -375,12 +386,16 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 		// suppression bypasses grouping too, and sends each event on its own.
 		return d.gather(ctx, msg, m, g, ev, log)
 	}
-	switch claim, err := d.claim(ctx, t, window, ignore, log); claim {
+	switch claim, held, err := d.claim(ctx, t, window, ignore, log); claim {
 	case claimRetry:
 		return settle{delay: d.cfg.RetryBase}
 	case claimRefused:
 		return d.giveUp(ctx, msg, t, d.router.Target(m.Agent), "claim-refused", 0, err, log)
 	case claimDone:
+		if held.Holder != "" {
+			d.note(msg, ev, taskRecord(outcome.Suppressed, t, outcome.Record{SuppressedBy: held.Holder,
+				SuppressedByEvent: held.HolderEvent, Until: held.Until.UTC()}))
+		}
 		return settle{ack: true}
 	}
 	// The prompt is rendered only now, for a task that will be sent: a suppressed event
@@ -404,8 +419,11 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	c := d.call(ctx, t, attempt, log)
 	switch c.outcome {
 	case callDelivered:
+		d.note(msg, ev, taskRecord(outcome.Delivered, t, outcome.Record{Attempt: attempt, Took: outcome.Duration(c.took),
+			TaskState: c.state}))
 		return settle{ack: true}
 	case callDelayed:
+		d.note(msg, ev, taskRecord(outcome.Retrying, t, outcome.Record{Reason: "endpoint-busy", RetryIn: outcome.Duration(c.wait)}))
 		return settle{delay: c.wait}
 	case callInterrupted:
 		// The event comes back at once to another replica.
@@ -421,7 +439,32 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	if attempts >= d.cfg.MaxAttempts {
 		return d.giveUp(ctx, msg, t, c.target, "max-attempts", attempts, c.err, log)
 	}
-	return settle{delay: d.retryLater(t, c, attempts, log)}
+	delay := d.retryLater(t, c, attempts, log)
+	d.note(msg, ev, taskRecord(outcome.Retrying, t, outcome.Record{Attempt: attempts, Error: c.err.Error(),
+		RetryIn: outcome.Duration(delay)}))
+	return settle{delay: delay}
+}
+
+// note records what became of ev, or of one of its tasks, in the outcomes stream, with where
+// the event is stored and whether it is a replayed copy.
+func (d *Dispatcher) note(msg jetstream.Msg, ev *mapping.Event, r outcome.Record) {
+	if d.rec == nil {
+		return
+	}
+	r.Stage, r.EventType = outcome.StageDispatcher, ev.Type
+	if md, err := msg.Metadata(); err == nil {
+		r.EventSeq = md.Sequence.Stream
+	}
+	h := msg.Headers()
+	r.RawSeq, _ = strconv.ParseUint(h.Get(streams.HeaderRawSeq), 10, 64)
+	r.ReplayID, r.OriginalID = h.Get(streams.HeaderReplayID), h.Get(streams.HeaderOriginalID)
+	d.rec.Event(ev.ID, r)
+}
+
+// taskRecord is a record of kind about task t, with the rest of r.
+func taskRecord(kind outcome.Kind, t hook.Task, r outcome.Record) outcome.Record {
+	r.Outcome, r.Hook, r.Agent, r.MessageID = kind, t.Hook, agentName(t.Agent), t.MessageID
+	return r
 }
 
 // unsendable reports whether a task whose prompt rendered with err cannot be sent: it
@@ -457,6 +500,10 @@ type callResult struct {
 	// (callRetryable).
 	wait time.Duration
 	err  error
+	// took and state, for a delivered task: how long the agent took to accept it, and the
+	// task state it answered with.
+	took  time.Duration
+	state string
 }
 
 // call makes one call of t to its agent, within the endpoint's guard and in a span of its
@@ -509,7 +556,7 @@ func (d *Dispatcher) call(ctx context.Context, t hook.Task, attempt int, log *za
 		// The agent has the task; without the record a redelivery would call it again.
 		log.Warn("delivery record not stored", zap.Error(err))
 	}
-	return callResult{outcome: callDelivered, target: target}
+	return callResult{outcome: callDelivered, target: target, took: time.Since(start), state: res.State}
 }
 
 // retryLater reports a retryable failure of t's call number attempts and returns how long
@@ -540,58 +587,65 @@ const (
 // lost ack, or the same event sent again later), so it is never called twice. A replay sent
 // with --ignore-suppression skips the window; its delivery record still prevents a second
 // call for the same replayed event.
-func (d *Dispatcher) claim(ctx context.Context, t hook.Task, window time.Duration, ignore bool, log *zap.Logger) (claimResult, error) {
+//
+// A suppressed task's result comes with the claim that suppressed it.
+func (d *Dispatcher) claim(ctx context.Context, t hook.Task, window time.Duration, ignore bool, log *zap.Logger) (claimResult, state.Claimed, error) {
 	ctx, span := tracing.Tracer().Start(ctx, "khook.suppress", trace.WithAttributes(
 		attribute.String("khook.suppression_key", t.SuppressionKey), attribute.String("khook.window", window.String())))
 	defer span.End()
 	if ignore {
 		if d.state.Settled(ctx, t.MessageID) {
 			span.SetAttributes(attribute.String("khook.result", "settled-before"))
-			return claimDone, nil
+			return claimDone, state.Claimed{}, nil
 		}
 		span.SetAttributes(attribute.String("khook.result", "ignored"))
-		return claimOwned, nil
+		return claimOwned, state.Claimed{}, nil
 	}
-	owned, created, err := d.state.Claim(ctx, t.SuppressionKey, t.MessageID, window)
+	c, err := d.state.Claim(ctx, t.SuppressionKey, t.MessageID, t.Event.ID, window)
 	var api *jetstream.APIError
 	if errors.As(err, &api) && api.Code >= 400 && api.Code < 500 && api.Code != 408 {
 		// The server answered, and said no: an invalid TTL, say. Retrying would loop forever
 		// and hold a slot of the consumer's max_ack_pending each time.
 		tracing.Fail(span, err)
-		return claimRefused, fmt.Errorf("suppression claim refused: %w", err)
+		return claimRefused, c, fmt.Errorf("suppression claim refused: %w", err)
 	}
 	if err != nil {
 		tracing.Fail(span, err)
 		log.Warn("suppression claim failed, will retry", zap.Error(err))
-		return claimRetry, err
+		return claimRetry, c, err
 	}
-	if !owned {
+	if !c.Owned {
 		// Counted, not logged one by one: a flapping pod would flood the logs.
 		span.SetAttributes(attribute.String("khook.result", "suppressed"))
 		d.metrics.suppressed.Inc()
-		return claimDone, nil
+		return claimDone, c, nil
 	}
 	if d.state.Settled(ctx, t.MessageID) {
 		span.SetAttributes(attribute.String("khook.result", "settled-before"))
-		if created {
+		if c.Created {
 			// The same event sent again after its window: the window just opened has no
 			// call behind it, so it must not suppress the events that follow.
 			if err := d.state.Release(ctx, t.SuppressionKey, t.MessageID); err != nil {
 				log.Warn("suppression claim not released", zap.Error(err))
 			}
 		}
-		return claimDone, nil
+		return claimDone, state.Claimed{}, nil
 	}
 	span.SetAttributes(attribute.String("khook.result", "claimed"))
-	return claimOwned, nil
+	return claimOwned, c, nil
 }
 
 // giveUp dead-letters the event for this task (abandon): the event is acknowledged for this
 // match once its dead letter is stored, and comes back later when it is not.
 func (d *Dispatcher) giveUp(ctx context.Context, msg jetstream.Msg, t hook.Task, target Target, reason string,
 	attempts int, cause error, log *zap.Logger) settle {
-	if err := d.abandon(ctx, t, target, reason, attempts, cause, []deadletter.Letter{{Msg: msg}}, log); err != nil {
+	seqs, err := d.abandon(ctx, t, target, reason, attempts, cause, []deadletter.Letter{{Msg: msg}}, log)
+	if err != nil {
 		return settle{delay: d.cfg.RetryBase}
+	}
+	if t.Event != nil {
+		d.note(msg, t.Event, taskRecord(outcome.DeadLettered, t, outcome.Record{Attempt: attempts, Reason: reason,
+			Error: errText(cause), DeadLetterSeq: seqs[0]}))
 	}
 	// The event is settled for this hook; other matches of the same event still run, and
 	// the event is acknowledged when they are done.
@@ -603,22 +657,25 @@ func (d *Dispatcher) giveUp(ctx context.Context, msg jetstream.Msg, t hook.Task,
 // then the task is recorded as settled, so that no redelivery calls its agent again, and its
 // suppression claim is released, so the next occurrence is not silently suppressed behind a
 // task that never reached its agent. letters need only their Msg or Held and Part: the rest
-// is the task's. An error means a dead letter was not stored, and nothing else was done: the
-// caller tries again later.
+// is the task's. It returns the dead letters' sequences, in the order of letters. An error
+// means a dead letter was not stored, and nothing else was done: the caller tries again later.
 func (d *Dispatcher) abandon(ctx context.Context, t hook.Task, target Target, reason string, attempts int, cause error,
-	letters []deadletter.Letter, log *zap.Logger) error {
+	letters []deadletter.Letter, log *zap.Logger) ([]uint64, error) {
 	if target == nil {
 		target = d.router.Target(t.Agent)
 	}
 	log.Warn("delivery failed, dead-lettering", zap.String("reason", reason), zap.Int("attempt", attempts),
 		zap.Int("dead_letters", len(letters)), zap.Error(cause))
+	seqs := make([]uint64, 0, len(letters))
 	for _, l := range letters {
 		l.Stage, l.Reason, l.Err, l.Hook, l.Key, l.Attempts = Stage, reason, cause, t.Hook, t.MessageID, attempts
 		l.Target = target.Name() + " " + target.Endpoint(t)
-		if err := deadletter.Publish(ctx, d.js, d.topo.Subjects(), l); err != nil {
+		seq, err := deadletter.Publish(ctx, d.js, d.topo.Subjects(), l)
+		if err != nil {
 			log.Warn("dead letter not stored, will try again", zap.Error(err))
-			return err
+			return nil, err
 		}
+		seqs = append(seqs, seq)
 	}
 	d.metrics.deliveries.WithLabelValues(target.Name(), "deadletter").Inc()
 	d.metrics.deadLetters.WithLabelValues(reason).Add(float64(len(letters)))
@@ -633,7 +690,15 @@ func (d *Dispatcher) abandon(ctx context.Context, t hook.Task, target Target, re
 			log.Warn("suppression claim not released", zap.Error(err))
 		}
 	}
-	return nil
+	return seqs, nil
+}
+
+// errText is err's message, or nothing.
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 // backoff is exponential from base, doubling per attempt, capped at limit, with ±20% jitter
@@ -651,8 +716,11 @@ func jitter(d time.Duration) time.Duration {
 }
 
 // deadLetter stores an undeliverable event and terminates it once the dead letter is stored.
-func (d *Dispatcher) deadLetter(ctx context.Context, l deadletter.Letter) {
-	if deadletter.Settle(ctx, d.js, d.topo.Subjects(), l, d.cfg.RetryBase, d.logger) {
+// It returns the dead letter's sequence, zero when it was not stored.
+func (d *Dispatcher) deadLetter(ctx context.Context, l deadletter.Letter) uint64 {
+	seq := deadletter.Settle(ctx, d.js, d.topo.Subjects(), l, d.cfg.RetryBase, d.logger)
+	if seq > 0 {
 		d.metrics.deadLetters.WithLabelValues(l.Reason).Inc()
 	}
+	return seq
 }

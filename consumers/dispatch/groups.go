@@ -21,6 +21,7 @@ import (
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/deadletter"
+	"github.com/khook/khook/streams/outcome"
 	"github.com/khook/khook/streams/subject"
 )
 
@@ -55,7 +56,7 @@ type taskRunner interface {
 	// abandon dead-letters a task that no retry will deliver (Dispatcher.abandon); target
 	// nil is the agent's.
 	abandon(ctx context.Context, t hook.Task, target Target, reason string, attempts int, cause error,
-		letters []deadletter.Letter, log *zap.Logger) error
+		letters []deadletter.Letter, log *zap.Logger) ([]uint64, error)
 }
 
 // flushConfig is what the flusher takes of the dispatcher's configuration.
@@ -69,6 +70,9 @@ type flushConfig struct {
 	// retryBase is how soon a task whose dead letters could not be stored is tried again.
 	retryBase time.Duration
 	subjects  subject.Builder
+	// rec records each task's outcome: a group's under the group, a queued task's under
+	// its event.
+	rec *outcome.Recorder
 }
 
 type viewEntry struct {
@@ -343,8 +347,11 @@ func (f *flusher) send(ctx context.Context, key string, r state.GroupRecord, msg
 	case callDelivered:
 		refund = false
 		f.metrics.groupTasks.WithLabelValues("delivered").Inc()
+		f.note(key, r, t, outcome.Record{Outcome: outcome.Delivered, Attempt: r.Attempts + 1, Took: outcome.Duration(c.took),
+			TaskState: c.state})
 		f.finish(ctx, key, log)
 	case callDelayed:
+		f.note(key, r, t, outcome.Record{Outcome: outcome.Retrying, Reason: "endpoint-busy", RetryIn: outcome.Duration(c.wait)})
 		f.release(ctx, key, c.wait, r.Attempts, log)
 	case callInterrupted:
 		// Given back at once, so that another replica need not wait for the lease to lapse.
@@ -354,7 +361,10 @@ func (f *flusher) send(ctx context.Context, key string, r state.GroupRecord, msg
 		f.fail(ctx, key, r, t, c.target, "permanent", c.err, log)
 	case callRetryable:
 		if attempts := r.Attempts + 1; attempts < f.cfg.maxAttempts {
-			f.release(ctx, key, f.run.retryLater(t, c, attempts, log), attempts, log)
+			delay := f.run.retryLater(t, c, attempts, log)
+			f.note(key, r, t, outcome.Record{Outcome: outcome.Retrying, Attempt: attempts, Error: errText(c.err),
+				RetryIn: outcome.Duration(delay)})
+			f.release(ctx, key, delay, attempts, log)
 		} else {
 			refund = false
 			f.fail(ctx, key, r, t, c.target, "max-attempts", c.err, log)
@@ -368,16 +378,33 @@ func (f *flusher) send(ctx context.Context, key string, r state.GroupRecord, msg
 func (f *flusher) fail(ctx context.Context, key string, r state.GroupRecord, t hook.Task, target Target, reason string,
 	cause error, log *zap.Logger) {
 	letters, err := f.letters(key, r)
+	var seqs []uint64
 	if err != nil {
 		log.Error("dead letters not built", zap.Error(err))
 	} else {
-		err = f.run.abandon(ctx, t, target, reason, r.Attempts+1, cause, letters, log)
+		seqs, err = f.run.abandon(ctx, t, target, reason, r.Attempts+1, cause, letters, log)
 	}
 	if err != nil {
 		f.release(ctx, key, f.cfg.retryBase, r.Attempts, log)
 		return
 	}
 	f.metrics.groupTasks.WithLabelValues("dead-lettered").Inc()
+	failed := outcome.Record{Outcome: outcome.DeadLettered, Attempt: r.Attempts + 1, Reason: reason, Error: errText(cause)}
+	if r.Single && len(seqs) > 0 {
+		failed.DeadLetterSeq = seqs[0]
+	}
+	f.note(key, r, t, failed)
+	if !r.Single {
+		// Each event the group listed has a dead letter of its own, which describing the
+		// event names.
+		for i, e := range r.Events {
+			one := failed
+			one.Group, one.GroupTask, one.DeadLetterSeq = key, t.MessageID, seqs[i]
+			one.Hook, one.Agent, one.EventType = r.Hook, r.Agent, e.Event.Type
+			one.Stage = outcome.StageDispatcher
+			f.cfg.rec.Event(e.Event.ID, one)
+		}
+	}
 	if r.Omitted > 0 {
 		log.Warn("events past maxEventsPerTask were counted, not kept, and have no dead letter", zap.Int("omitted", r.Omitted))
 	}
@@ -412,6 +439,25 @@ func (f *flusher) letters(key string, r state.GroupRecord) ([]deadletter.Letter,
 		out = append(out, l)
 	}
 	return out, nil
+}
+
+// note records what became of the group's task t. A queued task's record is its event's;
+// a group's is the group's, and each of its events points at it from its grouped record.
+func (f *flusher) note(key string, r state.GroupRecord, t hook.Task, rec outcome.Record) {
+	rec.Stage, rec.Hook, rec.Agent, rec.MessageID = outcome.StageDispatcher, r.Hook, r.Agent, t.MessageID
+	if r.Single {
+		if len(r.Events) > 0 {
+			ev := r.Events[0].Event
+			rec.EventType = ev.Type
+			f.cfg.rec.Event(ev.ID, rec)
+		}
+		return
+	}
+	rec.Group, rec.Events = key, r.Pending
+	if r.Lease != nil {
+		rec.Events = r.Lease.Pending
+	}
+	f.cfg.rec.Group(key, rec)
 }
 
 // orphanTask is the task of a waiting group whose hook entry is gone: its ids, for its dead
@@ -493,13 +539,14 @@ func (d *Dispatcher) gather(ctx context.Context, msg jetstream.Msg, m hook.Match
 		Entry: m.StableEntry(), Hook: m.Hook.Key(), Agent: agentName(m.Agent), Labels: labels, Severity: ev.Severity,
 		Wait: g.Wait, Interval: g.Interval, MaxEvents: g.MaxEvents,
 	}
-	err := d.combiner.add(ctx, key, init, arrivalOf(msg, ev), func(ctx context.Context, key string, init state.GroupRecord, events []state.Arrival) error {
-		opened, err := d.state.AddToGroup(ctx, key, init, events...)
-		if err == nil && opened {
+	p := d.combiner.add(ctx, key, init, arrivalOf(msg, ev), func(ctx context.Context, key string, init state.GroupRecord, events []state.Arrival) (state.Added, error) {
+		a, err := d.state.AddToGroup(ctx, key, init, events...)
+		if err == nil && a.Opened {
 			log.Info("group opened", zap.String("group", key), zap.Any("labels", labels), zap.Duration("group_wait", g.Wait))
 		}
-		return err
+		return a, err
 	})
+	err := p.err
 	if errors.Is(err, state.ErrTooLarge) {
 		// No retry makes it fit: the event is dead-lettered instead of coming back for ever.
 		return d.giveUp(ctx, msg, hook.Identify(m, ev), nil, "too-large", 0, err, log)
@@ -509,6 +556,8 @@ func (d *Dispatcher) gather(ctx context.Context, msg jetstream.Msg, m hook.Match
 		return settle{delay: d.cfg.RetryBase}
 	}
 	d.metrics.groupedEvents.Inc()
+	d.note(msg, ev, outcome.Record{Outcome: outcome.Grouped, Hook: m.Hook.Key(), Agent: agentName(m.Agent), Group: key,
+		GroupTask: p.task, Repeat: p.repeat})
 	return settle{ack: true}
 }
 
@@ -529,16 +578,20 @@ func arrivalOf(msg jetstream.Msg, ev *mapping.Event) state.Arrival {
 // when the budget allows, most severe first, with the ids it has now.
 func (d *Dispatcher) enqueue(ctx context.Context, msg jetstream.Msg, t hook.Task, m hook.Match, ev *mapping.Event, log *zap.Logger) settle {
 	key := hook.Hash("single", t.MessageID)
-	if _, err := d.state.AddToGroup(ctx, key, state.GroupRecord{
+	a, err := d.state.AddToGroup(ctx, key, state.GroupRecord{
 		Entry: m.StableEntry(), Hook: m.Hook.Key(), Agent: agentName(m.Agent), Severity: ev.Severity, MaxEvents: 1,
 		Single: true, Task: t.MessageID, Context: t.ContextID, Claim: t.SuppressionKey,
-	}, arrivalOf(msg, ev)); errors.Is(err, state.ErrTooLarge) {
+	}, arrivalOf(msg, ev))
+	if errors.Is(err, state.ErrTooLarge) {
 		// The task cannot wait in the queue (its event's payload is too large for the
 		// record): it is dead-lettered, not retried for ever.
 		return d.giveUp(ctx, msg, t, nil, "too-large", 0, err, log)
 	} else if err != nil {
 		log.Warn("task not queued for its agent's budget, will retry", zap.Error(err))
 		return settle{delay: d.cfg.RetryBase}
+	}
+	if !a.Repeat[0] {
+		d.note(msg, ev, taskRecord(outcome.Waiting, t, outcome.Record{}))
 	}
 	return settle{ack: true}
 }

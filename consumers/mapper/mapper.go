@@ -29,6 +29,7 @@ import (
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/deadletter"
+	"github.com/khook/khook/streams/outcome"
 )
 
 // Stage is the mapper's name in dead-letter subjects and metrics.
@@ -41,11 +42,15 @@ type Mapper struct {
 	rules   atomic.Pointer[mapping.Rules]
 	logger  *zap.Logger
 	metrics *metrics
+	// rec records the raw events that produce no normalized event, and why, for khook
+	// events describe and khook status.
+	rec *outcome.Recorder
 }
 
 // New returns a mapper using rules. It starts nothing; call Run.
 func New(js jetstream.JetStream, topo streams.Config, rules *mapping.Rules, reg prometheus.Registerer, logger *zap.Logger) *Mapper {
-	m := &Mapper{js: js, topo: topo, logger: logger, metrics: newMetrics(reg)}
+	m := &Mapper{js: js, topo: topo, logger: logger, metrics: newMetrics(reg),
+		rec: outcome.NewRecorder(js, topo.Subjects(), outcome.NewFailedCounter(reg, Stage), logger)}
 	m.SetRules(rules)
 	return m
 }
@@ -79,6 +84,7 @@ func (m *Mapper) Reload(b []byte) error {
 type pending struct {
 	msg jetstream.Msg
 	ack jetstream.PubAckFuture
+	id  string // the event's id, for its outcome record if the publish is refused
 }
 
 // Run consumes until ctx ends, then stops pulling, waits for outstanding publishes and acks
@@ -96,6 +102,7 @@ func (m *Mapper) Run(ctx context.Context) error {
 		<-ctx.Done()
 		it.Stop()
 	}()
+	go m.rec.Run(ctx)
 
 	// Publish acks arrive roughly in publish order, so one goroutine settling them in FIFO
 	// order keeps up while bounding the work in flight to the channel's capacity.
@@ -143,43 +150,52 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 	if err != nil {
 		tracing.Fail(span, err)
 		m.metrics.events.WithLabelValues("invalid").Inc()
-		m.deadLetter(ctx, msg, "invalid-envelope", err)
+		id := ""
+		if msgID := msg.Headers().Get(jetstream.MsgIDHeader); msgID != "" {
+			id = cloudevent.KeyOf(m.topo.Subjects().SourceOf(msg.Subject()), msgID, "")
+		}
+		m.deadLetter(ctx, msg, id, "", "invalid-envelope", err)
 		return pending{}, false
 	}
 	raw := mapping.RawOf(m.topo.Subjects().SourceOf(msg.Subject()), msg.Headers().Get(jetstream.MsgIDHeader), ce)
-	ev, outcome := mapping.Map(m.rules.Load(), raw)
-	m.metrics.events.WithLabelValues(string(outcome)).Inc()
+	ev, result := mapping.Map(m.rules.Load(), raw)
+	m.metrics.events.WithLabelValues(string(result)).Inc()
 	span.SetAttributes(attribute.String("khook.event.id", raw.ID), attribute.String("khook.event.source", raw.Source),
-		attribute.String("khook.event.type", ce.Type), attribute.String("khook.outcome", string(outcome)))
+		attribute.String("khook.event.type", ce.Type), attribute.String("khook.outcome", string(result)))
 	switch {
-	case outcome == mapping.UnmappedDead:
-		m.deadLetter(ctx, msg, "unmapped", fmt.Errorf("no mapping rule for source %q type %q", raw.Source, ce.Type))
+	case result == mapping.UnmappedDead:
+		m.deadLetter(ctx, msg, raw.ID, ce.Type, "unmapped", fmt.Errorf("no mapping rule for source %q type %q", raw.Source, ce.Type))
 		return pending{}, false
-	case !outcome.HasEvent():
+	case !result.HasEvent():
 		// Counted above; logged so an operator can see which rule is missing or disabled.
 		m.logger.Info("event not mapped", zap.String("event_id", raw.ID), tracing.LogField(ctx), zap.String("source", raw.Source),
-			zap.String("type", ce.Type), zap.String("outcome", string(outcome)))
+			zap.String("type", ce.Type), zap.String("outcome", string(result)))
+		kind, reason := outcome.Unmapped, fmt.Sprintf("no mapping rule for source %q type %q, and unmapped events are dropped", raw.Source, ce.Type)
+		if result == mapping.DisabledOutcome {
+			kind, reason = outcome.Disabled, fmt.Sprintf("the mapping rule for source %q type %q is disabled", raw.Source, ce.Type)
+		}
+		m.note(msg, raw.ID, outcome.Record{Outcome: kind, EventType: ce.Type, Reason: reason})
 		deadletter.AckOrLog(m.logger, msg)
 		return pending{}, false
 	}
-	out, err := m.encode(ctx, ev, msg)
+	out, err := m.encode(ctx, ev, msg, result)
 	if err != nil {
 		tracing.Fail(span, err)
 		m.metrics.events.WithLabelValues("invalid").Inc()
-		m.deadLetter(ctx, msg, "invalid-event", err)
+		m.deadLetter(ctx, msg, raw.ID, ce.Type, "invalid-event", err)
 		return pending{}, false
 	}
 	if limit := streams.MaxPayload(m.js); limit > 0 && streams.MsgSize(out) > limit {
 		// The mapper adds the message beside the data, so a raw event that fit can map to an
 		// event that does not; no retry would make it fit.
 		m.metrics.events.WithLabelValues("invalid").Inc()
-		m.deadLetter(ctx, msg, "too-large", fmt.Errorf("normalized event is %d bytes, over the server's max_payload of %d", streams.MsgSize(out), limit))
+		m.deadLetter(ctx, msg, raw.ID, ce.Type, "too-large", fmt.Errorf("normalized event is %d bytes, over the server's max_payload of %d", streams.MsgSize(out), limit))
 		return pending{}, false
 	}
 	fut, err := m.js.PublishMsgAsync(out)
 	if streams.Unstorable(err) {
 		m.metrics.events.WithLabelValues("invalid").Inc()
-		m.deadLetter(ctx, msg, "too-large", err)
+		m.deadLetter(ctx, msg, raw.ID, ce.Type, "too-large", err)
 		return pending{}, false
 	}
 	if err != nil {
@@ -190,10 +206,10 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 		return pending{}, false
 	}
 	m.metrics.duration.Observe(time.Since(start).Seconds())
-	return pending{msg: msg, ack: fut}, true
+	return pending{msg: msg, ack: fut, id: raw.ID}, true
 }
 
-func (m *Mapper) encode(ctx context.Context, ev mapping.Event, msg jetstream.Msg) (*nats.Msg, error) {
+func (m *Mapper) encode(ctx context.Context, ev mapping.Event, msg jetstream.Msg, result mapping.Outcome) (*nats.Msg, error) {
 	in := msg.Headers()
 	subj, err := m.topo.Subjects().Events(ev.Type)
 	if err != nil {
@@ -207,6 +223,7 @@ func (m *Mapper) encode(ctx context.Context, ev mapping.Event, msg jetstream.Msg
 	out.Data = body
 	out.Header.Set(jetstream.MsgIDHeader, ev.ID)
 	out.Header.Set("Content-Type", cloudevent.ContentType)
+	out.Header.Set(streams.HeaderMapping, string(result))
 	tracing.Inject(ctx, out.Header)
 	// A replayed event stays marked as one (khook replay --through mapper).
 	for _, h := range streams.ReplayHeaders {
@@ -235,7 +252,7 @@ func (m *Mapper) settle(p pending) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			m.metrics.events.WithLabelValues("invalid").Inc()
-			m.deadLetter(ctx, p.msg, "too-large", err)
+			m.deadLetter(ctx, p.msg, p.id, "", "too-large", err)
 			return
 		}
 		m.metrics.publishErrors.Inc()
@@ -244,12 +261,28 @@ func (m *Mapper) settle(p pending) {
 	}
 }
 
-// deadLetter stores msg in the dead-letter stream and terminates it only once the dead letter
-// is stored; if that fails, the message is redelivered instead of lost.
-func (m *Mapper) deadLetter(ctx context.Context, msg jetstream.Msg, reason string, cause error) {
+// deadLetter stores msg, the raw event id of type typ, in the dead-letter stream and
+// terminates it only once the dead letter is stored; if that fails, the message is
+// redelivered instead of lost. A stored dead letter is recorded as the event's outcome.
+func (m *Mapper) deadLetter(ctx context.Context, msg jetstream.Msg, id, typ, reason string, cause error) {
 	m.logger.Warn("dead-lettering raw event", zap.String("subject", msg.Subject()), tracing.LogField(ctx),
 		zap.String("reason", reason), zap.Error(cause))
-	deadletter.Settle(ctx, m.js, m.topo.Subjects(), deadletter.Letter{Stage: Stage, Reason: reason, Err: cause, Msg: msg}, time.Second, m.logger)
+	seq := deadletter.Settle(ctx, m.js, m.topo.Subjects(), deadletter.Letter{Stage: Stage, Reason: reason, Err: cause, Msg: msg}, time.Second, m.logger)
+	if seq > 0 && id != "" {
+		m.note(msg, id, outcome.Record{Outcome: outcome.DeadLettered, EventType: typ, Reason: reason, Error: cause.Error(),
+			DeadLetterSeq: seq})
+	}
+}
+
+// note records what became of the raw event id, with where it is stored.
+func (m *Mapper) note(msg jetstream.Msg, id string, r outcome.Record) {
+	r.Stage = outcome.StageMapper
+	if md, err := msg.Metadata(); err == nil {
+		r.RawSeq = md.Sequence.Stream
+	}
+	h := msg.Headers()
+	r.ReplayID, r.OriginalID = h.Get(streams.HeaderReplayID), h.Get(streams.HeaderOriginalID)
+	m.rec.Event(id, r)
 }
 
 func nakOrLog(l *zap.Logger, msg jetstream.Msg) {

@@ -81,14 +81,15 @@ type Letter struct {
 	Attempts int
 }
 
-// Publish stores l in the dead-letter stream and returns after JetStream acknowledged it.
+// Publish stores l in the dead-letter stream and returns its sequence there after JetStream
+// acknowledged it (the first copy's, for a letter stored before).
 // The dead letter's id is derived from the original's stream and sequence and the letter's
 // Key, so a stage that crashes after storing it and before terminating the original stores
 // it only once, while two tasks of one event dead-lettered together are both kept.
-func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Builder, l Letter) error {
+func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Builder, l Letter) (uint64, error) {
 	subj, err := subjects.DLQ(l.Stage)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	origSubject, data, header := l.original()
 	out := nats.NewMsg(subj)
@@ -142,10 +143,11 @@ func Publish(ctx context.Context, js jetstream.JetStream, subjects subject.Build
 			out.Data = out.Data[:len(out.Data)-over]
 		}
 	}
-	if _, err := js.PublishMsg(ctx, out); err != nil {
-		return fmt.Errorf("dead letter to %s: %w", subj, err)
+	ack, err := js.PublishMsg(ctx, out)
+	if err != nil {
+		return 0, fmt.Errorf("dead letter to %s: %w", subj, err)
 	}
-	return nil
+	return ack.Sequence, nil
 }
 
 // original is what the letter is about: its subject, body and headers.
@@ -159,20 +161,21 @@ func (l Letter) original() (string, []byte, nats.Header) {
 // Settle hands msg over to the dead-letter stream: it stores l, and only then terminates msg
 // so that JetStream never delivers it again. When the dead letter cannot be stored, msg is
 // nak'd to be redelivered after retry instead, so that an event is never dropped because the
-// dead-letter stream was unavailable. It reports whether the dead letter was stored. Both
-// stages settle their failures this way.
-func Settle(ctx context.Context, js jetstream.JetStream, subjects subject.Builder, l Letter, retry time.Duration, logger *zap.Logger) bool {
-	if err := Publish(ctx, js, subjects, l); err != nil {
+// dead-letter stream was unavailable. It returns the dead letter's sequence, zero when it was
+// not stored. Both stages settle their failures this way.
+func Settle(ctx context.Context, js jetstream.JetStream, subjects subject.Builder, l Letter, retry time.Duration, logger *zap.Logger) uint64 {
+	seq, err := Publish(ctx, js, subjects, l)
+	if err != nil {
 		logger.Warn("dead letter not stored, will redeliver", zap.String("subject", l.Msg.Subject()), zap.Error(err))
 		if err := l.Msg.NakWithDelay(retry); err != nil {
 			logger.Warn("nak", zap.String("subject", l.Msg.Subject()), zap.Error(err))
 		}
-		return false
+		return 0
 	}
 	if err := l.Msg.Term(); err != nil {
 		logger.Warn("term", zap.String("subject", l.Msg.Subject()), zap.Error(err))
 	}
-	return true
+	return seq
 }
 
 // AckOrLog acknowledges msg. A failed ack is logged, not returned: the message will be

@@ -40,11 +40,14 @@ func TestOversizedDeadLetterIsTruncated(t *testing.T) {
 	require.NoError(t, err)
 
 	cause := errors.New(strings.Repeat("a long reason, ", 50) + "the end")
-	require.NoError(t, deadletter.Publish(ctx, js, topo.Subjects(), deadletter.Letter{Stage: "mapper", Reason: "too-large", Err: cause, Msg: msg}))
+	seq, err := deadletter.Publish(ctx, js, topo.Subjects(), deadletter.Letter{Stage: "mapper", Reason: "too-large", Err: cause, Msg: msg})
+	require.NoError(t, err)
+	require.Positive(t, seq)
 	dlq, err := js.Stream(ctx, topo.DLQ.Name)
 	require.NoError(t, err)
 	letter, err := dlq.GetLastMsgForSubject(ctx, "khook.dlq.mapper")
 	require.NoError(t, err)
+	require.Equal(t, letter.Sequence, seq, "Publish returns where the letter is")
 	require.Equal(t, strconv.Itoa(len(in.Data)), letter.Header.Get(deadletter.HeaderTruncated))
 	require.Less(t, len(letter.Data), len(in.Data))
 	require.Equal(t, cause.Error(), letter.Header.Get(deadletter.HeaderError))
@@ -76,7 +79,7 @@ func TestSettleTerminatesOnlyWhatItStored(t *testing.T) {
 	logger := zap.NewNop()
 
 	first := next()
-	require.True(t, deadletter.Settle(ctx, js, topo.Subjects(), deadletter.Letter{Stage: "mapper", Reason: "unmapped", Msg: first}, time.Millisecond, logger))
+	require.Positive(t, deadletter.Settle(ctx, js, topo.Subjects(), deadletter.Letter{Stage: "mapper", Reason: "unmapped", Msg: first}, time.Millisecond, logger))
 	dlq, err := js.Stream(ctx, topo.DLQ.Name)
 	require.NoError(t, err)
 	info, err := dlq.Info(ctx)
@@ -86,7 +89,7 @@ func TestSettleTerminatesOnlyWhatItStored(t *testing.T) {
 	// Without a dead-letter stream the letter cannot be stored: the message is nak'd.
 	require.NoError(t, js.DeleteStream(ctx, topo.DLQ.Name))
 	second := next()
-	require.False(t, deadletter.Settle(ctx, js, topo.Subjects(), deadletter.Letter{Stage: "mapper", Reason: "unmapped", Msg: second}, time.Millisecond, logger))
+	require.Zero(t, deadletter.Settle(ctx, js, topo.Subjects(), deadletter.Letter{Stage: "mapper", Reason: "unmapped", Msg: second}, time.Millisecond, logger))
 	again := next()
 	require.Equal(t, second.Headers().Get(jetstream.MsgIDHeader), again.Headers().Get(jetstream.MsgIDHeader), "redelivered")
 	meta, err := again.Metadata()

@@ -58,6 +58,17 @@ func (s Builder) DLQ(stage string) (string, error) {
 	return s.Prefix + ".dlq." + stage, nil
 }
 
+// EventOutcomes returns <prefix>.outcomes.event.<hash>: the outcome records of one event,
+// under a hash of its id (an id may hold any character).
+func (s Builder) EventOutcomes(hash string) string { return s.Prefix + ".outcomes.event." + hash }
+
+// GroupOutcomes returns <prefix>.outcomes.group.<hash>: the outcome records of one group's
+// tasks, under a hash of its key.
+func (s Builder) GroupOutcomes(hash string) string { return s.Prefix + ".outcomes.group." + hash }
+
+// AllOutcomes is the wildcard that matches every outcome subject.
+func (s Builder) AllOutcomes() string { return s.Prefix + ".outcomes.>" }
+
 // AllRaw is the wildcard that matches every raw subject.
 func (s Builder) AllRaw() string { return s.Prefix + ".raw.>" }
 

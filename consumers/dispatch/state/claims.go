@@ -4,15 +4,27 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Claim takes the suppression claim for key on behalf of messageID for window. It returns
-// owned when the claim is (now) held by messageID, including when a redelivery of the same
-// message finds its own claim, and false when another event holds it; created says this
-// call made the claim.
+// Claimed is the outcome of Claim.
+type Claimed struct {
+	// Owned: the claim is (now) held by the caller's message, including when a redelivery
+	// of the same message finds its own claim; Created: this call made it.
+	Owned, Created bool
+	// Holder is the message id of the task holding the window when another does, and
+	// HolderEvent its event's id (empty for a claim made before khook recorded it). Until
+	// is when the holder's window ends.
+	Holder, HolderEvent string
+	Until               time.Time
+}
+
+// Claim takes the suppression claim for key on behalf of messageID, the task of event
+// eventID, for window. It says whether the claim is the caller's and, when another task
+// holds it, which and until when.
 //
 // "Another event holds it" is concluded only from reading the holder. Reads may be served by
 // any replica of the bucket, and one that has not applied the latest write yet answers "not
@@ -20,15 +32,15 @@ import (
 // acknowledged too late during a leader change. Such a claim is neither ours nor someone
 // else's yet: Claim returns ErrClaimUnread, and the event is retried rather than
 // acknowledged as suppressed (which would lose it).
-func (s *Store) Claim(ctx context.Context, key, messageID string, window time.Duration) (owned, created bool, err error) {
+func (s *Store) Claim(ctx context.Context, key, messageID, eventID string, window time.Duration) (Claimed, error) {
 	full := claims.key(key)
 	for range 3 {
-		_, err := s.kv.Create(ctx, full, []byte(messageID), jetstream.KeyTTL(window))
+		_, err := s.kv.Create(ctx, full, claimValue(messageID, eventID), jetstream.KeyTTL(window))
 		if err == nil {
-			return true, true, nil
+			return Claimed{Owned: true, Created: true}, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return false, false, err
+			return Claimed{}, err
 		}
 		e, err := s.kv.Get(ctx, full)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -36,11 +48,42 @@ func (s *Store) Claim(ctx context.Context, key, messageID string, window time.Du
 			continue
 		}
 		if err != nil {
-			return false, false, err
+			return Claimed{}, err
 		}
-		return string(e.Value()) == messageID, false, nil
+		holder, holderEvent := parseClaim(e.Value())
+		if holder == messageID {
+			return Claimed{Owned: true}, nil
+		}
+		return Claimed{Holder: holder, HolderEvent: holderEvent, Until: e.Created().Add(window)}, nil
 	}
-	return false, false, ErrClaimUnread
+	return Claimed{}, ErrClaimUnread
+}
+
+// Holder reads the suppression claim for key without taking it: which task holds it and
+// until when, for a window of window. held is false when no task holds it.
+func (s *Store) Holder(ctx context.Context, key string, window time.Duration) (c Claimed, held bool, err error) {
+	e, err := s.kv.Get(ctx, claims.key(key))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Claimed{}, false, nil
+	}
+	if err != nil {
+		return Claimed{}, false, err
+	}
+	c.Holder, c.HolderEvent = parseClaim(e.Value())
+	c.Until = e.Created().Add(window)
+	return c, true, nil
+}
+
+// claimValue is what a claim holds: the holder's message id and, on a line of its own, its
+// event's id, so that a suppressed event can name the event that suppressed it.
+func claimValue(messageID, eventID string) []byte {
+	return []byte(messageID + "\n" + eventID)
+}
+
+// parseClaim reads claimValue, and the message id alone that earlier versions stored.
+func parseClaim(v []byte) (messageID, eventID string) {
+	messageID, eventID, _ = strings.Cut(string(v), "\n")
+	return messageID, eventID
 }
 
 // ErrClaimUnread is a claim that exists but could not be read; the caller retries later.
@@ -58,7 +101,7 @@ func (s *Store) Release(ctx context.Context, key, messageID string) error {
 	if err != nil {
 		return err
 	}
-	if string(e.Value()) != messageID {
+	if holder, _ := parseClaim(e.Value()); holder != messageID {
 		return nil
 	}
 	return ignoreExists(s.kv.Delete(ctx, full, jetstream.LastRevision(e.Revision())))

@@ -45,32 +45,59 @@ func TestClaimReadFromALaggingReplicaIsRetriedNotSuppressed(t *testing.T) {
 	require.NoError(t, err)
 
 	kv.staleReads.Store(10)
-	owned, created, err := s.Claim(ctx, "k", "msg-1", time.Minute)
+	c, err := s.Claim(ctx, "k", "msg-1", "ev-1", time.Minute)
 	require.ErrorIs(t, err, ErrClaimUnread)
-	require.False(t, owned)
-	require.False(t, created)
+	require.False(t, c.Owned)
+	require.False(t, c.Created)
 
 	// Once reads catch up, the redelivery finds its own claim and calls the agent.
 	kv.staleReads.Store(0)
-	owned, created, err = s.Claim(ctx, "k", "msg-1", time.Minute)
+	c, err = s.Claim(ctx, "k", "msg-1", "ev-1", time.Minute)
 	require.NoError(t, err)
-	require.True(t, owned)
-	require.False(t, created, "found, not made")
+	require.True(t, c.Owned)
+	require.False(t, c.Created, "found, not made")
 
-	// Another message is suppressed by it, as before.
-	owned, _, err = s.Claim(ctx, "k", "msg-2", time.Minute)
+	// Another message is suppressed by it, as before, and told which holds it: a claim
+	// stored before claims named their event has only the message id.
+	c, err = s.Claim(ctx, "k", "msg-2", "ev-2", time.Minute)
 	require.NoError(t, err)
-	require.False(t, owned)
+	require.False(t, c.Owned)
+	require.Equal(t, "msg-1", c.Holder)
+	require.Empty(t, c.HolderEvent)
+	require.WithinDuration(t, time.Now().Add(time.Minute), c.Until, 10*time.Second)
 
 	// One stale read among fresh ones costs nothing: the next read is fresh.
 	kv.staleReads.Store(1)
-	owned, _, err = s.Claim(ctx, "k", "msg-1", time.Minute)
+	c, err = s.Claim(ctx, "k", "msg-1", "ev-1", time.Minute)
 	require.NoError(t, err)
-	require.True(t, owned)
+	require.True(t, c.Owned)
 
-	// A key nobody holds is created by the call.
-	owned, created, err = s.Claim(ctx, "k2", "msg-3", time.Minute)
+	// A key nobody holds is created by the call; whoever comes next learns its event.
+	c, err = s.Claim(ctx, "k2", "msg-3", "ev-3", time.Minute)
 	require.NoError(t, err)
-	require.True(t, owned)
-	require.True(t, created)
+	require.True(t, c.Owned)
+	require.True(t, c.Created)
+	c, err = s.Claim(ctx, "k2", "msg-4", "ev-4", time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, Claimed{Holder: "msg-3", HolderEvent: "ev-3", Until: c.Until}, c)
+	// Reading the holder, as a replay's dry run does, tells the same and takes nothing.
+	h, held, err := s.Holder(ctx, "k2", time.Minute)
+	require.NoError(t, err)
+	require.True(t, held)
+	require.Equal(t, c, h)
+	_, held, err = s.Holder(ctx, "nobody-holds-this", time.Minute)
+	require.NoError(t, err)
+	require.False(t, held)
+	_, err = bucket.Get(ctx, "claim.nobody-holds-this")
+	require.ErrorIs(t, err, jetstream.ErrKeyNotFound, "a read makes no claim")
+
+	// The holder releases its own claim, and only its own.
+	require.NoError(t, s.Release(ctx, "k2", "msg-4"))
+	c, err = s.Claim(ctx, "k2", "msg-4", "ev-4", time.Minute)
+	require.NoError(t, err)
+	require.False(t, c.Owned)
+	require.NoError(t, s.Release(ctx, "k2", "msg-3"))
+	c, err = s.Claim(ctx, "k2", "msg-4", "ev-4", time.Minute)
+	require.NoError(t, err)
+	require.True(t, c.Created)
 }

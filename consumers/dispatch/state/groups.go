@@ -240,19 +240,32 @@ func severityRank(s string) int { return slices.Index(mapping.Severities, s) }
 // SeverityRank orders severities, info lowest; an unknown one ranks below info.
 func SeverityRank(s string) int { return severityRank(s) }
 
+// Added is where AddToGroup put its arrivals.
+type Added struct {
+	// Opened: the write opened the group (a new incarnation).
+	Opened bool
+	// Task is the message id of the task the arrivals go in: the next one, or the one after
+	// when a replica is sending the group's task now (it covers only what came before).
+	Task string
+	// Repeat marks, per arrival, one the group had counted before (a redelivery, a replayed
+	// copy): it adds nothing.
+	Repeat []bool
+}
+
 // AddToGroup folds arrivals into the group key, opening it from init when it is new (a new
-// incarnation), in one write. It returns whether the group was opened by this call. A group
-// whose record is full (its listed events fill the server's max_payload) counts new events
-// without listing them, as past maxEventsPerTask; a record that cannot take even that (a
-// queued task whose payload is too large) is ErrTooLarge: those events cannot join it.
-func (s *Store) AddToGroup(ctx context.Context, key string, init GroupRecord, events ...Arrival) (opened bool, err error) {
+// incarnation), in one write, and says where they went. A group whose record is full (its
+// listed events fill the server's max_payload) counts new events without listing them, as
+// past maxEventsPerTask; a record that cannot take even that (a queued task whose payload is
+// too large) is ErrTooLarge: those events cannot join it.
+func (s *Store) AddToGroup(ctx context.Context, key string, init GroupRecord, events ...Arrival) (Added, error) {
+	var out Added
 	add := func(full bool) error {
 		return s.updateGroup(ctx, key, !full, func(r *GroupRecord, exists bool) (bool, error) {
 			if !exists {
 				*r = init
 				r.Incarnation = nuid.Next()
 			}
-			opened = !exists
+			out = Added{Opened: !exists, Repeat: make([]bool, len(events))}
 			// The index is built once per write: a storm's write folds many events into a
 			// group of up to maxEventsPerTask entries.
 			index := make(map[string]int, len(r.Events))
@@ -260,17 +273,23 @@ func (s *Store) AddToGroup(ctx context.Context, key string, init GroupRecord, ev
 				index[hook.KeyOf(&r.Events[i].Event).Hash()] = i
 			}
 			changed := false
-			for _, ev := range events {
-				changed = r.add(ev, s.now(), index, full) || changed
+			for i, ev := range events {
+				added := r.add(ev, s.now(), index, full)
+				out.Repeat[i] = !added
+				changed = added || changed
+			}
+			out.Task = r.MessageID(key)
+			if r.Lease != nil && !r.Single {
+				out.Task = hook.GroupMessageID(key, r.Incarnation, r.Sent+1)
 			}
 			return changed, nil
 		})
 	}
-	err = add(false)
+	err := add(false)
 	if errors.Is(err, ErrTooLarge) && !init.Single {
 		err = add(true)
 	}
-	return opened, err
+	return out, err
 }
 
 // ErrNotWaiting is a group whose task another replica leased or sent first; ErrGone, a

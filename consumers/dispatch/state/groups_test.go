@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/khook/khook/hook"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams/streamstest"
 )
@@ -101,12 +102,13 @@ func TestWaitingWorkOutlivesTheBucketTTL(t *testing.T) {
 func TestRecurringGroupIsANewIncarnation(t *testing.T) {
 	s, ns, topo := openStore(t, time.Hour)
 	ctx := context.Background()
-	opened, err := s.AddToGroup(ctx, "g", groupInit(), restart("web-0", 1))
+	added, err := s.AddToGroup(ctx, "g", groupInit(), restart("web-0", 1))
 	require.NoError(t, err)
-	require.True(t, opened)
+	require.True(t, added.Opened)
 	first, err := s.Groups(ctx)
 	require.NoError(t, err)
 	rec := first["g"]
+	require.Equal(t, rec.MessageID("g"), added.Task, "the event goes in the group's first task")
 	_, err = s.LeaseGroup(ctx, "g", "r", time.Now().Add(time.Minute), rec.Due.Add(time.Second))
 	require.NoError(t, err)
 	require.NoError(t, s.FinishGroup(ctx, "g", "r"))
@@ -114,12 +116,14 @@ func TestRecurringGroupIsANewIncarnation(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, s.DeleteGroup(ctx, "g", e.Revision()))
 
-	opened, err = s.AddToGroup(ctx, "g", groupInit(), restart("web-0", 100))
+	added, err = s.AddToGroup(ctx, "g", groupInit(), restart("web-0", 100))
 	require.NoError(t, err)
-	require.True(t, opened, "the same key, opened again")
+	require.True(t, added.Opened, "the same key, opened again")
 	second, err := s.Groups(ctx)
 	require.NoError(t, err)
 	again := second["g"]
+	require.Equal(t, again.MessageID("g"), added.Task)
+	require.NotEqual(t, rec.MessageID("g"), added.Task, "a recurrence's events go in a task of their own")
 	require.NotEqual(t, rec.Incarnation, again.Incarnation)
 	require.NotEqual(t, rec.MessageID("g"), again.MessageID("g"))
 	require.Equal(t, 0, again.Sent)
@@ -178,10 +182,14 @@ func TestLapsedLeaseKeepsItsCoverage(t *testing.T) {
 	groups, err := s.Groups(ctx)
 	require.NoError(t, err)
 	due := groups["g"].Due
-	_, err = s.LeaseGroup(ctx, "g", "crashed", due.Add(time.Second), due.Add(time.Millisecond))
+	leased, err := s.LeaseGroup(ctx, "g", "crashed", due.Add(time.Second), due.Add(time.Millisecond))
 	require.NoError(t, err)
-	_, err = s.AddToGroup(ctx, "g", groupInit(), restart("web-2", 3), restart("web-3", 4))
+	added, err := s.AddToGroup(ctx, "g", groupInit(), restart("web-2", 3), restart("web-3", 4), restart("web-1", 2))
 	require.NoError(t, err)
+	// What arrives while a task is being sent goes in the next one; a repeat adds nothing.
+	require.Equal(t, hook.GroupMessageID("g", leased.Incarnation, 1), added.Task)
+	require.NotEqual(t, leased.MessageID("g"), added.Task)
+	require.Equal(t, []bool{false, false, true}, added.Repeat)
 	// The lease lapsed: another replica takes the task over.
 	taken, err := s.LeaseGroup(ctx, "g", "survivor", due.Add(time.Hour), due.Add(2*time.Second))
 	require.NoError(t, err)
@@ -211,7 +219,7 @@ func TestGroupReopensAfterItsMarkerAgedOut(t *testing.T) {
 		m, err := st.GetLastMsgForSubject(ctx, "$KV."+topo.DispatchBucket+"."+groups.key("g"))
 		return err == nil && m.Header.Get("Nats-Marker-Reason") != ""
 	}, 30*time.Second, 50*time.Millisecond, "the server replaced the delete marker with its own")
-	opened, err := s.AddToGroup(ctx, "g", groupInit(), restart("web-0", 2))
+	added, err := s.AddToGroup(ctx, "g", groupInit(), restart("web-0", 2))
 	require.NoError(t, err)
-	require.True(t, opened)
+	require.True(t, added.Opened)
 }
