@@ -16,9 +16,12 @@ import (
 	"github.com/khook/khook/producers"
 )
 
+// DefaultStatusWindow is how far back khook status counts outcomes unless told otherwise.
+const DefaultStatusWindow = time.Hour
+
 // Status is the pipeline's status: its streams, consumers and dead letters, the plugins of
-// plugins.yaml, and the given hooks.
-func Status(ctx context.Context, js jetstream.JetStream, cfg config.Config, idx *hook.Index) (*ops.Status, error) {
+// plugins.yaml, the given hooks, and the outcomes of the last window (0 leaves them out).
+func Status(ctx context.Context, js jetstream.JetStream, cfg config.Config, idx *hook.Index, window time.Duration) (*ops.Status, error) {
 	var plugins []ops.Plugin
 	if b, err := os.ReadFile(cfg.Files.Plugins); err == nil {
 		if specs, err := producers.ParseSpecs(b, func(string) (string, bool) { return "", true }); err == nil {
@@ -33,6 +36,11 @@ func Status(ctx context.Context, js jetstream.JetStream, cfg config.Config, idx 
 	}
 	if s.Groups, s.Agents, err = agentStatuses(ctx, js, cfg); err != nil {
 		return nil, err
+	}
+	if window > 0 {
+		if s.Outcomes, err = ops.CountOutcomes(ctx, js, cfg.Streams, window); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }

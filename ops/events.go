@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -72,6 +73,10 @@ type EventRecord struct {
 	Seq      uint64    `json:"seq"`
 	Stored   time.Time `json:"stored"`
 	ReplayID string    `json:"replayId,omitempty"`
+	// RawSeq is the sequence of the raw event it was mapped from, and Mapping how: mapped
+	// by a rule, or passthrough (the mapper's Khook-Raw-Seq and Khook-Mapping headers).
+	RawSeq  uint64 `json:"rawSeq,omitempty"`
+	Mapping string `json:"mapping,omitempty"`
 	mapping.Event
 }
 
@@ -145,5 +150,7 @@ func record(m Msg) (EventRecord, bool) {
 	if err != nil {
 		return EventRecord{}, false
 	}
-	return EventRecord{Seq: m.Seq, Stored: m.Time, ReplayID: m.Header.Get(streams.HeaderReplayID), Event: ev}, true
+	rawSeq, _ := strconv.ParseUint(m.Header.Get(streams.HeaderRawSeq), 10, 64)
+	return EventRecord{Seq: m.Seq, Stored: m.Time, ReplayID: m.Header.Get(streams.HeaderReplayID), RawSeq: rawSeq,
+		Mapping: m.Header.Get(streams.HeaderMapping), Event: ev}, true
 }

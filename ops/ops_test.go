@@ -128,7 +128,7 @@ func TestReplayMarksCopiesAndFilters(t *testing.T) {
 	publishRaw(t, js, 9)
 	rules, err := mapping.Parse([]byte("mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n"))
 	require.NoError(t, err)
-	var described []string
+	var predicted []ops.Prediction
 	rp := &ops.Replayer{JS: js, Topo: topo,
 		Namespace: func(m ops.Msg) string {
 			ce, err := cloudevent.Decode(m.Data)
@@ -161,14 +161,16 @@ func TestReplayMarksCopiesAndFilters(t *testing.T) {
 	}
 
 	// A second replay of everything replays the 9 originals, not the 3 copies.
-	dry := &ops.Replayer{JS: js, Topo: topo, DryRun: true, Describe: func(m ops.Msg) string { return "ok" },
-		OnDescribe: func(l string) { described = append(described, l) }}
+	dry := &ops.Replayer{JS: js, Topo: topo, DryRun: true,
+		Predict:   func(context.Context, ops.Msg) ops.Prediction { return ops.Prediction{Outcome: ops.PredictUnmatched} },
+		OnPredict: func(p ops.Prediction) { predicted = append(predicted, p) }}
 	r2, err := dry.Plan(ctx, ops.Selection{Through: ops.ThroughMapper})
 	require.NoError(t, err)
 	require.NoError(t, dry.Run(ctx, r2))
-	require.Equal(t, 9, r2.Sent)
-	require.Len(t, described, 9)
-	require.Contains(t, described[0], "seq 1 khook.raw.webhook.deploy-failed: ok")
+	require.Equal(t, 9, r2.Checked)
+	require.Zero(t, r2.Sent, "a dry run sends nothing")
+	require.Len(t, predicted, 9)
+	require.Equal(t, ops.Prediction{Seq: 1, Subject: "khook.raw.webhook.deploy-failed", Outcome: ops.PredictUnmatched}, predicted[0])
 	_, err = dry.Load(ctx, r2.ID)
 	require.ErrorContains(t, err, "no replay", "a dry run stores nothing")
 
@@ -212,7 +214,8 @@ func TestDeadLettersListRetryPurgeAndStatus(t *testing.T) {
 		require.NoError(t, err)
 		m, err := cons.Next()
 		require.NoError(t, err)
-		require.NoError(t, deadletter.Publish(ctx, js, topo.Subjects(), deadletter.Letter{Stage: stage, Reason: reason, Err: fmt.Errorf("%s happened", reason), Msg: m, Hook: hook}))
+		_, err = deadletter.Publish(ctx, js, topo.Subjects(), deadletter.Letter{Stage: stage, Reason: reason, Err: fmt.Errorf("%s happened", reason), Msg: m, Hook: hook})
+		require.NoError(t, err)
 	}
 	store("khook.events.deploy-failed", "dispatcher", "permanent", "shop/deploys", "e1")
 	store("khook.events.deploy-failed", "dispatcher", "max-attempts", "shop/deploys", "e2")

@@ -59,11 +59,13 @@ type Replay struct {
 	Seen    int `json:"seen"`
 	Sent    int `json:"sent"`
 	Skipped int `json:"skipped"`
+	// Checked counts the events a dry run looked at instead of sending.
+	Checked int `json:"checked,omitempty"`
 	// Undecodable counts skipped messages whose envelope could not be read (they were
 	// dead-lettered when first handled).
 	Undecodable int       `json:"undecodable,omitempty"`
 	Started     time.Time `json:"started"`
-	Updated     time.Time `json:"updated"`
+	Updated     time.Time `json:"updated,omitzero"`
 	Done        bool      `json:"done"`
 }
 
@@ -74,8 +76,9 @@ type Replayer struct {
 	// Namespace returns an event's namespace for Selection.Namespace; the CLI maps raw
 	// events with the current mappings to find it. Nil: the namespace filter never matches.
 	Namespace func(Msg) string
-	// Describe says, for a dry run, what the event would cause (which hooks, which agents).
-	Describe func(Msg) string
+	// Predict says, for a dry run, what the event would cause now: its tasks and what would
+	// become of each (sent, suppressed until when, grouped, queued for a budget).
+	Predict func(context.Context, Msg) Prediction
 	// Rate limits sends to this many events per second; 0 is unlimited.
 	Rate float64
 	// Progress is called after every batch of sends and once at the end.
@@ -86,8 +89,52 @@ type Replayer struct {
 	// killed without warning resends at most this many on resume, and JetStream drops those
 	// as duplicates within the stream's duplicate window.
 	SaveEvery int
-	// OnDescribe receives the dry run's lines.
-	OnDescribe func(line string)
+	// OnPredict receives the dry run's predictions, one per selected event.
+	OnPredict func(Prediction)
+}
+
+// Prediction is what a dry run says one event would do if it were replayed now. Field names
+// are stable: they are `khook replay --dry-run -o json`.
+type Prediction struct {
+	Seq     uint64 `json:"seq"`
+	Subject string `json:"subject"`
+	EventID string `json:"eventId,omitempty"`
+	// Type, Namespace, Resource and Severity are the normalized event's, as the mapping
+	// makes it today (through the mapper) or as stored (through the dispatcher).
+	Type      string `json:"type,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	Resource  string `json:"resource,omitempty"`
+	Severity  string `json:"severity,omitempty"`
+	// Outcome is the event's: tasks (Tasks says what each would do), unmapped, unmatched or
+	// invalid; Reason says why there would be no task.
+	Outcome string          `json:"outcome"`
+	Reason  string          `json:"reason,omitempty"`
+	Tasks   []PredictedTask `json:"tasks,omitempty"`
+}
+
+// What a dry run predicts.
+const (
+	PredictTasks     = "tasks"
+	PredictUnmapped  = "unmapped"
+	PredictUnmatched = "unmatched"
+	PredictInvalid   = "invalid"
+
+	TaskSend       = "send"       // the agent would be called
+	TaskSuppressed = "suppressed" // an earlier task's window holds it, until Until
+	TaskGrouped    = "grouped"    // gathered into Group; the group's task is sent later
+	TaskQueued     = "queued"     // waits for the agent's budget, then sent
+)
+
+// PredictedTask is one task a replayed event would make.
+type PredictedTask struct {
+	Hook    string `json:"hook"`
+	Agent   string `json:"agent"`
+	Outcome string `json:"outcome"`
+	// SuppressedBy is the task holding the window (an earlier event of this replay when
+	// the replay would suppress itself), and Until when the window ends.
+	SuppressedBy string    `json:"suppressedBy,omitempty"`
+	Until        time.Time `json:"until,omitzero"`
+	Group        string    `json:"group,omitempty"`
 }
 
 // Plan creates a replay of sel and stores it (not for a dry run).
@@ -186,10 +233,12 @@ func (rp *Replayer) Run(ctx context.Context, r *Replay) error {
 			return nil
 		}
 		if rp.DryRun {
-			if rp.OnDescribe != nil && rp.Describe != nil {
-				rp.OnDescribe(fmt.Sprintf("seq %d %s: %s", m.Seq, m.Subject, rp.Describe(m)))
+			if rp.OnPredict != nil && rp.Predict != nil {
+				p := rp.Predict(ctx, m)
+				p.Seq, p.Subject = m.Seq, m.Subject
+				rp.OnPredict(p)
 			}
-			r.Sent++
+			r.Checked++
 			r.NextSeq = m.Seq + 1
 			return nil
 		}

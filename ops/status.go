@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/khook/khook/streams"
+	"github.com/khook/khook/streams/outcome"
 )
 
 // Status is the state of the pipeline as JetStream and the configuration see it.
@@ -26,6 +27,8 @@ type Status struct {
 	// Groups and Agents are the dispatcher's grouping and budgets (docs/grouping.md).
 	Groups GroupsStatus  `json:"groups"`
 	Agents []AgentStatus `json:"agents"`
+	// Outcomes counts what became of the events of the last window, per Hook.
+	Outcomes *OutcomeCounts `json:"outcomes,omitempty"`
 }
 
 // GroupsStatus counts the groups in the dispatch bucket.
@@ -113,7 +116,7 @@ type Plugin struct {
 func GetStatus(ctx context.Context, js jetstream.JetStream, topo streams.Config, plugins []Plugin, hooks []HookStatus) (*Status, error) {
 	s := &Status{Hooks: hooks}
 	now := time.Now()
-	for _, name := range []string{topo.Raw.Name, topo.Events.Name, topo.DLQ.Name} {
+	for _, name := range []string{topo.Raw.Name, topo.Events.Name, topo.DLQ.Name, topo.Outcomes.Name} {
 		st, err := js.Stream(ctx, name)
 		if err != nil {
 			return nil, fmt.Errorf("stream %s: %w", name, err)
@@ -242,6 +245,14 @@ func (s *Status) WriteTable(w io.Writer) error {
 	for _, h := range s.Hooks {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t\t\n", h.Hook, strings.Join(h.EventTypes, ","), strings.Join(h.Agents, ","))
 	}
+	if o := s.Outcomes; o != nil {
+		fmt.Fprintf(tw, "\nOUTCOMES (LAST %s)\tMATCHED\tDELIVERED\tSUPPRESSED\tGROUPED\tWAITING\tRETRIED\tDEAD-LETTERED\n", strings.ToUpper(shortDuration(o.Window)))
+		for _, h := range o.Hooks {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", h.Hook, h.Matched, h.Delivered, h.Suppressed, h.Grouped, h.Waiting, h.Retried, h.DeadLettered)
+		}
+		fmt.Fprintf(tw, "(no hook matched)\t%d\t\t\t\t\t\t\n", o.Unmatched)
+		fmt.Fprintf(tw, "(not mapped)\t%d unmapped, %d disabled rule, %d dead-lettered\t\t\t\t\t\t\n", o.Unmapped, o.Disabled, o.MapperDeadLettered)
+	}
 	fmt.Fprintf(tw, "\nGROUPS OPEN\tEVENTS\t\t\t\n%d\t%d\t\t\t\n", s.Groups.Open, s.Groups.Events)
 	fmt.Fprintln(tw, "\nAGENT\tWAITING\tOLDEST WAITING\tIN FLIGHT\tLAST HOUR")
 	if len(s.Agents) == 0 {
@@ -271,6 +282,17 @@ func ofLimit(n, limit int) string {
 	return fmt.Sprintf("%d/%d", n, limit)
 }
 
+// shortDuration drops the zero minutes and seconds Go writes: "1h0m0s" is "1h".
+func shortDuration(d string) string {
+	if strings.HasSuffix(d, "m0s") {
+		d = strings.TrimSuffix(d, "0s")
+	}
+	if strings.HasSuffix(d, "h0m") {
+		d = strings.TrimSuffix(d, "0m")
+	}
+	return d
+}
+
 func dash(s string) string {
 	if s == "" {
 		return "-"
@@ -290,4 +312,99 @@ func ago(t time.Time) string {
 		return "-"
 	}
 	return time.Since(t).Round(time.Second).String() + " ago"
+}
+
+// OutcomeCounts counts the outcome records of a window: per Hook, and for the events that
+// reached no Hook.
+type OutcomeCounts struct {
+	// Window is how far back the counts go ("1h0m0s"), and Since when they start.
+	Window string       `json:"window"`
+	Since  time.Time    `json:"since"`
+	Hooks  []HookCounts `json:"hooks"`
+	// Unmatched events matched no Hook entry; Unmapped had no mapping rule and were dropped
+	// (Disabled: their rule is disabled); MapperDeadLettered could not be mapped at all.
+	Unmatched          int `json:"unmatched"`
+	Unmapped           int `json:"unmapped"`
+	Disabled           int `json:"disabled"`
+	MapperDeadLettered int `json:"mapperDeadLettered"`
+}
+
+// HookCounts is what one Hook's tasks came to in the window. Matched counts events; the
+// rest count decisions: Delivered counts tasks (a group's task once, however many events
+// it covered), DeadLettered the events given up.
+type HookCounts struct {
+	Hook         string `json:"hook"`
+	Matched      int    `json:"matched"`
+	Delivered    int    `json:"delivered"`
+	Suppressed   int    `json:"suppressed"`
+	Grouped      int    `json:"grouped"`
+	Waiting      int    `json:"waiting"`
+	Retried      int    `json:"retried"`
+	DeadLettered int    `json:"deadLettered"`
+}
+
+// CountOutcomes counts the outcome records stored in the last window.
+func CountOutcomes(ctx context.Context, js jetstream.JetStream, topo streams.Config, window time.Duration) (*OutcomeCounts, error) {
+	since := time.Now().Add(-window)
+	c := &OutcomeCounts{Window: window.String(), Since: since.UTC(), Hooks: []HookCounts{}}
+	hooks := map[string]*HookCounts{}
+	matched := map[string]map[string]bool{}
+	_, err := Scan(ctx, js, Range{Stream: topo.Outcomes.Name, Subject: topo.Subjects().AllOutcomes(), Since: since}, func(m Msg) error {
+		r, err := outcome.Decode(m.Data)
+		if err != nil {
+			return nil
+		}
+		if r.Hook == "" {
+			switch {
+			case r.Outcome == outcome.Unmatched:
+				c.Unmatched++
+			case r.Outcome == outcome.Unmapped:
+				c.Unmapped++
+			case r.Outcome == outcome.Disabled:
+				c.Disabled++
+			case r.Outcome == outcome.DeadLettered && r.Stage == outcome.StageMapper:
+				c.MapperDeadLettered++
+			}
+			return nil
+		}
+		h := hooks[r.Hook]
+		if h == nil {
+			h = &HookCounts{Hook: r.Hook}
+			hooks[r.Hook] = h
+			matched[r.Hook] = map[string]bool{}
+		}
+		if r.EventID != "" {
+			matched[r.Hook][r.EventID] = true
+		}
+		switch r.Outcome {
+		case outcome.Delivered:
+			h.Delivered++
+		case outcome.Suppressed:
+			h.Suppressed++
+		case outcome.Grouped:
+			h.Grouped++
+		case outcome.Waiting:
+			h.Waiting++
+		case outcome.Retrying:
+			h.Retried++
+		case outcome.DeadLettered:
+			// A group's task given up is counted by its events' own records.
+			if r.EventID != "" {
+				h.DeadLettered++
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return c, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	for name, h := range hooks {
+		h.Matched = len(matched[name])
+		c.Hooks = append(c.Hooks, *h)
+	}
+	slices.SortFunc(c.Hooks, func(a, b HookCounts) int { return cmp.Compare(a.Hook, b.Hook) })
+	return c, nil
 }

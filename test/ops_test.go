@@ -74,7 +74,7 @@ func TestReplayThroughMapperAfterMappingChange(t *testing.T) {
 	code, out := khookCmd(t, "replay", "--config", cfg, "--nats-url", natsURL, "--through", "mapper", "--since", "1h", "--dry-run")
 	require.Equal(t, 0, code, out)
 	require.Equal(t, 3, strings.Count(out, `rollout-failed in "shop" (error): hook shop/rollouts -> agent kagent/sre-agent`), out)
-	require.Contains(t, out, "would send 3 events")
+	require.Contains(t, out, "checked 3 events")
 
 	code, out = khookCmd(t, "replay", "--config", cfg, "--nats-url", natsURL, "--through", "mapper", "--since", "1h")
 	require.Equal(t, 0, code, out)
@@ -150,9 +150,13 @@ func TestReplayInterruptAndResumeCLI(t *testing.T) {
 	require.Less(t, len(sentBefore), total)
 	t.Logf("interrupted after %d of %d", len(sentBefore), total)
 
-	code, out := khookCmd(t, "replay", "--config", cfg, "--resume", id)
+	// No stage runs here: after its bounded wait the summary counts every copy as not
+	// handled yet, rather than claiming anything was delivered.
+	code, out := khookCmd(t, "replay", "--config", cfg, "--resume", id, "--wait", "1s")
 	require.Equal(t, 0, code, out)
 	require.Contains(t, out, "complete")
+	require.Contains(t, out, "tasks: 0 delivered, 0 suppressed")
+	require.Contains(t, out, fmt.Sprintf("; %d not handled yet", total))
 	copies := countCopies(t, js, id)
 	require.Len(t, copies, total)
 	for seq, n := range copies {

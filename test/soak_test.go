@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -28,6 +29,7 @@ import (
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/deadletter"
+	"github.com/khook/khook/streams/outcome"
 )
 
 // Agent behaviours the soak switches between.
@@ -409,6 +411,7 @@ drive:
 		}
 	}
 	require.Empty(t, lost, "events accepted with 202 and neither delivered nor dead-lettered")
+	checkDescribed(t, js, topo, rng, &accepted, byEvent, dead)
 	require.Zero(t, unexplained, "duplicate calls outside the documented windows")
 	for path, limit := range limits {
 		require.LessOrEqual(t, peaks[path], limit, "calls in flight at once to %s, whose budget is %d", path, limit)
@@ -569,4 +572,61 @@ func (s *stageSet) terminateAndRestart(i int) {
 	defer s.mu.Unlock()
 	require.NoError(s.t, s.procs[i].stop(s.t), "%s %d exits 0 on SIGTERM", s.stage, i)
 	s.procs[i] = start(s.t, fmt.Sprintf("khook %s %d (restarted)", s.stage, i), bins.khook(), s.stage, "--config", s.cfgs[i])
+}
+
+// checkDescribed asks `khook events describe` (ops.Describe) about 200 of the soak's events,
+// chosen by the seed, and holds its answer to what the agents and the dead-letter stream
+// saw: every event was mapped and matched; its own task ended (nothing left waiting or
+// retrying); a task described as delivered, itself or through its group's task, names a
+// message id the agent received for that event; and an event only dead-lettered is
+// described as dead-lettered, with a dead letter's sequence.
+func checkDescribed(t *testing.T, js jetstream.JetStream, topo streams.Config, rng *rand.Rand, accepted *sync.Map,
+	byEvent map[string][]soakCall, dead map[string]time.Time) {
+	t.Helper()
+	var resources []string
+	accepted.Range(func(k, _ any) bool {
+		resources = append(resources, k.(string))
+		return true
+	})
+	sort.Strings(resources)
+	rng.Shuffle(len(resources), func(i, j int) { resources[i], resources[j] = resources[j], resources[i] })
+	outcomes := map[outcome.Kind]int{}
+	for _, resource := range resources[:min(200, len(resources))] {
+		id, _ := accepted.Load(resource)
+		d, err := ops.Describe(context.Background(), js, topo, id.(string))
+		require.NoError(t, err, resource)
+		require.Equal(t, "mapped", d.Mapping, "%s: %+v", resource, d)
+		require.Equal(t, "matched", d.Dispatch, "%s: %+v", resource, d)
+		called := map[string]bool{}
+		for _, c := range byEvent[resource] {
+			called[c.id] = true
+		}
+		var own []ops.TaskOutcome
+		for _, task := range d.Tasks {
+			if task.EventID == d.ID && task.ReplayID == "" && task.Hook != "soak/extra" {
+				own = append(own, task)
+			}
+		}
+		require.Len(t, own, 1, "%s: one task of its own Hook: %+v", resource, d.Tasks)
+		task := own[0]
+		kind, msgID, deadSeq := task.Outcome, task.MessageID, task.Latest.DeadLetterSeq
+		if task.Outcome == outcome.Grouped {
+			require.NotNil(t, task.Group, resource)
+			kind, msgID = task.Group.Outcome, task.Group.MessageID
+		}
+		outcomes[kind]++
+		_, dl := dead[resource]
+		switch kind {
+		case outcome.Delivered:
+			require.True(t, called[msgID], "%s is described as delivered in task %s, which the agent did not get for it (it got %v)", resource, msgID, called)
+		case outcome.DeadLettered:
+			require.True(t, dl, "%s is described as dead-lettered, and no dead letter holds it", resource)
+			if task.Outcome == outcome.DeadLettered {
+				require.NotZero(t, deadSeq, resource)
+			}
+		default:
+			require.Failf(t, "an event's task did not end", "%s: %s (%+v)", resource, kind, task)
+		}
+	}
+	t.Logf("described %d events: %v", min(200, len(resources)), outcomes)
 }

@@ -336,6 +336,44 @@ func TestKubectlGrammar(t *testing.T) {
 	code, out, _ = run("dlq", "list", "--nats-url", url, "--no-headers")
 	require.Equal(t, 0, code)
 	require.True(t, strings.HasPrefix(out, "1 "), out)
+
+	// Completion offers the dead letters' sequences, with what each is, and none already
+	// on the line; the plugins of plugins.yaml; and the hooks in use.
+	code, out, _ = run("__complete", "dlq", "show", "--nats-url", url, "")
+	require.Equal(t, 0, code)
+	require.True(t, strings.HasPrefix(out, "1\tmapper unmapped"), out)
+	code, out, _ = run("__complete", "dlq", "retry", "--nats-url", url, "1", "")
+	require.Equal(t, 0, code)
+	require.True(t, strings.HasPrefix(out, ":4"), "1 is on the line already: %s", out)
+	dir := t.TempDir()
+	plugins := filepath.Join(dir, "plugins.yaml")
+	require.NoError(t, os.WriteFile(plugins, []byte("plugins:\n  - name: webhook\n    enabled: true\n  - name: kubernetes\n    enabled: false\n"), 0o600))
+	code, out, _ = run("__complete", "plugins", "disable", "--file", plugins, "")
+	require.Equal(t, 0, code)
+	require.True(t, strings.HasPrefix(out, "webhook\tenabled\nkubernetes\tdisabled\n"), out)
+	hooksFile := filepath.Join(dir, "hooks.yaml")
+	require.NoError(t, os.WriteFile(hooksFile, []byte(`- apiVersion: kagent.dev/v1alpha2
+  kind: Hook
+  metadata: {name: shop-deployments, namespace: shop}
+  spec:
+    eventConfigurations:
+      - eventType: deploy-failed
+        agentRef: {name: sre, namespace: kagent}
+        prompt: "{{.ResourceName}} failed"
+`), 0o600))
+	config := filepath.Join(dir, "khook.yaml")
+	require.NoError(t, os.WriteFile(config, []byte("kubernetes:\n  hooks: file\nfiles:\n  hooks: "+hooksFile+"\n  plugins: "+plugins+"\n"), 0o600))
+	code, out, _ = run("__complete", "dlq", "list", "--config", config, "--hook", "")
+	require.Equal(t, 0, code)
+	require.True(t, strings.HasPrefix(out, "shop/shop-deployments\n"), out)
+	code, out, _ = run("__complete", "replay", "--config", config, "--source", "")
+	require.Equal(t, 0, code)
+	require.True(t, strings.HasPrefix(out, "webhook\tenabled\n"), out)
+	// Where nothing can be read, a completion completes nothing and says nothing.
+	code, out, stderr = run("__complete", "dlq", "show", "--nats-url", "nats://127.0.0.1:1", "")
+	require.Equal(t, 0, code)
+	require.True(t, strings.HasPrefix(out, ":4"), out)
+	require.NotContains(t, stderr, "Error")
 }
 
 // TestHooksCheckAndList: hooks check validates a hooks file with the errors khook gives at

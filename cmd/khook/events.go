@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/ops"
+	"github.com/khook/khook/streams/outcome"
 )
 
 // eventSelection is the flags that select normalized events, shared by tail and get.
@@ -157,7 +159,106 @@ func eventsCmd() *cobra.Command {
 			})
 		}
 	})
+	describe := leaf("describe ID|SEQ", "show what became of one event: its mapping, the Hooks it matched and each task's outcome",
+		cobra.ExactArgs(1), func(fs *pflag.FlagSet) runFunc {
+			common := addCommonFlags(fs)
+			output := addOutput(fs, "table", "json", "yaml")
+			return func(ctx context.Context, args []string, stdout, _ io.Writer) error {
+				s, err := openOps(common)
+				if err != nil {
+					return err
+				}
+				defer s.nc.Close()
+				d, err := ops.Describe(ctx, s.js, s.cfg.Streams, args[0])
+				if err != nil {
+					return err
+				}
+				return writeAs(stdout, output.value, d, func(w io.Writer) error { return describeTable(w, d) })
+			}
+		})
 	tail.Aliases = []string{"watch"}
 	get.Aliases = []string{"list"}
-	return group("events", "follow or list normalized events", tail, get)
+	return group("events", "follow, list or describe normalized events", tail, get, describe)
+}
+
+// describeTable prints a description for people: the event, then one line per task.
+func describeTable(w io.Writer, d *ops.Description) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	line := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s:\t%s\n", k, fmt.Sprintf(format, a...)) }
+	line("ID", "%s", d.ID)
+	if r := d.Raw; r != nil {
+		line("Raw", "seq %d, source %s, type %s, stored %s", r.Seq, r.Source, r.Type, r.Stored.UTC().Format(time.RFC3339))
+	} else {
+		line("Raw", "not in the raw stream (expired, or outside its retention)")
+	}
+	mapped := d.Mapping
+	if d.MappingReason != "" {
+		mapped += ": " + d.MappingReason
+	}
+	if e := d.Event; e != nil {
+		mapped += fmt.Sprintf(" as %s (events seq %d)", e.Type, e.Seq)
+	}
+	line("Mapping", "%s", mapped)
+	if e := d.Event; e != nil {
+		line("Event", "%s %s/%s/%s: %s", e.Severity, cmp.Or(e.Namespace, "-"), cmp.Or(e.Resource.Kind, "-"),
+			cmp.Or(e.Resource.Name, "-"), e.Message)
+	}
+	if d.Dispatch != "" {
+		line("Dispatch", "%s", d.Dispatch)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(d.Tasks) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOOK\tAGENT\tOUTCOME\tTIME\tDETAIL")
+	for _, t := range d.Tasks {
+		detail := taskDetail(t)
+		if t.ReplayID != "" {
+			detail = "replay " + t.ReplayID + ": " + detail
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.Hook, t.Agent, t.Outcome, t.Time.UTC().Format(time.RFC3339), detail)
+	}
+	return tw.Flush()
+}
+
+// taskDetail says what a task's latest record holds, in a line.
+func taskDetail(t ops.TaskOutcome) string {
+	r := t.Latest
+	switch t.Outcome {
+	case outcome.Delivered:
+		return fmt.Sprintf("message %s, accepted in %s on attempt %d, task %s", r.MessageID, r.Took, max(r.Attempt, 1), cmp.Or(r.TaskState, "-"))
+	case outcome.Suppressed:
+		by := r.SuppressedBy
+		if r.SuppressedByEvent != "" {
+			by += " (event " + r.SuppressedByEvent + ")"
+		}
+		return fmt.Sprintf("by task %s until %s; a replay with --ignore-suppression sends it", by, r.Until.UTC().Format(time.RFC3339))
+	case outcome.Grouped:
+		g := t.Group
+		if g == nil {
+			return "group " + r.Group
+		}
+		s := fmt.Sprintf("group %s, task %s: %s", g.Key, g.MessageID, g.Outcome)
+		if g.Latest != nil {
+			s += " at " + g.Time.UTC().Format(time.RFC3339)
+			if g.Latest.Events > 0 {
+				s += fmt.Sprintf(" with %d events", g.Latest.Events)
+			}
+		}
+		if r.Repeat {
+			s += " (counted before: a redelivery or a replayed copy)"
+		}
+		return s
+	case outcome.Waiting:
+		return fmt.Sprintf("message %s waits for its agent's budget", r.MessageID)
+	case outcome.Retrying:
+		return fmt.Sprintf("attempt %d failed (%s), next in %s", r.Attempt, cmp.Or(r.Error, r.Reason), r.RetryIn)
+	case outcome.DeadLettered:
+		return fmt.Sprintf("dead letter %d, reason %s: %s (khook dlq show %d)", r.DeadLetterSeq, r.Reason, r.Error, r.DeadLetterSeq)
+	}
+	return r.Reason
 }

@@ -47,6 +47,10 @@ var examples = map[string][]string{
 	},
 	"khook events tail": {"khook events tail --namespace shop --severity error"},
 	"khook events get":  {"khook events get --since 1h --type pod-restart -o json"},
+	"khook events describe": {
+		"khook events describe webhook/3f2a9c   # the id the webhook's 202 answer gave",
+		"khook events describe 1042 -o json      # by its sequence in the events stream",
+	},
 }
 
 // addExamples sets each command's Example from the table, unless the command sets its own.

@@ -83,6 +83,7 @@ or each stage as its own process against a NATS server, as the Helm chart does:
 	)
 	addExamples(root)
 	completeEnums(root)
+	completeDynamic(root)
 	return root
 }
 

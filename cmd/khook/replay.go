@@ -16,7 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/khook/khook/app"
-	"github.com/khook/khook/hook"
+	"github.com/khook/khook/consumers/dispatch/state"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/ops"
 	"github.com/khook/khook/streams/cloudevent"
@@ -37,9 +37,10 @@ func replayCmd() *cobra.Command {
 		typ := fs.String("type", "", "only events of this type (the raw type through the mapper, the internal type through the dispatcher)")
 		namespace := fs.StringP("namespace", "n", "", "only events in this namespace")
 		rate := fs.Float64("rate", 0, "at most this many events per second (0: as fast as JetStream takes them)")
-		dryRun := fs.Bool("dry-run", false, "print which hooks and agents each event would reach; send nothing")
+		dryRun := fs.Bool("dry-run", false, "say what each event would do now (which tasks would be sent, suppressed until when, grouped or queued); send nothing")
 		ignoreSuppression := fs.Bool("ignore-suppression", false, "deliver even inside a hook's suppression window")
 		resume := fs.String("resume", "", "continue an interrupted replay by its id")
+		wait := fs.Duration("wait", 10*time.Second, "after sending, wait up to this long for the copies' outcomes (delivered, suppressed, ...) to count them; 0 to not wait")
 		output := addOutput(fs, "text", "json", "yaml")
 		return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			sel := ops.Selection{Through: through.value, FromSeq: *fromSeq, ToSeq: *toSeq, Source: *source, Type: *typ,
@@ -63,14 +64,16 @@ func replayCmd() *cobra.Command {
 			defer stop()
 
 			// With -o json or yaml, stdout holds one document: the replay's record, with a dry
-			// run's lines in it.
-			var described []string
+			// run's predictions in it.
+			var predicted []ops.Prediction
+			would := &predictionSummary{}
 			rp := &ops.Replayer{JS: s.js, Topo: s.cfg.Streams, Rate: *rate, DryRun: *dryRun,
-				OnDescribe: func(line string) {
+				OnPredict: func(p ops.Prediction) {
+					would.add(p)
 					if output.value == "text" {
-						fmt.Fprintln(stdout, line)
+						fmt.Fprintln(stdout, predictionLine(p, *ignoreSuppression))
 					} else {
-						described = append(described, line)
+						predicted = append(predicted, p)
 					}
 				}}
 			var r *ops.Replay
@@ -113,27 +116,66 @@ func replayCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				rp.Describe = func(m ops.Msg) string { return describe(s.cfg.Streams.Subjects(), rules, idx, r.Through, m) }
+				p := &predictor{subjects: s.cfg.Streams.Subjects(), rules: rules, hooks: idx, through: r.Through,
+					ignore: r.IgnoreSuppression, dispatch: s.cfg.Dispatcher.Config, ttl: s.cfg.Streams.DispatchTTL,
+					claimed: map[string]claimedHere{}}
+				// Without the dispatch bucket (streams never applied), no window is known to be
+				// held: the prediction says so rather than failing.
+				if p.state, err = state.Open(ctx, s.js, s.cfg.Streams); err != nil {
+					fmt.Fprintf(stderr, "suppression windows not checked: %v\n", err)
+				}
+				rp.Predict = p.predict
 			}
-			rp.Progress = newProgress(stderr, time.Now())
+			rp.Progress = newProgress(stderr, time.Now(), *dryRun)
 			runErr := rp.Run(ctx, r)
-			verb := "sent"
-			if *dryRun {
-				verb = "would send"
+			var outcomes *ops.ReplayOutcomes
+			if !*dryRun && r.Done && r.Sent > 0 && *wait > 0 && runErr == nil {
+				// The copies are published; what the stages made of them follows. The wait
+				// is bounded: a copy still queued then is counted as pending.
+				o, err := ops.CollectReplayOutcomes(ctx, s.js, s.cfg.Streams, r, *wait)
+				if err != nil {
+					fmt.Fprintf(stderr, "outcomes not read: %v\n", err)
+				} else {
+					outcomes = &o
+				}
 			}
-			state := "complete"
+			var summary *predictionSummary
+			if *dryRun {
+				summary = would
+			}
+			ending := "complete"
 			if !r.Done {
-				state = "interrupted; resume with: khook replay --resume " + r.ID
+				ending = "interrupted; resume with: khook replay --resume " + r.ID
 			}
 			if err := writeAs(stdout, output.value, struct {
 				*ops.Replay
-				DryRun bool     `json:"dryRun,omitempty"`
-				Events []string `json:"events,omitempty"`
-			}{r, *dryRun, described}, func(w io.Writer) error {
-				_, err := fmt.Fprintf(w, "replay %s: %s %d events, skipped %d; %s\n", r.ID, verb, r.Sent, r.Skipped, state)
-				return err
+				DryRun   bool                `json:"dryRun,omitempty"`
+				Events   []ops.Prediction    `json:"events,omitempty"`
+				Would    *predictionSummary  `json:"would,omitempty"`
+				Outcomes *ops.ReplayOutcomes `json:"outcomes,omitempty"`
+			}{r, *dryRun, predicted, summary, outcomes}, func(w io.Writer) error {
+				if *dryRun {
+					_, err := fmt.Fprintf(w, "replay (dry run): checked %d events, skipped %d; %s; sent nothing\n", r.Checked, r.Skipped, would)
+					return err
+				}
+				if _, err := fmt.Fprintf(w, "replay %s: sent %d events, skipped %d; %s\n", r.ID, r.Sent, r.Skipped, ending); err != nil {
+					return err
+				}
+				if outcomes != nil {
+					_, err := fmt.Fprintln(w, outcomesLine(*outcomes))
+					return err
+				}
+				return nil
 			}); err != nil {
 				return err
+			}
+			if *dryRun && would.Suppressed > 0 && would.Send+would.Queued+would.Grouped == 0 {
+				fmt.Fprintln(stderr, "every task of this replay would be suppressed by an earlier task's window: no agent would be called; "+
+					"--ignore-suppression would send them")
+			}
+			if o := outcomes; o != nil && o.Tasks() > 0 && o.Suppressed == o.Tasks() {
+				fmt.Fprintf(stderr, "every task of replay %s was suppressed by an earlier task's window: no agent was called; "+
+					"replay with --ignore-suppression to send them\n", r.ID)
 			}
 			if runErr != nil {
 				return runErr
@@ -147,6 +189,17 @@ func replayCmd() *cobra.Command {
 	})
 }
 
+// outcomesLine says in a line what became of a replay's copies.
+func outcomesLine(o ops.ReplayOutcomes) string {
+	line := fmt.Sprintf("tasks: %d delivered, %d suppressed, %d grouped, %d waiting for a budget, %d retrying, %d dead-lettered; "+
+		"events without a task: %d unmatched, %d unmapped",
+		o.Delivered, o.Suppressed, o.Grouped, o.Waiting, o.Retrying, o.DeadLettered, o.Unmatched, o.Unmapped)
+	if o.Pending > 0 {
+		line += fmt.Sprintf("; %d not handled yet (see khook events describe)", o.Pending)
+	}
+	return line
+}
+
 // mapRaw maps a raw event with the current rules.
 func mapRaw(subjects subject.Builder, rules *mapping.Rules, m ops.Msg) (mapping.Event, bool) {
 	ce, err := cloudevent.Decode(m.Data)
@@ -157,35 +210,9 @@ func mapRaw(subjects subject.Builder, rules *mapping.Rules, m ops.Msg) (mapping.
 	return ev, outcome.HasEvent()
 }
 
-// describe says what one event would do: the internal type it maps to and the hooks and
-// agents it would reach.
-func describe(subjects subject.Builder, rules *mapping.Rules, idx *hook.Index, through string, m ops.Msg) string {
-	var ev mapping.Event
-	if through == ops.ThroughMapper {
-		var ok bool
-		if ev, ok = mapRaw(subjects, rules, m); !ok {
-			return "not mapped (no enabled rule): dropped or dead-lettered per the unmapped policy"
-		}
-	} else {
-		var err error
-		if ev, err = mapping.DecodeEvent(m.Data); err != nil {
-			return "not a normalized event"
-		}
-	}
-	matches := idx.Match(&ev)
-	if len(matches) == 0 {
-		return fmt.Sprintf("%s in %q (%s): no hook matches", ev.Type, ev.Namespace, ev.Severity)
-	}
-	var to []string
-	for _, mt := range matches {
-		to = append(to, fmt.Sprintf("hook %s -> agent %s/%s", mt.Hook.Key(), mt.Agent.Namespace, mt.Agent.Name))
-	}
-	return fmt.Sprintf("%s in %q (%s): %s", ev.Type, ev.Namespace, ev.Severity, strings.Join(to, ", "))
-}
-
 // newProgress reports a replay's progress: a bar redrawn in place on a terminal, a plain
 // line every few seconds otherwise (logs, CI).
-func newProgress(w io.Writer, start time.Time) func(r *ops.Replay, final bool) {
+func newProgress(w io.Writer, start time.Time, dryRun bool) func(r *ops.Replay, final bool) {
 	tty := isTerminal(w)
 	var lastLine time.Time
 	return func(r *ops.Replay, final bool) {
@@ -199,7 +226,12 @@ func newProgress(w io.Writer, start time.Time) func(r *ops.Replay, final bool) {
 		if r.Total > 0 {
 			pct = min(100, 100*float64(r.Seen)/float64(r.Total))
 		}
-		line := fmt.Sprintf("%d/%d selected, %d sent, %d skipped, %.0f/s, ETA %s", r.Seen, r.Total, r.Sent, r.Skipped, rate, eta)
+		done, verb := r.Sent, "sent"
+		if dryRun {
+			// A dry run sends nothing: it checks.
+			done, verb = r.Checked, "checked"
+		}
+		line := fmt.Sprintf("%d/%d selected, %d %s, %d skipped, %.0f/s, ETA %s", r.Seen, r.Total, done, verb, r.Skipped, rate, eta)
 		switch {
 		case tty:
 			const width = 30

@@ -47,6 +47,8 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/events", s.events)
 	mux.HandleFunc("GET /api/v1/events/stream", s.stream)
+	// An id holds its source and a slash (webhook/3f2a9c): the rest of the path is the id.
+	mux.HandleFunc("GET /api/v1/events/{id...}", s.describe)
 	mux.HandleFunc("GET /api/v1/hooks/{namespace}/{name}/events", s.hookEvents)
 	mux.HandleFunc("GET /api/v1/status", s.status)
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
@@ -75,6 +77,21 @@ type page struct {
 
 func (s *Server) events(rw http.ResponseWriter, r *http.Request) {
 	s.list(rw, r, nil)
+}
+
+// describe is khook events describe: what became of one event, by id or events-stream
+// sequence.
+func (s *Server) describe(rw http.ResponseWriter, r *http.Request) {
+	d, err := ops.Describe(r.Context(), s.JS, s.Topo, r.PathValue("id"))
+	switch {
+	case errors.Is(err, ops.ErrEventNotFound):
+		writeError(rw, http.StatusNotFound, err.Error())
+	case err != nil:
+		s.Logger.Warn("api describe", zap.Error(err))
+		writeError(rw, http.StatusServiceUnavailable, "streams unavailable")
+	default:
+		writeJSON(rw, http.StatusOK, d)
+	}
 }
 
 func (s *Server) hookEvents(rw http.ResponseWriter, r *http.Request) {

@@ -231,15 +231,42 @@ func TestOpenAPIDescribesTheRoutes(t *testing.T) {
 		require.Contains(t, ops, "get", p)
 		paths = append(paths, p)
 	}
-	require.ElementsMatch(t, []string{"/api/v1/events", "/api/v1/events/stream", "/api/v1/hooks/{namespace}/{name}/events", "/api/v1/status"}, paths)
+	require.ElementsMatch(t, []string{"/api/v1/events", "/api/v1/events/stream", "/api/v1/events/{id}",
+		"/api/v1/hooks/{namespace}/{name}/events", "/api/v1/status"}, paths)
 
 	// And each is served: a request with the token is not a 404 from the router.
 	f := newFixture(t)
+	f.publish("e1", "pod-restart", "shop", "warning")
 	for _, p := range paths {
 		if strings.HasSuffix(p, "/stream") {
 			continue
 		}
-		code, body := f.get(t, strings.NewReplacer("{namespace}", "shop", "{name}", "restarts").Replace(p), "Bearer "+token)
+		code, body := f.get(t, strings.NewReplacer("{namespace}", "shop", "{name}", "restarts", "{id}", "1").Replace(p), "Bearer "+token)
 		require.Equal(t, http.StatusOK, code, "%s: %s", p, body)
 	}
+}
+
+// An event is described by its sequence; an id khook knows nothing of is a 404 that says
+// where it looked, and an id with a slash (every source-scoped id) reaches the handler.
+func TestDescribeEvent(t *testing.T) {
+	f := newFixture(t)
+	f.publish("e1", "pod-restart", "shop", "warning")
+	code, body := f.get(t, "/api/v1/events/1", "Bearer "+token)
+	require.Equal(t, http.StatusOK, code, string(body))
+	var d ops.Description
+	require.NoError(t, json.Unmarshal(body, &d))
+	require.Equal(t, "e1", d.ID)
+	require.NotNil(t, d.Event)
+	require.Equal(t, uint64(1), d.Event.Seq)
+	require.Equal(t, "pending", d.Dispatch, "no dispatcher has handled it")
+	require.Empty(t, d.Tasks)
+
+	code, body = f.get(t, "/api/v1/events/webhook/no-such-event", "Bearer "+token)
+	require.Equal(t, http.StatusNotFound, code, string(body))
+	require.Contains(t, string(body), `webhook/no-such-event`)
+	require.Contains(t, string(body), "outcomes are kept for")
+	code, _ = f.get(t, "/api/v1/events/99", "Bearer "+token)
+	require.Equal(t, http.StatusNotFound, code)
+	code, _ = f.get(t, "/api/v1/events/1", "")
+	require.Equal(t, http.StatusUnauthorized, code)
 }

@@ -149,7 +149,7 @@ Call with (dict "root" $ "values" .Values.mapper).
 {{- $_ := set $nats "tls" $tls }}
 {{- end }}
 {{- $streams := dict "prefix" $v.streams.prefix }}
-{{- range $s := list "raw" "events" "dlq" }}
+{{- range $s := list "raw" "events" "dlq" "outcomes" }}
 {{- $_ := set $streams $s (mustMergeOverwrite (dict "replicas" ($v.streams.replicas | int)) (deepCopy (default dict (index $v.streams $s)))) }}
 {{- end }}
 {{- $kagent := dict "url" $v.kagent.url "protocol" (toString $v.kagent.protocol) "user_id" $v.kagent.userId "timeout" $v.kagent.timeout }}
