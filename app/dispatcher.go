@@ -111,8 +111,8 @@ func (ds *dispatcherStage) add(ctx context.Context, g *group, js jetstream.JetSt
 	g.add("dispatcher", d.Run)
 	if cfg.API.Enabled {
 		srv := &api.Server{JS: js, Topo: cfg.Streams, Token: secret.New("", cfg.API.TokenFile), Hooks: d.Hooks,
-			Logger: logger.Named("api"), Status: func(ctx context.Context) (*ops.Status, error) {
-				return Status(ctx, js, cfg, d.Hooks(), DefaultStatusWindow)
+			Logger: logger.Named("api"), Status: func(ctx context.Context, window time.Duration) (*ops.Status, error) {
+				return Status(ctx, js, cfg, d.Hooks(), window)
 			}}
 		apiServer := &telemetry.HTTPServer{Name: "api", Addr: cfg.API.Addr, Handler: srv.Handler(), Logger: logger,
 			SetBy: "api.addr or KHOOK_API_ADDR"}

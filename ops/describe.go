@@ -7,12 +7,10 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/outcome"
@@ -87,15 +85,22 @@ type GroupTaskOutcome struct {
 // ErrEventNotFound is an id or sequence khook has nothing about.
 var ErrEventNotFound = errors.New("event not found")
 
-// maxPendingScan bounds the unhandled events Describe reads looking for an event no stage
-// has recorded yet.
-const maxPendingScan = 100_000
+// maxPendingScan bounds, per stage, the unhandled events Describe reads (their headers only)
+// looking for an event no stage has recorded yet: the cost of describing an id khook does
+// not know, which anyone with the API's token can ask for.
+const maxPendingScan = 20_000
 
 // Describe gathers what khook knows of one event, named by its id (as the webhook's 202
 // returns it) or by its sequence in the events stream.
 func Describe(ctx context.Context, js jetstream.JetStream, topo streams.Config, idOrSeq string) (*Description, error) {
 	d := &Description{ID: idOrSeq, Tasks: []TaskOutcome{}, Records: []outcome.Record{}}
+	if idOrSeq == "" {
+		return nil, fmt.Errorf("%w: an event id or sequence is needed", ErrEventNotFound)
+	}
 	if seq, err := strconv.ParseUint(idOrSeq, 10, 64); err == nil {
+		if seq == 0 {
+			return nil, fmt.Errorf("%w: stream sequences start at 1", ErrEventNotFound)
+		}
 		rec, err := eventAt(ctx, js, topo, seq)
 		if err != nil {
 			return nil, err
@@ -119,16 +124,22 @@ func Describe(ctx context.Context, js jetstream.JetStream, topo streams.Config, 
 	if d.Event == nil && d.Raw == nil && len(own) == 0 {
 		// No stage recorded anything yet: the event may wait for the dispatcher, or for the
 		// mapper.
-		if d.Event, err = pendingEvent(ctx, js, topo, d.ID); err != nil {
+		var cutE, cutR bool
+		if d.Event, cutE, err = pendingEvent(ctx, js, topo, d.ID); err != nil {
 			return nil, err
 		}
 		if d.Event == nil {
-			if d.Raw, err = pendingRaw(ctx, js, topo, d.ID); err != nil {
+			if d.Raw, cutR, err = pendingRaw(ctx, js, topo, d.ID); err != nil {
 				return nil, err
 			}
 			if d.Raw == nil && len(records) == 0 {
-				return nil, fmt.Errorf("%w: %q is not among the unhandled events and no outcome is recorded for it "+
-					"(outcomes are kept for %s, streams.outcomes.max_age)", ErrEventNotFound, d.ID, topo.Outcomes.MaxAge)
+				where := "among the unhandled events"
+				if cutE || cutR {
+					where = fmt.Sprintf("among the first %d unhandled events of each stage (the backlog is longer: "+
+						"try again as it shrinks)", maxPendingScan)
+				}
+				return nil, fmt.Errorf("%w: %q is not %s and no outcome is recorded for it "+
+					"(outcomes are kept for %s, streams.outcomes.max_age)", ErrEventNotFound, d.ID, where, topo.Outcomes.MaxAge)
 			}
 			if d.Raw != nil {
 				d.Mapping = "pending"
@@ -170,16 +181,17 @@ func (d *Description) describeMapping(own []outcome.Record) {
 	}
 }
 
-// tasksOf folds records into tasks: one per event (the original or a copy), Hook and agent,
-// each at its latest record.
+// tasksOf folds records into tasks: one per event (the original or a copy) and task (a
+// message id, or a group), each at its latest record.
 func tasksOf(ctx context.Context, js jetstream.JetStream, topo streams.Config, records []outcome.Record) []TaskOutcome {
 	out := []TaskOutcome{}
 	index := map[string]int{}
+	grouped := map[int]outcome.Record{}
 	for _, r := range records {
 		if r.Hook == "" {
 			continue
 		}
-		k := r.EventID + "\n" + r.Hook + "\n" + r.Agent
+		k := r.EventID + "\n" + r.TaskKey()
 		i, ok := index[k]
 		if !ok {
 			i = len(out)
@@ -187,22 +199,34 @@ func tasksOf(ctx context.Context, js jetstream.JetStream, topo streams.Config, r
 			out = append(out, TaskOutcome{Hook: r.Hook, Agent: r.Agent, EventID: r.EventID, ReplayID: r.ReplayID})
 		}
 		t := &out[i]
+		if r.Outcome == outcome.Grouped && r.Repeat && t.Group != nil {
+			// A redelivery of an event its group already holds: the first record says where
+			// it went.
+			continue
+		}
 		t.Outcome, t.Time, t.Latest = r.Outcome, r.Time, r
 		t.MessageID = cmp.Or(r.MessageID, r.GroupTask, t.MessageID)
-		if r.Outcome == outcome.Grouped {
+		if r.Outcome == outcome.Grouped && !r.Repeat {
 			t.Group = &GroupTaskOutcome{Key: r.Group, MessageID: r.GroupTask, Outcome: outcome.Waiting}
+			grouped[i] = r
 		}
 	}
 	groups := map[string][]outcome.Record{}
-	for i := range out {
+	for i, joined := range grouped {
 		g := out[i].Group
-		if g == nil {
-			continue
-		}
 		if _, ok := groups[g.Key]; !ok {
 			groups[g.Key], _ = groupOutcomes(ctx, js, topo, g.Key)
 		}
-		for _, r := range groups[g.Key] {
+		recs := groups[g.Key]
+		// The task being sent when the event arrived covers it after all when that send was
+		// given back and tried again after the event arrived.
+		if joined.GroupSending != "" && slices.ContainsFunc(recs, func(r outcome.Record) bool {
+			return r.MessageID == joined.GroupSending && r.Outcome == outcome.Retrying && !r.Time.Before(joined.Time)
+		}) {
+			g.MessageID = joined.GroupSending
+			out[i].MessageID = g.MessageID
+		}
+		for _, r := range recs {
 			if r.MessageID == g.MessageID {
 				g.Outcome, g.Time = r.Outcome, r.Time
 				g.Latest = &r
@@ -223,25 +247,10 @@ func btoi(b bool) int {
 	return 0
 }
 
-// outcomesOf reads the records of the event id and of its replayed copies. A copy's records
-// are kept with its original's: a copy's id is its original's with a /replay- suffix, so a
-// copy is found under its original and its own records picked out.
+// outcomesOf reads the records of the event id, and of its replayed copies, which are kept
+// under their original's id as well as their own.
 func outcomesOf(ctx context.Context, js jetstream.JetStream, topo streams.Config, id string) ([]outcome.Record, error) {
-	read := func(key string) ([]outcome.Record, error) {
-		return readOutcomes(ctx, js, topo, topo.Subjects().EventOutcomes(outcome.EventHash(key)))
-	}
-	records, err := read(id)
-	if err != nil || len(records) > 0 {
-		return records, err
-	}
-	if i := strings.LastIndex(id, "/replay-"); i > 0 {
-		all, err := read(id[:i])
-		if err != nil {
-			return nil, err
-		}
-		return slices.DeleteFunc(all, func(r outcome.Record) bool { return r.EventID != id }), nil
-	}
-	return records, nil
+	return readOutcomes(ctx, js, topo, topo.Subjects().EventOutcomes(outcome.EventHash(id)))
 }
 
 // groupOutcomes reads the records of a group's tasks.
@@ -302,56 +311,62 @@ func rawAt(ctx context.Context, js jetstream.JetStream, topo streams.Config, seq
 }
 
 // pendingEvent looks for the event id among the normalized events the dispatcher has not
-// acknowledged yet.
-func pendingEvent(ctx context.Context, js jetstream.JetStream, topo streams.Config, id string) (*EventRecord, error) {
-	var found *EventRecord
-	err := scanUnhandled(ctx, js, topo.Events.Name, topo.Dispatcher.Durable, func(m Msg) bool {
+// acknowledged yet. cut says the search stopped at maxPendingScan.
+func pendingEvent(ctx context.Context, js jetstream.JetStream, topo streams.Config, id string) (*EventRecord, bool, error) {
+	var seq uint64
+	cut, err := scanUnhandled(ctx, js, topo.Events.Name, topo.Dispatcher.Durable, func(m Msg) bool {
 		if m.Header.Get(jetstream.MsgIDHeader) != id {
 			return false
 		}
-		if rec, ok := record(m); ok {
-			found = &rec
-		}
+		seq = m.Seq
 		return true
 	})
-	return found, err
+	if err != nil || seq == 0 {
+		return nil, cut, err
+	}
+	rec, err := eventAt(ctx, js, topo, seq)
+	return rec, false, err
 }
 
-// pendingRaw looks for the raw event id among those the mapper has not acknowledged yet.
-func pendingRaw(ctx context.Context, js jetstream.JetStream, topo streams.Config, id string) (*RawEvent, error) {
-	var found *RawEvent
-	err := scanUnhandled(ctx, js, topo.Raw.Name, topo.Mapper.Durable, func(m Msg) bool {
-		source := topo.Subjects().SourceOf(m.Subject)
+// pendingRaw looks for the raw event id among those the mapper has not acknowledged yet, by
+// their message ids (every producer sets one). cut says the search stopped at
+// maxPendingScan.
+func pendingRaw(ctx context.Context, js jetstream.JetStream, topo streams.Config, id string) (*RawEvent, bool, error) {
+	var seq uint64
+	cut, err := scanUnhandled(ctx, js, topo.Raw.Name, topo.Mapper.Durable, func(m Msg) bool {
 		msgID := m.Header.Get(jetstream.MsgIDHeader)
-		ce, err := cloudevent.Decode(m.Data)
-		if err != nil {
+		if msgID == "" || cloudevent.KeyOf(topo.Subjects().SourceOf(m.Subject), msgID, "") != id {
 			return false
 		}
-		if mapping.RawOf(source, msgID, ce).ID != id {
-			return false
-		}
-		found = &RawEvent{Seq: m.Seq, Subject: m.Subject, Source: source, Type: ce.Type, Time: ce.Time, Stored: m.Time}
+		seq = m.Seq
 		return true
 	})
-	return found, err
+	if err != nil || seq == 0 {
+		return nil, cut, err
+	}
+	return rawAt(ctx, js, topo, seq), false, nil
 }
 
-// scanUnhandled calls found with the messages of stream after durable's acknowledgement
-// floor, up to maxPendingScan of them, until it returns true.
-func scanUnhandled(ctx context.Context, js jetstream.JetStream, stream, durable string, found func(Msg) bool) error {
+// scanUnhandled calls found with the headers of stream's messages after durable's
+// acknowledgement floor, up to maxPendingScan of them, until it returns true. It reports
+// whether it stopped at the bound.
+func scanUnhandled(ctx context.Context, js jetstream.JetStream, stream, durable string, found func(Msg) bool) (bool, error) {
 	var from uint64 = 1
 	if c, err := js.Consumer(ctx, stream, durable); err == nil {
 		if info, err := c.Info(ctx); err == nil {
 			from = info.AckFloor.Stream + 1
 		}
 	}
-	n := 0
-	_, err := Scan(ctx, js, Range{Stream: stream, FromSeq: from}, func(m Msg) error {
-		n++
-		if found(m) || n >= maxPendingScan {
+	n, cut := 0, false
+	_, err := Scan(ctx, js, Range{Stream: stream, FromSeq: from, HeadersOnly: true}, func(m Msg) error {
+		if found(m) {
+			return ErrStop
+		}
+		if n++; n >= maxPendingScan {
+			cut = true
 			return ErrStop
 		}
 		return nil
 	})
-	return err
+	return cut, err
 }

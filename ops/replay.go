@@ -122,6 +122,7 @@ const (
 	TaskSend       = "send"       // the agent would be called
 	TaskSuppressed = "suppressed" // an earlier task's window holds it, until Until
 	TaskGrouped    = "grouped"    // gathered into Group; the group's task is sent later
+	TaskCounted    = "counted"    // Group counted the original already: the copy adds nothing
 	TaskQueued     = "queued"     // waits for the agent's budget, then sent
 )
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -118,6 +119,11 @@ func GetStatus(ctx context.Context, js jetstream.JetStream, topo streams.Config,
 	now := time.Now()
 	for _, name := range []string{topo.Raw.Name, topo.Events.Name, topo.DLQ.Name, topo.Outcomes.Name} {
 		st, err := js.Stream(ctx, name)
+		if name == topo.Outcomes.Name && errors.Is(err, jetstream.ErrStreamNotFound) {
+			// Streams applied by a khook before outcomes were recorded: every stage
+			// creates it at its next start.
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("stream %s: %w", name, err)
 		}
@@ -349,11 +355,32 @@ func CountOutcomes(ctx context.Context, js jetstream.JetStream, topo streams.Con
 	c := &OutcomeCounts{Window: window.String(), Since: since.UTC(), Hooks: []HookCounts{}}
 	hooks := map[string]*HookCounts{}
 	matched := map[string]map[string]bool{}
+	// A decision is counted once: an event redelivered (another of its tasks was retried)
+	// records its earlier decisions again, and a delivered group task is one task.
+	seen := map[string]bool{}
 	_, err := Scan(ctx, js, Range{Stream: topo.Outcomes.Name, Subject: topo.Subjects().AllOutcomes(), Since: since}, func(m Msg) error {
 		r, err := outcome.Decode(m.Data)
-		if err != nil {
+		if err != nil || r.Mirrored(m.Subject) {
 			return nil
 		}
+		key := r.EventID + "\n" + r.TaskKey() + "\n" + string(r.Outcome)
+		switch {
+		case r.EventID == "":
+			// A group's task: one per message id.
+			key = r.MessageID + "\n" + string(r.Outcome)
+		case r.Outcome == outcome.Retrying:
+			key += "\n" + strconv.Itoa(r.Attempt) + r.Time.String()
+		}
+		if r.Hook != "" && r.EventID != "" {
+			if matched[r.Hook] == nil {
+				matched[r.Hook] = map[string]bool{}
+			}
+			matched[r.Hook][r.EventID] = true
+		}
+		if seen[key] || (r.Outcome == outcome.Grouped && r.Repeat) {
+			return nil
+		}
+		seen[key] = true
 		if r.Hook == "" {
 			switch {
 			case r.Outcome == outcome.Unmatched:
@@ -371,10 +398,6 @@ func CountOutcomes(ctx context.Context, js jetstream.JetStream, topo streams.Con
 		if h == nil {
 			h = &HookCounts{Hook: r.Hook}
 			hooks[r.Hook] = h
-			matched[r.Hook] = map[string]bool{}
-		}
-		if r.EventID != "" {
-			matched[r.Hook][r.EventID] = true
 		}
 		switch r.Outcome {
 		case outcome.Delivered:

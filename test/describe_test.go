@@ -261,6 +261,22 @@ api:
 
 	replayDeployFailures(t, cfg, url, agent, first, delivered.MessageID)
 
+	// Replaying the crashes while their group is still open (groupInterval 1m): the group
+	// counted the originals, so the copies add nothing, and both the dry run and the
+	// replay say so rather than promising a task.
+	before := len(agent.Received())
+	code, out = khookCmd(t, "replay", "--config", cfg, "--nats-url", url, "--type", "pod-crash", "--dry-run")
+	require.Equal(t, 0, code, out)
+	require.Equal(t, 2, strings.Count(out, "counted it already: it would add nothing"), out)
+	code, out = khookCmd(t, "replay", "--config", cfg, "--nats-url", url, "--type", "pod-crash")
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "0 grouped, 2 already counted by their group", out)
+	require.Len(t, agent.Received(), before)
+	d = describeUntil(t, cfg, url, crashes[0], func(d ops.Description) bool { return len(d.Tasks) == 2 })
+	require.Equal(t, groupTask, d.Tasks[0].Group.MessageID, "the original's task")
+	require.True(t, d.Tasks[1].Latest.Repeat, "the copy was counted before")
+	require.Nil(t, d.Tasks[1].Group, "and goes in no task")
+
 	// khook status counts the outcomes of the last hour per Hook.
 	code, out = khookCmd(t, "status", "--config", cfg, "--nats-url", url, "-o", "json")
 	require.Equal(t, 0, code, out)
@@ -273,7 +289,8 @@ api:
 	}
 	// deploy-failed: 2 events, then 2 suppressed copies and 2 delivered ones.
 	require.Equal(t, ops.HookCounts{Hook: "shop/shop-deployments", Matched: 6, Delivered: 3, Suppressed: 3}, counts["shop/shop-deployments"])
-	require.Equal(t, ops.HookCounts{Hook: "shop/crashes", Matched: 2, Delivered: 1, Grouped: 2}, counts["shop/crashes"])
+	require.Equal(t, ops.HookCounts{Hook: "shop/crashes", Matched: 4, Delivered: 1, Grouped: 2}, counts["shop/crashes"],
+		"the replayed copies matched, and added nothing")
 	require.Equal(t, ops.HookCounts{Hook: "shop/budgeted", Matched: 2, Delivered: 1, Waiting: 2}, counts["shop/budgeted"])
 	require.Equal(t, ops.HookCounts{Hook: "shop/broken", Matched: 1, DeadLettered: 1}, counts["shop/broken"])
 	require.Equal(t, 1, st.Outcomes.Unmatched)
@@ -282,7 +299,7 @@ api:
 	code, out = khookCmd(t, "status", "--config", cfg, "--nats-url", url)
 	require.Equal(t, 0, code, out)
 	require.Regexp(t, `OUTCOMES \(LAST 1H\)\s+MATCHED\s+DELIVERED`, out)
-	require.Regexp(t, `shop/crashes\s+2\s+1\s+0\s+2\s`, out)
+	require.Regexp(t, `shop/crashes\s+4\s+1\s+0\s+2\s`, out)
 }
 
 // replayDeployFailures replays the two deploy-failed events while the first one's window

@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/khook/khook/hook"
 	"github.com/khook/khook/mapping"
 	"github.com/khook/khook/ops"
+	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/subject"
 )
 
@@ -33,6 +35,8 @@ type predictor struct {
 	state *state.Store
 	// claimed are the windows this replay's own earlier events would take.
 	claimed map[string]claimedHere
+	// groups are the groups open now, read once, for the events they counted already.
+	groups map[string]state.GroupRecord
 }
 
 // claimedHere is a window an earlier event of the replay would take.
@@ -71,6 +75,10 @@ func (p *predictor) predict(ctx context.Context, m ops.Msg) ops.Prediction {
 		switch {
 		case grouped && !p.ignore:
 			pt.Outcome, pt.Group = ops.TaskGrouped, hook.GroupKey(mt.StableEntry(), g.Labels(&ev))
+			if rec, ok := p.groups[pt.Group]; ok && rec.Counted.Contains(p.rawSeq(m)) {
+				// The group counted the original: its copy would add nothing.
+				pt.Outcome = ops.TaskCounted
+			}
 		case !p.ignore:
 			window := min(mt.Hook.Window(p.dispatch.SuppressionWindow), p.ttl)
 			if c, ok := p.claimed[t.SuppressionKey]; ok && now.Before(c.until) {
@@ -94,6 +102,15 @@ func (p *predictor) predict(ctx context.Context, m ops.Msg) ops.Prediction {
 	return out
 }
 
+// rawSeq is the raw-stream sequence m was mapped from, by which a group counts an event.
+func (p *predictor) rawSeq(m ops.Msg) uint64 {
+	if p.through == ops.ThroughMapper {
+		return m.Seq
+	}
+	seq, _ := strconv.ParseUint(m.Header.Get(streams.HeaderRawSeq), 10, 64)
+	return seq
+}
+
 func agentName(a hook.AgentRef) string { return a.Namespace + "/" + a.Name }
 
 // predictionLine is a prediction in a line of text.
@@ -115,6 +132,8 @@ func predictionLine(p ops.Prediction, ignore bool) string {
 			s += "would wait for the agent's budget, then be sent"
 		case ops.TaskGrouped:
 			s += "would join group " + t.Group
+		case ops.TaskCounted:
+			s += "group " + t.Group + " counted it already: it would add nothing, and no agent would hear of it"
 		case ops.TaskSuppressed:
 			s += fmt.Sprintf("suppressed by %s until %s", t.SuppressedBy, t.Until.Format(time.RFC3339))
 			if !ignore {
@@ -132,6 +151,7 @@ type predictionSummary struct {
 	Send       int `json:"send"`
 	Suppressed int `json:"suppressed"`
 	Grouped    int `json:"grouped"`
+	Counted    int `json:"counted"`
 	Queued     int `json:"queued"`
 	Unmatched  int `json:"unmatched"`
 	Unmapped   int `json:"unmapped"`
@@ -156,6 +176,8 @@ func (s *predictionSummary) add(p ops.Prediction) {
 			s.Suppressed++
 		case ops.TaskGrouped:
 			s.Grouped++
+		case ops.TaskCounted:
+			s.Counted++
 		case ops.TaskQueued:
 			s.Queued++
 		}
@@ -164,7 +186,7 @@ func (s *predictionSummary) add(p ops.Prediction) {
 
 // String is the summary in words, for the dry run's last line.
 func (s *predictionSummary) String() string {
-	return fmt.Sprintf("tasks that would be sent %d, suppressed %d, grouped %d, queued for a budget %d; "+
-		"events without a task: %d unmatched, %d unmapped, %d invalid", s.Send, s.Suppressed, s.Grouped, s.Queued,
-		s.Unmatched, s.Unmapped, s.Invalid)
+	return fmt.Sprintf("tasks that would be sent %d, suppressed %d, grouped %d, already counted by their group %d, "+
+		"queued for a budget %d; events without a task: %d unmatched, %d unmapped, %d invalid", s.Send, s.Suppressed,
+		s.Grouped, s.Counted, s.Queued, s.Unmatched, s.Unmapped, s.Invalid)
 }

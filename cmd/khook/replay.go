@@ -122,7 +122,9 @@ func replayCmd() *cobra.Command {
 				// Without the dispatch bucket (streams never applied), no window is known to be
 				// held: the prediction says so rather than failing.
 				if p.state, err = state.Open(ctx, s.js, s.cfg.Streams); err != nil {
-					fmt.Fprintf(stderr, "suppression windows not checked: %v\n", err)
+					fmt.Fprintf(stderr, "suppression windows and groups not checked: %v\n", err)
+				} else if p.groups, err = p.state.Groups(ctx); err != nil {
+					fmt.Fprintf(stderr, "groups not checked: %v\n", err)
 				}
 				rp.Predict = p.predict
 			}
@@ -169,7 +171,7 @@ func replayCmd() *cobra.Command {
 			}); err != nil {
 				return err
 			}
-			if *dryRun && would.Suppressed > 0 && would.Send+would.Queued+would.Grouped == 0 {
+			if *dryRun && would.Suppressed > 0 && would.Send+would.Queued+would.Grouped+would.Counted == 0 {
 				fmt.Fprintln(stderr, "every task of this replay would be suppressed by an earlier task's window: no agent would be called; "+
 					"--ignore-suppression would send them")
 			}
@@ -191,9 +193,9 @@ func replayCmd() *cobra.Command {
 
 // outcomesLine says in a line what became of a replay's copies.
 func outcomesLine(o ops.ReplayOutcomes) string {
-	line := fmt.Sprintf("tasks: %d delivered, %d suppressed, %d grouped, %d waiting for a budget, %d retrying, %d dead-lettered; "+
-		"events without a task: %d unmatched, %d unmapped",
-		o.Delivered, o.Suppressed, o.Grouped, o.Waiting, o.Retrying, o.DeadLettered, o.Unmatched, o.Unmapped)
+	line := fmt.Sprintf("tasks: %d delivered, %d suppressed, %d grouped, %d already counted by their group, %d waiting for a budget, "+
+		"%d retrying, %d dead-lettered; events without a task: %d unmatched, %d unmapped",
+		o.Delivered, o.Suppressed, o.Grouped, o.Repeats, o.Waiting, o.Retrying, o.DeadLettered, o.Unmatched, o.Unmapped)
 	if o.Pending > 0 {
 		line += fmt.Sprintf("; %d not handled yet (see khook events describe)", o.Pending)
 	}

@@ -29,9 +29,9 @@ type combined struct {
 
 // placed is one event's share of a write: where it went, or the write's error.
 type placed struct {
-	task   string
-	repeat bool
-	err    error
+	task, sending string
+	repeat        bool
+	err           error
 }
 
 // writeFunc stores events in the group key, opening it from init when it is new.
@@ -42,7 +42,7 @@ func share(a state.Added, err error, i int) placed {
 	if err != nil {
 		return placed{err: err}
 	}
-	p := placed{task: a.Task}
+	p := placed{task: a.Task, sending: a.Sending}
 	if i < len(a.Repeat) {
 		p.repeat = a.Repeat[i]
 	}

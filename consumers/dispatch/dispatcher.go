@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -386,15 +387,23 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 		// suppression bypasses grouping too, and sends each event on its own.
 		return d.gather(ctx, msg, m, g, ev, log)
 	}
-	switch claim, held, err := d.claim(ctx, t, window, ignore, log); claim {
+	switch c := d.claim(ctx, t, window, ignore, log); c.result {
 	case claimRetry:
 		return settle{delay: d.cfg.RetryBase}
 	case claimRefused:
-		return d.giveUp(ctx, msg, t, d.router.Target(m.Agent), "claim-refused", 0, err, log)
+		return d.giveUp(ctx, msg, t, d.router.Target(m.Agent), "claim-refused", 0, c.err, log)
 	case claimDone:
-		if held.Holder != "" {
-			d.note(msg, ev, taskRecord(outcome.Suppressed, t, outcome.Record{SuppressedBy: held.Holder,
-				SuppressedByEvent: held.HolderEvent, Until: held.Until.UTC()}))
+		if c.held.Holder != "" {
+			d.note(msg, ev, taskRecord(outcome.Suppressed, t, outcome.Record{SuppressedBy: c.held.Holder,
+				SuppressedByEvent: c.held.HolderEvent, Until: c.held.Until.UTC()}))
+		} else {
+			// Settled before: a redelivery (its first delivery's record may not have reached
+			// the server before a crash), or the same event sent again.
+			kind := outcome.Delivered
+			if strings.HasPrefix(c.settled, "dead-lettered") {
+				kind = outcome.DeadLettered
+			}
+			d.note(msg, ev, taskRecord(kind, t, outcome.Record{Reason: "settled before: " + c.settled}))
 		}
 		return settle{ack: true}
 	}
@@ -571,6 +580,15 @@ func (d *Dispatcher) retryLater(t hook.Task, c callResult, attempts int, log *za
 
 type claimResult int
 
+// claimed is what claim decided, with the claim that suppressed the task (held), or how the
+// task settled before (settled).
+type claimed struct {
+	result  claimResult
+	held    state.Claimed
+	settled string
+	err     error
+}
+
 const (
 	claimOwned   claimResult = iota // this delivery holds the suppression window: call the agent
 	claimDone                       // delivered before, or suppressed: nothing to do
@@ -589,17 +607,17 @@ const (
 // call for the same replayed event.
 //
 // A suppressed task's result comes with the claim that suppressed it.
-func (d *Dispatcher) claim(ctx context.Context, t hook.Task, window time.Duration, ignore bool, log *zap.Logger) (claimResult, state.Claimed, error) {
+func (d *Dispatcher) claim(ctx context.Context, t hook.Task, window time.Duration, ignore bool, log *zap.Logger) claimed {
 	ctx, span := tracing.Tracer().Start(ctx, "khook.suppress", trace.WithAttributes(
 		attribute.String("khook.suppression_key", t.SuppressionKey), attribute.String("khook.window", window.String())))
 	defer span.End()
 	if ignore {
-		if d.state.Settled(ctx, t.MessageID) {
+		if how, ok := d.state.SettledAs(ctx, t.MessageID); ok {
 			span.SetAttributes(attribute.String("khook.result", "settled-before"))
-			return claimDone, state.Claimed{}, nil
+			return claimed{result: claimDone, settled: how}
 		}
 		span.SetAttributes(attribute.String("khook.result", "ignored"))
-		return claimOwned, state.Claimed{}, nil
+		return claimed{result: claimOwned}
 	}
 	c, err := d.state.Claim(ctx, t.SuppressionKey, t.MessageID, t.Event.ID, window)
 	var api *jetstream.APIError
@@ -607,20 +625,20 @@ func (d *Dispatcher) claim(ctx context.Context, t hook.Task, window time.Duratio
 		// The server answered, and said no: an invalid TTL, say. Retrying would loop forever
 		// and hold a slot of the consumer's max_ack_pending each time.
 		tracing.Fail(span, err)
-		return claimRefused, c, fmt.Errorf("suppression claim refused: %w", err)
+		return claimed{result: claimRefused, err: fmt.Errorf("suppression claim refused: %w", err)}
 	}
 	if err != nil {
 		tracing.Fail(span, err)
 		log.Warn("suppression claim failed, will retry", zap.Error(err))
-		return claimRetry, c, err
+		return claimed{result: claimRetry, err: err}
 	}
 	if !c.Owned {
 		// Counted, not logged one by one: a flapping pod would flood the logs.
 		span.SetAttributes(attribute.String("khook.result", "suppressed"))
 		d.metrics.suppressed.Inc()
-		return claimDone, c, nil
+		return claimed{result: claimDone, held: c}
 	}
-	if d.state.Settled(ctx, t.MessageID) {
+	if how, ok := d.state.SettledAs(ctx, t.MessageID); ok {
 		span.SetAttributes(attribute.String("khook.result", "settled-before"))
 		if c.Created {
 			// The same event sent again after its window: the window just opened has no
@@ -629,10 +647,10 @@ func (d *Dispatcher) claim(ctx context.Context, t hook.Task, window time.Duratio
 				log.Warn("suppression claim not released", zap.Error(err))
 			}
 		}
-		return claimDone, state.Claimed{}, nil
+		return claimed{result: claimDone, settled: how}
 	}
 	span.SetAttributes(attribute.String("khook.result", "claimed"))
-	return claimOwned, c, nil
+	return claimed{result: claimOwned}
 }
 
 // giveUp dead-letters the event for this task (abandon): the event is acknowledged for this

@@ -355,6 +355,7 @@ func (f *flusher) send(ctx context.Context, key string, r state.GroupRecord, msg
 		f.release(ctx, key, c.wait, r.Attempts, log)
 	case callInterrupted:
 		// Given back at once, so that another replica need not wait for the lease to lapse.
+		f.note(key, r, t, outcome.Record{Outcome: outcome.Retrying, Reason: "interrupted by shutdown"})
 		f.release(context.WithoutCancel(ctx), key, 0, r.Attempts, log)
 	case callPermanent:
 		refund = false
@@ -448,7 +449,7 @@ func (f *flusher) note(key string, r state.GroupRecord, t hook.Task, rec outcome
 	if r.Single {
 		if len(r.Events) > 0 {
 			ev := r.Events[0].Event
-			rec.EventType = ev.Type
+			rec.EventType, rec.ReplayID, rec.OriginalID = ev.Type, r.Replay, r.Original
 			f.cfg.rec.Event(ev.ID, rec)
 		}
 		return
@@ -556,8 +557,13 @@ func (d *Dispatcher) gather(ctx context.Context, msg jetstream.Msg, m hook.Match
 		return settle{delay: d.cfg.RetryBase}
 	}
 	d.metrics.groupedEvents.Inc()
-	d.note(msg, ev, outcome.Record{Outcome: outcome.Grouped, Hook: m.Hook.Key(), Agent: agentName(m.Agent), Group: key,
-		GroupTask: p.task, Repeat: p.repeat})
+	r := outcome.Record{Outcome: outcome.Grouped, Hook: m.Hook.Key(), Agent: agentName(m.Agent), Group: key,
+		GroupTask: p.task, GroupSending: p.sending, Repeat: p.repeat}
+	if p.repeat {
+		// Counted before (a redelivery, a replayed copy): it goes in no task of its own.
+		r.GroupTask, r.GroupSending = "", ""
+	}
+	d.note(msg, ev, r)
 	return settle{ack: true}
 }
 
@@ -581,6 +587,7 @@ func (d *Dispatcher) enqueue(ctx context.Context, msg jetstream.Msg, t hook.Task
 	a, err := d.state.AddToGroup(ctx, key, state.GroupRecord{
 		Entry: m.StableEntry(), Hook: m.Hook.Key(), Agent: agentName(m.Agent), Severity: ev.Severity, MaxEvents: 1,
 		Single: true, Task: t.MessageID, Context: t.ContextID, Claim: t.SuppressionKey,
+		Replay: msg.Headers().Get(streams.HeaderReplayID), Original: msg.Headers().Get(streams.HeaderOriginalID),
 	}, arrivalOf(msg, ev))
 	if errors.Is(err, state.ErrTooLarge) {
 		// The task cannot wait in the queue (its event's payload is too large for the

@@ -174,7 +174,7 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 		if result == mapping.DisabledOutcome {
 			kind, reason = outcome.Disabled, fmt.Sprintf("the mapping rule for source %q type %q is disabled", raw.Source, ce.Type)
 		}
-		m.note(msg, raw.ID, outcome.Record{Outcome: kind, EventType: ce.Type, Reason: reason})
+		m.note(ctx, msg, raw.ID, outcome.Record{Outcome: kind, EventType: ce.Type, Reason: reason})
 		deadletter.AckOrLog(m.logger, msg)
 		return pending{}, false
 	}
@@ -225,15 +225,17 @@ func (m *Mapper) encode(ctx context.Context, ev mapping.Event, msg jetstream.Msg
 	out.Header.Set("Content-Type", cloudevent.ContentType)
 	out.Header.Set(streams.HeaderMapping, string(result))
 	tracing.Inject(ctx, out.Header)
-	// A replayed event stays marked as one (khook replay --through mapper).
-	for _, h := range streams.ReplayHeaders {
-		if v := in.Get(h); v != "" {
-			out.Header.Set(h, v)
-		}
-	}
 	// The raw event's sequence identifies it to the dispatcher's groups: a replayed copy
-	// names its original's.
+	// names its original's. A replayed event stays marked as one (khook replay --through
+	// mapper), once the raw stream confirms it is a copy: a raw publisher can set any
+	// header, and replay headers unchecked would let it skip suppression windows
+	// (Khook-Ignore-Suppression) or file its outcomes under another event.
 	if seq, ok := m.originalSeq(ctx, msg); ok {
+		for _, h := range streams.ReplayHeaders {
+			if v := in.Get(h); v != "" {
+				out.Header.Set(h, v)
+			}
+		}
 		out.Header.Set(streams.HeaderRawSeq, strconv.FormatUint(seq, 10))
 	} else if md, err := msg.Metadata(); err == nil {
 		out.Header.Set(streams.HeaderRawSeq, strconv.FormatUint(md.Sequence.Stream, 10))
@@ -269,19 +271,22 @@ func (m *Mapper) deadLetter(ctx context.Context, msg jetstream.Msg, id, typ, rea
 		zap.String("reason", reason), zap.Error(cause))
 	seq := deadletter.Settle(ctx, m.js, m.topo.Subjects(), deadletter.Letter{Stage: Stage, Reason: reason, Err: cause, Msg: msg}, time.Second, m.logger)
 	if seq > 0 && id != "" {
-		m.note(msg, id, outcome.Record{Outcome: outcome.DeadLettered, EventType: typ, Reason: reason, Error: cause.Error(),
+		m.note(ctx, msg, id, outcome.Record{Outcome: outcome.DeadLettered, EventType: typ, Reason: reason, Error: cause.Error(),
 			DeadLetterSeq: seq})
 	}
 }
 
-// note records what became of the raw event id, with where it is stored.
-func (m *Mapper) note(msg jetstream.Msg, id string, r outcome.Record) {
+// note records what became of the raw event id, with where it is stored, and, for a
+// replayed copy the raw stream confirms, which replay and original it comes from.
+func (m *Mapper) note(ctx context.Context, msg jetstream.Msg, id string, r outcome.Record) {
 	r.Stage = outcome.StageMapper
 	if md, err := msg.Metadata(); err == nil {
 		r.RawSeq = md.Sequence.Stream
 	}
-	h := msg.Headers()
-	r.ReplayID, r.OriginalID = h.Get(streams.HeaderReplayID), h.Get(streams.HeaderOriginalID)
+	if _, ok := m.originalSeq(ctx, msg); ok {
+		h := msg.Headers()
+		r.ReplayID, r.OriginalID = h.Get(streams.HeaderReplayID), h.Get(streams.HeaderOriginalID)
+	}
 	m.rec.Event(id, r)
 }
 

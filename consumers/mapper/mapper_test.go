@@ -3,6 +3,7 @@ package mapper
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,9 +19,11 @@ import (
 
 	"github.com/khook/khook/internal/filewatch"
 	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/ops"
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/deadletter"
+	"github.com/khook/khook/streams/outcome"
 	"github.com/khook/khook/streams/streamstest"
 )
 
@@ -237,7 +240,8 @@ func TestRawSequenceOfCopiesIsVerified(t *testing.T) {
 	}
 	// seq 1 and 2: forgeries claiming to be copies of seq 3, the real event, from another
 	// subject, and from its own with other data.
-	forged := map[string]string{streams.HeaderReplayID: "r", streams.HeaderOriginalSeq: "3", streams.HeaderOriginalID: "webhook/real"}
+	forged := map[string]string{streams.HeaderReplayID: "r", streams.HeaderOriginalSeq: "3", streams.HeaderOriginalID: "webhook/real",
+		streams.HeaderIgnoreSuppression: "true"}
 	withHeaders("khook.raw.evil.x", "forged", rawEvent(t, "forged", "x", `{"resourceName":"real"}`), forged)
 	withHeaders("khook.raw.webhook.x", "forged-2", rawEvent(t, "forged-2", "x", `{"resourceName":"other"}`), forged)
 	// seq 3: the real event; seq 4: a genuine copy of it, as khook replay makes it.
@@ -257,11 +261,83 @@ func TestRawSequenceOfCopiesIsVerified(t *testing.T) {
 	}, 10*time.Second, 10*time.Millisecond)
 	cancel()
 	require.NoError(t, <-done)
-	seqs := map[string]string{}
+	seqs, replays := map[string]string{}, map[string]string{}
 	for seq := uint64(1); seq <= 4; seq++ {
 		msg, err := events.GetMsg(ctx, seq)
 		require.NoError(t, err)
 		seqs[msg.Header.Get(jetstream.MsgIDHeader)] = msg.Header.Get(streams.HeaderRawSeq)
+		for _, h := range streams.ReplayHeaders {
+			if v := msg.Header.Get(h); v != "" {
+				replays[msg.Header.Get(jetstream.MsgIDHeader)] += h + "=" + v + " "
+			}
+		}
 	}
 	require.Equal(t, map[string]string{"evil/forged": "1", "webhook/forged-2": "2", "webhook/real": "3", "webhook/real/replay-1": "3"}, seqs)
+	// Only the genuine copy stays marked as a replay: a forgery's headers (its claim to be a
+	// copy, and to skip suppression) are dropped.
+	require.Equal(t, map[string]string{"webhook/real/replay-1": "Khook-Replay-Id=1 Khook-Original-Id=webhook/real Khook-Original-Seq=3 "}, replays)
+}
+
+// The mapper records the raw events it does not map, with why; a raw event that claims to
+// be a replayed copy of another source's event is recorded as itself, never among the
+// other's replays.
+func TestUnmappedEventsAreRecordedAsThemselves(t *testing.T) {
+	ctx := context.Background()
+	_, js := streamstest.Connect(t, streamstest.RunServer(t))
+	topo := streams.Default()
+	_, err := streams.Apply(ctx, js, topo)
+	require.NoError(t, err)
+	rules, err := mapping.Parse([]byte("mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n" +
+		"  - eventSource: webhook\n    eventType: old\n    enabled: false\n"))
+	require.NoError(t, err)
+	publishRaw(t, js, "khook.raw.webhook.deploy-failed", "victim", rawEvent(t, "victim", "deploy-failed", `{"namespace":"shop"}`))
+	publishRaw(t, js, "khook.raw.webhook.old", "retired", rawEvent(t, "retired", "old", `{}`))
+	forged := nats.NewMsg("khook.raw.evil.something")
+	forged.Data = rawEvent(t, "x", "something", `{}`)
+	forged.Header.Set(jetstream.MsgIDHeader, "x")
+	forged.Header.Set(streams.HeaderReplayID, "20261206-000000-abcdef")
+	forged.Header.Set(streams.HeaderOriginalID, "webhook/victim")
+	forged.Header.Set(streams.HeaderOriginalSeq, "1")
+	_, err = js.PublishMsg(ctx, forged)
+	require.NoError(t, err)
+
+	m := New(js, topo, rules, prometheus.NewRegistry(), zaptest.NewLogger(t))
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- m.Run(runCtx) }()
+	cons, err := js.Consumer(ctx, topo.Raw.Name, topo.Mapper.Durable)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.AckFloor.Stream == 3
+	}, 10*time.Second, 10*time.Millisecond)
+	read := func(id string) []outcome.Record {
+		var out []outcome.Record
+		require.Eventually(t, func() bool {
+			out = nil
+			_, err := ops.Scan(ctx, js, ops.Range{Stream: topo.Outcomes.Name, Subject: topo.Subjects().EventOutcomes(outcome.EventHash(id))},
+				func(m ops.Msg) error {
+					r, err := outcome.Decode(m.Data)
+					require.NoError(t, err)
+					out = append(out, r)
+					return nil
+				})
+			return err == nil && len(out) > 0
+		}, 10*time.Second, 10*time.Millisecond, id)
+		return out
+	}
+	evil := read("evil/x")
+	require.Len(t, evil, 1)
+	require.Equal(t, outcome.Unmapped, evil[0].Outcome)
+	require.Empty(t, evil[0].ReplayID, "its claim to be a copy is not taken")
+	require.Equal(t, uint64(3), evil[0].RawSeq)
+	require.Contains(t, evil[0].Reason, `no mapping rule for source "evil" type "something"`)
+	retired := read("webhook/retired")
+	require.Equal(t, outcome.Disabled, retired[0].Outcome)
+	cancel()
+	require.NoError(t, <-done)
+	// The victim was mapped, which the mapper does not record: nothing is filed under it.
+	_, err = ops.Scan(ctx, js, ops.Range{Stream: topo.Outcomes.Name, Subject: topo.Subjects().EventOutcomes(outcome.EventHash("webhook/victim"))},
+		func(ops.Msg) error { return errors.New("a record under the victim") })
+	require.NoError(t, err)
 }

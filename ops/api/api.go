@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,8 +37,9 @@ type Server struct {
 	Token *secret.Value
 	// Hooks returns the active hooks, for the per-hook listing.
 	Hooks func() *hook.Index
-	// Status returns the pipeline status for /api/v1/status.
-	Status func(context.Context) (*ops.Status, error)
+	// Status returns the pipeline status for /api/v1/status, with the outcomes of the last
+	// window (0: none).
+	Status func(ctx context.Context, window time.Duration) (*ops.Status, error)
 	Logger *zap.Logger
 	// Heartbeat is how often an idle event stream sends a comment, so proxies keep it open.
 	Heartbeat time.Duration
@@ -47,8 +50,6 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/events", s.events)
 	mux.HandleFunc("GET /api/v1/events/stream", s.stream)
-	// An id holds its source and a slash (webhook/3f2a9c): the rest of the path is the id.
-	mux.HandleFunc("GET /api/v1/events/{id...}", s.describe)
 	mux.HandleFunc("GET /api/v1/hooks/{namespace}/{name}/events", s.hookEvents)
 	mux.HandleFunc("GET /api/v1/status", s.status)
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
@@ -65,9 +66,24 @@ func (s *Server) Handler() http.Handler {
 			writeError(rw, http.StatusUnauthorized, "missing or invalid bearer token")
 			return
 		}
+		// An id holds its source and a slash (webhook/3f2a9c), and whatever its sender
+		// chose after it, "." and ".." segments included: the rest of the path is the id, as
+		// sent. The mux would clean such a path and redirect to another event's.
+		if id, ok := strings.CutPrefix(r.URL.EscapedPath(), describePrefix); ok && id != "stream" {
+			if r.Method != http.MethodGet {
+				rw.Header().Set("Allow", http.MethodGet)
+				writeError(rw, http.StatusMethodNotAllowed, "only GET")
+				return
+			}
+			s.describe(rw, r, id)
+			return
+		}
 		mux.ServeHTTP(rw, r)
 	})
 }
+
+// describePrefix is the path of GET /api/v1/events/{id} before the id.
+const describePrefix = "/api/v1/events/"
 
 type page struct {
 	Events []ops.EventRecord `json:"events"`
@@ -79,10 +95,15 @@ func (s *Server) events(rw http.ResponseWriter, r *http.Request) {
 	s.list(rw, r, nil)
 }
 
-// describe is khook events describe: what became of one event, by id or events-stream
-// sequence.
-func (s *Server) describe(rw http.ResponseWriter, r *http.Request) {
-	d, err := ops.Describe(r.Context(), s.JS, s.Topo, r.PathValue("id"))
+// describe is khook events describe: what became of one event, by id (escaped as in the
+// path) or events-stream sequence.
+func (s *Server) describe(rw http.ResponseWriter, r *http.Request, escaped string) {
+	id, err := url.PathUnescape(escaped)
+	if err != nil || id == "" {
+		writeError(rw, http.StatusBadRequest, "want an event id or sequence after /api/v1/events/")
+		return
+	}
+	d, err := ops.Describe(r.Context(), s.JS, s.Topo, id)
 	switch {
 	case errors.Is(err, ops.ErrEventNotFound):
 		writeError(rw, http.StatusNotFound, err.Error())
@@ -236,8 +257,20 @@ func (s *Server) stream(rw http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// MaxStatusWindow bounds the outcomes window of /api/v1/status: each request reads every
+// outcome record of its window.
+const MaxStatusWindow = 24 * time.Hour
+
 func (s *Server) status(rw http.ResponseWriter, r *http.Request) {
-	st, err := s.Status(r.Context())
+	window := time.Hour
+	if v := r.URL.Query().Get("window"); v != "" {
+		var err error
+		if window, err = time.ParseDuration(v); err != nil || window < 0 || window > MaxStatusWindow {
+			writeError(rw, http.StatusBadRequest, fmt.Sprintf("window: want a duration from 0 (no outcome counts) to %s", MaxStatusWindow))
+			return
+		}
+	}
+	st, err := s.Status(r.Context(), window)
 	if err != nil {
 		s.Logger.Warn("api status", zap.Error(err))
 		writeError(rw, http.StatusServiceUnavailable, "status unavailable: "+err.Error())

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/goccy/go-yaml"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
@@ -52,7 +54,9 @@ func newFixture(t *testing.T) *fixture {
 	require.NoError(t, os.WriteFile(tokenFile, []byte(token+"\n"), 0o600))
 	s := &api.Server{JS: js, Topo: topo, Token: secret.New("", tokenFile), Hooks: func() *hook.Index { return idx },
 		Logger: zaptest.NewLogger(t), Heartbeat: 50 * time.Millisecond,
-		Status: func(ctx context.Context) (*ops.Status, error) { return ops.GetStatus(ctx, js, topo, nil, nil) }}
+		Status: func(ctx context.Context, _ time.Duration) (*ops.Status, error) {
+			return ops.GetStatus(ctx, js, topo, nil, nil)
+		}}
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
 	f := &fixture{js: js, topo: topo, srv: srv}
@@ -269,4 +273,34 @@ func TestDescribeEvent(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, code)
 	code, _ = f.get(t, "/api/v1/events/1", "")
 	require.Equal(t, http.StatusUnauthorized, code)
+}
+
+// An id is whatever its sender chose after its source, "." and ".." segments and empty ones
+// included: each is described as sent, never redirected to another event's path.
+func TestDescribeIDsWithDotSegments(t *testing.T) {
+	f := newFixture(t)
+	ids := []string{"webhook/0a1b/first", "webhook/0a1b/../../1", "webhook/0a1b/a//b", "webhook/0a1b/./c"}
+	for _, id := range ids {
+		ev := mapping.Event{ID: id, Source: "webhook", Type: "pod-restart", Namespace: "shop", Severity: "warning"}
+		data, _ := json.Marshal(ev)
+		body, _ := cloudevent.Encode(&cloudevent.Event{ID: id, Source: "webhook", Type: "pod-restart", DataContentType: "application/json", Data: data})
+		m := nats.NewMsg("khook.events.pod-restart")
+		m.Data = body
+		m.Header.Set(jetstream.MsgIDHeader, id)
+		_, err := f.js.PublishMsg(context.Background(), m)
+		require.NoError(t, err)
+	}
+	for _, id := range ids {
+		for _, path := range []string{"/api/v1/events/" + id, "/api/v1/events/" + url.PathEscape(id)} {
+			code, body := f.get(t, path, "Bearer "+token)
+			require.Equal(t, http.StatusOK, code, "%s: %s", path, body)
+			var d ops.Description
+			require.NoError(t, json.Unmarshal(body, &d))
+			require.Equal(t, id, d.ID, path)
+		}
+	}
+	code, _ := f.get(t, "/api/v1/events/", "Bearer "+token)
+	require.Equal(t, http.StatusBadRequest, code)
+	code, _ = f.get(t, "/api/v1/status?window=-1h", "Bearer "+token)
+	require.Equal(t, http.StatusBadRequest, code)
 }

@@ -14,12 +14,12 @@
 package outcome
 
 import (
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -115,6 +115,11 @@ type Record struct {
 	Group     string `json:"group,omitempty"`
 	GroupTask string `json:"groupTask,omitempty"`
 	Repeat    bool   `json:"repeat,omitempty"`
+	// GroupSending is the group's task being sent when the event arrived, which covers
+	// only what came before it; when that send is given back to be tried again (a
+	// Retrying record of it after this one), the retry covers the event instead of
+	// GroupTask.
+	GroupSending string `json:"groupSending,omitempty"`
 	// Events is how many events a group's task covered.
 	Events int `json:"events,omitempty"`
 	// Reason is a dead letter's reason, or why an event was not mapped; Error the failure.
@@ -165,7 +170,11 @@ func Decode(b []byte) (Record, error) {
 }
 
 // Recorder publishes records. Its methods never block on the server: a record waits only
-// for the client's outgoing buffer. A nil Recorder records nothing.
+// for the client's outgoing buffer. It publishes through a JetStream context of its own,
+// whose window of unacknowledged publishes is separate from the stage's: when the outcomes
+// stream stops answering, records past the window are dropped and counted, and the stage's
+// own publishes (normalized events, dead letters) are untouched. A nil Recorder records
+// nothing.
 type Recorder struct {
 	js       jetstream.JetStream
 	subjects subject.Builder
@@ -176,10 +185,21 @@ type Recorder struct {
 	futures chan jetstream.PubAckFuture
 }
 
-// NewRecorder returns a recorder publishing under subjects. Call Run to count the records
-// the server did not store.
+// maxPending bounds the records waiting for the server's acknowledgement; past it, records
+// are dropped (and counted) rather than held.
+const maxPending = 4096
+
+// NewRecorder returns a recorder publishing under subjects on js's connection. Call Run to
+// count the records the server did not store.
 func NewRecorder(js jetstream.JetStream, subjects subject.Builder, failed prometheus.Counter, logger *zap.Logger) *Recorder {
-	return &Recorder{js: js, subjects: subjects, failed: failed, logger: logger, futures: make(chan jetstream.PubAckFuture, 4096)}
+	own, err := jetstream.New(js.Conn(), jetstream.WithPublishAsyncMaxPending(maxPending+1),
+		jetstream.WithPublishAsyncTimeout(10*time.Second))
+	if err != nil {
+		// Only invalid options fail; recording is never worth refusing to start over.
+		logger.Warn("outcome records off", zap.Error(err))
+		return nil
+	}
+	return &Recorder{js: own, subjects: subjects, failed: failed, logger: logger, futures: make(chan jetstream.PubAckFuture, maxPending)}
 }
 
 // NewFailedCounter is the counter of records not stored, registered on reg for stage.
@@ -193,14 +213,33 @@ func NewFailedCounter(reg prometheus.Registerer, stage string) prometheus.Counte
 	return c
 }
 
-// Event records r about the event with id. A replayed copy's records are kept with its
-// original's (r.OriginalID), so that describing an event shows what its replays did too.
+// Event records r about the event with id. A replayed copy's records are kept under its own
+// id and, a second time, under its original's (r.OriginalID), so that describing an event
+// shows what its replays did too; counts skip the second (Record.Mirrored).
 func (rc *Recorder) Event(id string, r Record) {
 	if rc == nil {
 		return
 	}
 	r.EventID = id
-	rc.publish(rc.subjects.EventOutcomes(EventHash(cmp.Or(r.OriginalID, id))), r)
+	rc.publish(rc.subjects.EventOutcomes(EventHash(id)), r)
+	if r.OriginalID != "" && r.OriginalID != id {
+		rc.publish(rc.subjects.EventOutcomes(EventHash(r.OriginalID)), r)
+	}
+}
+
+// Mirrored reports whether r, read from subject, is the second copy of a replayed copy's
+// record, kept under its original's subject: whoever counts records skips it.
+func (r Record) Mirrored(subject string) bool {
+	return r.OriginalID != "" && r.OriginalID != r.EventID && strings.HasSuffix(subject, "."+EventHash(r.OriginalID))
+}
+
+// TaskKey tells one task of an event from another: a grouped event's by its group (whose
+// key includes the Hook entry), any other task by its message id (one per Hook entry).
+func (r Record) TaskKey() string {
+	if r.Group != "" {
+		return r.Hook + "\n" + r.Group
+	}
+	return r.Hook + "\n" + r.Agent + "\n" + r.MessageID
 }
 
 // Group records r about a task of the group key.
@@ -214,6 +253,12 @@ func (rc *Recorder) Group(key string, r Record) {
 func (rc *Recorder) publish(subj string, r Record) {
 	if r.Time.IsZero() {
 		r.Time = time.Now().UTC()
+	}
+	if rc.js.PublishAsyncPending() >= maxPending {
+		// The server has not acknowledged the last maxPending records: publishing more
+		// would stall the caller. The record is dropped, and counted.
+		rc.failed.Inc()
+		return
 	}
 	b, err := json.Marshal(r)
 	if err != nil {

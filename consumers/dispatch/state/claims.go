@@ -111,8 +111,17 @@ func (s *Store) Release(ctx context.Context, key, messageID string) error {
 // dead-lettered. A settled task is never called again for that event. A lookup error counts
 // as not settled: a possible duplicate call is better than a lost one.
 func (s *Store) Settled(ctx context.Context, messageID string) bool {
-	_, err := s.kv.Get(ctx, settled.key(messageID))
-	return err == nil
+	_, ok := s.SettledAs(ctx, messageID)
+	return ok
+}
+
+// SettledAs is Settled, with how the task settled (MarkSettled's outcome).
+func (s *Store) SettledAs(ctx context.Context, messageID string) (string, bool) {
+	e, err := s.kv.Get(ctx, settled.key(messageID))
+	if err != nil {
+		return "", false
+	}
+	return string(e.Value()), true
 }
 
 // MarkSettled records how a task settled ("delivered <state>", "dead-lettered <reason>").

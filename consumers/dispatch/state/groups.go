@@ -66,6 +66,9 @@ type GroupRecord struct {
 	Task    string `json:"task,omitempty"`
 	Context string `json:"context,omitempty"`
 	Claim   string `json:"claim,omitempty"`
+	// Replay and Original mark a queued task of a replayed copy, for its outcome records.
+	Replay   string `json:"replay,omitempty"`
+	Original string `json:"original,omitempty"`
 }
 
 // Arrival is one event as it reaches its group: the event, and what identifies it for
@@ -250,6 +253,9 @@ type Added struct {
 	// Repeat marks, per arrival, one the group had counted before (a redelivery, a replayed
 	// copy): it adds nothing.
 	Repeat []bool
+	// Sending is the message id of the task a replica was sending when the arrivals came:
+	// it covers only what came before, unless that send is given back and tried again.
+	Sending string
 }
 
 // AddToGroup folds arrivals into the group key, opening it from init when it is new (a new
@@ -280,6 +286,7 @@ func (s *Store) AddToGroup(ctx context.Context, key string, init GroupRecord, ev
 			}
 			out.Task = r.MessageID(key)
 			if r.Lease != nil && !r.Single {
+				out.Sending = out.Task
 				out.Task = hook.GroupMessageID(key, r.Incarnation, r.Sent+1)
 			}
 			return changed, nil
