@@ -18,7 +18,6 @@ import (
 	"github.com/khook/khook/streams"
 	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/outcome"
-	"github.com/khook/khook/streams/streamstest"
 )
 
 // record stores records as the stages do, and waits until the server has them.
@@ -141,16 +140,7 @@ func TestDescribeBoundsAndErrors(t *testing.T) {
 	}
 	// An event still waiting for the mapper is found, by its message id, among the
 	// unhandled raw events.
-	msgs := make([]*nats.Msg, 0, 10)
-	for i := range 10 {
-		body, err := cloudevent.Encode(&cloudevent.Event{ID: fmt.Sprint("ev-", i), Source: "webhook", Type: "deploy-failed", Data: []byte(`{}`)})
-		require.NoError(t, err)
-		m := nats.NewMsg("khook.raw.webhook.deploy-failed")
-		m.Data = body
-		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprint("webhook/ev-", i))
-		msgs = append(msgs, m)
-	}
-	streamstest.PublishAll(t, js, msgs)
+	publishRaw(t, js, 10)
 	d, err := ops.Describe(ctx, js, topo, "webhook/ev-7")
 	require.NoError(t, err)
 	require.Equal(t, "pending", d.Mapping)

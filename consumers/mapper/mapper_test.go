@@ -45,6 +45,22 @@ func rawEvent(t *testing.T, id, typ, data string) []byte {
 	return b
 }
 
+// mapAll runs m until it has settled the first n raw events, then stops it.
+func mapAll(t *testing.T, m *Mapper, js jetstream.JetStream, topo streams.Config, n uint64) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	cons, err := js.Consumer(context.Background(), topo.Raw.Name, topo.Mapper.Durable)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := cons.Info(context.Background())
+		return err == nil && info.AckFloor.Stream == n && info.NumAckPending == 0
+	}, 10*time.Second, 10*time.Millisecond, "every raw event is settled")
+	cancel()
+	require.NoError(t, <-done)
+}
+
 func TestMapperStage(t *testing.T) {
 	ctx := context.Background()
 	_, js := streamstest.Connect(t, streamstest.RunServer(t))
@@ -58,20 +74,8 @@ func TestMapperStage(t *testing.T) {
 	publishRaw(t, js, "khook.raw.webhook.other", "b", rawEvent(t, "b", "other", `{}`))
 	publishRaw(t, js, "khook.raw.webhook.deploy-failed", "c", []byte(`this is not a cloudevent`))
 
-	reg := prometheus.NewRegistry()
-	m := New(js, topo, rules, reg, zaptest.NewLogger(t))
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- m.Run(runCtx) }()
-
-	cons, err := js.Consumer(ctx, topo.Raw.Name, topo.Mapper.Durable)
-	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		info, err := cons.Info(ctx)
-		return err == nil && info.AckFloor.Stream == 3 && info.NumAckPending == 0
-	}, 10*time.Second, 10*time.Millisecond, "every raw event is settled")
-	cancel()
-	require.NoError(t, <-done)
+	m := New(js, topo, rules, prometheus.NewRegistry(), zaptest.NewLogger(t))
+	mapAll(t, m, js, topo, 3)
 
 	// The mapped event is on the events stream with the raw id and trace context.
 	events, err := js.Stream(ctx, topo.Events.Name)
@@ -301,16 +305,7 @@ func TestUnmappedEventsAreRecordedAsThemselves(t *testing.T) {
 	_, err = js.PublishMsg(ctx, forged)
 	require.NoError(t, err)
 
-	m := New(js, topo, rules, prometheus.NewRegistry(), zaptest.NewLogger(t))
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- m.Run(runCtx) }()
-	cons, err := js.Consumer(ctx, topo.Raw.Name, topo.Mapper.Durable)
-	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		info, err := cons.Info(ctx)
-		return err == nil && info.AckFloor.Stream == 3
-	}, 10*time.Second, 10*time.Millisecond)
+	mapAll(t, New(js, topo, rules, prometheus.NewRegistry(), zaptest.NewLogger(t)), js, topo, 3)
 	read := func(id string) []outcome.Record {
 		var out []outcome.Record
 		require.Eventually(t, func() bool {
@@ -334,8 +329,6 @@ func TestUnmappedEventsAreRecordedAsThemselves(t *testing.T) {
 	require.Contains(t, evil[0].Reason, `no mapping rule for source "evil" type "something"`)
 	retired := read("webhook/retired")
 	require.Equal(t, outcome.Disabled, retired[0].Outcome)
-	cancel()
-	require.NoError(t, <-done)
 	// The victim was mapped, which the mapper does not record: nothing is filed under it.
 	_, err = ops.Scan(ctx, js, ops.Range{Stream: topo.Outcomes.Name, Subject: topo.Subjects().EventOutcomes(outcome.EventHash("webhook/victim"))},
 		func(ops.Msg) error { return errors.New("a record under the victim") })
