@@ -86,7 +86,7 @@ func TestSeparateProcesses(t *testing.T) {
 	out := runOnce(t, "streams", "apply", "--config", cfgPath)
 	require.Contains(t, out, "stream KHOOK_RAW created")
 	out = runOnce(t, "streams", "apply", "--config", cfgPath)
-	require.Equal(t, 6, strings.Count(out, "unchanged"), out)
+	require.Equal(t, 7, strings.Count(out, "unchanged"), out)
 
 	var procs []*proc
 	for _, stage := range []string{"producer", "mapper", "dispatcher"} {
