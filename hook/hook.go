@@ -84,6 +84,9 @@ type AgentRef struct {
 	Namespace string `yaml:"namespace,omitempty" json:"namespace,omitempty"`
 }
 
+// Key returns the agent's namespace/name, as budgets, routes and outcome records name it.
+func (a AgentRef) Key() string { return a.Namespace + "/" + a.Name }
+
 // Key returns the hook's namespace/name.
 func (h *Hook) Key() string { return h.Metadata.Namespace + "/" + h.Metadata.Name }
 

@@ -148,7 +148,7 @@ func checkHooks(path, eventFile string, window time.Duration, output string, std
 		evType, evNamespace = ev.Type, ev.Namespace
 		tasks = []checkedTask{}
 		for _, m := range idx.Match(&ev) {
-			t := checkedTask{Hook: m.Hook.Key(), Agent: m.Agent.Namespace + "/" + m.Agent.Name}
+			t := checkedTask{Hook: m.Hook.Key(), Agent: m.Agent.Key()}
 			var task hook.Task
 			var err error
 			if g, ok := m.Hook.Grouping(); ok {

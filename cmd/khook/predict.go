@@ -69,7 +69,7 @@ func (p *predictor) predict(ctx context.Context, m ops.Msg) ops.Prediction {
 	now := time.Now()
 	for _, mt := range matches {
 		t := hook.Identify(mt, &ev)
-		pt := ops.PredictedTask{Hook: mt.Hook.Key(), Agent: agentName(mt.Agent), Outcome: ops.TaskSend}
+		pt := ops.PredictedTask{Hook: mt.Hook.Key(), Agent: mt.Agent.Key(), Outcome: ops.TaskSend}
 		_, budgeted := state.BudgetFor(p.dispatch.Budgets, pt.Agent)
 		g, grouped := mt.Hook.Grouping()
 		switch {
@@ -110,8 +110,6 @@ func (p *predictor) rawSeq(m ops.Msg) uint64 {
 	seq, _ := strconv.ParseUint(m.Header.Get(streams.HeaderRawSeq), 10, 64)
 	return seq
 }
-
-func agentName(a hook.AgentRef) string { return a.Namespace + "/" + a.Name }
 
 // predictionLine is a prediction in a line of text.
 func predictionLine(p ops.Prediction, ignore bool) string {

@@ -365,7 +365,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 // (delivered, suppressed or dead-lettered), else the delay before the event should come back.
 func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Match, ev *mapping.Event) settle {
 	log := d.logger.With(zap.String("event_id", ev.ID), tracing.LogField(ctx),
-		zap.String("hook", m.Hook.Key()), zap.String("agent", m.Agent.Namespace+"/"+m.Agent.Name))
+		zap.String("hook", m.Hook.Key()), zap.String("agent", m.Agent.Key()))
 	if id := msg.Headers().Get(streams.HeaderReplayID); id != "" {
 		log = log.With(zap.String("replay_id", id), zap.String("original_id", msg.Headers().Get(streams.HeaderOriginalID)))
 	}
@@ -415,7 +415,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 	if md, err := msg.Metadata(); err != nil || md.NumDelivered == 1 {
 		d.Observer.Firing(t)
 	}
-	if _, ok := state.BudgetFor(d.cfg.Budgets, agentName(m.Agent)); ok {
+	if _, ok := state.BudgetFor(d.cfg.Budgets, m.Agent.Key()); ok {
 		// The agent has a budget: the task waits its turn with every replica's, by severity.
 		return d.enqueue(ctx, msg, t, m, ev, log)
 	}
@@ -472,7 +472,7 @@ func (d *Dispatcher) note(msg jetstream.Msg, ev *mapping.Event, r outcome.Record
 
 // taskRecord is a record of kind about task t, with the rest of r.
 func taskRecord(kind outcome.Kind, t hook.Task, r outcome.Record) outcome.Record {
-	r.Outcome, r.Hook, r.Agent, r.MessageID = kind, t.Hook, agentName(t.Agent), t.MessageID
+	r.Outcome, r.Hook, r.Agent, r.MessageID = kind, t.Hook, t.Agent.Key(), t.MessageID
 	return r
 }
 
@@ -529,7 +529,7 @@ func (d *Dispatcher) call(ctx context.Context, t hook.Task, attempt int, log *za
 	}
 	// The agent receives this span as its parent in the traceparent header.
 	dctx, dspan := tracing.Tracer().Start(ctx, "khook.deliver", trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(attribute.String("khook.hook", t.Hook), attribute.String("khook.agent", agentName(t.Agent)),
+		trace.WithAttributes(attribute.String("khook.hook", t.Hook), attribute.String("khook.agent", t.Agent.Key()),
 			attribute.String("khook.target", target.Name()), attribute.Int("khook.delivery", attempt)))
 	defer dspan.End()
 	t.Traceparent = tracing.Traceparent(dctx)

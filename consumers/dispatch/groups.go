@@ -537,7 +537,7 @@ func (d *Dispatcher) gather(ctx context.Context, msg jetstream.Msg, m hook.Match
 	labels := g.Labels(ev)
 	key := hook.GroupKey(m.StableEntry(), labels)
 	init := state.GroupRecord{
-		Entry: m.StableEntry(), Hook: m.Hook.Key(), Agent: agentName(m.Agent), Labels: labels, Severity: ev.Severity,
+		Entry: m.StableEntry(), Hook: m.Hook.Key(), Agent: m.Agent.Key(), Labels: labels, Severity: ev.Severity,
 		Wait: g.Wait, Interval: g.Interval, MaxEvents: g.MaxEvents,
 	}
 	p := d.combiner.add(ctx, key, init, arrivalOf(msg, ev), func(ctx context.Context, key string, init state.GroupRecord, events []state.Arrival) (state.Added, error) {
@@ -557,7 +557,7 @@ func (d *Dispatcher) gather(ctx context.Context, msg jetstream.Msg, m hook.Match
 		return settle{delay: d.cfg.RetryBase}
 	}
 	d.metrics.groupedEvents.Inc()
-	r := outcome.Record{Outcome: outcome.Grouped, Hook: m.Hook.Key(), Agent: agentName(m.Agent), Group: key,
+	r := outcome.Record{Outcome: outcome.Grouped, Hook: m.Hook.Key(), Agent: m.Agent.Key(), Group: key,
 		GroupTask: p.task, GroupSending: p.sending, Repeat: p.repeat}
 	if p.repeat {
 		// Counted before (a redelivery, a replayed copy): it goes in no task of its own.
@@ -585,7 +585,7 @@ func arrivalOf(msg jetstream.Msg, ev *mapping.Event) state.Arrival {
 func (d *Dispatcher) enqueue(ctx context.Context, msg jetstream.Msg, t hook.Task, m hook.Match, ev *mapping.Event, log *zap.Logger) settle {
 	key := hook.Hash("single", t.MessageID)
 	a, err := d.state.AddToGroup(ctx, key, state.GroupRecord{
-		Entry: m.StableEntry(), Hook: m.Hook.Key(), Agent: agentName(m.Agent), Severity: ev.Severity, MaxEvents: 1,
+		Entry: m.StableEntry(), Hook: m.Hook.Key(), Agent: m.Agent.Key(), Severity: ev.Severity, MaxEvents: 1,
 		Single: true, Task: t.MessageID, Context: t.ContextID, Claim: t.SuppressionKey,
 		Replay: msg.Headers().Get(streams.HeaderReplayID), Original: msg.Headers().Get(streams.HeaderOriginalID),
 	}, arrivalOf(msg, ev))
@@ -607,5 +607,3 @@ func (d *Dispatcher) enqueue(ctx context.Context, msg jetstream.Msg, t hook.Task
 func (d *Dispatcher) entry(id string) (hook.Match, bool) { return d.Hooks().Entry(id) }
 
 var _ taskRunner = (*Dispatcher)(nil)
-
-func agentName(a hook.AgentRef) string { return a.Namespace + "/" + a.Name }

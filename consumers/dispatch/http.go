@@ -52,7 +52,7 @@ type httpTask struct {
 // Deliver implements Target.
 func (h *HTTP) Deliver(ctx context.Context, t hook.Task) (Result, error) {
 	body, err := json.Marshal(httpTask{
-		Hook: t.Hook, Agent: t.Agent.Namespace + "/" + t.Agent.Name, Prompt: t.Text,
+		Hook: t.Hook, Agent: t.Agent.Key(), Prompt: t.Text,
 		MessageID: t.MessageID, ContextID: t.ContextID, Event: t.Event,
 	})
 	if err != nil {

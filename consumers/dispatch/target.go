@@ -145,7 +145,7 @@ func (LogTarget) Endpoint(hook.Task) string { return "log" }
 
 // Deliver implements Target.
 func (l LogTarget) Deliver(_ context.Context, t hook.Task) (Result, error) {
-	l.Logger.Info("task", zap.String("hook", t.Hook), zap.String("agent", t.Agent.Namespace+"/"+t.Agent.Name),
+	l.Logger.Info("task", zap.String("hook", t.Hook), zap.String("agent", t.Agent.Key()),
 		zap.String("event_id", t.Event.ID), zap.String("message_id", t.MessageID), zap.String("text", t.Text))
 	return Result{State: "logged"}, nil
 }
