@@ -334,10 +334,17 @@ func (f *flusher) send(ctx context.Context, key string, r state.GroupRecord, msg
 		f.fail(ctx, key, r, t, nil, "prompt-too-large", err, log)
 		return
 	}
-	if f.st.Settled(ctx, t.MessageID) {
-		// A replica sent it (or gave it up) and died before recording it in the group.
+	if how, ok := f.st.SettledAs(ctx, t.MessageID); ok {
+		// A replica sent it (or gave it up) and died before recording it in the group, and
+		// perhaps before its outcome record reached the server: the outcome is recorded
+		// again, as the per-event path does for a settled task's redelivery.
 		log.Info("task settled before, by a replica that did not finish it; finishing")
 		f.metrics.groupTasks.WithLabelValues("settled-before").Inc()
+		kind := outcome.Delivered
+		if strings.HasPrefix(how, "dead-lettered") {
+			kind = outcome.DeadLettered
+		}
+		f.note(key, r, t, outcome.Record{Outcome: kind, Reason: "settled before: " + how})
 		f.finish(ctx, key, log)
 		refund = false
 		return
