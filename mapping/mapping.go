@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/khook/khook/internal/jsonscan"
 )
 
 // Outcome says what became of one raw event. Every outcome is a metric label value.
@@ -75,6 +77,9 @@ func Map(rules *Rules, raw Raw) (Event, Outcome) {
 
 type fields struct {
 	namespace, kind, name, reason, message string
+	// resourceKind and resourceName are the well-known members of those names, read
+	// before kind and name.
+	resourceKind, resourceName string
 }
 
 // field is one compiled path of a rule's Fields.
@@ -128,96 +133,137 @@ func parsePath(p string) ([]string, error) {
 	return tokens, nil
 }
 
-// resolve walks tokens through decoded JSON; array elements are addressed by index.
-func resolve(v any, tokens []string) (any, bool) {
+// resolve walks tokens through the JSON value v; array elements are addressed by index, and
+// of duplicate member names the last counts.
+func resolve(v []byte, tokens []string) ([]byte, bool) {
 	for _, t := range tokens {
-		switch node := v.(type) {
-		case map[string]any:
-			next, ok := node[t]
-			if !ok {
-				return nil, false
-			}
-			v = next
-		case []any:
+		var ok bool
+		switch jsonscan.KindOf(v) {
+		case jsonscan.Object:
+			v, ok = jsonscan.Lookup(v, t)
+		case jsonscan.Array:
 			i, err := strconv.Atoi(t)
-			if err != nil || i < 0 || i >= len(node) {
+			if err != nil {
 				return nil, false
 			}
-			v = node[i]
-		default:
+			v, ok = jsonscan.Index(v, i)
+		}
+		if !ok {
 			return nil, false
 		}
 	}
 	return v, true
 }
 
-// text renders a JSON value as prompt text: strings as they are, other scalars in their JSON
-// form, objects and arrays as compact JSON.
-func text(v any) string {
-	switch x := v.(type) {
-	case nil:
+// text renders a JSON value as prompt text: strings as they are, numbers as the shortest
+// decimal of their float64 value, booleans as true or false, null as nothing, objects and
+// arrays as compact JSON with sorted keys.
+func text(v []byte) string {
+	switch jsonscan.KindOf(v) {
+	case jsonscan.String:
+		s, _ := jsonscan.Unquote(v)
+		return s
+	case jsonscan.Null:
 		return ""
-	case string:
-		return x
-	case float64:
-		return strconv.FormatFloat(x, 'f', -1, 64)
-	case bool:
-		return strconv.FormatBool(x)
+	case jsonscan.Bool:
+		return string(v)
+	case jsonscan.Number:
+		f, err := strconv.ParseFloat(string(v), 64)
+		if err != nil {
+			return string(v) // out of float64's range: the number as written
+		}
+		return strconv.FormatFloat(f, 'f', -1, 64)
 	default:
+		// Rare (a rule that points at an object), so encoding/json's canonical form is
+		// worth its cost here.
+		var x any
+		if json.Unmarshal(v, &x) != nil {
+			return string(v)
+		}
 		b, _ := json.Marshal(x)
 		return string(b)
 	}
 }
 
-// wellKnown is the shape of the event data fields khook reads without configuration.
-type wellKnown struct {
-	Namespace    string `json:"namespace"`
-	ResourceKind string `json:"resourceKind"`
-	ResourceName string `json:"resourceName"`
-	Kind         string `json:"kind"`
-	Name         string `json:"name"`
-	Reason       string `json:"reason"`
-	Message      string `json:"message"`
-	Resource     *struct {
-		Kind      string `json:"kind"`
-		Name      string `json:"name"`
-		Namespace string `json:"namespace"`
-	} `json:"resource"`
-	Metadata *struct {
-		Name      string `json:"name"`
-		Namespace string `json:"namespace"`
-	} `json:"metadata"`
-}
-
+// extract reads the rule's field paths and the well-known fields from the event data, which
+// the envelope's decoder has validated. It walks the data's bytes (jsonscan) instead of
+// decoding it: the mapper reads five fields of every event and carries the rest as bytes.
+//
+// The well-known fields are the data's top-level members namespace, resourceKind or kind,
+// resourceName or name, reason and message, and kind, name and namespace under "resource",
+// name and namespace under "metadata". Each counts only when it is a string (under an
+// object, for the two nested ones); names match exactly; of duplicates the last counts.
 func extract(data json.RawMessage, paths []field) fields {
 	var f fields
-	if len(paths) > 0 {
-		var doc any
-		if err := json.Unmarshal(data, &doc); err == nil {
-			for _, p := range paths {
-				if v, ok := resolve(doc, p.tokens); ok {
-					p.set(&f, text(v))
-				}
-			}
-		}
-	}
-	var w wellKnown
-	// Data that is not an object, or has fields of other types, simply yields no fields:
-	// the rule still applies and the raw data travels with the event.
-	if err := json.Unmarshal(data, &w); err != nil {
+	v, err := jsonscan.Value(data)
+	if err != nil {
 		return f
 	}
-	f.namespace = first(f.namespace, w.Namespace)
-	f.kind = first(f.kind, w.ResourceKind, w.Kind)
-	f.name = first(f.name, w.ResourceName, w.Name)
-	f.reason = first(f.reason, w.Reason)
-	f.message = first(f.message, w.Message)
-	if r := w.Resource; r != nil {
-		f.kind, f.name, f.namespace = first(f.kind, r.Kind), first(f.name, r.Name), first(f.namespace, r.Namespace)
+	for _, p := range paths {
+		if x, ok := resolve(v, p.tokens); ok {
+			p.set(&f, text(x))
+		}
 	}
-	if m := w.Metadata; m != nil {
-		f.name, f.namespace = first(f.name, m.Name), first(f.namespace, m.Namespace)
+	if jsonscan.KindOf(v) != jsonscan.Object {
+		return f
 	}
+	var w, res, meta fields
+	_ = jsonscan.Members(v, func(name, x []byte) error {
+		switch string(name) {
+		case "namespace":
+			w.namespace = str(x)
+		case "resourceKind":
+			w.resourceKind = str(x)
+		case "kind":
+			w.kind = str(x)
+		case "resourceName":
+			w.resourceName = str(x)
+		case "name":
+			w.name = str(x)
+		case "reason":
+			w.reason = str(x)
+		case "message":
+			w.message = str(x)
+		case "resource":
+			res = nested(x)
+		case "metadata":
+			meta = nested(x)
+		}
+		return nil
+	})
+	f.namespace = first(f.namespace, w.namespace)
+	f.kind = first(f.kind, w.resourceKind, w.kind)
+	f.name = first(f.name, w.resourceName, w.name)
+	f.reason = first(f.reason, w.reason)
+	f.message = first(f.message, w.message)
+	f.kind, f.name, f.namespace = first(f.kind, res.kind), first(f.name, res.name), first(f.namespace, res.namespace)
+	f.name, f.namespace = first(f.name, meta.name), first(f.namespace, meta.namespace)
+	return f
+}
+
+// str is a JSON string's text, and nothing for any other value.
+func str(v []byte) string {
+	s, _ := jsonscan.Unquote(v)
+	return s
+}
+
+// nested reads kind, name and namespace from an object.
+func nested(v []byte) fields {
+	var f fields
+	if jsonscan.KindOf(v) != jsonscan.Object {
+		return f
+	}
+	_ = jsonscan.Members(v, func(name, x []byte) error {
+		switch string(name) {
+		case "kind":
+			f.kind = str(x)
+		case "name":
+			f.name = str(x)
+		case "namespace":
+			f.namespace = str(x)
+		}
+		return nil
+	})
 	return f
 }
 

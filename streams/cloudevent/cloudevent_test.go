@@ -1,7 +1,9 @@
 package cloudevent
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -95,5 +97,62 @@ func FuzzEncodeStrings(f *testing.F) {
 			require.Equal(t, wantStr, pair[1])
 		}
 		require.JSONEq(t, `{"k":[1,"v"]}`, string(e.Data))
+	})
+}
+
+// referenceDecode is Decode written with encoding/json: the document read into a map (so the
+// last of duplicate attributes counts and names match exactly), then each attribute into its
+// field. FuzzDecodeAgainstEncodingJSON holds the one-pass Decode to it.
+func referenceDecode(b []byte) (*Event, error) {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '{' {
+		return nil, errors.New("not a JSON object")
+	}
+	var attrs map[string]json.RawMessage
+	if err := json.Unmarshal(b, &attrs); err != nil {
+		return nil, err
+	}
+	var e Event
+	for name, field := range map[string]any{"specversion": &e.SpecVersion, "id": &e.ID, "source": &e.Source,
+		"type": &e.Type, "subject": &e.Subject, "datacontenttype": &e.DataContentType, "time": &e.Time} {
+		if raw, ok := attrs[name]; ok {
+			if err := json.Unmarshal(raw, field); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if raw, ok := attrs["data"]; ok {
+		e.Data = raw
+	}
+	if err := e.validateAttributes(); err != nil {
+		return nil, err
+	}
+	return &e, nil
+}
+
+func FuzzDecodeAgainstEncodingJSON(f *testing.F) {
+	for _, s := range []string{
+		`{"specversion":"1.0","id":"1","source":"webhook","type":"t","data":{"x":[1,2]}}`,
+		`{"specversion":"1.0","id":"1","source":"s","type":"t","time":"2026-01-01T00:00:00.5+01:00","subject":"a/b/c"}`,
+		`{"specversion":"1.0","id":"1","id":"2","source":"s","type":"t","data":null}`,
+		`{"specversion":"1.0","id":"1","source":"s","type":"t","time":null,"subject":null}`,
+		`{"specversion":"1.0","id":5,"source":"s","type":"t"}`,
+		`{"specversion":"1.0","id":"\u00e9\ud83d","source":"s","type":"t","datacontenttype":"x","ext":{"a":1}}`,
+		`{"specversion":"1.0","id":"1","source":"s","type":"t","time":"2026-13-01T00:00:00Z"}`,
+		`{"specversion":"1.0","ID":"1","source":"s","type":"t"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		want, wantErr := referenceDecode(b)
+		got, err := Decode(b)
+		if wantErr != nil {
+			require.Error(t, err, "encoding/json refuses %q: %v", b, wantErr)
+			return
+		}
+		require.NoError(t, err, "%q", b)
+		require.True(t, want.Time.Equal(got.Time))
+		want.Time, got.Time = time.Time{}, time.Time{}
+		require.Equal(t, want, got)
 	})
 }
