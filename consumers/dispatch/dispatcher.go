@@ -600,8 +600,8 @@ const (
 // shows why an event did not reach an agent.
 //
 // The claim comes first and the delivery record second: an event inside another's window
-// is suppressed after two KV operations (the claim's create and the holder's read), and only
-// a task that holds its window reads whether it was delivered before (a redelivery after a
+// is suppressed after one KV read (the claim's), and only a task that holds its window
+// reads whether it was delivered before (a redelivery after a
 // lost ack, or the same event sent again later), so it is never called twice. A replay sent
 // with --ignore-suppression skips the window; its delivery record still prevents a second
 // call for the same replayed event.

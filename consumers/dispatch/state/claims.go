@@ -26,35 +26,43 @@ type Claimed struct {
 // eventID, for window. It says whether the claim is the caller's and, when another task
 // holds it, which and until when.
 //
-// "Another event holds it" is concluded only from reading the holder. Reads may be served by
-// any replica of the bucket, and one that has not applied the latest write yet answers "not
-// found" for a claim that exists, typically this message's own claim, whose creation was
-// acknowledged too late during a leader change. Such a claim is neither ours nor someone
-// else's yet: Claim returns ErrClaimUnread, and the event is retried rather than
-// acknowledged as suppressed (which would lose it).
+// It reads the claim before it creates one: in a storm almost every event finds its window
+// held, and one read settles it (a create that is refused costs three round trips:
+// nats.go's Create reads the key again to tell a delete marker from a value, and the holder
+// must still be read). Only the server's answer to a create decides that no claim exists:
+// reads may be served by any replica of the bucket, and one that has not applied the
+// latest write answers "not found" for a claim that exists, or shows one that has already
+// expired or been released. So a claim that reads as absent, or as past its window, is
+// created, and a refused create is read again; when that read still finds nothing, Claim
+// returns ErrClaimUnread, and the event is retried rather than acknowledged as suppressed
+// (which would lose it).
 func (s *Store) Claim(ctx context.Context, key, messageID, eventID string, window time.Duration) (Claimed, error) {
 	full := claims.key(key)
-	for range 3 {
-		_, err := s.kv.Create(ctx, full, claimValue(messageID, eventID), jetstream.KeyTTL(window))
+	for attempt := range 3 {
+		e, err := s.kv.Get(ctx, full)
+		switch {
+		case err == nil:
+			holder, holderEvent := parseClaim(e.Value())
+			if holder == messageID {
+				return Claimed{Owned: true}, nil
+			}
+			until := e.Created().Add(window)
+			if attempt > 0 || until.After(time.Now()) {
+				return Claimed{Holder: holder, HolderEvent: holderEvent, Until: until}, nil
+			}
+			// Past its window by this clock: expiring, or a replica's stale copy. The create
+			// below asks the stream's leader.
+		case !errors.Is(err, jetstream.ErrKeyNotFound):
+			return Claimed{}, err
+		}
+		_, err = s.kv.Create(ctx, full, claimValue(messageID, eventID), jetstream.KeyTTL(window))
 		if err == nil {
 			return Claimed{Owned: true, Created: true}, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return Claimed{}, err
 		}
-		e, err := s.kv.Get(ctx, full)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			// Expired between the two calls, or read from a replica that is behind.
-			continue
-		}
-		if err != nil {
-			return Claimed{}, err
-		}
-		holder, holderEvent := parseClaim(e.Value())
-		if holder == messageID {
-			return Claimed{Owned: true}, nil
-		}
-		return Claimed{Holder: holder, HolderEvent: holderEvent, Until: e.Created().Add(window)}, nil
+		// Another replica's event took the window between the read and the create.
 	}
 	return Claimed{}, ErrClaimUnread
 }

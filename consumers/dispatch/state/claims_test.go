@@ -101,3 +101,77 @@ func TestClaimReadFromALaggingReplicaIsRetriedNotSuppressed(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, c.Created)
 }
+
+// countingKV is a real bucket that counts the reads and creates made through it, and can
+// answer the next read with an entry a lagging replica still holds.
+type countingKV struct {
+	jetstream.KeyValue
+	gets, creates atomic.Int32
+	stale         jetstream.KeyValueEntry
+}
+
+func (k *countingKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	k.gets.Add(1)
+	if e := k.stale; e != nil {
+		k.stale = nil
+		return e, nil
+	}
+	return k.KeyValue.Get(ctx, key)
+}
+
+func (k *countingKV) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	k.creates.Add(1)
+	return k.KeyValue.Create(ctx, key, value, opts...)
+}
+
+// staleEntry is a claim as a replica that missed its release or expiry still shows it.
+type staleEntry struct {
+	jetstream.KeyValueEntry
+	value   []byte
+	created time.Time
+}
+
+func (e staleEntry) Value() []byte      { return e.value }
+func (e staleEntry) Created() time.Time { return e.created }
+
+// A suppressed event costs one read: the storm's path. Every other answer is decided by
+// the stream's leader through a create, never by a read alone.
+func TestClaimReadsFirst(t *testing.T) {
+	_, js := streamstest.Connect(t, streamstest.RunServer(t))
+	ctx := context.Background()
+	bucket, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "claims", LimitMarkerTTL: time.Second})
+	require.NoError(t, err)
+	kv := &countingKV{KeyValue: bucket}
+	s := New(js, kv, time.Hour)
+	ops := func() [2]int32 { return [2]int32{kv.gets.Swap(0), kv.creates.Swap(0)} }
+
+	c, err := s.Claim(ctx, "k", "msg-1", "ev-1", time.Minute)
+	require.NoError(t, err)
+	require.True(t, c.Created)
+	require.Equal(t, [2]int32{1, 1}, ops(), "a free window: one read, one create")
+
+	for i := range 100 {
+		c, err = s.Claim(ctx, "k", "msg-other", "ev-other", time.Minute)
+		require.NoError(t, err)
+		require.Equal(t, "msg-1", c.Holder, "event %d", i)
+	}
+	require.Equal(t, [2]int32{100, 0}, ops(), "each suppressed event: one read, nothing written")
+
+	// A claim older than the window this event's Hook now asks for (its window was
+	// shortened, or the server has not expired it yet): the leader still holds it, so the
+	// create is refused and the event is suppressed, as it always was.
+	c, err = s.Claim(ctx, "k", "msg-other", "ev-other", time.Nanosecond)
+	require.NoError(t, err)
+	require.Equal(t, "msg-1", c.Holder)
+	require.Equal(t, [2]int32{2, 1}, ops())
+
+	// A replica behind the leader shows a claim its holder released a while ago: the read
+	// alone must not suppress the event. The create, which the leader answers, takes the
+	// window.
+	kv.stale = staleEntry{value: []byte("msg-gone\nev-gone"), created: time.Now().Add(-2 * time.Minute)}
+	c, err = s.Claim(ctx, "free", "msg-2", "ev-2", time.Minute)
+	require.NoError(t, err)
+	require.True(t, c.Owned)
+	require.True(t, c.Created)
+	require.Equal(t, [2]int32{1, 1}, ops())
+}
