@@ -2,9 +2,11 @@ package test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -40,6 +42,13 @@ func TestBenchHarnessSmoke(t *testing.T) {
 			} `json:"latency"`
 			PeakRSSMiB map[string]float64 `json:"peakRssMiB"`
 			AgentCalls int                `json:"agentCalls"`
+			Scale      []struct {
+				Stage        string  `json:"stage"`
+				Replicas     int     `json:"replicas"`
+				Events       int     `json:"events"`
+				EventsPerSec float64 `json:"eventsPerSec"`
+				Efficiency   float64 `json:"efficiency"`
+			} `json:"scale"`
 		} `json:"results"`
 		RelativeRate int `json:"relativeRate"`
 	}
@@ -49,6 +58,18 @@ func TestBenchHarnessSmoke(t *testing.T) {
 	for _, r := range rep.Results {
 		names = append(names, r.Name)
 		require.Greater(t, r.EventsPerSec, 0.0, r.Name)
+		if r.Name == "scale" {
+			// Three replica counts of each stage, every run complete (no speed asserted).
+			var runs []string
+			for _, p := range r.Scale {
+				runs = append(runs, fmt.Sprintf("%s-%d", p.Stage, p.Replicas))
+				require.Positive(t, p.Events, "%s-%d", p.Stage, p.Replicas)
+				require.Positive(t, p.EventsPerSec, "%s-%d", p.Stage, p.Replicas)
+				require.Positive(t, p.Efficiency, "%s-%d", p.Stage, p.Replicas)
+			}
+			require.Equal(t, []string{"dispatcher-1", "dispatcher-2", "dispatcher-4", "mapper-1", "mapper-2", "mapper-4"}, runs)
+			continue
+		}
 		if r.Name != "raw-publish" { // the only scenario without a process under test
 			require.NotEmpty(t, r.PeakRSSMiB, r.Name)
 		}
@@ -87,10 +108,36 @@ func TestBenchHarnessSmoke(t *testing.T) {
 		}
 	}
 	require.Equal(t, []string{"raw-publish", "raw-ingress", "raw-relay", "raw-call", "raw-call-16", "raw-two-stage", "raw-two-stage-call",
-		"webhook", "webhook-batch", "mapper", "dispatcher", "storm", "storm-grouped", "end-to-end"}, names)
-	for _, f := range []string{"results.md", "results.png"} {
+		"webhook", "webhook-batch", "mapper", "dispatcher", "storm", "storm-grouped", "end-to-end", "scale"}, names)
+	for _, f := range []string{"results.md", "results.png", "results-scale.png"} {
 		st, err := os.Stat(filepath.Join(dir, f))
 		require.NoError(t, err)
 		require.Greater(t, st.Size(), int64(100), f)
 	}
+}
+
+// TestBenchHarnessNamesFailures runs the harness with a stage that dies: it must stop
+// waiting at once and say, on its last line, which scenario failed and why, rather than
+// wait out its timeout or exit with its table alone.
+func TestBenchHarnessNamesFailures(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "khook-bench")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/khook/khook/cmd/khook-bench").CombinedOutput()
+	require.NoError(t, err, string(out))
+	// A khook that exits at once, as a stage that crashes on start would.
+	broken := filepath.Join(dir, "khook")
+	require.NoError(t, os.WriteFile(broken, []byte("#!/bin/sh\necho 'boom: the stage fell over' >&2\nexit 3\n"), 0o755))
+	cmd := exec.Command(bin, "--only", "raw-relay,mapper", "--events", "50", "--rates", "50", "--rate-duration", "1s",
+		"--timeout", "10m", "--out", dir, "--khook", broken, "--nats-server", bins.natsServer())
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, "stderr:\n%s", stderr.String())
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	last := lines[len(lines)-1]
+	require.Contains(t, last, "1 scenario(s) failed: mapper:")
+	require.Contains(t, last, "exited")
+	require.Contains(t, stderr.String(), "boom: the stage fell over", "the stage's output is shown")
+	require.Contains(t, stdout.String(), "raw-relay", "the table is still printed")
 }

@@ -11,6 +11,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -83,7 +84,9 @@ type Result struct {
 	AgentCalls    int                `json:"agentCalls,omitempty"`
 	// TaskSeconds is, for the storms, the time from the first event to the last agent task.
 	TaskSeconds float64 `json:"taskSeconds,omitempty"`
-	Error       string  `json:"error,omitempty"`
+	// Scale is the scale scenario's runs, one per stage and replica count.
+	Scale []ScalePoint `json:"scale,omitempty"`
+	Error string       `json:"error,omitempty"`
 }
 
 // Report is one run of the suite.
@@ -121,6 +124,7 @@ var scenarios = []scenario{
 	{"storm", "khook", "raw-two-stage", "raw events (--storm, 20,000), 99% repeats of one resource in its suppression window, through mapper and dispatcher", khookStorm, ""},
 	{"storm-grouped", "khook", "raw-two-stage", "the storm with the hook grouping by namespace (groupWait 5s + 1s per 1,000 events): one task for the whole incident", khookStormGrouped, ""},
 	{"end-to-end", "khook", "raw-two-stage", "POST to agent receipt through producer, mapper and dispatcher processes", khookEndToEnd, "raw-two-stage-call"},
+	{"scale", "khook", "", "1, 2 and 4 dispatcher replicas against a 50 ms agent; 1, 2 and 4 mapper replicas at a fixed offered load", khookScale, ""},
 }
 
 // relativeTo is the scenario whose capacity sets the relative load, and relativeScenarios
@@ -156,7 +160,15 @@ func run(args []string, stdout io.Writer) error {
 	relative := fs.Float64("relative", 0.5, "also measure end-to-end latency at this fraction of raw-two-stage-call's capacity")
 	khookBin := fs.String("khook", "", "khook binary (default: built from ./cmd/khook)")
 	natsBin := fs.String("nats-server", "", "nats-server binary (default: built from the module khook uses)")
+	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout) // --help is not an error: usage on stdout, exit 0
+			fs.Usage()
+			return nil
+		}
+		fs.SetOutput(os.Stderr)
+		fs.Usage()
 		return err
 	}
 	cfg := &benchConfig{events: *events, rateDuration: *rateDuration, timeout: *timeout, out: *out, only: map[string]bool{}, relative: *relative, storm: *storm, profiles: *profiles}
@@ -239,11 +251,25 @@ func run(args []string, stdout io.Writer) error {
 	if err := plotReport(rep, filepath.Join(cfg.out, "results.png")); err != nil {
 		return err
 	}
+	for _, r := range rep.Results {
+		if len(r.Scale) > 0 {
+			if err := plotScale(r, filepath.Join(cfg.out, "results-scale.png")); err != nil {
+				return err
+			}
+		}
+	}
 	table(stdout, rep)
+	// The last line names every scenario that failed and why (the first line of its cause;
+	// the whole of it, with its stages' output, was printed when it failed).
+	var failed []string
 	for _, r := range rep.Results {
 		if r.Error != "" {
-			return fmt.Errorf("%s: %s", r.Name, r.Error)
+			cause, _, _ := strings.Cut(r.Error, "\n")
+			failed = append(failed, r.Name+": "+cause)
 		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d scenario(s) failed: %s", len(failed), strings.Join(failed, "; "))
 	}
 	return nil
 }
@@ -353,6 +379,12 @@ func table(w io.Writer, rep *Report) {
 		fmt.Fprintf(tw, "%s\t%.2f, %.2f\t%s\t%s\n", line, r.CPUPer10k, r.NATSCPUPer10k, peakCell(r), idleCell(r))
 	}
 	_ = tw.Flush()
+	for _, r := range rep.Results {
+		for _, p := range r.Scale {
+			fmt.Fprintf(w, "scale: %d %s(s): %.0f events/s, %.2f× %s, backlog %d\n", p.Replicas, p.Stage, p.EventsPerSec, p.Efficiency,
+				map[string]string{"dispatcher": "linear", "mapper": "offered"}[p.Stage], p.Backlog)
+		}
+	}
 }
 
 func markdown(rep *Report) string {
@@ -377,6 +409,12 @@ func markdown(rep *Report) string {
 		fmt.Fprintf(&b, " %.2f, %.2f | %s | %s |\n", r.CPUPer10k, r.NATSCPUPer10k, peakCell(r), idleCell(r))
 	}
 	b.WriteString("\n![throughput and latency per scenario](results.png)\n")
+	for _, r := range rep.Results {
+		if len(r.Scale) > 0 {
+			b.WriteString(scaleMarkdown(r))
+			b.WriteString("\n![events/s per replica count](results-scale.png)\n")
+		}
+	}
 	return b.String()
 }
 

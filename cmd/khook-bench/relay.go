@@ -104,11 +104,13 @@ func runRelay(args []string) error {
 	}()
 	for {
 		m, err := it.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return nil
+		}
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+			// A missed heartbeat or a reconnect: the iterator goes on pulling, as khook's
+			// stages let it. Returning here once made a baseline exit mid-run.
+			continue
 		}
 		switch mode {
 		case "relay":
@@ -161,11 +163,11 @@ func runCalls(ctx context.Context, js jetstream.JetStream, agentURL string, work
 	defer close(work)
 	for {
 		m, err := it.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return nil
+		}
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+			continue // transient, as above
 		}
 		work <- m
 	}

@@ -41,7 +41,9 @@ type env struct {
 	agent   *demoagent.Server
 	agentTS *httptest.Server
 	recv    *receipts
-	run     atomic.Int64 // distinguishes the ids of successive runs
+	// stageEnv is added to every khook stage's environment (settings as KHOOK_ variables).
+	stageEnv []string
+	run      atomic.Int64 // distinguishes the ids of successive runs
 }
 
 func newEnv(cfg *benchConfig, name string) (*env, error) {
@@ -122,8 +124,9 @@ func (r *receipts) get(id string) (time.Time, bool) {
 	return t, ok
 }
 
-// waitAll waits until every id has a receipt, or the timeout passes.
-func (r *receipts) waitAll(ids []string, timeout time.Duration) int {
+// waitAll waits until every id has a receipt, the timeout passes, or dead reports a stage
+// that exited (nil: none did). It returns how many arrived and why it stopped early.
+func (r *receipts) waitAll(ids []string, timeout time.Duration, dead func() error) (int, error) {
 	deadline := time.After(timeout)
 	for {
 		r.mu.Lock()
@@ -135,15 +138,32 @@ func (r *receipts) waitAll(ids []string, timeout time.Duration) int {
 		}
 		r.mu.Unlock()
 		if n == len(ids) {
-			return n
+			return n, nil
+		}
+		if err := dead(); err != nil {
+			return n, err
 		}
 		select {
 		case <-r.notify:
 		case <-time.After(50 * time.Millisecond):
 		case <-deadline:
-			return n
+			return n, fmt.Errorf("%d of %d events arrived within %s", n, len(ids), timeout)
 		}
 	}
+}
+
+// exited reports the first of the scenario's processes (its stages and the NATS server)
+// that has exited, with the end of its output: a run waiting on a dead stage would
+// otherwise wait out its whole timeout and blame the events.
+func (e *env) exited() error {
+	for _, p := range append([]*proc{e.nats}, e.stages...) {
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited (%v); its last output:\n%s", p.name, p.err, tail(p.out.String(), 2000))
+		default:
+		}
+	}
+	return nil
 }
 
 // ids returns n fresh event ids for one run.
@@ -183,9 +203,9 @@ func (e *env) measure(r *Result, inflight int, send func(id string) error) error
 	ids := e.ids(e.cfg.events)
 	run := e.startSaturation()
 	failed := offer(len(ids), inflight, func(i int) error { return send(ids[i]) })
-	got := e.recv.waitAll(ids, e.cfg.timeout)
-	if got < len(ids) {
-		return fmt.Errorf("%s: %d of %d events arrived within %s (%d send errors)", r.Name, got, len(ids), e.cfg.timeout, failed)
+	got, err := e.recv.waitAll(ids, e.cfg.timeout, e.exited)
+	if err != nil {
+		return fmt.Errorf("saturation run: %w (%d send errors)", err, failed)
 	}
 	run.finish(r, got)
 
@@ -223,7 +243,11 @@ func (e *env) measure(r *Result, inflight int, send func(id string) error) error
 			}()
 		}
 		wg.Wait()
-		e.recv.waitAll(ids, e.cfg.timeout)
+		// A fixed load past a scenario's capacity may leave events still queued at the
+		// timeout: the summary counts those that arrived. A stage that died fails the run.
+		if _, err := e.recv.waitAll(ids, e.cfg.timeout, e.exited); err != nil && e.exited() != nil {
+			return fmt.Errorf("%d/s for %s: %w", rate, e.cfg.rateDuration, err)
+		}
 		var lat []time.Duration
 		for i, id := range ids {
 			if t, ok := e.recv.get(id); ok {
@@ -235,12 +259,8 @@ func (e *env) measure(r *Result, inflight int, send func(id string) error) error
 		r.Latency = append(r.Latency, l)
 	}
 	// A stage that exited during the runs makes them meaningless: say so, with its output.
-	for _, p := range e.stages {
-		select {
-		case <-p.done:
-			return fmt.Errorf("%s exited during the runs: %w\n%s", p.name, p.err, tail(p.out.String(), 2000))
-		default:
-		}
+	if err := e.exited(); err != nil {
+		return err
 	}
 	// Idle: what the stages hold once the load has passed.
 	time.Sleep(2 * time.Second) // let the last batches' buffers be released; not synchronisation
@@ -265,9 +285,9 @@ func (e *env) measureBatches(r *Result, inflight int, send func(ids []string) er
 	batches := slices.Collect(slices.Chunk(ids, batchSize))
 	run := e.startSaturation()
 	failed := offer(len(batches), inflight, func(i int) error { return send(batches[i]) })
-	got := e.recv.waitAll(ids, e.cfg.timeout)
-	if got < len(ids) {
-		return fmt.Errorf("%s: %d of %d events arrived within %s (%d failed batches)", r.Name, got, len(ids), e.cfg.timeout, failed)
+	got, err := e.recv.waitAll(ids, e.cfg.timeout, e.exited)
+	if err != nil {
+		return fmt.Errorf("saturation run: %w (%d failed batches)", err, failed)
 	}
 	run.finish(r, got)
 	return nil
@@ -523,15 +543,21 @@ func (e *env) khookConfig(webhookPort int) (string, error) {
 }
 
 func (e *env) khookStage(stage, cfg string, extra ...string) error {
+	return e.khookReplica(stage, stage, cfg, extra...)
+}
+
+// khookReplica starts `khook STAGE` as the process called name (dispatcher-2, say).
+func (e *env) khookReplica(name, stage, cfg string, extra ...string) error {
 	if e.cfg.profiles != "" {
 		if err := os.MkdirAll(e.cfg.profiles, 0o755); err != nil {
 			return err
 		}
-		extra = append(extra, "--cpuprofile", filepath.Join(e.cfg.profiles, e.name+"-"+stage+".pprof"))
+		extra = append(extra, "--cpuprofile", filepath.Join(e.cfg.profiles, e.name+"-"+name+".pprof"))
 	}
 	metrics, probes := freePort(), freePort()
-	env := []string{fmt.Sprintf("KHOOK_SERVER_METRICS_ADDR=127.0.0.1:%d", metrics), fmt.Sprintf("KHOOK_SERVER_PROBES_ADDR=127.0.0.1:%d", probes)}
-	p, err := e.startStage(stage, env, append([]string{e.cfg.khookBin, stage, "--config", cfg}, extra...)...)
+	env := append([]string{fmt.Sprintf("KHOOK_SERVER_METRICS_ADDR=127.0.0.1:%d", metrics), fmt.Sprintf("KHOOK_SERVER_PROBES_ADDR=127.0.0.1:%d", probes)},
+		e.stageEnv...)
+	p, err := e.startStage(name, env, append([]string{e.cfg.khookBin, stage, "--config", cfg}, extra...)...)
 	if err != nil {
 		return err
 	}
@@ -685,7 +711,7 @@ func storm(e *env, r *Result, grouping string, wantCalls int) error {
 		return e.publish("khook.raw.webhook.deploy-failed", ids[i], env, nil)
 	})
 	if n := failed; n > 0 {
-		return fmt.Errorf("%s: %d publishes failed", r.Name, n)
+		return fmt.Errorf("%d publishes failed", n)
 	}
 	ctx := context.Background()
 	deadline := time.Now().Add(e.cfg.timeout)
@@ -697,8 +723,11 @@ func storm(e *env, r *Result, grouping string, wantCalls int) error {
 				break
 			}
 		}
+		if err := e.exited(); err != nil {
+			return err
+		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: the dispatcher did not acknowledge %d events within %s", r.Name, stormEvents, e.cfg.timeout)
+			return fmt.Errorf("the dispatcher did not acknowledge %d events within %s", stormEvents, e.cfg.timeout)
 		}
 		time.Sleep(5 * time.Millisecond) // polling the consumer's state; nothing to wait on
 	}
@@ -712,10 +741,10 @@ func storm(e *env, r *Result, grouping string, wantCalls int) error {
 	}
 	got := e.agent.Received()
 	if len(got) != wantCalls {
-		return fmt.Errorf("%s: the agent received %d tasks, want %d", r.Name, len(got), wantCalls)
+		return fmt.Errorf("the agent received %d tasks, want %d", len(got), wantCalls)
 	}
 	if grouping != "" && !strings.Contains(got[0].Text, fmt.Sprintf("Events: %d on ", stormEvents)) {
-		return fmt.Errorf("%s: the task does not count all %d events:\n%s", r.Name, stormEvents, got[0].Text)
+		return fmt.Errorf("the task does not count all %d events:\n%s", stormEvents, got[0].Text)
 	}
 	last := began
 	for _, g := range got {
