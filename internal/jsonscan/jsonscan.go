@@ -169,6 +169,29 @@ func Lookup(v []byte, name string) ([]byte, bool) {
 	return found, ok
 }
 
+// Elements calls fn with each element of the valid JSON array v, in order, and stops at the
+// first error fn returns. v that is not an array has no elements.
+func Elements(v []byte, fn func(i int, element []byte) error) error {
+	if KindOf(v) != Array {
+		return nil
+	}
+	j := skipSpace(v, 1)
+	if v[j] == ']' {
+		return nil
+	}
+	for n := 0; ; n++ {
+		end, _ := skipValue(v, j, 1)
+		if err := fn(n, v[j:end]); err != nil {
+			return err
+		}
+		j = skipSpace(v, end)
+		if v[j] == ']' {
+			return nil
+		}
+		j = skipSpace(v, j+1)
+	}
+}
+
 // Index returns element i of the valid JSON array v.
 func Index(v []byte, i int) ([]byte, bool) {
 	if KindOf(v) != Array || i < 0 {

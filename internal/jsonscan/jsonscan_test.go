@@ -68,6 +68,16 @@ func FuzzAgainstEncodingJSON(f *testing.F) {
 				require.True(t, ok)
 				require.Equal(t, string(raw), string(got))
 			}
+			var all []string
+			require.NoError(t, Elements(v, func(i int, e []byte) error {
+				require.Equal(t, len(all), i)
+				all = append(all, string(e))
+				return nil
+			}))
+			require.Len(t, all, len(want))
+			for i, raw := range want {
+				require.Equal(t, string(raw), all[i])
+			}
 			if len(want) <= 20 {
 				_, ok := Index(v, len(want))
 				require.False(t, ok)
