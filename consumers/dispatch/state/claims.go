@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,45 +27,81 @@ type Claimed struct {
 // eventID, for window. It says whether the claim is the caller's and, when another task
 // holds it, which and until when.
 //
-// It reads the claim before it creates one: in a storm almost every event finds its window
-// held, and one read settles it (a create that is refused costs three round trips:
-// nats.go's Create reads the key again to tell a delete marker from a value, and the holder
-// must still be read). Only the server's answer to a create decides that no claim exists:
-// reads may be served by any replica of the bucket, and one that has not applied the
-// latest write answers "not found" for a claim that exists, or shows one that has already
-// expired or been released. So a claim that reads as absent, or as past its window, is
-// created, and a refused create is read again; when that read still finds nothing, Claim
-// returns ErrClaimUnread, and the event is retried rather than acknowledged as suppressed
-// (which would lose it).
+// The order of its KV operations depends on what this replica saw of key lately, and only
+// the cost depends on it, never the answer:
+//
+//   - A window this replica saw held (a storm: one resource's events, one after another)
+//     is read first, and a suppressed event costs that one read. A create that is refused
+//     costs three round trips: nats.go's Create reads the key again to tell a delete
+//     marker from a value, and the holder must still be read.
+//   - Any other window (a new resource) is created first: one create, and a read only
+//     when it is refused.
+//
+// Only the server's answer to a create decides that no claim exists. Reads may be served
+// by any replica of the bucket, and one that has not applied the latest write answers "not
+// found" for a claim that exists, or shows one that has already expired or been released.
+// So a claim that reads as absent, or as past its window, is created, and a refused create
+// is read again; when that read still finds nothing, Claim returns ErrClaimUnread, and the
+// event is retried rather than acknowledged as suppressed (which would lose it).
 func (s *Store) Claim(ctx context.Context, key, messageID, eventID string, window time.Duration) (Claimed, error) {
 	full := claims.key(key)
+	readFirst := s.held.held(key, s.now())
 	for attempt := range 3 {
-		e, err := s.kv.Get(ctx, full)
-		switch {
-		case err == nil:
-			holder, holderEvent := parseClaim(e.Value())
-			if holder == messageID {
-				return Claimed{Owned: true}, nil
+		if readFirst || attempt > 0 {
+			e, err := s.kv.Get(ctx, full)
+			switch {
+			case err == nil:
+				holder, holderEvent := parseClaim(e.Value())
+				until := e.Created().Add(window)
+				s.held.saw(key, until)
+				if holder == messageID {
+					return Claimed{Owned: true}, nil
+				}
+				if attempt > 0 || until.After(s.now()) {
+					return Claimed{Holder: holder, HolderEvent: holderEvent, Until: until}, nil
+				}
+				// Past its window by this clock: expiring, or a replica's stale copy. The
+				// create below asks the stream's leader.
+			case !errors.Is(err, jetstream.ErrKeyNotFound):
+				return Claimed{}, err
 			}
-			until := e.Created().Add(window)
-			if attempt > 0 || until.After(time.Now()) {
-				return Claimed{Holder: holder, HolderEvent: holderEvent, Until: until}, nil
-			}
-			// Past its window by this clock: expiring, or a replica's stale copy. The create
-			// below asks the stream's leader.
-		case !errors.Is(err, jetstream.ErrKeyNotFound):
-			return Claimed{}, err
 		}
-		_, err = s.kv.Create(ctx, full, claimValue(messageID, eventID), jetstream.KeyTTL(window))
+		_, err := s.kv.Create(ctx, full, claimValue(messageID, eventID), jetstream.KeyTTL(window))
 		if err == nil {
+			s.held.saw(key, s.now().Add(window))
 			return Claimed{Owned: true, Created: true}, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return Claimed{}, err
 		}
-		// Another replica's event took the window between the read and the create.
+		// Another event holds the window, or took it between the read and the create.
 	}
 	return Claimed{}, ErrClaimUnread
+}
+
+// heldHints remembers, per suppression key, until when this replica last saw its window
+// held. It only chooses the order of Claim's operations, so it may be stale or forget: it
+// is bounded by dropping everything when full, which costs a few creates that are refused.
+type heldHints struct {
+	mu    sync.Mutex
+	until map[string]time.Time
+}
+
+const maxHeldHints = 16384
+
+func (h *heldHints) held(key string, now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.until[key].After(now)
+}
+
+func (h *heldHints) saw(key string, until time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.until == nil || len(h.until) >= maxHeldHints {
+		h.until = make(map[string]time.Time)
+	}
+	h.until[key] = until
 }
 
 // Holder reads the suppression claim for key without taking it: which task holds it and

@@ -2,6 +2,7 @@ package state
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -134,9 +135,10 @@ type staleEntry struct {
 func (e staleEntry) Value() []byte      { return e.value }
 func (e staleEntry) Created() time.Time { return e.created }
 
-// A suppressed event costs one read: the storm's path. Every other answer is decided by
-// the stream's leader through a create, never by a read alone.
-func TestClaimReadsFirst(t *testing.T) {
+// A suppressed event costs one read once this replica has seen its window held: the
+// storm's path. A new window costs one create. Every other answer is decided by the
+// stream's leader through a create, never by a read alone.
+func TestClaimReadsFirstWhereItSawTheWindowHeld(t *testing.T) {
 	_, js := streamstest.Connect(t, streamstest.RunServer(t))
 	ctx := context.Background()
 	bucket, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "claims", LimitMarkerTTL: time.Second})
@@ -148,7 +150,7 @@ func TestClaimReadsFirst(t *testing.T) {
 	c, err := s.Claim(ctx, "k", "msg-1", "ev-1", time.Minute)
 	require.NoError(t, err)
 	require.True(t, c.Created)
-	require.Equal(t, [2]int32{1, 1}, ops(), "a free window: one read, one create")
+	require.Equal(t, [2]int32{0, 1}, ops(), "a new window: one create")
 
 	for i := range 100 {
 		c, err = s.Claim(ctx, "k", "msg-other", "ev-other", time.Minute)
@@ -157,21 +159,46 @@ func TestClaimReadsFirst(t *testing.T) {
 	}
 	require.Equal(t, [2]int32{100, 0}, ops(), "each suppressed event: one read, nothing written")
 
+	// Another replica (a store that has seen nothing) learns the holder from a refused
+	// create, and from then on reads first too.
+	other := New(js, kv, time.Hour)
+	c, err = other.Claim(ctx, "k", "msg-2", "ev-2", time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, "msg-1", c.Holder)
+	require.Equal(t, [2]int32{1, 1}, ops())
+	_, err = other.Claim(ctx, "k", "msg-3", "ev-3", time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, [2]int32{1, 0}, ops())
+
 	// A claim older than the window this event's Hook now asks for (its window was
 	// shortened, or the server has not expired it yet): the leader still holds it, so the
 	// create is refused and the event is suppressed, as it always was.
 	c, err = s.Claim(ctx, "k", "msg-other", "ev-other", time.Nanosecond)
 	require.NoError(t, err)
 	require.Equal(t, "msg-1", c.Holder)
-	require.Equal(t, [2]int32{2, 1}, ops())
 
 	// A replica behind the leader shows a claim its holder released a while ago: the read
 	// alone must not suppress the event. The create, which the leader answers, takes the
 	// window.
+	_, err = s.Claim(ctx, "free", "msg-4", "ev-4", time.Minute)
+	require.NoError(t, err)
+	require.NoError(t, s.Release(ctx, "free", "msg-4"))
+	ops()
 	kv.stale = staleEntry{value: []byte("msg-gone\nev-gone"), created: time.Now().Add(-2 * time.Minute)}
-	c, err = s.Claim(ctx, "free", "msg-2", "ev-2", time.Minute)
+	c, err = s.Claim(ctx, "free", "msg-5", "ev-5", time.Minute)
 	require.NoError(t, err)
 	require.True(t, c.Owned)
 	require.True(t, c.Created)
 	require.Equal(t, [2]int32{1, 1}, ops())
+}
+
+func TestHeldHintsStayBounded(t *testing.T) {
+	var h heldHints
+	now := time.Now()
+	for i := range maxHeldHints + 10 {
+		h.saw(fmt.Sprint("key-", i), now.Add(time.Minute))
+	}
+	require.LessOrEqual(t, len(h.until), maxHeldHints)
+	require.True(t, h.held(fmt.Sprint("key-", maxHeldHints+9), now))
+	require.False(t, h.held(fmt.Sprint("key-", maxHeldHints+9), now.Add(2*time.Minute)), "a window past its end is not held")
 }

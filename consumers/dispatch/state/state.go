@@ -77,6 +77,7 @@ type Store struct {
 	maxValue int
 	now      func() time.Time
 	cache    groupCache // the group records this replica wrote last
+	held     heldHints  // the suppression windows this replica saw held lately
 }
 
 // Open opens the dispatch bucket of topo. It is opened before the dispatcher's actors start
