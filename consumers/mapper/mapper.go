@@ -94,7 +94,10 @@ func (m *Mapper) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("mapper: consumer %s on %s: %w", m.topo.Mapper.Durable, m.topo.Raw.Name, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(256))
+	// Pull as deep as the consumer lets messages wait unacknowledged (1,024 by default, at
+	// most that): a shallower buffer re-pulls more often, and each pull request costs the
+	// server as much as several messages.
+	it, err := cons.Messages(jetstream.PullMaxMessages(min(max(m.topo.Mapper.MaxAckPending, 1), 1024)))
 	if err != nil {
 		return fmt.Errorf("mapper: %w", err)
 	}
