@@ -81,7 +81,11 @@ type Result struct {
 	PeakRSSMiB    map[string]float64 `json:"peakRssMiB"`
 	IdleRSSMiB    float64            `json:"idleRssMiB"`  // the largest stage's RSS once the load has passed
 	IdleAnonMiB   float64            `json:"idleAnonMiB"` // its anonymous part (heap, stacks), without the binary's mapped pages
-	AgentCalls    int                `json:"agentCalls,omitempty"`
+	// LoadAnonMiB is the largest anonymous RSS any stage reached during the saturation run
+	// (up to 20,000 events in flight), LowAnonMiB during the first fixed load.
+	LoadAnonMiB float64 `json:"loadAnonMiB,omitempty"`
+	LowAnonMiB  float64 `json:"lowAnonMiB,omitempty"`
+	AgentCalls  int     `json:"agentCalls,omitempty"`
 	// TaskSeconds is, for the storms, the time from the first event to the last agent task.
 	TaskSeconds float64 `json:"taskSeconds,omitempty"`
 	// Scale is the scale scenario's runs, one per stage and replica count.
@@ -299,11 +303,11 @@ func buildBinaries(cfg *benchConfig) error {
 }
 
 func fmtRatio(r *Result) string {
-	if r.Baseline == "" {
-		return "-"
+	if r.Baseline == "" || r.Ratio == 0 {
+		return "-" // no baseline, or it was not run (--only) or failed
 	}
 	s := fmt.Sprintf("%.2f× %s", r.Ratio, r.Baseline)
-	if r.AltBaseline != "" {
+	if r.AltBaseline != "" && r.AltRatio > 0 {
 		s += fmt.Sprintf(", %.2f× %s", r.AltRatio, r.AltBaseline)
 	}
 	return s
@@ -359,6 +363,17 @@ func idleCell(r *Result) string {
 	return fmt.Sprintf("%.0f (%.0f)", r.IdleRSSMiB, r.IdleAnonMiB)
 }
 
+// anonCell is the stages' peak anonymous RSS at saturation and at the first fixed load.
+func anonCell(r *Result) string {
+	if r.LoadAnonMiB == 0 {
+		return "-"
+	}
+	if r.LowAnonMiB == 0 {
+		return fmt.Sprintf("%.0f / -", r.LoadAnonMiB)
+	}
+	return fmt.Sprintf("%.0f / %.0f", r.LoadAnonMiB, r.LowAnonMiB)
+}
+
 func resultCell(r *Result) string {
 	if r.AgentCalls > 0 {
 		return fmt.Sprintf("%.0f (%d agent calls, last after %.1f s)", r.EventsPerSec, r.AgentCalls, r.TaskSeconds)
@@ -373,10 +388,10 @@ func table(w io.Writer, rep *Report) {
 		head += fmt.Sprintf("\tP50/P99/P99.9 MS @%d/S", r)
 	}
 	head += fmt.Sprintf("\tP50/P99/P99.9 MS @%d/S (%.0f%% OF %s)", rep.RelativeRate, rep.Relative*100, relativeTo)
-	fmt.Fprintln(tw, head+"\tCPU S/10K (STAGES, NATS)\tPEAK RSS MIB\tIDLE RSS (ANON) MIB")
+	fmt.Fprintln(tw, head+"\tCPU S/10K (STAGES, NATS)\tPEAK RSS MIB\tIDLE RSS (ANON) MIB\tANON MIB (SATURATION / FIRST RATE)")
 	for _, r := range rep.Results {
 		line := fmt.Sprintf("%s\t%s\t%s\t%s", r.Name, resultCell(r), fmtRatio(r), strings.Join(latencyCells(rep, r), "\t"))
-		fmt.Fprintf(tw, "%s\t%.2f, %.2f\t%s\t%s\n", line, r.CPUPer10k, r.NATSCPUPer10k, peakCell(r), idleCell(r))
+		fmt.Fprintf(tw, "%s\t%.2f, %.2f\t%s\t%s\t%s\n", line, r.CPUPer10k, r.NATSCPUPer10k, peakCell(r), idleCell(r), anonCell(r))
 	}
 	_ = tw.Flush()
 	for _, r := range rep.Results {
@@ -396,17 +411,17 @@ func markdown(rep *Report) string {
 		fmt.Fprintf(&b, " p50 / p99 / p99.9 ms at %d/s |", r)
 	}
 	fmt.Fprintf(&b, " p50 / p99 / p99.9 ms at %d/s (%.0f%% of %s) |", rep.RelativeRate, rep.Relative*100, relativeTo)
-	b.WriteString(" CPU s per 10k events (stages, NATS) | peak RSS MiB | idle RSS (anonymous) MiB |\n|---|---|---:|---|")
+	b.WriteString(" CPU s per 10k events (stages, NATS) | peak RSS MiB | idle RSS (anonymous) MiB | peak anonymous RSS MiB, saturation / first fixed load |\n|---|---|---:|---|")
 	for range len(rep.Rates) + 1 {
 		b.WriteString("---|")
 	}
-	b.WriteString("---|---|---:|\n")
+	b.WriteString("---|---|---:|---:|\n")
 	for _, r := range rep.Results {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |", r.Name, r.Description, resultCell(r), fmtRatio(r))
 		for _, c := range latencyCells(rep, r) {
 			fmt.Fprintf(&b, " %s |", c)
 		}
-		fmt.Fprintf(&b, " %.2f, %.2f | %s | %s |\n", r.CPUPer10k, r.NATSCPUPer10k, peakCell(r), idleCell(r))
+		fmt.Fprintf(&b, " %.2f, %.2f | %s | %s | %s |\n", r.CPUPer10k, r.NATSCPUPer10k, peakCell(r), idleCell(r), anonCell(r))
 	}
 	b.WriteString("\n![throughput and latency per scenario](results.png)\n")
 	for _, r := range rep.Results {

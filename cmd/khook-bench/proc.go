@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -21,6 +22,8 @@ type proc struct {
 	out  *lockedBuffer
 	done chan struct{}
 	err  error
+	// anonPeak is the largest anonymous RSS sampled since the last reset.
+	anonPeak atomic.Int64
 }
 
 type lockedBuffer struct {
@@ -51,7 +54,26 @@ func startProc(name string, env []string, bin string, args ...string) (*proc, er
 		p.err = p.cmd.Wait()
 		close(p.done)
 	}()
+	go p.sampleAnon()
 	return p, nil
+}
+
+// sampleAnon keeps the largest anonymous RSS (heap and stacks) the process reached since
+// the last resetAnon, sampled every 50 ms: the kernel keeps a peak of the whole RSS
+// (VmHWM), which is mostly the binary's mapped pages, but none of the anonymous part.
+func (p *proc) sampleAnon() {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-t.C:
+			if a := p.usage().Anon; a > p.anonPeak.Load() {
+				p.anonPeak.Store(a)
+			}
+		}
+	}
 }
 
 func (p *proc) stop() {

@@ -227,6 +227,7 @@ func (e *env) measure(r *Result, inflight int, send func(id string) error) error
 		n := int(float64(rate) * e.cfg.rateDuration.Seconds())
 		ids := e.ids(n)
 		sent := make([]time.Time, n)
+		e.resetAnon()
 		begin := time.Now()
 		var wg sync.WaitGroup
 		for i, id := range ids {
@@ -256,6 +257,9 @@ func (e *env) measure(r *Result, inflight int, send func(id string) error) error
 		}
 		l := summarize(rate, n, lat)
 		l.Relative = relative > 0 && i == len(rates)-1
+		if i == 0 {
+			r.LowAnonMiB = e.anonPeak()
+		}
 		r.Latency = append(r.Latency, l)
 	}
 	// A stage that exited during the runs makes them meaningless: say so, with its output.
@@ -318,7 +322,24 @@ type saturation struct {
 	stages, natsU usage
 }
 
+// resetAnon starts a new peak of the stages' anonymous RSS.
+func (e *env) resetAnon() {
+	for _, p := range e.stages {
+		p.anonPeak.Store(0)
+	}
+}
+
+// anonPeak is the largest anonymous RSS of any stage since resetAnon, in MiB.
+func (e *env) anonPeak() float64 {
+	var peak int64
+	for _, p := range e.stages {
+		peak = max(peak, p.anonPeak.Load())
+	}
+	return float64(peak) / (1 << 20)
+}
+
 func (e *env) startSaturation() saturation {
+	e.resetAnon()
 	stages, natsU, _ := e.usage()
 	return saturation{e: e, start: time.Now(), stages: stages, natsU: natsU}
 }
@@ -336,6 +357,7 @@ func (s saturation) finish(r *Result, events int) {
 	for name, b := range peaks {
 		r.PeakRSSMiB[name] = float64(b) / (1 << 20)
 	}
+	r.LoadAnonMiB = s.e.anonPeak()
 }
 
 func summarize(rate, sent int, lat []time.Duration) Latency {
