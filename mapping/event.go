@@ -8,6 +8,7 @@ package mapping
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -75,6 +76,11 @@ func RawOf(source, msgID string, ce *cloudevent.Event) Raw {
 // event, and encoding/json's reflection and compaction of the payload was a fifth of its
 // CPU. The envelope's encoder validates the result, the payload with it, in one pass.
 func (ev Event) Encode() ([]byte, error) {
+	// Data is written as it is, so it must be one JSON value: anything else (say, `{},"id":
+	// "other"`) would add members to the event itself.
+	if len(ev.Data) > 0 && !jsonscan.Valid(ev.Data) {
+		return nil, errors.New("normalized event: data is not one valid JSON value")
+	}
 	b := make([]byte, 0, 256+len(ev.Data)+len(ev.Message)+len(ev.ID))
 	b = append(b, `{"id":`...)
 	b = cloudevent.AppendString(b, ev.ID)
@@ -152,6 +158,9 @@ func DecodeEvent(body []byte) (Event, error) {
 	ce, err := cloudevent.Decode(body)
 	if err != nil {
 		return ev, err
+	}
+	if jsonscan.KindOf(jsonscan.TrimSpace(ce.Data)) == jsonscan.Null {
+		return ev, nil // an event of no members, as encoding/json reads null
 	}
 	err = jsonscan.Members(ce.Data, func(name, v []byte) error {
 		var field *string

@@ -123,31 +123,59 @@ func Members(b []byte, fn func(name []byte, value []byte) error) error {
 	return members(v, fn)
 }
 
-// members walks the members of a valid JSON object v.
+// members walks the members of the JSON object v. v is expected to be valid, but a
+// document that is not (a caller's slicing mistake) ends the walk with a SyntaxError rather
+// than a panic.
 func members(v []byte, fn func(name, value []byte) error) error {
 	var scratch []byte
 	i := skipSpace(v, 1)
-	if v[i] == '}' {
+	if i < len(v) && v[i] == '}' {
 		return nil
 	}
 	for {
-		end, _ := skipString(v, i) // valid already
+		if i >= len(v) || v[i] != '"' {
+			return syntaxErr(i, "expected a member name")
+		}
+		end, err := skipString(v, i)
+		if err != nil {
+			return err
+		}
 		name, ok := unquoteNoCopy(v[i:end])
 		if !ok {
 			scratch = appendUnquoted(scratch[:0], v[i:end])
 			name = scratch
 		}
 		i = skipSpace(v, end)
-		i = skipSpace(v, i+1) // the colon
-		vend, _ := skipValue(v, i, 1)
+		if i >= len(v) || v[i] != ':' {
+			return syntaxErr(i, "expected ':' after a member name")
+		}
+		i = skipSpace(v, i+1)
+		vend, err := skipValue(v, i, 1)
+		if err != nil {
+			return err
+		}
 		if err := fn(name, v[i:vend]); err != nil {
 			return err
 		}
-		i = skipSpace(v, vend)
-		if v[i] == '}' {
-			return nil
+		if i, err = next(v, vend, '}'); err != nil || i < 0 {
+			return err
 		}
-		i = skipSpace(v, i+1) // the comma
+	}
+}
+
+// next reads what follows a member or element ending at i: the container's closing byte
+// (returns -1) or a comma (returns where the next one starts).
+func next(v []byte, i int, closing byte) (int, error) {
+	i = skipSpace(v, i)
+	switch {
+	case i >= len(v):
+		return 0, syntaxErr(i, "unexpected end of input")
+	case v[i] == closing:
+		return -1, nil
+	case v[i] == ',':
+		return skipSpace(v, i+1), nil
+	default:
+		return 0, syntaxErr(i, "%q after a value", v[i])
 	}
 }
 
@@ -170,60 +198,79 @@ func Lookup(v []byte, name string) ([]byte, bool) {
 }
 
 // Elements calls fn with each element of the valid JSON array v, in order, and stops at the
-// first error fn returns. v that is not an array has no elements.
+// first error fn returns (or at the first syntax error, for v that is not valid). v that is
+// not an array has no elements.
 func Elements(v []byte, fn func(i int, element []byte) error) error {
 	if KindOf(v) != Array {
 		return nil
 	}
 	j := skipSpace(v, 1)
-	if v[j] == ']' {
+	if j < len(v) && v[j] == ']' {
 		return nil
 	}
 	for n := 0; ; n++ {
-		end, _ := skipValue(v, j, 1)
+		end, err := skipValue(v, j, 1)
+		if err != nil {
+			return err
+		}
 		if err := fn(n, v[j:end]); err != nil {
 			return err
 		}
-		j = skipSpace(v, end)
-		if v[j] == ']' {
-			return nil
+		if j, err = next(v, end, ']'); err != nil || j < 0 {
+			return err
 		}
-		j = skipSpace(v, j+1)
 	}
 }
+
+// errFound stops Index's walk.
+var errFound = errors.New("found")
 
 // Index returns element i of the valid JSON array v.
 func Index(v []byte, i int) ([]byte, bool) {
-	if KindOf(v) != Array || i < 0 {
+	if i < 0 {
 		return nil, false
 	}
-	j := skipSpace(v, 1)
-	if v[j] == ']' {
-		return nil, false
-	}
-	for n := 0; ; n++ {
-		end, _ := skipValue(v, j, 1)
+	var found []byte
+	err := Elements(v, func(n int, e []byte) error {
 		if n == i {
-			return v[j:end], true
+			found = e
+			return errFound
 		}
-		j = skipSpace(v, end)
-		if v[j] == ']' {
-			return nil, false
-		}
-		j = skipSpace(v, j+1)
-	}
+		return nil
+	})
+	return found, err == errFound
 }
 
-// Unquote returns the text of the valid JSON string s (with its quotes), as encoding/json
-// unquotes it. ok is false when s is not a string.
+// Unquote returns the text of the JSON string s (with its quotes), as encoding/json
+// unquotes it. ok is false when s is not exactly one valid string.
 func Unquote(s []byte) (string, bool) {
 	if KindOf(s) != String {
+		return "", false
+	}
+	if end, err := skipString(s, 0); err != nil || end != len(s) {
 		return "", false
 	}
 	if u, ok := unquoteNoCopy(s); ok {
 		return string(u), true
 	}
 	return string(appendUnquoted(nil, s)), true
+}
+
+// TrimSpace returns b without the whitespace JSON allows around a value (space, tab, CR,
+// LF). bytes.TrimSpace also strips form feeds, vertical tabs and Unicode spaces, which
+// would let a document that is not JSON pass for one.
+func TrimSpace(b []byte) []byte {
+	start := skipSpace(b, 0)
+	end := len(b)
+	for end > start {
+		switch b[end-1] {
+		case ' ', '\t', '\n', '\r':
+			end--
+			continue
+		}
+		break
+	}
+	return b[start:end]
 }
 
 // unquoteNoCopy returns the inside of the valid JSON string s when it needs no unescaping:

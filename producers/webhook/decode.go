@@ -148,7 +148,7 @@ func decodeRequest(e Endpoint, source string, header http.Header, query url.Valu
 // per-event CPU was mostly encoding/json validating and copying the body, then each element
 // again.
 func decodePlain(body []byte) ([]incoming, bool, error) {
-	trimmed := bytes.TrimSpace(body)
+	trimmed := jsonscan.TrimSpace(body)
 	if len(trimmed) == 0 || trimmed[0] != '{' && trimmed[0] != '[' {
 		return nil, false, badRequest("body must be a JSON object (or an array of them, on batch endpoints)")
 	}
@@ -185,7 +185,16 @@ func plainObject(v []byte) (incoming, error) {
 		return incoming{}, errors.New("body must be a JSON object (or an array of them, on batch endpoints)")
 	}
 	it := incoming{data: v}
-	if typ, ok := jsonscan.Lookup(v, "type"); ok && jsonscan.KindOf(typ) != jsonscan.Null {
+	// The member is matched as encoding/json matches a struct field, without regard to
+	// case ("Type" counts), the last of several counting: senders wrote bodies for that.
+	var typ []byte
+	_ = jsonscan.Members(v, func(name, x []byte) error {
+		if bytes.EqualFold(name, []byte("type")) {
+			typ = x
+		}
+		return nil
+	})
+	if typ != nil && jsonscan.KindOf(typ) != jsonscan.Null {
 		s, isString := jsonscan.Unquote(typ)
 		if !isString {
 			return incoming{}, errors.New(`"type" must be a string`)

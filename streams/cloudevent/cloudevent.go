@@ -164,7 +164,7 @@ func appendString(b []byte, s string) []byte {
 // as CloudEvents spells them (lowercase); encoding/json also matched "ID" or "Type". Of
 // duplicate attributes, the last counts, as in a JSON object read into a map.
 func Decode(b []byte) (*Event, error) {
-	b = bytes.TrimSpace(b)
+	b = jsonscan.TrimSpace(b)
 	if len(b) == 0 || b[0] != '{' {
 		return nil, errors.New("cloudevent: not a JSON object")
 	}

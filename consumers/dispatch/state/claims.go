@@ -2,12 +2,15 @@ package state
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -48,11 +51,11 @@ func (s *Store) Claim(ctx context.Context, key, messageID, eventID string, windo
 	readFirst := s.held.held(key, s.now())
 	for attempt := range 3 {
 		if readFirst || attempt > 0 {
-			e, err := s.kv.Get(ctx, full)
+			c, err := s.readClaim(ctx, full)
 			switch {
 			case err == nil:
-				holder, holderEvent := parseClaim(e.Value())
-				until := e.Created().Add(window)
+				holder, holderEvent := parseClaim(c.value)
+				until := c.created.Add(window)
 				s.held.saw(key, until)
 				if holder == messageID {
 					return Claimed{Owned: true}, nil
@@ -60,8 +63,8 @@ func (s *Store) Claim(ctx context.Context, key, messageID, eventID string, windo
 				if attempt > 0 || until.After(s.now()) {
 					return Claimed{Holder: holder, HolderEvent: holderEvent, Until: until}, nil
 				}
-				// Past its window by this clock: expiring, or a replica's stale copy. The
-				// create below asks the stream's leader.
+				// Past its window by this clock, though not yet expired by the server: the
+				// create below is refused if it still holds.
 			case !errors.Is(err, jetstream.ErrKeyNotFound):
 				return Claimed{}, err
 			}
@@ -77,6 +80,67 @@ func (s *Store) Claim(ctx context.Context, key, messageID, eventID string, windo
 		// Another event holds the window, or took it between the read and the create.
 	}
 	return Claimed{}, ErrClaimUnread
+}
+
+// storedClaim is a claim as the bucket's stream leader holds it.
+type storedClaim struct {
+	value   []byte
+	created time.Time
+}
+
+// readClaim reads the claim at full from the leader of the bucket's stream, not with the
+// bucket's direct get, which any replica may answer. A replica that is behind may still
+// show a claim its holder released (a dead-lettered task) or its own holder's claim after
+// a `khook dlq retry`, and a claim decided from it would suppress an event that nothing
+// suppresses, losing it, or let two tasks own one window. The leader answers with the
+// latest write. A deleted, purged or expired claim reads as ErrKeyNotFound.
+func (s *Store) readClaim(ctx context.Context, full string) (storedClaim, error) {
+	req, err := json.Marshal(struct {
+		LastBySubject string `json:"last_by_subj"`
+	}{"$KV." + s.bucket + "." + full})
+	if err != nil {
+		return storedClaim{}, err
+	}
+	prefix := s.js.Options().APIPrefix
+	if prefix == "" {
+		prefix = jetstream.DefaultAPIPrefix
+	}
+	reply, err := s.js.Conn().RequestWithContext(ctx, prefix+"STREAM.MSG.GET.KV_"+s.bucket, req)
+	if err != nil {
+		return storedClaim{}, err
+	}
+	var resp struct {
+		Error   *jetstream.APIError `json:"error"`
+		Message *struct {
+			Header []byte    `json:"hdrs"`
+			Data   []byte    `json:"data"`
+			Time   time.Time `json:"time"`
+		} `json:"message"`
+	}
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return storedClaim{}, fmt.Errorf("reading claim: %w", err)
+	}
+	if resp.Error != nil {
+		if resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
+			return storedClaim{}, jetstream.ErrKeyNotFound
+		}
+		return storedClaim{}, resp.Error
+	}
+	if resp.Message == nil {
+		return storedClaim{}, fmt.Errorf("reading claim: %w", jetstream.ErrInvalidJetStreamResponse)
+	}
+	if len(resp.Message.Header) > 0 {
+		h, err := nats.DecodeHeadersMsg(resp.Message.Header)
+		if err != nil {
+			return storedClaim{}, fmt.Errorf("reading claim: %w", err)
+		}
+		// A delete or purge marker (a released claim), or the marker an expired claim
+		// leaves behind.
+		if h.Get("KV-Operation") != "" || h.Get("Nats-Marker-Reason") != "" {
+			return storedClaim{}, jetstream.ErrKeyNotFound
+		}
+	}
+	return storedClaim{value: resp.Message.Data, created: resp.Message.Time}, nil
 }
 
 // heldHints remembers, per suppression key, until when this replica last saw its window
