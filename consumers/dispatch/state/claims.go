@@ -82,6 +82,10 @@ func (s *Store) Claim(ctx context.Context, key, messageID, eventID string, windo
 	return Claimed{}, ErrClaimUnread
 }
 
+// claimReadTimeout bounds a claim's read when the caller's context has no deadline, as
+// nats.go's default API timeout bounds its KV operations.
+const claimReadTimeout = 5 * time.Second
+
 // storedClaim is a claim as the bucket's stream leader holds it.
 type storedClaim struct {
 	value   []byte
@@ -104,6 +108,13 @@ func (s *Store) readClaim(ctx context.Context, full string) (storedClaim, error)
 	prefix := s.js.Options().APIPrefix
 	if prefix == "" {
 		prefix = jetstream.DefaultAPIPrefix
+	}
+	// A request whose answer is lost (the server restarted under it) would otherwise wait
+	// forever and hold its worker: bound it as nats.go bounds its own KV reads.
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.readTimeout)
+		defer cancel()
 	}
 	reply, err := s.js.Conn().RequestWithContext(ctx, prefix+"STREAM.MSG.GET.KV_"+s.bucket, req)
 	if err != nil {

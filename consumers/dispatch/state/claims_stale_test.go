@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -83,4 +85,28 @@ func (k *staleKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry,
 		return e, nil
 	}
 	return k.KeyValue.Get(ctx, key)
+}
+
+// A claim's read whose answer is lost (the server restarted under it) must end: the
+// dispatcher's contexts carry no deadline, and a read that waited forever held its worker,
+// and with it the event, until the soak's settling check gave up.
+func TestClaimReadIsBoundedWhenItsAnswerIsLost(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
+	require.NoError(t, err)
+	ns.Start()
+	t.Cleanup(ns.Shutdown)
+	require.True(t, ns.ReadyForConnections(10*time.Second))
+	nc, err := nats.Connect(ns.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	// No JetStream here: the only responder takes the request and never answers.
+	_, err = nc.Subscribe("$JS.API.STREAM.MSG.GET.KV_claims", func(*nats.Msg) {})
+	require.NoError(t, err)
+	require.NoError(t, nc.Flush())
+
+	s := &Store{js: js, bucket: "claims", now: time.Now, readTimeout: 50 * time.Millisecond}
+	_, err = s.readClaim(context.Background(), "claim.k")
+	require.ErrorIs(t, err, context.DeadlineExceeded)
 }

@@ -78,6 +78,8 @@ type Store struct {
 	now      func() time.Time
 	cache    groupCache // the group records this replica wrote last
 	held     heldHints  // the suppression windows this replica saw held lately
+	// readTimeout bounds a claim's read from the stream leader (claimReadTimeout).
+	readTimeout time.Duration
 }
 
 // Open opens the dispatch bucket of topo. It is opened before the dispatcher's actors start
@@ -93,7 +95,7 @@ func Open(ctx context.Context, js jetstream.JetStream, topo streams.Config) (*St
 
 // New returns the state kept in kv, a bucket of js.
 func New(js jetstream.JetStream, kv jetstream.KeyValue, ttl time.Duration) *Store {
-	s := &Store{kv: kv, js: js, bucket: kv.Bucket(), ttl: ttl, now: time.Now}
+	s := &Store{kv: kv, js: js, bucket: kv.Bucket(), ttl: ttl, now: time.Now, readTimeout: claimReadTimeout}
 	if limit := streams.MaxPayload(js); limit > 0 {
 		s.maxValue = limit - 1024
 	}
