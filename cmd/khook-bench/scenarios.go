@@ -159,7 +159,11 @@ func (e *env) exited() error {
 	for _, p := range append([]*proc{e.nats}, e.stages...) {
 		select {
 		case <-p.done:
-			return fmt.Errorf("%s exited (%v); its last output:\n%s", p.name, p.err, tail(p.out.String(), 2000))
+			status := "exit status 0"
+			if p.err != nil {
+				status = p.err.Error()
+			}
+			return fmt.Errorf("%s exited (%s); its last output:\n%s", p.name, status, tail(p.out.String(), 2000))
 		default:
 		}
 	}

@@ -238,7 +238,7 @@ func Index(v []byte, i int) ([]byte, bool) {
 		}
 		return nil
 	})
-	return found, err == errFound
+	return found, errors.Is(err, errFound)
 }
 
 // Unquote returns the text of the JSON string s (with its quotes), as encoding/json
