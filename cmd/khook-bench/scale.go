@@ -96,11 +96,8 @@ func scaleRun(e *env, name string, run func(*env) (ScalePoint, error)) (ScalePoi
 	return p, nil
 }
 
-// scaleConfig is the bench configuration.
-func scaleConfig(s *env) (string, error) { return s.khookConfig(freePort()) }
-
 func scaleDispatchers(s *env, replicas int) (ScalePoint, error) {
-	cfg, err := scaleConfig(s)
+	cfg, err := s.khookConfig(freePort())
 	if err != nil {
 		return ScalePoint{}, err
 	}
@@ -135,7 +132,7 @@ func scaleDispatchers(s *env, replicas int) (ScalePoint, error) {
 }
 
 func scaleMappers(s *env, replicas int) (ScalePoint, error) {
-	cfg, err := scaleConfig(s)
+	cfg, err := s.khookConfig(freePort())
 	if err != nil {
 		return ScalePoint{}, err
 	}
