@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/run"
@@ -36,6 +37,9 @@ type Stages struct {
 	Mapper     bool
 	Dispatcher bool
 	Embedded   bool // start an embedded NATS server when nats.url is empty
+	// Edge makes the embedded server a leaf node of the hub (edge.hub) in the cluster's
+	// JetStream domain, with only the edge's raw stream (khook edge).
+	Edge bool
 }
 
 // All is `khook run`: every stage, on an embedded NATS server unless nats.url is set.
@@ -44,6 +48,8 @@ var All = Stages{Producers: true, Mapper: true, Dispatcher: true, Embedded: true
 // ServiceName names the process in traces: khook for every stage, else its one stage.
 func (st Stages) ServiceName() string {
 	switch {
+	case st.Edge:
+		return "khook-edge"
 	case st.Producers && st.Mapper && st.Dispatcher:
 		return "khook"
 	case st.Producers:
@@ -132,8 +138,16 @@ func (a *App) Run(ctx context.Context) error {
 	}
 
 	var embedded []nats.Option
+	var ns *server.Server
 	if a.st.Embedded && cfg.NATS.URL == "" {
-		ns, opts, err := streams.StartEmbedded(ctx, cfg.NATS.Embedded, cfg.Streams.Subjects())
+		ecfg := cfg.NATS.Embedded
+		if a.st.Edge {
+			if ecfg, err = edgeServer(cfg); err != nil {
+				return err
+			}
+		}
+		var opts []nats.Option
+		ns, opts, err = streams.StartEmbedded(ctx, ecfg, cfg.Streams.Subjects())
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil // stopped during start-up
@@ -161,10 +175,15 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	// Closed last, after every actor has stopped, so draining stages can still ack.
 	defer nc.Close()
-	if err := applyWithRetry(ctx, js, cfg.Streams, logger); err != nil {
+	if a.st.Edge {
+		err = applyEdge(ctx, js, cfg, logger)
+	} else {
+		err = applyWithRetry(ctx, js, cfg.Streams, logger)
+	}
+	if err != nil {
 		return err
 	}
-	a.watchNATS(nc, js)
+	a.watchNATS(nc, js, ns)
 
 	g := &group{logger: logger}
 	if a.producers != nil {
@@ -192,6 +211,9 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	if a.st.Producers && a.st.Mapper && a.st.Dispatcher {
 		g.add("ready line", func(ctx context.Context) error { return a.sayReady(ctx) })
+	}
+	if a.st.Edge {
+		g.add("hub link", func(ctx context.Context) error { return a.watchHub(ctx, ns) })
 	}
 	return g.run(ctx)
 }
@@ -225,9 +247,14 @@ func (a *App) sayReady(ctx context.Context) error {
 }
 
 // watchNATS reports the connection and the streams on the probes and the metrics.
-func (a *App) watchNATS(nc *nats.Conn, js jetstream.JetStream) {
+func (a *App) watchNATS(nc *nats.Conn, js jetstream.JetStream, ns *server.Server) {
 	cfg := a.cfg
 	a.reg.MustRegister(streams.NewCollector(js, cfg.Streams, a.st.streamStages()...))
+	if a.st.Edge {
+		a.reg.MustRegister(streams.NewEdgeCollector(js, cfg.Streams, func() bool { return hubConnected(ns) }))
+	} else if len(cfg.Streams.Edges) > 0 {
+		a.reg.MustRegister(streams.NewHubCollector(js, cfg.Streams))
+	}
 	a.probes.Set("nats", func(context.Context) error {
 		if s := nc.Status(); s != nats.CONNECTED {
 			return fmt.Errorf("nats connection %s", s)
@@ -235,7 +262,11 @@ func (a *App) watchNATS(nc *nats.Conn, js jetstream.JetStream) {
 		return nil
 	})
 	a.probes.Set("streams", func(ctx context.Context) error {
-		for _, name := range []string{cfg.Streams.Raw.Name, cfg.Streams.Events.Name, cfg.Streams.DLQ.Name} {
+		names := []string{cfg.Streams.Raw.Name, cfg.Streams.Events.Name, cfg.Streams.DLQ.Name}
+		if a.st.Edge {
+			names = names[:1]
+		}
+		for _, name := range names {
 			if _, err := js.Stream(ctx, name); err != nil {
 				return fmt.Errorf("stream %s: %w", name, err)
 			}

@@ -38,7 +38,7 @@ func loadProducers(cfg config.Config, plugin string, reg *prometheus.Registry, p
 func (p *producerStage) add(g *group, js jetstream.JetStream, cfg config.Config) {
 	// The publisher needs the connection, which exists only now: the plugins were built and
 	// checked before connecting. It is handed over before any actor starts.
-	p.sup.Pub = producers.NewPublisher(js, cfg.Streams.Subjects(), p.metrics)
+	p.sup.Pub = producers.NewPublisher(js, cfg.Streams.Subjects(), p.metrics).InCluster(cfg.Cluster)
 	g.add("publisher", p.sup.Pub.Run)
 	// Unready while JetStream refuses events, so load balancers steer webhooks away.
 	p.probes.Set("producer", p.sup.Pub.Ready)

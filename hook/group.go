@@ -27,7 +27,12 @@ const (
 )
 
 // GroupLabels are what groupBy may name: the event's fields, its owning workload, and tags.
-var GroupLabels = []string{"eventType", "namespace", "resourceKind", "resourceName", "owner", "reason", "severity"}
+var GroupLabels = []string{"cluster", "eventType", "namespace", "resourceKind", "resourceName", "owner", "reason", "severity"}
+
+// inCluster are the labels whose values name something inside one cluster: the same
+// namespace or workload name in two clusters is two things, so grouping by any of them
+// groups by cluster too.
+var inCluster = []string{"namespace", "resourceName", "owner"}
 
 // tagLabel prefixes a tag in groupBy: "tags.team" groups by the event's team tag.
 const tagLabel = "tags."
@@ -104,11 +109,18 @@ func Owner(ev *mapping.Event) string {
 	return strings.TrimPrefix(ev.Resource.Kind+"/"+ev.Resource.Name, "/")
 }
 
-// Labels returns the values of the group labels for ev.
+// Labels returns the values of the group labels for ev. An event from a cluster grouped by
+// a label that names something inside its cluster (inCluster) has the cluster among its
+// labels too, whether or not groupBy names it.
 func (g Grouping) Labels(ev *mapping.Event) map[string]string {
-	out := make(map[string]string, len(g.By))
+	out := make(map[string]string, len(g.By)+1)
 	for _, by := range g.By {
+		if ev.Cluster != "" && slices.Contains(inCluster, by) {
+			out["cluster"] = ev.Cluster
+		}
 		switch by {
+		case "cluster":
+			out[by] = ev.Cluster
 		case "eventType":
 			out[by] = ev.Type
 		case "namespace":
@@ -259,6 +271,19 @@ func GroupContext(g Group, events []GroupEvent) string {
 	if len(labels) > 0 {
 		b.WriteString("\nGroup: " + strings.Join(labels, ", "))
 	}
+	if _, ok := g.Labels["cluster"]; !ok {
+		// A group across clusters says which, so the agent knows where to look.
+		var clusters []string
+		for _, e := range events {
+			if e.Cluster != "" && !slices.Contains(clusters, e.Cluster) {
+				clusters = append(clusters, e.Cluster)
+			}
+		}
+		if len(clusters) > 0 {
+			slices.Sort(clusters)
+			b.WriteString("\nClusters: " + strings.Join(clusters, ", "))
+		}
+	}
 	fmt.Fprintf(&b, "\nEvents: %d on %d resources", g.Count, g.Resources)
 	if g.Sent > 0 {
 		fmt.Fprintf(&b, " since the last task (%d tasks, %d events in all)", g.Sent, g.Total)
@@ -278,7 +303,11 @@ func GroupContext(g Group, events []GroupEvent) string {
 			break
 		}
 		res := strings.TrimPrefix(e.Resource.Kind+"/"+e.Resource.Name, "/")
-		fmt.Fprintf(&b, "\n- %s %s", e.Namespace, res)
+		b.WriteString("\n- ")
+		if e.Cluster != "" {
+			b.WriteString("[" + e.Cluster + "] ")
+		}
+		fmt.Fprintf(&b, "%s %s", e.Namespace, res)
 		if e.Count > 1 {
 			fmt.Fprintf(&b, " ×%d", e.Count)
 		}

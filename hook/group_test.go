@@ -37,7 +37,7 @@ func TestGroupingFieldsParseAndDefault(t *testing.T) {
 
 func TestGroupingErrorsNameTheField(t *testing.T) {
 	for spec, want := range map[string]string{
-		"  groupBy: [pod]\n":                          `spec.groupBy[0]: must be one of eventType, namespace, resourceKind, resourceName, owner, reason, severity or tags.<name>, got "pod"`,
+		"  groupBy: [pod]\n":                          `spec.groupBy[0]: must be one of cluster, eventType, namespace, resourceKind, resourceName, owner, reason, severity or tags.<name>, got "pod"`,
 		"  groupBy: [tags.]\n":                        `spec.groupBy[0]`,
 		"  groupWait: soon\n":                         `spec.groupWait: want a duration`,
 		"  groupWait: 1s\n  groupInterval: 10ms\n":    `spec.groupInterval: want a duration of at least 1s`,

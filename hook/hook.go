@@ -14,6 +14,7 @@ import (
 
 	"github.com/khook/khook/internal/strictyaml"
 	"github.com/khook/khook/mapping"
+	"github.com/khook/khook/streams/cloudevent"
 	"github.com/khook/khook/streams/subject"
 )
 
@@ -53,6 +54,9 @@ type HookSpec struct {
 	GroupWait        string   `yaml:"groupWait,omitempty" json:"groupWait,omitempty"`
 	GroupInterval    string   `yaml:"groupInterval,omitempty" json:"groupInterval,omitempty"`
 	MaxEventsPerTask int      `yaml:"maxEventsPerTask,omitempty" json:"maxEventsPerTask,omitempty"`
+	// Clusters (khook extension) limits the hook to events from these clusters, by the
+	// names their edges stamp; empty means every cluster, and events without one.
+	Clusters []string `yaml:"clusters,omitempty" json:"clusters,omitempty"`
 }
 
 // EventConfiguration fires its agent for every event of EventType in the hook's namespace.
@@ -130,6 +134,11 @@ func (h *Hook) Validate() error {
 		}
 		if ec.MinSeverity != "" && !slices.Contains(mapping.Severities, ec.MinSeverity) {
 			errs = append(errs, fmt.Errorf("spec.eventConfigurations[%d].minSeverity: must be one of info, warning, error, critical, got %q", i, ec.MinSeverity))
+		}
+	}
+	for i, c := range h.Spec.Clusters {
+		if err := cloudevent.CheckCluster(c); err != nil {
+			errs = append(errs, fmt.Errorf("spec.clusters[%d]: %w", i, err))
 		}
 	}
 	if w := h.Spec.SuppressionWindow; w != "" {
@@ -307,7 +316,7 @@ func NewIndex(hooks []Hook) (*Index, error) {
 
 // Match returns every event configuration, of every hook in the event's namespace, whose
 // event type is the event's internal type (khook's matching rule) and whose optional
-// severity floor and tag selector the event meets.
+// severity floor, tag selector and clusters the event meets.
 func (idx *Index) Match(ev *mapping.Event) []Match {
 	all := idx.byKey[indexKey{ev.Namespace, ev.Type}]
 	out := all[:0:0]
@@ -321,6 +330,9 @@ func (idx *Index) Match(ev *mapping.Event) []Match {
 
 func (m Match) accepts(ev *mapping.Event) bool {
 	ec := m.Config()
+	if cs := m.Hook.Spec.Clusters; len(cs) > 0 && !slices.Contains(cs, ev.Cluster) {
+		return false
+	}
 	if ec.MinSeverity != "" && slices.Index(mapping.Severities, ev.Severity) < slices.Index(mapping.Severities, ec.MinSeverity) {
 		return false
 	}

@@ -99,7 +99,7 @@ func TestUnknownPlaceholdersAreSentAsWritten(t *testing.T) {
 			[]string{"{{ .PodUID }} is not a field khook knows, so it is sent as written"}},
 		{"several, and a chain", "{{.A}}-{{.B.C}}-{{.Namespace}}", "{{.A}}-{{.B.C}}-shop",
 			[]string{"{{.A}} is not", "{{.B.C}} is not"}},
-		{"inside if", "{{if .Namespace}}{{.Cluster}}{{end}}", "{{.Cluster}}", []string{"{{.Cluster}} is not"}},
+		{"inside if", "{{if .Namespace}}{{.Region}}{{end}}", "{{.Region}}", []string{"{{.Region}} is not"}},
 		// As written means the spaces too: the trim markers belong to the unknown action.
 		{"trim markers", "a {{- .Who -}} b", "a {{- .Who -}} b", []string{"{{- .Who -}} is not"}},
 		{"range keeps its fields", "{{range .Data.alerts}}{{.pod}}{{end}}", "ab", nil},

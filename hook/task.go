@@ -25,21 +25,34 @@ func Hash(parts ...string) string {
 // SuppressionKey identifies what one suppression window covers: one hook entry and one
 // event key.
 func SuppressionKey(entry string, ev EventKey) string {
-	return Hash(entry, ev.Type, ev.Namespace, ev.Kind, ev.Name)
+	return Hash(ev.parts(entry)...)
 }
 
 // EventKey is an event's identity as khook tells events apart: its type and the resource it
-// is about. Suppression windows, agent contexts, the events of a group and a Hook's active
-// events are all per event key. KeyOf is its one constructor from an event.
-type EventKey struct{ Type, Namespace, Kind, Name string }
+// is about, in the cluster it is in. Suppression windows, agent contexts, the events of a
+// group and a Hook's active events are all per event key. KeyOf is its one constructor from
+// an event.
+type EventKey struct{ Cluster, Type, Namespace, Kind, Name string }
 
 // KeyOf returns ev's event key.
 func KeyOf(ev *mapping.Event) EventKey {
-	return EventKey{Type: ev.Type, Namespace: ev.Namespace, Kind: ev.Resource.Kind, Name: ev.Resource.Name}
+	return EventKey{Cluster: ev.Cluster, Type: ev.Type, Namespace: ev.Namespace, Kind: ev.Resource.Kind, Name: ev.Resource.Name}
 }
 
 // Hash is the key's short, fixed-length form, for record keys.
-func (k EventKey) Hash() string { return Hash(k.Type, k.Namespace, k.Kind, k.Name) }
+func (k EventKey) Hash() string { return Hash(k.parts()...) }
+
+// parts are the key's parts after prefix, for Hash. The cluster comes last and only when
+// there is one, so that a single-cluster install's keys (claims, contexts, records already
+// in the bucket) are what they were before clusters existed.
+func (k EventKey) parts(prefix ...string) []string {
+	p := make([]string, 0, len(prefix)+6)
+	p = append(append(p, prefix...), k.Type, k.Namespace, k.Kind, k.Name)
+	if k.Cluster != "" {
+		p = append(p, "cluster", k.Cluster)
+	}
+	return p
+}
 
 // Task is one agent call: what one event configuration of one hook asks of its agent.
 type Task struct {
@@ -79,7 +92,7 @@ func Identify(m Match, ev *mapping.Event) Task {
 		Hook:           m.Hook.Key(),
 		Agent:          m.Agent,
 		MessageID:      UUID("message", ev.ID, entry),
-		ContextID:      UUID("context", entry, key.Type, key.Namespace, key.Kind, key.Name),
+		ContextID:      UUID(key.parts("context", entry)...),
 		Event:          ev,
 		SuppressionKey: SuppressionKey(entry, key),
 	}
@@ -112,7 +125,9 @@ type promptData struct {
 	EventType, ResourceName, ResourceKind, Namespace, Reason, Message, EventMessage string
 	Timestamp, EventTime                                                            string
 	ID, Source, SourceType, Severity                                                string
-	Tags                                                                            map[string]string
+	// Cluster is the cluster the event came from; empty in a single-cluster install.
+	Cluster string
+	Tags    map[string]string
 	// Data is the event's raw payload, decoded: {{ .Data.labels.pod }}.
 	Data any
 	// Events and Group are set for a grouped hook's task: every distinct event of the group
@@ -134,6 +149,7 @@ func newPromptData(ev *mapping.Event) promptData {
 		EventType: ev.Type, ResourceName: ev.Resource.Name, ResourceKind: ev.Resource.Kind, Namespace: ev.Namespace,
 		Reason: ev.Reason, Message: ev.Message, EventMessage: ev.Message, Timestamp: ts, EventTime: ts,
 		ID: ev.ID, Source: ev.Source, SourceType: ev.SourceType, Severity: ev.Severity, Tags: ev.Tags, Data: data,
+		Cluster: ev.Cluster,
 	}
 }
 
@@ -210,7 +226,7 @@ func compilePrompt(text string) (*template.Template, []string, error) {
 }
 
 // placeholder matches khook's prompt placeholders, with or without spaces inside the braces.
-var placeholder = regexp.MustCompile(`\{\{\s*\.(EventType|ResourceName|Namespace|Reason|Message|EventMessage|Timestamp|EventTime)\s*\}\}`)
+var placeholder = regexp.MustCompile(`\{\{\s*\.(EventType|ResourceName|Namespace|Cluster|Reason|Message|EventMessage|Timestamp|EventTime)\s*\}\}`)
 
 // expandPlaceholders is khook's own expansion, used when a template fails on an event: known
 // placeholders are replaced and everything else is left as written.
@@ -224,6 +240,8 @@ func expandPlaceholders(prompt string, ev *mapping.Event) string {
 			return d.ResourceName
 		case "Namespace":
 			return d.Namespace
+		case "Cluster":
+			return d.Cluster
 		case "Reason":
 			return d.Reason
 		case "Message", "EventMessage":
@@ -259,7 +277,8 @@ func ExpandPrompt(prompt string, ev *mapping.Event) string {
 }
 
 // EventContext is the text appended to every prompt, as khook appends it: namespace, reason
-// and message, then the resource, the event's source and its time.
+// and message, then the resource, the event's source and its time. An event from a named
+// cluster begins with its cluster, which the agent needs to reach the right one.
 func EventContext(ev *mapping.Event) string {
 	var b strings.Builder
 	line := func(k, v string) {
@@ -267,6 +286,7 @@ func EventContext(ev *mapping.Event) string {
 			b.WriteString("\n" + k + ": " + v)
 		}
 	}
+	line("Cluster", ev.Cluster)
 	line("Namespace", ev.Namespace)
 	line("Reason", ev.Reason)
 	line("Message", ev.Message)

@@ -22,6 +22,7 @@ import (
 type Raw struct {
 	ID      string
 	Source  string // the plugin name, e.g. "webhook"
+	Cluster string // the cluster it came from (cloudevent.Event.Cluster), empty in a single-cluster install
 	Type    string // the plugin's event type, e.g. "deploy-failed"
 	Subject string // the CloudEvents subject, "namespace/kind/name" when the producer knows it
 	Time    time.Time
@@ -38,6 +39,7 @@ type Resource struct {
 type Event struct {
 	ID         string            `json:"id"`
 	Source     string            `json:"source"`
+	Cluster    string            `json:"cluster,omitempty"`
 	SourceType string            `json:"sourceType"`
 	Type       string            `json:"type"` // the internal type hooks match on
 	Severity   string            `json:"severity"`
@@ -62,8 +64,8 @@ func RawOf(source, msgID string, ce *cloudevent.Event) Raw {
 	if source == "" {
 		source = ce.Source
 	}
-	return Raw{ID: cloudevent.KeyOf(source, msgID, ce.ID), Source: source, Type: ce.Type, Subject: ce.Subject,
-		Time: ce.Time, Data: ce.Data}
+	return Raw{ID: cloudevent.KeyOf(source, ce.Cluster, msgID, ce.ID), Source: source, Cluster: ce.Cluster, Type: ce.Type,
+		Subject: ce.Subject, Time: ce.Time, Data: ce.Data}
 }
 
 // Encode is the body of a normalized event's message in KHOOK_EVENTS: a CloudEvent whose
@@ -86,6 +88,7 @@ func (ev Event) Encode() ([]byte, error) {
 	b = cloudevent.AppendString(b, ev.ID)
 	b = append(b, `,"source":`...)
 	b = cloudevent.AppendString(b, ev.Source)
+	b = appendOptional(b, `,"cluster":`, ev.Cluster)
 	b = append(b, `,"sourceType":`...)
 	b = cloudevent.AppendString(b, ev.SourceType)
 	b = append(b, `,"type":`...)
@@ -136,7 +139,7 @@ func (ev Event) Encode() ([]byte, error) {
 		subject = ev.Namespace + "/" + ev.Resource.Kind + "/" + ev.Resource.Name
 	}
 	return cloudevent.Encode(&cloudevent.Event{
-		ID: ev.ID, Source: ev.Source, Type: ev.Type, Time: ev.Time,
+		ID: ev.ID, Source: ev.Source, Type: ev.Type, Time: ev.Time, Cluster: ev.Cluster,
 		Subject:         subject,
 		DataContentType: "application/json",
 		Data:            b,
@@ -169,6 +172,8 @@ func DecodeEvent(body []byte) (Event, error) {
 			field = &ev.ID
 		case "source":
 			field = &ev.Source
+		case "cluster":
+			field = &ev.Cluster
 		case "sourceType":
 			field = &ev.SourceType
 		case "type":

@@ -62,6 +62,7 @@ func Map(rules *Rules, raw Raw) (Event, Outcome) {
 	return Event{
 		ID:         raw.ID,
 		Source:     raw.Source,
+		Cluster:    raw.Cluster,
 		SourceType: raw.Type,
 		Type:       internalType,
 		Severity:   rule.Severity,

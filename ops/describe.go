@@ -335,7 +335,8 @@ func pendingRaw(ctx context.Context, js jetstream.JetStream, topo streams.Config
 	var seq uint64
 	cut, err := scanUnhandled(ctx, js, topo.Raw.Name, topo.Mapper.Durable, func(m Msg) bool {
 		msgID := m.Header.Get(jetstream.MsgIDHeader)
-		if msgID == "" || cloudevent.KeyOf(topo.Subjects().SourceOf(m.Subject), msgID, "") != id {
+		source := topo.Subjects().SourceOf(m.Subject)
+		if msgID == "" || cloudevent.KeyOf(source, cloudevent.ClusterOf(source, msgID), msgID, "") != id {
 			return false
 		}
 		seq = m.Seq

@@ -24,6 +24,7 @@ type EventFilter struct {
 	Type         string
 	Namespace    string
 	Resource     string
+	Cluster      string
 	MinSeverity  string
 	Match        func(*mapping.Event) bool
 }
@@ -59,7 +60,8 @@ func ParseTime(v string, ago bool) (time.Time, error) {
 }
 
 func (f EventFilter) accepts(ev *mapping.Event) bool {
-	if (f.Namespace != "" && ev.Namespace != f.Namespace) || (f.Resource != "" && ev.Resource.Name != f.Resource) {
+	if (f.Namespace != "" && ev.Namespace != f.Namespace) || (f.Resource != "" && ev.Resource.Name != f.Resource) ||
+		(f.Cluster != "" && ev.Cluster != f.Cluster) {
 		return false
 	}
 	if f.MinSeverity != "" && slices.Index(mapping.Severities, ev.Severity) < slices.Index(mapping.Severities, f.MinSeverity) {

@@ -33,6 +33,9 @@ type Publisher struct {
 	subjects subject.Builder
 	metrics  *Metrics
 	now      func() time.Time
+	// cluster is stamped on every event and scopes its key (cloudevent.InCluster); empty in
+	// a single-cluster install.
+	cluster string
 
 	mu          sync.Mutex
 	lastFailure time.Time // of the latest publish JetStream did not acknowledge
@@ -48,6 +51,13 @@ func NewPublisher(js jetstream.JetStream, subjects subject.Builder, m *Metrics) 
 	p := &Publisher{js: js, subjects: subjects, metrics: m, now: time.Now}
 	never := context.Background()
 	p.link.Store(&never)
+	return p
+}
+
+// InCluster makes the publisher stamp cluster on every event it publishes, and scope the
+// events' keys by it, as an edge's producers do. It returns p.
+func (p *Publisher) InCluster(cluster string) *Publisher {
+	p.cluster = cluster
 	return p
 }
 
@@ -166,10 +176,11 @@ func (p *Publisher) publish(ctx context.Context, plugin string, ev Event) (Resul
 		}
 		ext[SenderIDExtension] = ev.ID
 	}
-	key := cloudevent.Key(source, ev.Scope, ev.ID)
+	key := cloudevent.InCluster(p.cluster, cloudevent.Key(source, ev.Scope, ev.ID))
 	ce := &cloudevent.Event{
 		ID:              key,
 		Source:          source,
+		Cluster:         p.cluster,
 		Type:            ev.Type,
 		Subject:         ev.Subject,
 		Time:            ev.Time,

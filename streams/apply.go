@@ -60,7 +60,7 @@ func apply(ctx context.Context, js jetstream.JetStream, cfg Config, dryRun bool)
 	subj := cfg.Subjects()
 	var changes []Change
 	for _, s := range []jetstream.StreamConfig{
-		cfg.Raw.streamConfig(subj.AllRaw()),
+		cfg.rawStream(),
 		cfg.Events.streamConfig(subj.AllEvents()),
 		cfg.DLQ.streamConfig(subj.AllDLQ()),
 		cfg.Outcomes.streamConfig(subj.AllOutcomes()),
@@ -138,6 +138,9 @@ func applyStream(ctx context.Context, js jetstream.JetStream, want jetstream.Str
 	merged.Replicas = want.Replicas
 	merged.Discard = want.Discard
 	merged.Duplicates = want.Duplicates
+	// khook manages a stream's edge sources (its own name, in an edge's domain); any other
+	// source an operator added is kept.
+	merged.Sources = append(otherSources(have), want.Sources...)
 	if _, err := js.UpdateStream(ctx, merged); err != nil {
 		return "", nil, err
 	}
@@ -189,6 +192,9 @@ func streamDiff(have, want jetstream.StreamConfig) []string {
 	if have.Duplicates != want.Duplicates {
 		add("duplicate_window", have.Duplicates, want.Duplicates, "")
 	}
+	if from, to := edgeSourceNames(have), edgeSourceNames(want); !slices.Equal(from, to) {
+		add("edge sources", from, to, "a removed edge's events stay stored")
+	}
 	return diff
 }
 
@@ -200,7 +206,8 @@ func sameStream(have, want jetstream.StreamConfig) bool {
 		have.Replicas == want.Replicas &&
 		have.Storage == want.Storage &&
 		have.Discard == want.Discard &&
-		have.Duplicates == want.Duplicates
+		have.Duplicates == want.Duplicates &&
+		slices.Equal(edgeSourceNames(have), edgeSourceNames(want))
 }
 
 func applyConsumer(ctx context.Context, js jetstream.JetStream, stream string, want jetstream.ConsumerConfig, dryRun bool) (Action, []string, error) {

@@ -52,6 +52,9 @@ type Config struct {
 	// DispatchTTL is how long the dispatch bucket keeps a record of a completed delivery. It
 	// must exceed the longest time a message can wait for redelivery.
 	DispatchTTL time.Duration `koanf:"dispatch_ttl"`
+	// Edges are the clusters whose edges the raw stream sources (khook.yaml's clusters),
+	// each by its JetStream domain, the cluster's name.
+	Edges []string `koanf:"-"`
 }
 
 // Default returns the topology of a single-server installation.

@@ -22,7 +22,7 @@ import (
 
 // eventSelection is the flags that select normalized events, shared by tail and get.
 type eventSelection struct {
-	typ, namespace, resource *string
+	typ, namespace, resource, cluster *string
 	severity                 *enumFlag
 }
 
@@ -31,17 +31,18 @@ func addEventSelection(fs *pflag.FlagSet) *eventSelection {
 		typ:       fs.String("type", "", "only this internal event type"),
 		namespace: fs.StringP("namespace", "n", "", "only this namespace"),
 		resource:  fs.String("resource", "", "only this resource name"),
+		cluster:   fs.String("cluster", "", "only events from this cluster"),
 		severity:  addEnum(fs, "severity", "only this severity and above", mapping.Severities...),
 	}
 }
 
 func (e *eventSelection) filter() ops.EventFilter {
-	return ops.EventFilter{Type: *e.typ, Namespace: *e.namespace, Resource: *e.resource, MinSeverity: e.severity.value}
+	return ops.EventFilter{Type: *e.typ, Namespace: *e.namespace, Resource: *e.resource, Cluster: *e.cluster, MinSeverity: e.severity.value}
 }
 
 // eventHeader is the table's header line, in eventLine's columns.
 func eventHeader(w io.Writer) error {
-	_, err := fmt.Fprintf(w, "%-20s %-8s %-16s %-9s %s\n", "STORED", "SEQ", "TYPE", "SEVERITY", "NAMESPACE/KIND/NAME: MESSAGE")
+	_, err := fmt.Fprintf(w, "%-20s %-8s %-16s %-9s %-12s %s\n", "STORED", "SEQ", "TYPE", "SEVERITY", "CLUSTER", "NAMESPACE/KIND/NAME: MESSAGE")
 	return err
 }
 
@@ -51,8 +52,8 @@ func eventLine(w io.Writer, rec ops.EventRecord) error {
 	if rec.ReplayID != "" {
 		replay = " (replay " + rec.ReplayID + ")"
 	}
-	_, err := fmt.Fprintf(w, "%s %-8s %-16s %-9s %s/%s/%s: %s%s\n", rec.Stored.UTC().Format(time.RFC3339), strconv.FormatUint(rec.Seq, 10),
-		rec.Type, rec.Severity, cmp.Or(rec.Namespace, "-"), cmp.Or(rec.Resource.Kind, "-"), cmp.Or(rec.Resource.Name, "-"), rec.Message, replay)
+	_, err := fmt.Fprintf(w, "%s %-8s %-16s %-9s %-12s %s/%s/%s: %s%s\n", rec.Stored.UTC().Format(time.RFC3339), strconv.FormatUint(rec.Seq, 10),
+		rec.Type, rec.Severity, cmp.Or(rec.Cluster, "-"), cmp.Or(rec.Namespace, "-"), cmp.Or(rec.Resource.Kind, "-"), cmp.Or(rec.Resource.Name, "-"), rec.Message, replay)
 	return err
 }
 
@@ -199,6 +200,9 @@ func describeTable(w io.Writer, d *ops.Description) error {
 		mapped += fmt.Sprintf(" as %s (events seq %d)", e.Type, e.Seq)
 	}
 	line("Mapping", "%s", mapped)
+	if e := d.Event; e != nil && e.Cluster != "" {
+		line("Cluster", "%s", e.Cluster)
+	}
 	if e := d.Event; e != nil {
 		line("Event", "%s %s/%s/%s: %s", e.Severity, cmp.Or(e.Namespace, "-"), cmp.Or(e.Resource.Kind, "-"),
 			cmp.Or(e.Resource.Name, "-"), e.Message)

@@ -12,6 +12,7 @@ import (
 // examples maps a command's path to its examples, one command line each.
 var examples = map[string][]string{
 	"khook run":        {"khook run --config examples/local/khook.yaml", "khook run --config khook.yaml --nats-url nats://nats:4222"},
+	"khook edge":       {"khook edge --config examples/multicluster/edge-eu-1.yaml   # one cluster's producers; forwards to the hub"},
 	"khook producer":   {"khook producer --nats-url nats://nats:4222 --config khook.yaml"},
 	"khook mapper":     {"khook mapper --nats-url nats://nats:4222 --config khook.yaml"},
 	"khook dispatcher": {"khook dispatcher --nats-url nats://nats:4222 --config khook.yaml"},

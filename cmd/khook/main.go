@@ -77,7 +77,7 @@ or each stage as its own process against a NATS server, as the Helm chart does:
 	root.SetVersionTemplate(versionLine() + "\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
-		runCmd(), producerCmd(), mapperCmd(), dispatcherCmd(), streamsCmd(),
+		runCmd(), edgeCmd(), producerCmd(), mapperCmd(), dispatcherCmd(), streamsCmd(),
 		agentCmd(), mappingsCmd(), hooksCmd(), publishCmd(), pluginsCmd(), probeCmd(),
 		replayCmd(), statusCmd(), dlqCmd(), eventsCmd(), versionCmd(),
 	)

@@ -29,6 +29,16 @@ func runCmd() *cobra.Command {
 	})
 }
 
+func edgeCmd() *cobra.Command {
+	return leaf("edge", "run one cluster's producers, storing events at the edge and forwarding them to the hub (a NATS leaf node)", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
+		common := addCommonFlags(fs)
+		profile := addProfileFlag(fs)
+		return func(ctx context.Context, _ []string, _, _ io.Writer) error {
+			return runPipeline(ctx, common, *profile, app.Edge)
+		}
+	})
+}
+
 func producerCmd() *cobra.Command {
 	return leaf("producer", "run the enabled producer plugins of plugins.yaml", cobra.NoArgs, func(fs *pflag.FlagSet) runFunc {
 		common := addCommonFlags(fs)
@@ -84,6 +94,11 @@ func runPipeline(ctx context.Context, common *commonFlags, cpuprofile string, st
 	cfg, err := config.Load(common.config, environ(), common.overrides())
 	if err != nil {
 		return err
+	}
+	if st.Edge {
+		if err := cfg.ValidateEdge(); err != nil {
+			return err
+		}
 	}
 	logger, err := telemetry.NewLogger(cfg.Log.Level, cfg.Log.Format)
 	if err != nil {

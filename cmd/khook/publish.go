@@ -76,7 +76,7 @@ func publishCmd() *cobra.Command {
 				return err
 			}
 			defer nc.Close()
-			pub := producers.NewPublisher(js, cfg.Streams.Subjects(), producers.NewMetrics(prometheus.NewRegistry()))
+			pub := producers.NewPublisher(js, cfg.Streams.Subjects(), producers.NewMetrics(prometheus.NewRegistry())).InCluster(cfg.Cluster)
 			watch, stopWatch := context.WithCancel(ctx)
 			defer stopWatch()
 			go func() { _ = pub.Run(watch) }()

@@ -376,7 +376,7 @@ func (d *Dispatcher) deliver(ctx context.Context, msg jetstream.Msg, m hook.Matc
 
 	if d.cfg.ActiveEvents {
 		if err := d.state.Seen(ctx, state.ActiveEvent{
-			Hook: m.Hook.Key(), EventType: ev.Type, Namespace: ev.Namespace, ResourceKind: ev.Resource.Kind,
+			Hook: m.Hook.Key(), Cluster: ev.Cluster, EventType: ev.Type, Namespace: ev.Namespace, ResourceKind: ev.Resource.Kind,
 			ResourceName: ev.Resource.Name, FirstSeen: time.Now(), LastSeen: time.Now(), Window: window,
 		}); err != nil {
 			log.Debug("active event not recorded", zap.Error(err))

@@ -155,7 +155,8 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 		m.metrics.events.WithLabelValues("invalid").Inc()
 		id := ""
 		if msgID := msg.Headers().Get(jetstream.MsgIDHeader); msgID != "" {
-			id = cloudevent.KeyOf(m.topo.Subjects().SourceOf(msg.Subject()), msgID, "")
+			source := m.topo.Subjects().SourceOf(msg.Subject())
+			id = cloudevent.KeyOf(source, cloudevent.ClusterOf(source, msgID), msgID, "")
 		}
 		m.deadLetter(ctx, msg, id, "", "invalid-envelope", err)
 		return pending{}, false

@@ -12,10 +12,20 @@ import (
 	"github.com/khook/khook/consumers/dispatch"
 	"github.com/khook/khook/consumers/dispatch/state"
 	"github.com/khook/khook/streams"
+	"github.com/khook/khook/streams/cloudevent"
 )
 
 // Config is khook.yaml.
 type Config struct {
+	// Cluster names the Kubernetes cluster this khook runs in, when one pipeline serves many
+	// (khook edge in each, one hub): producers stamp it on every event, and it is part of
+	// every event's identity. Empty in a single-cluster install, whose ids it leaves as they
+	// were. A DNS label; at an edge it is also its JetStream domain.
+	Cluster string `koanf:"cluster"`
+	// Clusters lists the edges a hub sources events from, one per cluster (streams apply).
+	Clusters   []ClusterRef   `koanf:"clusters"`
+	// Edge configures `khook edge`: its hub, and the buffer it keeps while the hub is away.
+	Edge       Edge           `koanf:"edge"`
 	NATS       NATS           `koanf:"nats"`
 	Streams    streams.Config `koanf:"streams"`
 	Files      Files          `koanf:"files"`
@@ -28,6 +38,34 @@ type Config struct {
 	// IgnoredEnv lists the KHOOK_ variables that were not settings but Service links the
 	// kubelet injects (KHOOK_WEBHOOK_SERVICE_HOST, ...), for one debug line.
 	IgnoredEnv []string `koanf:"-"`
+}
+
+// ClusterRef is one cluster a hub hears from, through the edge that runs in it.
+type ClusterRef struct {
+	// Name is the cluster's name, which its edge sets as cluster: and uses as its JetStream
+	// domain.
+	Name string `koanf:"name"`
+}
+
+// Edge configures `khook edge`, the part of khook that runs in each cluster of many: its
+// producers, over an embedded NATS server that is a leaf node of the hub's.
+type Edge struct {
+	Hub    Hub                `koanf:"hub"`
+	Buffer streams.EdgeBuffer `koanf:"buffer"`
+}
+
+// Hub is how an edge reaches its hub: the hub's leaf node port. The edge dials out; the hub
+// never connects to an edge.
+type Hub struct {
+	// URL is the hub's leaf node URL, nats-leaf://hub.example.com:7422, or a comma-separated
+	// list of the servers of a hub's NATS cluster.
+	URL string `koanf:"url"`
+	// Username and PasswordFile, or CredentialsFile (a NATS .creds file), authenticate the
+	// edge to the hub. Secrets only from files.
+	Username        string `koanf:"username"`
+	PasswordFile    string `koanf:"password_file"`
+	CredentialsFile string `koanf:"credentials_file"`
+	TLS             TLS    `koanf:"tls"`
 }
 
 // Kubernetes says where the dispatcher finds Hooks.
@@ -144,6 +182,7 @@ func Default() Config {
 			PingInterval:   10 * time.Second,
 		},
 		Streams:    streams.Default(),
+		Edge:       Edge{Buffer: streams.DefaultEdgeBuffer()},
 		Files:      Files{Plugins: "plugins.yaml", Mappings: "event-mappings.yaml", Hooks: "hooks.yaml", ReloadInterval: 10 * time.Second},
 		Dispatcher: Dispatcher{Target: "kagent", Config: dispatcherDefaults()},
 		Kagent: Kagent{
@@ -171,6 +210,24 @@ func dispatcherDefaults() dispatch.Config {
 // Validate reports every invalid setting at once, each naming its key.
 func (c Config) Validate() error {
 	errs := []error{c.Streams.Validate("streams")}
+	if c.Cluster != "" {
+		if err := cloudevent.CheckCluster(c.Cluster); err != nil {
+			errs = append(errs, fmt.Errorf("cluster: %w", err))
+		}
+	}
+	errs = append(errs, c.Edge.Buffer.Validate("edge.buffer"))
+	if l := c.NATS.Embedded.Leafnodes; l.Listen != "" {
+		errs = append(errs, l.Validate("nats.embedded.leafnodes"))
+	}
+	seen := map[string]bool{}
+	for i, cl := range c.Clusters {
+		if err := cloudevent.CheckCluster(cl.Name); err != nil {
+			errs = append(errs, fmt.Errorf("clusters[%d].name: %w", i, err))
+		} else if seen[cl.Name] {
+			errs = append(errs, fmt.Errorf("clusters[%d].name: %q is listed twice", i, cl.Name))
+		}
+		seen[cl.Name] = true
+	}
 	if c.NATS.URL != "" {
 		// A cluster is a comma-separated list of its servers, as the NATS clients take it.
 		for _, one := range strings.Split(c.NATS.URL, ",") {
@@ -311,4 +368,40 @@ func checkHTTPURL(key, raw string) error {
 		return fmt.Errorf("%s: %q must be an http:// or https:// URL", key, raw)
 	}
 	return nil
+}
+
+// ValidateEdge reports what `khook edge` needs beyond Validate: a cluster name and a hub.
+func (c Config) ValidateEdge() error {
+	var errs []error
+	if c.Cluster == "" {
+		errs = append(errs, errors.New("cluster: required for khook edge (the cluster's name, also its JetStream domain)"))
+	}
+	h := c.Edge.Hub
+	if h.URL == "" {
+		errs = append(errs, errors.New("edge.hub.url: required (the hub's leaf node URL, e.g. nats-leaf://hub.example.com:7422)"))
+	}
+	for _, one := range strings.Split(h.URL, ",") {
+		if h.URL == "" {
+			break
+		}
+		if u, err := url.Parse(strings.TrimSpace(one)); err != nil || u.Host == "" || u.User != nil {
+			errs = append(errs, fmt.Errorf("edge.hub.url: %q is not a URL like nats-leaf://hub:7422 without credentials (they come from edge.hub.password_file or credentials_file)", one))
+		}
+	}
+	if h.Username != "" && h.PasswordFile == "" {
+		errs = append(errs, errors.New("edge.hub.password_file: required with edge.hub.username"))
+	}
+	if h.Username == "" && h.PasswordFile != "" {
+		errs = append(errs, errors.New("edge.hub.username: required with edge.hub.password_file"))
+	}
+	if (h.TLS.CertFile == "") != (h.TLS.KeyFile == "") {
+		errs = append(errs, errors.New("edge.hub.tls: cert_file and key_file must be set together"))
+	}
+	if c.NATS.URL != "" {
+		errs = append(errs, errors.New("nats.url: must be empty for khook edge, which runs its own NATS server (the hub's leaf node)"))
+	}
+	if c.NATS.Embedded.Leafnodes.Listen != "" {
+		errs = append(errs, errors.New("nats.embedded.leafnodes.listen: an edge accepts no leaf nodes; only the hub does"))
+	}
+	return errors.Join(errs...)
 }

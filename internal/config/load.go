@@ -148,6 +148,9 @@ func Load(path string, environ []string, overrides map[string]any) (Config, erro
 			}
 		}
 	}
+	for _, c := range cfg.Clusters {
+		cfg.Streams.Edges = append(cfg.Streams.Edges, c.Name)
+	}
 	errs = append(errs, at(cfg.Validate()))
 	if err := inLineOrder(errs); err != nil {
 		return Config{}, err

@@ -179,7 +179,7 @@ func (s *Server) list(rw http.ResponseWriter, r *http.Request, match func(*mappi
 // since, a duration back from now ("2h").
 func filter(r *http.Request) (ops.EventFilter, error) {
 	q := r.URL.Query()
-	f := ops.EventFilter{Type: q.Get("type"), Namespace: q.Get("namespace"), Resource: q.Get("resource"), MinSeverity: q.Get("severity")}
+	f := ops.EventFilter{Type: q.Get("type"), Namespace: q.Get("namespace"), Resource: q.Get("resource"), Cluster: q.Get("cluster"), MinSeverity: q.Get("severity")}
 	var err error
 	if f.Since, err = ops.ParseTime(q.Get("since"), true); err != nil {
 		return f, fmt.Errorf("since: %w", err)

@@ -26,14 +26,18 @@ const ContentType = "application/cloudevents+json"
 // Event is a CloudEvents 1.0 event. Data holds the JSON payload as-is so that re-encoding an
 // event never changes its bytes.
 type Event struct {
-	SpecVersion     string          `json:"specversion"`
-	ID              string          `json:"id"`
-	Source          string          `json:"source"`
-	Type            string          `json:"type"`
-	Subject         string          `json:"subject,omitempty"`
-	Time            time.Time       `json:"time,omitzero"`
-	DataContentType string          `json:"datacontenttype,omitempty"`
-	Data            json.RawMessage `json:"data,omitempty"`
+	SpecVersion     string    `json:"specversion"`
+	ID              string    `json:"id"`
+	Source          string    `json:"source"`
+	Type            string    `json:"type"`
+	Subject         string    `json:"subject,omitempty"`
+	Time            time.Time `json:"time,omitzero"`
+	DataContentType string    `json:"datacontenttype,omitempty"`
+	// Cluster is the Kubernetes cluster (and the edge of the pipeline) the event came from,
+	// an extension attribute khook's producers stamp when `cluster` is set (ClusterName);
+	// empty in a single-cluster install. Encode writes it as the "cluster" attribute.
+	Cluster string          `json:"cluster,omitempty"`
+	Data    json.RawMessage `json:"data,omitempty"`
 	// Extensions are extension attributes with string values, written after the core
 	// attributes. Decode leaves them out (the pipeline's stages do not read them);
 	// DecodeExtensions reads them.
@@ -68,6 +72,11 @@ func (e *Event) validateAttributes() error {
 	}
 	if e.Type == "" {
 		errs = append(errs, errors.New("type: required"))
+	}
+	if e.Cluster != "" {
+		if err := CheckCluster(e.Cluster); err != nil {
+			errs = append(errs, fmt.Errorf("cluster: %w", err))
+		}
 	}
 	for name := range e.Extensions {
 		if !ValidExtensionName(name) {
@@ -108,6 +117,10 @@ func Encode(e *Event) ([]byte, error) {
 	if e.DataContentType != "" {
 		b = append(b, `,"datacontenttype":`...)
 		b = appendString(b, e.DataContentType)
+	}
+	if e.Cluster != "" {
+		b = append(b, `,"cluster":`...)
+		b = appendString(b, e.Cluster)
 	}
 	for _, name := range slices.Sorted(maps.Keys(e.Extensions)) {
 		b = append(b, ',')
@@ -184,6 +197,8 @@ func Decode(b []byte) (*Event, error) {
 			field = &e.Subject
 		case "datacontenttype":
 			field = &e.DataContentType
+		case "cluster":
+			field = &e.Cluster
 		case "time":
 			e.Time = time.Time{}
 			if err := e.Time.UnmarshalJSON(v); err != nil {
@@ -228,7 +243,10 @@ func setString(field *string, name string, v []byte) error {
 
 // core lists the attributes Event holds itself; any other attribute is an extension.
 var core = map[string]bool{"specversion": true, "id": true, "source": true, "type": true, "subject": true,
-	"time": true, "datacontenttype": true, "dataschema": true, "data": true, "data_base64": true}
+	"time": true, "datacontenttype": true, "dataschema": true, "data": true, "data_base64": true,
+	// Not core in CloudEvents, but an attribute Event holds itself, which only khook's
+	// producers set: a sender's "cluster" is not passed through as an extension.
+	"cluster": true}
 
 // ValidExtensionName reports whether name may name an extension attribute: 1 to 20
 // lowercase letters and digits, and not a core attribute.

@@ -268,6 +268,7 @@ func (w *Watcher) elect(ctx context.Context) {
 
 // activeEvent is one entry of status.activeEvents.
 type activeEvent struct {
+	Cluster      string      `json:"cluster,omitempty"`
 	EventType    string      `json:"eventType"`
 	ResourceName string      `json:"resourceName"`
 	FirstSeen    metav1.Time `json:"firstSeen"`
@@ -299,7 +300,7 @@ func (w *Watcher) reconcileStatus(ctx context.Context) {
 		}
 		want := make([]activeEvent, 0, len(active))
 		for _, a := range active {
-			want = append(want, activeEvent{EventType: a.EventType, ResourceName: a.ResourceName,
+			want = append(want, activeEvent{Cluster: a.Cluster, EventType: a.EventType, ResourceName: a.ResourceName,
 				FirstSeen: metav1.NewTime(a.FirstSeen.Truncate(time.Second)), LastSeen: metav1.NewTime(a.LastSeen.Truncate(time.Second)),
 				Status: a.Status(now)})
 		}
@@ -319,6 +320,9 @@ func (w *Watcher) reconcileStatus(ctx context.Context) {
 			want = want[:maxStatusEvents]
 		}
 		slices.SortFunc(want, func(a, b activeEvent) int {
+			if a.Cluster != b.Cluster {
+				return compare(a.Cluster, b.Cluster)
+			}
 			if a.EventType != b.EventType {
 				return compare(a.EventType, b.EventType)
 			}

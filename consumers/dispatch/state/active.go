@@ -11,6 +11,7 @@ import (
 // recurs, resolved once a whole suppression window passes without it.
 type ActiveEvent struct {
 	Hook         string        `json:"hook"`
+	Cluster      string        `json:"cluster,omitempty"`
 	EventType    string        `json:"eventType"`
 	Namespace    string        `json:"namespace"`
 	ResourceKind string        `json:"resourceKind,omitempty"`
@@ -22,7 +23,7 @@ type ActiveEvent struct {
 
 // Key is the event key the record is about.
 func (a ActiveEvent) Key() hook.EventKey {
-	return hook.EventKey{Type: a.EventType, Namespace: a.Namespace, Kind: a.ResourceKind, Name: a.ResourceName}
+	return hook.EventKey{Cluster: a.Cluster, Type: a.EventType, Namespace: a.Namespace, Kind: a.ResourceKind, Name: a.ResourceName}
 }
 
 // Status is firing or resolved at now.
