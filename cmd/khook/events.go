@@ -23,7 +23,7 @@ import (
 // eventSelection is the flags that select normalized events, shared by tail and get.
 type eventSelection struct {
 	typ, namespace, resource, cluster *string
-	severity                 *enumFlag
+	severity                          *enumFlag
 }
 
 func addEventSelection(fs *pflag.FlagSet) *eventSelection {

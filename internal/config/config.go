@@ -23,7 +23,7 @@ type Config struct {
 	// were. A DNS label; at an edge it is also its JetStream domain.
 	Cluster string `koanf:"cluster"`
 	// Clusters lists the edges a hub sources events from, one per cluster (streams apply).
-	Clusters   []ClusterRef   `koanf:"clusters"`
+	Clusters []ClusterRef `koanf:"clusters"`
 	// Edge configures `khook edge`: its hub, and the buffer it keeps while the hub is away.
 	Edge       Edge           `koanf:"edge"`
 	NATS       NATS           `koanf:"nats"`
