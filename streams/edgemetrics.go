@@ -10,9 +10,9 @@ import (
 )
 
 // EdgeActiveWithin is how recently a hub must have heard from an edge's source for the edge
-// to count as connected. A source that is caught up still hears from its edge every few
-// seconds (the source consumer's heartbeats); a cut link stops them.
-const EdgeActiveWithin = 30 * time.Second
+// to count as connected. A source that is caught up still hears from its edge every second
+// (the source consumer's heartbeats); a cut link stops them.
+const EdgeActiveWithin = 10 * time.Second
 
 // EdgeState is what a hub knows of one edge, from its raw stream's source.
 type EdgeState struct {
@@ -87,7 +87,7 @@ func NewHubCollector(js jetstream.JetStream, topo Config) *HubCollector {
 		caughtUp: map[string]time.Time{}, lastEvent: map[string]time.Time{}, forwarded: map[string]uint64{},
 		up: prometheus.NewDesc("khook_edges_up", "1 when the last scrape could read the raw stream's sources from JetStream, else 0.", nil, nil),
 		connected: prometheus.NewDesc("khook_edge_connected",
-			"1 when the hub's raw stream heard from the cluster's edge within the last 30s without an error, else 0.", l, nil),
+			"1 when the hub's raw stream heard from the cluster's edge within the last 10s without an error, else 0.", l, nil),
 		lag: prometheus.NewDesc("khook_edge_source_lag_messages",
 			"Events stored at the cluster's edge that the hub has not stored yet.", l, nil),
 		lagSeconds: prometheus.NewDesc("khook_edge_source_lag_seconds",

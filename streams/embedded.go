@@ -223,6 +223,11 @@ func hubLeafnodes(opts *server.Options, cfg EmbeddedConfig) error {
 		opts.LeafNode.Port = server.RANDOM_PORT
 	}
 	opts.LeafNode.Username, opts.LeafNode.Password = l.Username, password
+	// Edges reach the hub by the URL they are given (a load balancer, an ingress, a
+	// tunnel); the hub's own listen address, which it would otherwise advertise to them
+	// for reconnects, is rarely reachable from another cluster, and would bypass whatever
+	// stands between them.
+	opts.LeafNode.NoAdvertise = true
 	if l.TLS.CertFile != "" {
 		tc, err := serverTLS(l.TLS)
 		if err != nil {
