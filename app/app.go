@@ -251,7 +251,7 @@ func (a *App) watchNATS(nc *nats.Conn, js jetstream.JetStream, ns *server.Server
 	cfg := a.cfg
 	a.reg.MustRegister(streams.NewCollector(js, cfg.Streams, a.st.streamStages()...))
 	if a.st.Edge {
-		a.reg.MustRegister(streams.NewEdgeCollector(js, cfg.Streams, func() bool { return hubConnected(ns) }))
+		a.reg.MustRegister(streams.NewEdgeCollector(func() bool { return hubConnected(ns) }))
 	} else if len(cfg.Streams.Edges) > 0 {
 		a.reg.MustRegister(streams.NewHubCollector(js, cfg.Streams))
 	}

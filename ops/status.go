@@ -30,6 +30,9 @@ type Status struct {
 	Agents []AgentStatus `json:"agents"`
 	// Outcomes counts what became of the events of the last window, per Hook.
 	Outcomes *OutcomeCounts `json:"outcomes,omitempty"`
+	// Edges are the clusters a hub sources events from (khook.yaml's clusters), as its raw
+	// stream sees each: connected, lag, last contact. Absent on a single-cluster install.
+	Edges []streams.EdgeState `json:"edges,omitempty"`
 }
 
 // GroupsStatus counts the groups in the dispatch bucket.
@@ -221,6 +224,11 @@ func GetStatus(ctx context.Context, js jetstream.JetStream, topo streams.Config,
 		s.Plugins = append(s.Plugins, *p)
 	}
 	slices.SortFunc(s.Plugins, func(a, b PluginStatus) int { return cmp.Compare(a.Name, b.Name) })
+	if len(topo.Edges) > 0 {
+		if s.Edges, err = streams.Edges(ctx, js, topo); err != nil {
+			return nil, fmt.Errorf("edges: %w", err)
+		}
+	}
 	return s, nil
 }
 
@@ -258,6 +266,18 @@ func (s *Status) WriteTable(w io.Writer) error {
 		}
 		fmt.Fprintf(tw, "(no hook matched)\t%d\t\t\t\t\t\t\n", o.Unmatched)
 		fmt.Fprintf(tw, "(not mapped)\t%d unmapped, %d disabled rule, %d dead-lettered\t\t\t\t\t\t\n", o.Unmapped, o.Disabled, o.MapperDeadLettered)
+	}
+	if len(s.Edges) > 0 {
+		fmt.Fprintln(tw, "\nEDGE (CLUSTER)\tCONNECTED\tLAG\tLAST CONTACT\tFORWARDED\tERROR")
+		for _, e := range s.Edges {
+			contact, connected := "never", fmt.Sprint(e.Connected)
+			if !e.Sourced {
+				contact, connected = "-", "not sourced: run khook streams apply"
+			} else if e.Active >= 0 {
+				contact = e.Active.Round(time.Second).String() + " ago"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\n", e.Cluster, connected, e.Lag, contact, e.Forwarded, dash(e.Error))
+		}
 	}
 	fmt.Fprintf(tw, "\nGROUPS OPEN\tEVENTS\t\t\t\n%d\t%d\t\t\t\n", s.Groups.Open, s.Groups.Events)
 	fmt.Fprintln(tw, "\nAGENT\tWAITING\tOLDEST WAITING\tIN FLIGHT\tLAST HOUR")

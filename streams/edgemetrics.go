@@ -21,8 +21,10 @@ type EdgeState struct {
 	Connected bool `json:"connected"`
 	// Lag is how many of the edge's events the hub has not stored yet.
 	Lag uint64 `json:"lag"`
-	// Active is how long ago the source last heard from the edge.
-	Active time.Duration `json:"active"`
+	// Active is how long ago the source last heard from the edge; negative when it never
+	// has. LastContactSeconds is the same in seconds, absent when never.
+	Active             time.Duration `json:"-"`
+	LastContactSeconds *float64      `json:"lastContactSeconds,omitempty"`
 	// Forwarded is the edge stream's sequence the hub has stored up to.
 	Forwarded uint64 `json:"forwarded"`
 	Error     string `json:"error,omitempty"`
@@ -56,6 +58,10 @@ func Edges(ctx context.Context, js jetstream.JetStream, topo Config) ([]EdgeStat
 			}
 			// A source that has never been active reports -1 (as a duration: -1ns).
 			es.Connected = es.Error == "" && es.Active >= 0 && es.Active <= EdgeActiveWithin
+			if es.Active >= 0 {
+				secs := es.Active.Seconds()
+				es.LastContactSeconds = &secs
+			}
 		}
 		out = append(out, es)
 	}
@@ -154,61 +160,30 @@ func (c *HubCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// EdgeCollector exports an edge's view of itself: whether its hub is connected, and how many
-// stored events the hub has not taken yet.
+// EdgeCollector exports an edge's view of its hub: whether the leaf connection is up. What
+// the edge holds (events, bytes, the oldest one's age, its share of the buffer) is the
+// producer's khook_stream_* series of the edge's raw stream. How much of it the hub has not
+// taken is known only at the hub (khook_edge_source_lag_messages): the hub's source reads
+// the edge's stream through a consumer that the edge's server does not list.
 type EdgeCollector struct {
-	js        jetstream.JetStream
-	topo      Config
 	connected func() bool
-	timeout   time.Duration
-
-	hub, unforwarded *prometheus.Desc
+	hub       *prometheus.Desc
 }
 
 // NewEdgeCollector reports on an edge whose leaf connection connected reports.
-func NewEdgeCollector(js jetstream.JetStream, topo Config, connected func() bool) *EdgeCollector {
-	return &EdgeCollector{js: js, topo: topo, connected: connected, timeout: 2 * time.Second,
-		hub: prometheus.NewDesc("khook_edge_hub_connected", "1 while the edge's leaf connection to its hub is up, else 0.", nil, nil),
-		unforwarded: prometheus.NewDesc("khook_edge_unforwarded_messages",
-			"Events stored at the edge that the hub's source has not taken yet; absent while the hub has no source consumer on the edge.", nil, nil),
-	}
+func NewEdgeCollector(connected func() bool) *EdgeCollector {
+	return &EdgeCollector{connected: connected,
+		hub: prometheus.NewDesc("khook_edge_hub_connected", "1 while the edge's leaf connection to its hub is up, else 0.", nil, nil)}
 }
 
 // Describe implements prometheus.Collector.
-func (c *EdgeCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.hub
-	ch <- c.unforwarded
-}
+func (c *EdgeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.hub }
 
-// Collect implements prometheus.Collector. The stream's size and age are the producer's
-// khook_stream_* series; the hub's source is a consumer of the edge's stream, and its
-// pending count is what the hub has yet to take.
+// Collect implements prometheus.Collector.
 func (c *EdgeCollector) Collect(ch chan<- prometheus.Metric) {
 	v := 0.0
 	if c.connected() {
 		v = 1
 	}
 	ch <- prometheus.MustNewConstMetric(c.hub, prometheus.GaugeValue, v)
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-	defer cancel()
-	if n, ok := Unforwarded(ctx, c.js, c.topo); ok {
-		ch <- prometheus.MustNewConstMetric(c.unforwarded, prometheus.GaugeValue, float64(n))
-	}
-}
-
-// Unforwarded is the most events any consumer of the edge's raw stream (the hub's source)
-// has yet to take, and false when there is none to ask.
-func Unforwarded(ctx context.Context, js jetstream.JetStream, topo Config) (uint64, bool) {
-	st, err := js.Stream(ctx, topo.Raw.Name)
-	if err != nil {
-		return 0, false
-	}
-	var most uint64
-	found := false
-	infos := st.ListConsumers(ctx)
-	for info := range infos.Info() {
-		found = true
-		most = max(most, info.NumPending)
-	}
-	return most, found && infos.Err() == nil
 }

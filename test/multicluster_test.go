@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/khook/khook/internal/demoagent"
+	"github.com/khook/khook/streams"
 )
 
 // linkProxy is a TCP link between an edge and its hub that the test can cut (every open
@@ -262,6 +264,19 @@ func (f *fleet) edgeGauge(name, c string) float64 {
 	return -1
 }
 
+// statusEdges is the Edges of `khook status -o json` at the hub, by cluster.
+func (f *fleet) statusEdges() map[string]streams.EdgeState {
+	code, out := khookCmd(f.t, "status", "-o", "json", "--config", f.hubCfg)
+	require.Equal(f.t, 0, code, out)
+	var st struct{ Edges []streams.EdgeState }
+	require.NoError(f.t, json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &st), out)
+	byCluster := map[string]streams.EdgeState{}
+	for _, e := range st.Edges {
+		byCluster[e.Cluster] = e
+	}
+	return byCluster
+}
+
 func streamMsgs(t *testing.T, url, stream string) uint64 {
 	t.Helper()
 	js := connectJS(t, url)
@@ -322,6 +337,10 @@ func TestEdgesForwardEveryEventOnce(t *testing.T) {
 	postQuarter(1).Wait()
 	waitFor(t, func() bool { return f.edgeGauge("khook_edge_connected", "a") == 0 }, time.Minute, "the hub reporting edge a disconnected")
 	require.Greater(t, f.edgeGauge("khook_edge_source_lag_seconds", "a"), 0.0)
+	edges := f.statusEdges()
+	require.Len(t, edges, 3)
+	require.False(t, edges["a"].Connected, "khook status says edge a is disconnected: %+v", edges["a"])
+	require.True(t, edges["b"].Connected && edges["b"].Sourced, "%+v", edges["b"])
 	time.Sleep(time.Until(cut.Add(cutFor))) // the partition's length itself, not synchronisation
 	f.edges["a"].link.heal(t)
 	healed := time.Now()
@@ -390,6 +409,9 @@ func TestCrossClusterStormIsOneTask(t *testing.T) {
 		}
 	}
 	tasks := waitReceived(t, f.agent, 1, 2*time.Minute)
+	for c, e := range f.statusEdges() {
+		require.True(t, e.Connected && e.Sourced && e.Forwarded == 3 && e.Lag == 0, "edge %s: %+v", c, e)
+	}
 	require.Contains(t, tasks[0].Text, "Clusters: ap-1, eu-1, us-1")
 	require.Contains(t, tasks[0].Text, "Events: 9 on 9 resources")
 	for _, c := range []string{"eu-1", "us-1", "ap-1"} {

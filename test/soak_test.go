@@ -124,6 +124,15 @@ func TestSoakGuarantees(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 
+	// Half the seeds run the producer as one cluster of many (cluster: set): every event's
+	// key, suppression window, group and delivery id is then scoped by the cluster, and the
+	// same guarantees must hold.
+	clusterConfig := ""
+	if rng.IntN(2) == 0 {
+		clusterConfig = "cluster: soak-eu\n"
+	}
+	t.Logf("cluster: %q", strings.TrimSpace(strings.TrimPrefix(clusterConfig, "cluster:")))
+
 	// NATS, and the stages as processes.
 	dir := t.TempDir()
 	natsPort := freePort(t)
@@ -134,7 +143,7 @@ func TestSoakGuarantees(t *testing.T) {
 		extraMappings: "  - eventSource: webhook\n    eventType: pod-restart\n    severity: warning\n" +
 			"  - eventSource: webhook\n    eventType: incident\n    severity: error\n" +
 			"  - eventSource: webhook\n    eventType: disk-full\n    severity: critical\n",
-		extraConfig: "dispatcher:\n  budgets:\n" +
+		extraConfig: clusterConfig + "dispatcher:\n  budgets:\n" +
 			"    - {agent: kagent/grouped, max_concurrent_tasks: 2, max_tasks_per_hour: 10000}\n" +
 			"    - {agent: kagent/disks, max_concurrent_tasks: 1}\n" + os.Getenv("SOAK_EXTRA_CONFIG")}
 	runOnce(t, "streams", "apply", "--config", base.write(t))
@@ -411,7 +420,7 @@ drive:
 		}
 	}
 	require.Empty(t, lost, "events accepted with 202 and neither delivered nor dead-lettered")
-	checkDescribed(t, js, topo, rng, &accepted, byEvent, dead)
+	checkDescribed(t, js, topo, rng, &accepted, byEvent, dead, strings.TrimSpace(strings.TrimPrefix(clusterConfig, "cluster:")))
 	require.Zero(t, unexplained, "duplicate calls outside the documented windows")
 	for path, limit := range limits {
 		require.LessOrEqual(t, peaks[path], limit, "calls in flight at once to %s, whose budget is %d", path, limit)
@@ -579,9 +588,10 @@ func (s *stageSet) terminateAndRestart(i int) {
 // saw: every event was mapped and matched; its own task ended (nothing left waiting or
 // retrying); a task described as delivered, itself or through its group's task, names a
 // message id the agent received for that event; and an event only dead-lettered is
-// described as dead-lettered, with a dead letter's sequence.
+// described as dead-lettered, with a dead letter's sequence; every id and event is of the
+// producer's cluster, when it has one.
 func checkDescribed(t *testing.T, js jetstream.JetStream, topo streams.Config, rng *rand.Rand, accepted *sync.Map,
-	byEvent map[string][]soakCall, dead map[string]time.Time) {
+	byEvent map[string][]soakCall, dead map[string]time.Time, cluster string) {
 	t.Helper()
 	var resources []string
 	accepted.Range(func(k, _ any) bool {
@@ -597,6 +607,10 @@ func checkDescribed(t *testing.T, js jetstream.JetStream, topo streams.Config, r
 		require.NoError(t, err, resource)
 		require.Equal(t, "mapped", d.Mapping, "%s: %+v", resource, d)
 		require.Equal(t, "matched", d.Dispatch, "%s: %+v", resource, d)
+		if cluster != "" {
+			require.True(t, strings.HasPrefix(d.ID, "webhook/@"+cluster+"/"), "%s: id %s is scoped by its cluster", resource, d.ID)
+		}
+		require.Equal(t, cluster, d.Event.Cluster, resource)
 		called := map[string]bool{}
 		for _, c := range byEvent[resource] {
 			called[c.id] = true

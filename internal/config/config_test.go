@@ -312,3 +312,34 @@ func TestProblemsPointAtTheirSourceInLineOrder(t *testing.T) {
 		"environment KHOOK_DISPATCHER_WORKERS: dispatcher.workers: must be 1 to 1024, got 5000",
 	}, lines)
 }
+
+// The many-cluster settings: a bad cluster name, a cluster listed twice and a hub leaf
+// port without a password are errors at their line; the clusters list becomes the raw
+// stream's edges; khook edge needs its cluster and hub, and takes no credentials in a URL.
+func TestClusterSettings(t *testing.T) {
+	_, err := Load(writeFile(t, "cluster: EU_1\nclusters:\n  - name: eu-1\n  - name: eu-1\nnats:\n  embedded:\n    leafnodes:\n      listen: 0.0.0.0:7422\n"), nil, nil)
+	require.Error(t, err)
+	for _, want := range []string{"line 1: cluster:", "clusters[1].name: \"eu-1\" is listed twice",
+		"nats.embedded.leafnodes.username: required", "nats.embedded.leafnodes.password_file: required"} {
+		require.ErrorContains(t, err, want)
+	}
+
+	cfg, err := Load(writeFile(t, "clusters:\n  - name: eu-1\n  - name: us-1\n"), nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, []string{"eu-1", "us-1"}, cfg.Streams.Edges)
+	require.ErrorContains(t, cfg.ValidateEdge(), "cluster: required for khook edge")
+	require.ErrorContains(t, cfg.ValidateEdge(), "edge.hub.url: required")
+
+	cfg, err = Load(writeFile(t, "cluster: eu-1\nedge:\n  hub:\n    url: nats-leaf://edge:pw@hub:7422\n    username: edge\n"), nil, nil)
+	require.NoError(t, err)
+	err = cfg.ValidateEdge()
+	require.ErrorContains(t, err, "without credentials")
+	require.ErrorContains(t, err, "edge.hub.password_file: required with edge.hub.username")
+
+	cfg, err = Load(writeFile(t, "cluster: eu-1\nedge:\n  hub:\n    url: nats-leaf://hub:7422\n"), []string{"KHOOK_EDGE_BUFFER_MAX_BYTES=2097152"}, nil)
+	require.NoError(t, err)
+	require.NoError(t, cfg.ValidateEdge())
+	require.Equal(t, int64(2097152), cfg.Edge.Buffer.MaxBytes)
+	_, err = Load(writeFile(t, "edge:\n  buffer:\n    max_bytes: 10\n"), nil, nil)
+	require.ErrorContains(t, err, "edge.buffer.max_bytes: must be at least 1 MiB")
+}

@@ -425,8 +425,8 @@ func checkDurations(k, defaults *koanf.Koanf, known map[string]keyKind) error {
 }
 
 // keyInError finds the setting an error is about: validation errors start with the key,
-// decoding errors quote it.
-var keyInError = regexp.MustCompile(`^'?([a-z0-9_]+(?:\.[a-z0-9_]+|\[[0-9]+\])+)'?[: ]|'([a-z0-9_]+(?:\.[a-z0-9_]+)+)'`)
+// decoding errors quote it. A top-level key (cluster) counts only before a colon.
+var keyInError = regexp.MustCompile(`^'?([a-z0-9_]+(?:\.[a-z0-9_]+|\[[0-9]+\])+)'?[: ]|'([a-z0-9_]+(?:\.[a-z0-9_]+)+)'|^([a-z0-9_]+):`)
 
 // withLines prefixes each line of err that names a key with where its value came from: the
 // environment variable or the command line that set it, else the key's line in the file.
@@ -437,7 +437,7 @@ func withLines(path string, lines map[string]int, origin map[string]string, err 
 	var out []string
 	for _, msg := range strings.Split(err.Error(), "\n") {
 		if m := keyInError.FindStringSubmatch(msg); m != nil {
-			key := m[1] + m[2]
+			key := m[1] + m[2] + m[3] // a dotted key, a quoted one, or a top-level key (cluster)
 			if src, ok := origin[key]; ok {
 				out = append(out, src+": "+msg)
 				continue

@@ -1,0 +1,199 @@
+package streams_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/khook/khook/streams"
+	"github.com/khook/khook/streams/streamstest"
+)
+
+// The raw stream sources one stream per listed edge, by domain; apply is idempotent, removes
+// an edge's source when it leaves the list (keeping what it stored), and never touches a
+// source an operator added.
+func TestApplyManagesEdgeSources(t *testing.T) {
+	ctx := context.Background()
+	_, js := streamstest.Connect(t, streamstest.RunServer(t))
+	cfg := streams.Default()
+	cfg.Edges = []string{"eu-1", "us-1"}
+	_, err := streams.Apply(ctx, js, cfg)
+	require.NoError(t, err)
+	raw := func() jetstream.StreamConfig {
+		s, err := js.Stream(ctx, cfg.Raw.Name)
+		require.NoError(t, err)
+		return s.CachedInfo().Config
+	}
+	var prefixes []string
+	for _, src := range raw().Sources {
+		require.Equal(t, cfg.Raw.Name, src.Name)
+		prefixes = append(prefixes, src.External.APIPrefix)
+	}
+	require.ElementsMatch(t, []string{"$JS.eu-1.API", "$JS.us-1.API"}, prefixes)
+	again, err := streams.Apply(ctx, js, cfg)
+	require.NoError(t, err)
+	require.Equal(t, streams.Unchanged, again[0].Action, again[0].String())
+
+	// An operator's own source on the raw stream.
+	_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: "LEGACY", Subjects: []string{"legacy.>"}})
+	require.NoError(t, err)
+	withLegacy := raw()
+	withLegacy.Sources = append(withLegacy.Sources, &jetstream.StreamSource{Name: "LEGACY"})
+	_, err = js.UpdateStream(ctx, withLegacy)
+	require.NoError(t, err)
+	again, err = streams.Apply(ctx, js, cfg)
+	require.NoError(t, err)
+	require.Equal(t, streams.Unchanged, again[0].Action, "an operator's source is not khook's to compare")
+
+	cfg.Edges = []string{"eu-1"}
+	plan, err := streams.Plan(ctx, js, cfg)
+	require.NoError(t, err)
+	require.Equal(t, streams.Updated, plan[0].Action)
+	require.Contains(t, strings.Join(plan[0].Diff, "\n"), "edge sources: [eu-1 us-1] -> [eu-1] (a removed edge's events stay stored)")
+	_, err = streams.Apply(ctx, js, cfg)
+	require.NoError(t, err)
+	var names []string
+	for _, src := range raw().Sources {
+		names = append(names, src.Name+"@"+streams.EdgeOf(src))
+	}
+	require.ElementsMatch(t, []string{"KHOOK_RAW@eu-1", "LEGACY@"}, names)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func secretFile(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "secret")
+	require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
+	return path
+}
+
+// An edge stores its events in its own domain, and the hub's raw stream takes each once,
+// through its source: the leaf connection, which denies khook's subjects both ways, never
+// carries a publish to the hub's stream as well.
+func TestEdgeForwardsEachEventOnceThroughItsLeaf(t *testing.T) {
+	ctx := context.Background()
+	topo := streams.Default()
+	leaf := freeAddr(t)
+	password := secretFile(t, "pw\n")
+	hub, hubOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(),
+		Leafnodes: streams.Leafnodes{Listen: leaf, Username: "edge", PasswordFile: password}}, topo.Subjects())
+	require.NoError(t, err)
+	t.Cleanup(hub.Shutdown)
+	u, err := url.Parse("nats-leaf://edge:pw@" + leaf)
+	require.NoError(t, err)
+	edge, edgeOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(), Domain: "eu-1",
+		Remote: &streams.LeafRemote{URLs: []*url.URL{u}, Deny: topo.LeafDeny()}}, topo.Subjects())
+	require.NoError(t, err)
+	t.Cleanup(edge.Shutdown)
+	require.Eventually(t, func() bool { return hub.NumLeafNodes() == 1 }, 10*time.Second, 20*time.Millisecond)
+
+	connect := func(opts []nats.Option, srv interface{ ClientURL() string }) jetstream.JetStream {
+		nc, err := nats.Connect(srv.ClientURL(), opts...)
+		require.NoError(t, err)
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		require.NoError(t, err)
+		return js
+	}
+	hjs := connect(append(hubOpts, nats.InProcessServer(hub)), hub)
+	ejs := connect(append(edgeOpts, nats.InProcessServer(edge)), edge)
+	_, err = streams.ApplyEdge(ctx, ejs, topo, streams.DefaultEdgeBuffer())
+	require.NoError(t, err)
+	topo.Edges = []string{"eu-1"}
+	_, err = streams.Apply(ctx, hjs, topo)
+	require.NoError(t, err)
+
+	const n = 50
+	for i := range n {
+		m := nats.NewMsg(fmt.Sprintf("khook.raw.webhook.t%d", i))
+		m.Data = []byte(`{}`)
+		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("webhook/@eu-1/%d", i))
+		_, err := ejs.PublishMsg(ctx, m)
+		require.NoError(t, err)
+	}
+	msgs := func(js jetstream.JetStream) uint64 {
+		s, err := js.Stream(ctx, topo.Raw.Name)
+		require.NoError(t, err)
+		info, err := s.Info(ctx)
+		require.NoError(t, err)
+		return info.State.Msgs
+	}
+	require.Eventually(t, func() bool {
+		states, err := streams.Edges(ctx, hjs, topo)
+		return err == nil && len(states) == 1 && states[0].Forwarded == n && states[0].Lag == 0 && states[0].Connected
+	}, time.Minute, 50*time.Millisecond)
+	require.Equal(t, uint64(n), msgs(hjs), "the hub stores each event once")
+	require.Equal(t, uint64(n), msgs(ejs))
+
+	// A publish at the hub on the raw subjects stays at the hub.
+	_, err = hjs.Publish(ctx, "khook.raw.webhook.local", []byte(`{}`))
+	require.NoError(t, err)
+	require.Equal(t, uint64(n), msgs(ejs), "the edge imports none of khook's subjects")
+}
+
+// A hub's leaf port is never open without a password: a missing or empty secret is an
+// error that names the key.
+func TestHubLeafPortFailsClosed(t *testing.T) {
+	ctx := context.Background()
+	for name, l := range map[string]streams.Leafnodes{
+		"no username":         {Listen: freeAddr(t), PasswordFile: secretFile(t, "pw")},
+		"no password file":    {Listen: freeAddr(t), Username: "edge"},
+		"empty password file": {Listen: freeAddr(t), Username: "edge", PasswordFile: secretFile(t, " \n")},
+		"missing file":        {Listen: freeAddr(t), Username: "edge", PasswordFile: "/nonexistent/pw"},
+		"key without cert":    {Listen: freeAddr(t), Username: "edge", PasswordFile: secretFile(t, "pw"), TLS: streams.ServerTLS{KeyFile: "k"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, _, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(), Leafnodes: l}, streams.Default().Subjects())
+			require.ErrorContains(t, err, "nats.embedded.leafnodes.")
+		})
+	}
+}
+
+// A full edge refuses new events, as a retryable error, and keeps every event it stored:
+// its buffer is discard new, so the oldest unforwarded events are never dropped for room.
+func TestFullEdgeRefusesAndKeepsWhatItStored(t *testing.T) {
+	ctx := context.Background()
+	_, js := streamstest.Connect(t, streamstest.RunServer(t))
+	topo := streams.Default()
+	_, err := streams.ApplyEdge(ctx, js, topo, streams.EdgeBuffer{MaxAge: time.Hour, MaxBytes: 1 << 20})
+	require.NoError(t, err)
+	payload := []byte(strings.Repeat("x", 4096))
+	var stored int
+	var refusal error
+	for i := range 1000 {
+		m := nats.NewMsg("khook.raw.webhook.t")
+		m.Data = payload
+		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprint(i))
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			refusal = err
+			break
+		}
+		stored++
+	}
+	require.Error(t, refusal, "a 1 MiB buffer takes no 4 MiB")
+	require.False(t, streams.Unstorable(refusal), "a full buffer is temporary (503), not a bad event (413): %v", refusal)
+	s, err := js.Stream(ctx, topo.Raw.Name)
+	require.NoError(t, err)
+	info, err := s.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), info.State.FirstSeq, "nothing stored was dropped for room")
+	require.Equal(t, uint64(stored), info.State.Msgs)
+	require.Error(t, (streams.EdgeBuffer{MaxAge: time.Hour, MaxBytes: 1000}).Validate("edge.buffer"))
+}
