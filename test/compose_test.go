@@ -28,10 +28,16 @@ type composeProject struct {
 	name    string
 	env     []string
 	webhook int
+	// file is the compose file in dir, when not docker-compose.yaml.
+	file string
 }
 
 func (c *composeProject) try(args ...string) (string, error) {
-	return c.e.tryIn(context.Background(), c.dir, c.env, nil, append([]string{"compose", "-p", c.name}, args...)...)
+	base := []string{"compose", "-p", c.name}
+	if c.file != "" {
+		base = append(base, "-f", c.file)
+	}
+	return c.e.tryIn(context.Background(), c.dir, c.env, nil, append(base, args...)...)
 }
 
 func (c *composeProject) run(t *testing.T, args ...string) string {
