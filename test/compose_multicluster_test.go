@@ -76,7 +76,10 @@ func TestComposeMulticluster(t *testing.T) {
 	// An edge stopped and started again keeps what it stored and forwards what it takes.
 	c.run(t, "stop", "edge-us-1")
 	c.run(t, "start", "edge-us-1")
-	waitFor(t, func() bool { code, _, err := postStatus(us, "after-restart"); return err == nil && code == http.StatusAccepted },
+	waitFor(t, func() bool {
+		code, _, err := postStatus(us, "after-restart")
+		return err == nil && code == http.StatusAccepted
+	},
 		time.Minute, "edge us-1 taking events again")
 	c.waitLogs(t, "agent", "The deployment after-restart in namespace shop of cluster us-1 failed", 3*time.Minute)
 	require.Equal(t, 1, strings.Count(c.run(t, "logs", "--no-color", "agent"), "cart in namespace shop of cluster us-1"),
