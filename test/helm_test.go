@@ -193,7 +193,8 @@ current-context: c
 
 // valuesFiles are the chart's values files, and (relative to the chart) the test's file that
 // turns on every optional object.
-var valuesFiles = []string{"", "values-dev.yaml", "values-staging.yaml", "values-prod.yaml", "values-single.yaml", optionsValues}
+var valuesFiles = []string{"", "values-dev.yaml", "values-staging.yaml", "values-prod.yaml", "values-single.yaml",
+	"values-edge.yaml", "values-hub.yaml", optionsValues}
 
 const optionsValues = "../../test/testdata/values-options.yaml"
 
@@ -300,6 +301,29 @@ func TestChartLintsAndRendersEveryValuesFile(t *testing.T) {
 				require.Equal(t, []string{"khook"}, r.names("ServiceAccount"))
 				sel, _, _ := unstructured.NestedStringMap(r.get(t, "Service", "khook-webhook").Object, "spec", "selector")
 				require.Equal(t, "single", sel["app.kubernetes.io/component"])
+			case "values-edge.yaml":
+				// One Deployment running khook edge on its own volume, and nothing of the
+				// mapper's, the dispatcher's or the streams Job's.
+				require.Equal(t, []string{"khook-edge"}, r.names("Deployment"))
+				d := r.deployment(t, "khook-edge")
+				require.Equal(t, []string{"edge"}, d.Spec.Template.Spec.Containers[0].Args[:1])
+				require.Equal(t, appsv1.RecreateDeploymentStrategyType, d.Spec.Strategy.Type, "one pod owns the volume at a time")
+				require.Equal(t, int32(1), *d.Spec.Replicas)
+				require.Subset(t, mountNames(d.Spec.Template.Spec.Containers[0]), []string{"data", "edge-hub"})
+				require.Equal(t, []string{"khook-edge-data"}, r.names("PersistentVolumeClaim"))
+				require.Empty(t, r.names("Job"))
+				require.Equal(t, []string{"khook-producer"}, r.names("ServiceAccount"))
+				require.NotContains(t, r.names("ClusterRole"), "khook-dispatcher", "an edge reads no Hooks")
+				sel, _, _ := unstructured.NestedStringMap(r.get(t, "Service", "khook-webhook").Object, "spec", "selector")
+				require.Equal(t, "edge", sel["app.kubernetes.io/component"])
+				require.NoError(t, cfg.ValidateEdge())
+				require.Equal(t, "edge-1", cfg.Cluster)
+				require.Equal(t, "/etc/khook/edge-hub/password", cfg.Edge.Hub.PasswordFile)
+				require.Equal(t, "/data", cfg.NATS.Embedded.StoreDir)
+				require.Empty(t, cfg.NATS.URL)
+			case "values-hub.yaml":
+				require.Equal(t, []string{"eu-1", "us-1"}, cfg.Streams.Edges)
+				require.Empty(t, cfg.Cluster)
 			case optionsValues:
 				// The alertmanager plugin: its Deployment, port, Service and network rule.
 				am := r.deployment(t, "khook-producer-alertmanager")
@@ -462,7 +486,8 @@ func TestChartAlertRules(t *testing.T) {
 		}
 	}
 	require.ElementsMatch(t, []string{"PluginDown", "PluginHighErrorRate", "PluginEventProcessingLag", "KhookConsumerLag",
-		"KhookDeadLetters", "KhookMapperDeadLetters", "KhookAgentBudgetExhausted", "KhookStreamNearLimit", "KhookJetStreamUnavailable"}, alerts)
+		"KhookDeadLetters", "KhookMapperDeadLetters", "KhookAgentBudgetExhausted", "KhookStreamNearLimit", "KhookJetStreamUnavailable",
+		"KhookEdgeDisconnected", "KhookEdgeLagHigh"}, alerts)
 
 	// Every alert links a runbook that exists.
 	for _, g := range groups {

@@ -169,8 +169,13 @@ func (r *podRunner) mount(pod corev1.PodSpec, c corev1.Container, podName string
 			require.NoError(t, err, "%s: volume %s", podName, m.Name)
 			maps.Copy(files, s.Data)
 		case v.EmptyDir != nil:
+		case v.PersistentVolumeClaim != nil:
+			// A directory that outlives the process, as a claim outlives its pod; the claim
+			// itself must exist, as the kubelet would wait for it.
+			_, err := r.cs.CoreV1().PersistentVolumeClaims(r.ns).Get(ctx, v.PersistentVolumeClaim.ClaimName, metav1.GetOptions{})
+			require.NoError(t, err, "%s: volume %s", podName, m.Name)
 		default:
-			t.Fatalf("%s: volume %s: only ConfigMap, Secret and emptyDir volumes are supported by the pod runner", podName, m.Name)
+			t.Fatalf("%s: volume %s: only ConfigMap, Secret, emptyDir and claim volumes are supported by the pod runner", podName, m.Name)
 		}
 		for k, d := range files {
 			// Replaced through a rename, as the kubelet swaps a volume's files atomically.
@@ -653,4 +658,93 @@ func TestPublishWaitFailsWithoutAMapper(t *testing.T) {
 	out, err = exec.Command(bins.khook(), "publish", "--nats-url", natsURL, "--source", "helm-test", "--wait", "1s").CombinedOutput()
 	require.Error(t, err)
 	require.Contains(t, string(out), "--wait needs --data")
+}
+
+// TestChartEdgeAndHubRun installs the chart twice in one API server, as two clusters would:
+// a hub (values-hub.yaml, its stages against a NATS server with a leaf port and a domain of
+// its own) and an edge (values-edge.yaml, in its own namespace, with the leaf password from
+// a Secret and its store on a claim). Each pod runs with what its spec gives it. An event
+// posted to the edge's webhook reaches the hub's agent, named with the edge's cluster; the
+// edge restarted on its claim keeps taking events.
+func TestChartEdgeAndHubRun(t *testing.T) {
+	c := startChartCluster(t)
+	ctx := context.Background()
+
+	// The hub's NATS: JetStream in domain hub, and the leaf port with the edges' password.
+	leaf, natsPort := freePort(t), freePort(t)
+	natsConf := filepath.Join(c.dir, "hub-nats.conf")
+	require.NoError(t, os.WriteFile(natsConf, []byte(fmt.Sprintf(`listen: 127.0.0.1:%d
+jetstream { store_dir: %q, domain: hub }
+leafnodes { listen: 127.0.0.1:%d, authorization { user: edge, password: s3cret } }
+`, natsPort, filepath.Join(c.dir, "hub-nats"), leaf)), 0o600))
+	_, hubNATS := startNATSArgs(t, natsPort, "-c", natsConf)
+
+	mustHelm(t, c.run, "install", "khook", chartDir, "--namespace", "kagent", "--no-hooks",
+		"--values", filepath.Join(chartDir, "values-hub.yaml"),
+		"--set", fmt.Sprintf("nats.url=%s,kagent.url=%s,logFormat=console,clusters={eu-1}", hubNATS, c.agentURL),
+		"--set", "mapper.autoscaling.enabled=false,dispatcher.autoscaling.enabled=false",
+		"--set-json", `eventMappings=[{"eventSource":"webhook","eventType":"deploy-failed","severity":"error"}]`)
+	hub := c.runner(t)
+	c.runJob(t, hub, mustHelm(t, c.run, "get", "hooks", "khook", "--namespace", "kagent"))
+	for _, d := range decodeManifests[appsv1.Deployment](t, mustHelm(t, c.run, "get", "manifest", "khook", "--namespace", "kagent"), "Deployment") {
+		spec := d.Spec.Template.Spec
+		hub.start(spec, d.Name+"-0").ready(t, spec.Containers[0])
+	}
+	_, err := c.hooks.Create(ctx, hookFor("shop", "deploys", "deploy-failed", "sre-agent", "Deployment {{.ResourceName}} in {{.Cluster}} failed"), metav1.CreateOptions{})
+	require.NoError(t, err)
+
+	// The edge, in a namespace of its own, with the password from a Secret.
+	ensureNamespace(t, c.cs, "edge")
+	_, err = c.cs.CoreV1().Secrets("edge").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "khook-leaf"},
+		Data: map[string][]byte{"password": []byte("s3cret\n")}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	webhookPort := freePort(t)
+	mustHelm(t, c.run, "install", "edge", chartDir, "--namespace", "edge", "--no-hooks",
+		"--values", filepath.Join(chartDir, "values-edge.yaml"),
+		"--set", fmt.Sprintf("cluster=eu-1,edge.hub.url=nats-leaf://127.0.0.1:%d,webhook.port=%d,logFormat=console", leaf, webhookPort))
+	manifest := mustHelm(t, c.run, "get", "manifest", "edge", "--namespace", "edge")
+	require.Empty(t, decodeManifests[batchv1.Job](t, mustHelm(t, c.run, "get", "hooks", "edge", "--namespace", "edge"), "Job"))
+	deployments := decodeManifests[appsv1.Deployment](t, manifest, "Deployment")
+	require.Len(t, deployments, 1)
+	svcs, err := c.cs.CoreV1().Services("edge").List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	edge := &podRunner{t: t, cs: c.cs, cluster: c.cluster, ns: "edge", root: filepath.Join(c.dir, "edge-pods"), services: svcs.Items}
+	spec := deployments[0].Spec.Template.Spec
+	pod := edge.start(spec, "edge-khook-edge-0")
+	pod.ready(t, spec.Containers[0])
+
+	post := func(name string) (int, error) {
+		body := fmt.Sprintf(`{"type":"deploy-failed","namespace":"shop","resourceName":%q,"message":"m"}`, name)
+		resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/webhook", webhookPort), "application/json", strings.NewReader(body))
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	// The dispatcher may not have seen the new Hook yet: each try is a new resource.
+	i := 0
+	require.Eventually(t, func() bool {
+		i++
+		code, err := post(fmt.Sprintf("web-%d", i))
+		return err == nil && code == http.StatusAccepted && len(c.agent.Received()) > 0
+	}, 2*time.Minute, 500*time.Millisecond, "an event posted to the edge reaches the hub's agent")
+	require.Contains(t, c.agent.Received()[0].Text, "in eu-1 failed")
+	require.Contains(t, c.agent.Received()[0].Text, "\nCluster: eu-1\n")
+
+	// The edge restarted on its claim: its store is where it was, and it takes events again.
+	pod.kill()
+	pod = edge.start(spec, "edge-khook-edge-0")
+	pod.ready(t, spec.Containers[0])
+	code, err := post("after-restart")
+	require.NoError(t, err)
+	require.Equal(t, http.StatusAccepted, code)
+	require.Eventually(t, func() bool {
+		for _, r := range c.agent.Received() {
+			if strings.Contains(r.Text, "Deployment after-restart in eu-1 failed") {
+				return true
+			}
+		}
+		return false
+	}, 3*time.Minute, 200*time.Millisecond, "the restarted edge's event at the hub's agent")
 }

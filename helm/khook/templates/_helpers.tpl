@@ -93,6 +93,7 @@ Deployment's in single mode, the combined producer's, or the stage's own. Call w
 */}}
 {{- define "khook.component" -}}
 {{- if eq .root.Values.deploymentMode "single" }}single
+{{- else if eq .root.Values.deploymentMode "edge" }}edge
 {{- else if and (eq .stage "producer") (eq .root.Values.producers.mode "combined") }}producer
 {{- else if eq .stage "producer" }}producer-{{ .plugin }}
 {{- else }}{{ .stage }}
@@ -156,6 +157,10 @@ Call with (dict "root" $ "values" .Values.mapper).
 {{- if $v.kagent.tokenSecret.name }}
 {{- $_ := set $kagent "token_file" (printf "/etc/khook/kagent-token/%s" $v.kagent.tokenSecret.key) }}
 {{- end }}
+{{- if eq $v.deploymentMode "edge" }}
+{{- /* An edge runs its own NATS server, a leaf node of the hub's: no nats.url. */}}
+{{- $nats = dict "embedded" (dict "store_dir" "/data" "listen" "") }}
+{{- end }}
 {{- $cfg := dict
   "nats" $nats
   "streams" $streams
@@ -165,6 +170,32 @@ Call with (dict "root" $ "values" .Values.mapper).
   "server" (dict "metrics_addr" ":8080" "probes_addr" ":8081")
   "log" (dict "level" $v.logLevel "format" $v.logFormat)
   "kubernetes" (dict "hooks" $v.hooks.source) }}
+{{- if $v.cluster }}
+{{- $_ := set $cfg "cluster" $v.cluster }}
+{{- end }}
+{{- if $v.clusters }}
+{{- $list := list }}
+{{- range $v.clusters }}{{ $list = append $list (dict "name" .) }}{{ end }}
+{{- $_ := set $cfg "clusters" $list }}
+{{- end }}
+{{- if eq $v.deploymentMode "edge" }}
+{{- $hub := dict "url" (required "edge.hub.url is required with deploymentMode edge (the hub's leaf node URL, nats-leaf://hub.example.com:7422)" $v.edge.hub.url) }}
+{{- if $v.edge.hub.passwordSecret.name }}
+{{- $_ := set $hub "username" $v.edge.hub.username }}
+{{- $_ := set $hub "password_file" (printf "/etc/khook/edge-hub/%s" $v.edge.hub.passwordSecret.key) }}
+{{- else if $v.edge.hub.credentialsSecret.name }}
+{{- $_ := set $hub "credentials_file" (printf "/etc/khook/edge-creds/%s" $v.edge.hub.credentialsSecret.key) }}
+{{- end }}
+{{- if $v.edge.hub.tls.secretName }}
+{{- $tls := dict "ca_file" "/etc/khook/edge-tls/ca.crt" }}
+{{- if $v.edge.hub.tls.clientAuth }}
+{{- $_ := set $tls "cert_file" "/etc/khook/edge-tls/tls.crt" }}
+{{- $_ := set $tls "key_file" "/etc/khook/edge-tls/tls.key" }}
+{{- end }}
+{{- $_ := set $hub "tls" $tls }}
+{{- end }}
+{{- $_ := set $cfg "edge" (dict "hub" $hub "buffer" (dict "max_age" $v.edge.buffer.maxAge "max_bytes" ($v.edge.buffer.maxBytes | int64))) }}
+{{- end }}
 {{- if $v.api.enabled }}
 {{- $_ := set $cfg "api" (dict "enabled" true "addr" ":8082" "token_file" (printf "/etc/khook/api-token/%s" $v.api.tokenSecret.key)) }}
 {{- end }}
@@ -202,7 +233,11 @@ metadata:
     {{- include "khook.labels" $root | nindent 4 }}
     app.kubernetes.io/component: {{ .component }}
 spec:
-  {{- if not $s.autoscaling.enabled }}
+  {{- if .recreate }}
+  # One pod owns the volume at a time: the old pod stops before the new one starts.
+  replicas: 1
+  strategy: {type: Recreate}
+  {{- else if not $s.autoscaling.enabled }}
   replicas: {{ $s.replicaCount }}
   {{- end }}
   selector:
@@ -410,6 +445,27 @@ kubelet only updates directory mounts; khook's file watcher follows its ..data s
 {{- end }}
 - name: tmp
   emptyDir: {sizeLimit: 64Mi}
+{{- if eq $v.deploymentMode "edge" }}
+{{- if $v.edge.persistence.enabled }}
+- name: data
+  persistentVolumeClaim: {claimName: {{ $full }}-edge-data}
+{{- else }}
+- name: data
+  emptyDir: {}
+{{- end }}
+{{- with $v.edge.hub.passwordSecret.name }}
+- name: edge-hub
+  secret: {secretName: {{ . }}, defaultMode: 0440}
+{{- end }}
+{{- with $v.edge.hub.credentialsSecret.name }}
+- name: edge-creds
+  secret: {secretName: {{ . }}, defaultMode: 0440}
+{{- end }}
+{{- with $v.edge.hub.tls.secretName }}
+- name: edge-tls
+  secret: {secretName: {{ . }}, defaultMode: 0440}
+{{- end }}
+{{- end }}
 {{- if $v.nats.credentialsSecret.name }}
 - name: nats-creds
   secret: {secretName: {{ $v.nats.credentialsSecret.name }}, defaultMode: 0440}
@@ -448,6 +504,18 @@ kubelet only updates directory mounts; khook's file watcher follows its ..data s
 - {name: hooks, mountPath: /etc/khook/hooks, readOnly: true}
 {{- end }}
 - {name: tmp, mountPath: /tmp}
+{{- if eq $v.deploymentMode "edge" }}
+- {name: data, mountPath: /data}
+{{- if $v.edge.hub.passwordSecret.name }}
+- {name: edge-hub, mountPath: /etc/khook/edge-hub, readOnly: true}
+{{- end }}
+{{- if $v.edge.hub.credentialsSecret.name }}
+- {name: edge-creds, mountPath: /etc/khook/edge-creds, readOnly: true}
+{{- end }}
+{{- if $v.edge.hub.tls.secretName }}
+- {name: edge-tls, mountPath: /etc/khook/edge-tls, readOnly: true}
+{{- end }}
+{{- end }}
 {{- if $v.nats.credentialsSecret.name }}
 - {name: nats-creds, mountPath: /etc/khook/nats-creds, readOnly: true}
 {{- end }}
