@@ -140,7 +140,8 @@ func applyStream(ctx context.Context, js jetstream.JetStream, want jetstream.Str
 	merged.Duplicates = want.Duplicates
 	// khook manages a stream's edge sources (its own name, in an edge's domain); any other
 	// source an operator added is kept.
-	merged.Sources = append(otherSources(have), want.Sources...)
+	merged.Sources = append(otherSources(have, want), want.Sources...)
+	merged.Metadata = withEdgesMetadata(have, want)
 	if _, err := js.UpdateStream(ctx, merged); err != nil {
 		return "", nil, err
 	}
@@ -207,7 +208,8 @@ func sameStream(have, want jetstream.StreamConfig) bool {
 		have.Storage == want.Storage &&
 		have.Discard == want.Discard &&
 		have.Duplicates == want.Duplicates &&
-		slices.Equal(edgeSourceNames(have), edgeSourceNames(want))
+		slices.Equal(edgeSourceNames(have), edgeSourceNames(want)) &&
+		have.Metadata[edgesMetadata] == want.Metadata[edgesMetadata]
 }
 
 func applyConsumer(ctx context.Context, js jetstream.JetStream, stream string, want jetstream.ConsumerConfig, dryRun bool) (Action, []string, error) {

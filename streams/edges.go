@@ -2,11 +2,14 @@ package streams
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -21,8 +24,9 @@ import (
 // leaf connection denies them both ways (LeafDeny): otherwise the hub's stream would store
 // the edge's events once as they are published and again through its source.
 
-// EdgeBuffer bounds what an edge keeps while its hub is away. A full buffer refuses new
-// events (discard new), so a producer answers 503 and the sender retries, rather than the
+// EdgeBuffer bounds what an edge keeps while its hub is away: the hub trims what it has
+// stored (TrimEdges), so the buffer holds the events not forwarded yet. A full buffer refuses
+// new events (discard new), so a producer answers 503 and the sender retries, rather than the
 // oldest unforwarded events being dropped without a word.
 type EdgeBuffer struct {
 	MaxAge   time.Duration `koanf:"max_age"`
@@ -100,42 +104,139 @@ func EdgeOf(src *jetstream.StreamSource) string {
 	return domain
 }
 
-// isEdgeSource is a source khook manages: the stream's own name in an edge's domain.
-func isEdgeSource(stream string, src *jetstream.StreamSource) bool {
-	return src.Name == stream && (EdgeOf(src) != "" || src.Domain != "")
+// edgesMetadata is the raw stream's metadata key listing the edges khook sources, so that
+// apply changes only the sources it added: a source an operator added by hand, from another
+// domain or not, is never touched.
+const edgesMetadata = "khook.io/edges"
+
+// managedEdges are the edges a stream's metadata says khook sources.
+func managedEdges(c jetstream.StreamConfig) []string {
+	v := c.Metadata[edgesMetadata]
+	if v == "" {
+		return nil
+	}
+	return strings.Split(v, ",")
 }
 
-// edgeSourceNames are the edges a stream sources, sorted.
+// edgeOf is the edge a source reads, by its domain, or "".
+func edgeOf(src *jetstream.StreamSource) string {
+	if src.Domain != "" {
+		return src.Domain
+	}
+	return EdgeOf(src)
+}
+
+// isEdgeSource is a source khook manages: the stream's own name, in a domain the stream's
+// metadata lists.
+func isEdgeSource(c jetstream.StreamConfig, src *jetstream.StreamSource) bool {
+	return src.Name == c.Name && edgeOf(src) != "" && slices.Contains(managedEdges(c), edgeOf(src))
+}
+
+// edgeSourceNames are the edges a stream sources that khook manages, sorted.
 func edgeSourceNames(c jetstream.StreamConfig) []string {
 	var out []string
 	for _, src := range c.Sources {
-		if !isEdgeSource(c.Name, src) {
-			continue
+		if isEdgeSource(c, src) {
+			out = append(out, edgeOf(src))
 		}
-		edge := src.Domain
-		if edge == "" {
-			edge = EdgeOf(src)
-		}
-		out = append(out, edge)
 	}
 	slices.Sort(out)
 	return out
 }
 
-// otherSources are the sources of a stream that khook does not manage.
-func otherSources(c jetstream.StreamConfig) []*jetstream.StreamSource {
+// otherSources are the sources of have that khook does not manage and want does not list.
+func otherSources(have, want jetstream.StreamConfig) []*jetstream.StreamSource {
 	var out []*jetstream.StreamSource
-	for _, src := range c.Sources {
-		if !isEdgeSource(c.Name, src) {
-			out = append(out, src)
+	for _, src := range have.Sources {
+		if isEdgeSource(have, src) || src.Name == have.Name && slices.Contains(managedEdges(want), edgeOf(src)) {
+			continue
 		}
+		out = append(out, src)
 	}
 	return out
 }
 
-// rawStream is the raw stream's configuration: on a hub, with a source per edge.
+// withEdgesMetadata is have's metadata with want's list of managed edges.
+func withEdgesMetadata(have, want jetstream.StreamConfig) map[string]string {
+	out := maps.Clone(have.Metadata)
+	if out == nil {
+		out = map[string]string{}
+	}
+	delete(out, edgesMetadata)
+	if v := want.Metadata[edgesMetadata]; v != "" {
+		out[edgesMetadata] = v
+	}
+	return out
+}
+
+// rawStream is the raw stream's configuration: on a hub, with a source per edge, listed in
+// its metadata as khook's.
 func (c Config) rawStream() jetstream.StreamConfig {
 	s := c.Raw.streamConfig(c.Subjects().AllRaw())
 	s.Sources = c.edgeSources()
+	if len(c.Edges) > 0 {
+		edges := slices.Sorted(slices.Values(c.Edges))
+		s.Metadata = map[string]string{edgesMetadata: strings.Join(edges, ",")}
+	}
 	return s
+}
+
+// trimAfter is how long after an edge's stream was created the hub trusts its source's
+// position to be about that stream. A stream deleted and re-created at the edge starts its
+// sequences again; until the hub's source has reconnected to the new stream, its position
+// is the old stream's, and trimming by it would delete events the hub has not taken. The
+// margin also covers clock skew between the edge's server and the hub's.
+const trimAfter = 30 * time.Second
+
+// TrimEdges removes from each connected edge's stream the events the hub has stored, so
+// that an edge's buffer (edge.buffer) holds only what the hub does not have yet: a healthy,
+// connected edge never fills up with events it forwarded long ago. It trims an edge only
+// while the hub hears from it, up to the sequence the hub's source has stored, and only
+// when that sequence is of the edge's current stream (trimAfter). It returns how many
+// events it removed, per edge.
+func TrimEdges(ctx context.Context, nc *nats.Conn, topo Config, now time.Time) (map[string]uint64, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	states, err := Edges(ctx, js, topo)
+	if err != nil {
+		return nil, err
+	}
+	removed := map[string]uint64{}
+	var errs []error
+	for _, e := range states {
+		if !e.Sourced || !e.Connected || e.Forwarded == 0 {
+			continue
+		}
+		ejs, err := jetstream.NewWithDomain(nc, e.Cluster)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		st, err := ejs.Stream(ctx, topo.Raw.Name)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("edge %s: %w", e.Cluster, err))
+			continue
+		}
+		info := st.CachedInfo()
+		lastContact := now.Add(-e.Active)
+		switch {
+		case info.State.LastSeq < e.Forwarded:
+			// Fewer events than the hub says it took: a stream re-created since. Wait for
+			// the source to find it.
+			continue
+		case lastContact.Before(info.Created.Add(trimAfter)):
+			continue
+		case info.State.FirstSeq > e.Forwarded || info.State.Msgs == 0:
+			continue // nothing forwarded is left
+		}
+		n := min(info.State.Msgs, e.Forwarded-info.State.FirstSeq+1)
+		if err := st.Purge(ctx, jetstream.WithPurgeSequence(e.Forwarded+1)); err != nil {
+			errs = append(errs, fmt.Errorf("edge %s: trimming: %w", e.Cluster, err))
+			continue
+		}
+		removed[e.Cluster] = n
+	}
+	return removed, errors.Join(errs...)
 }

@@ -55,6 +55,17 @@ func TestApplyManagesEdgeSources(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, streams.Unchanged, again[0].Action, "an operator's source is not khook's to compare")
 
+	// A source from another domain an operator added by hand, on the stream's own name, is
+	// not khook's either: apply neither reports nor removes it.
+	withLegacy = raw()
+	withLegacy.Sources = append(withLegacy.Sources, &jetstream.StreamSource{Name: cfg.Raw.Name,
+		External: &jetstream.ExternalStream{APIPrefix: "$JS.legacy.API"}})
+	_, err = js.UpdateStream(ctx, withLegacy)
+	require.NoError(t, err)
+	again, err = streams.Apply(ctx, js, cfg)
+	require.NoError(t, err)
+	require.Equal(t, streams.Unchanged, again[0].Action, again[0].String())
+
 	cfg.Edges = []string{"eu-1"}
 	plan, err := streams.Plan(ctx, js, cfg)
 	require.NoError(t, err)
@@ -66,7 +77,21 @@ func TestApplyManagesEdgeSources(t *testing.T) {
 	for _, src := range raw().Sources {
 		names = append(names, src.Name+"@"+streams.EdgeOf(src))
 	}
-	require.ElementsMatch(t, []string{"KHOOK_RAW@eu-1", "LEGACY@"}, names)
+	require.ElementsMatch(t, []string{"KHOOK_RAW@eu-1", "LEGACY@", "KHOOK_RAW@legacy"}, names)
+
+	// Without clusters (a single-cluster install, or the last edge removed), only khook's
+	// sources go.
+	cfg.Edges = nil
+	_, err = streams.Apply(ctx, js, cfg)
+	require.NoError(t, err)
+	names = nil
+	for _, src := range raw().Sources {
+		names = append(names, src.Name+"@"+streams.EdgeOf(src))
+	}
+	require.ElementsMatch(t, []string{"LEGACY@", "KHOOK_RAW@legacy"}, names)
+	again, err = streams.Apply(ctx, js, cfg)
+	require.NoError(t, err)
+	require.Equal(t, streams.Unchanged, again[0].Action, again[0].String())
 }
 
 func freeAddr(t *testing.T) string {
@@ -146,6 +171,85 @@ func TestEdgeForwardsEachEventOnceThroughItsLeaf(t *testing.T) {
 	_, err = hjs.Publish(ctx, "khook.raw.webhook.local", []byte(`{}`))
 	require.NoError(t, err)
 	require.Equal(t, uint64(n), msgs(ejs), "the edge imports none of khook's subjects")
+
+	// What the hub has is trimmed from the edge, once its stream is older than the margin
+	// that tells the source's position is about this stream.
+	hubConn := hjs.Conn()
+	removed, err := streams.TrimEdges(ctx, hubConn, topo, time.Now())
+	require.NoError(t, err)
+	require.Empty(t, removed, "a stream younger than the margin is not trimmed")
+	removed, err = streams.TrimEdges(ctx, hubConn, topo, time.Now().Add(time.Minute))
+	require.NoError(t, err)
+	require.Equal(t, map[string]uint64{"eu-1": n}, removed)
+	require.Zero(t, msgs(ejs))
+	require.Equal(t, uint64(n+1), msgs(hjs), "the hub keeps every event")
+
+	// The edge's stream re-created: its sequences start again below what the hub's source
+	// last took, and nothing is trimmed until the hub has the new stream's events.
+	require.NoError(t, ejs.DeleteStream(ctx, topo.Raw.Name))
+	_, err = streams.ApplyEdge(ctx, ejs, topo, streams.DefaultEdgeBuffer())
+	require.NoError(t, err)
+	for i := range 5 {
+		m := nats.NewMsg("khook.raw.webhook.again")
+		m.Data = []byte(`{}`)
+		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("webhook/@eu-1/again-%d", i))
+		_, err := ejs.PublishMsg(ctx, m)
+		require.NoError(t, err)
+	}
+	removed, err = streams.TrimEdges(ctx, hubConn, topo, time.Now().Add(time.Minute))
+	require.NoError(t, err)
+	require.Empty(t, removed, "the source's old position is not the new stream's")
+	require.Equal(t, uint64(5), msgs(ejs))
+	require.Eventually(t, func() bool { return msgs(hjs) == n+1+5 }, 2*time.Minute, 100*time.Millisecond,
+		"the hub takes the re-created stream's events")
+}
+
+// A connected edge whose hub keeps up never fills its buffer: the hub trims what it stored,
+// so a 1 MiB buffer carries 8 MiB of events.
+func TestTrimmedEdgeNeverFillsUp(t *testing.T) {
+	ctx := context.Background()
+	topo := streams.Default()
+	leaf := freeAddr(t)
+	hub, hubOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(),
+		Leafnodes: streams.Leafnodes{Listen: leaf, Username: "edge", PasswordFile: secretFile(t, "pw")}}, topo.Subjects())
+	require.NoError(t, err)
+	t.Cleanup(hub.Shutdown)
+	u, err := url.Parse("nats-leaf://edge:pw@" + leaf)
+	require.NoError(t, err)
+	edge, edgeOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(), Domain: "eu-1",
+		Remote: &streams.LeafRemote{URLs: []*url.URL{u}, Deny: topo.LeafDeny()}}, topo.Subjects())
+	require.NoError(t, err)
+	t.Cleanup(edge.Shutdown)
+	require.Eventually(t, func() bool { return hub.NumLeafNodes() == 1 }, 10*time.Second, 20*time.Millisecond)
+	hnc, err := nats.Connect(hub.ClientURL(), append(hubOpts, nats.InProcessServer(hub))...)
+	require.NoError(t, err)
+	t.Cleanup(hnc.Close)
+	enc, err := nats.Connect(edge.ClientURL(), append(edgeOpts, nats.InProcessServer(edge))...)
+	require.NoError(t, err)
+	t.Cleanup(enc.Close)
+	hjs, _ := jetstream.New(hnc)
+	ejs, _ := jetstream.New(enc)
+	_, err = streams.ApplyEdge(ctx, ejs, topo, streams.EdgeBuffer{MaxAge: time.Hour, MaxBytes: 1 << 20})
+	require.NoError(t, err)
+	topo.Edges = []string{"eu-1"}
+	_, err = streams.Apply(ctx, hjs, topo)
+	require.NoError(t, err)
+	payload := []byte(strings.Repeat("x", 4096))
+	for i := range 2000 {
+		m := nats.NewMsg("khook.raw.webhook.t")
+		m.Data = payload
+		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("webhook/@eu-1/%d", i))
+		_, err := ejs.PublishMsg(ctx, m)
+		require.NoError(t, err, "event %d refused although the hub had every earlier one", i)
+		if (i+1)%100 == 0 {
+			require.Eventually(t, func() bool {
+				st, err := streams.Edges(ctx, hjs, topo)
+				return err == nil && st[0].Forwarded == uint64(i+1)
+			}, time.Minute, 10*time.Millisecond)
+			_, err := streams.TrimEdges(ctx, hnc, topo, time.Now().Add(time.Minute))
+			require.NoError(t, err)
+		}
+	}
 }
 
 // A hub's leaf port is never open without a password: a missing or empty secret is an

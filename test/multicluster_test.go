@@ -137,6 +137,9 @@ const fleetHooks = `- apiVersion: kagent.dev/v1alpha2
         prompt: "Storm {{.Reason}}"
 `
 
+// startFleet starts the hub and an edge per cluster, and waits until the hub has a source on
+// every edge (NATS retries a source that failed, as each does until its edge has connected,
+// after 10 s or more).
 func startFleet(t *testing.T, clusters ...string) *fleet {
 	t.Helper()
 	f := &fleet{t: t, dir: t.TempDir(), edges: map[string]*edgeProc{}}
@@ -211,6 +214,9 @@ server:
 `, c, e.link.addr, password, f.dir, c, natsPort, c, freePort(t), e.probes))
 		f.edges[c] = e
 		f.startEdge(c)
+	}
+	for _, c := range clusters {
+		waitFor(t, func() bool { return f.edgeGauge("khook_edge_connected", c) == 1 }, 2*time.Minute, "the hub's source on edge "+c)
 	}
 	return f
 }
@@ -391,6 +397,26 @@ func TestEdgesForwardEveryEventOnce(t *testing.T) {
 		require.Equal(t, uint64(n), streamMsgs(t, f.edges[c].nats, "KHOOK_RAW"), "edge %s", c)
 	}
 	waitFor(t, func() bool { return f.edgeGauge("khook_edge_connected", "a") == 1 }, time.Minute, "edge a reported connected again")
+
+	// Edge c's stream re-created (its store wiped, as a lost volume would): the hub sees a
+	// new stream behind the same source and takes its events from the start.
+	f.edges["c"].p.kill()
+	require.NoError(t, os.RemoveAll(filepath.Join(f.dir, "c")))
+	f.startEdge("c")
+	for i := range 50 {
+		f.post(client, "c", fmt.Sprintf(`{"id":"ev-new-%d","type":"deploy-failed","namespace":"shop","resourceName":"c-new-%d","message":"m"}`, i, i))
+	}
+	require.Equal(t, uint64(50), streamMsgs(t, f.edges["c"].nats, "KHOOK_RAW"), "a fresh stream at edge c")
+	waitFor(t, func() bool {
+		got := resources(f.agent)
+		for i := range 50 {
+			if got[fmt.Sprintf("c-new-%d", i)] == 0 {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Minute, "the re-created stream's events at the agent")
+	counts = resources(f.agent)
 	// A call whose delivery record the killed hub had not written yet is made again: the
 	// documented crash-after-call window, bounded by the calls in flight when it died.
 	t.Logf("%d events per edge; edge a cut for %s, caught up %s after the heal; duplicates %d (hub killed once)",
