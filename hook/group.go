@@ -176,6 +176,9 @@ type Group struct {
 	Omitted int
 	// Unlisted is how many more are not listed to keep the task within the prompt limit.
 	Unlisted int
+	// Clusters are the clusters of the group's events, listed or not, sorted; empty when
+	// none has a cluster.
+	Clusters []string
 	// Resources is how many distinct events (type and resource) .Events lists.
 	Resources           int
 	FirstSeen, LastSeen time.Time
@@ -215,6 +218,12 @@ func GroupTask(m Match, g Group, events []GroupEvent) (Task, error) {
 		Event:          latest,
 		SuppressionKey: g.Key,
 	}
+	for _, e := range events {
+		if e.Cluster != "" && !slices.Contains(g.Clusters, e.Cluster) {
+			g.Clusters = append(g.Clusters, e.Cluster)
+		}
+	}
+	g.Clusters = slices.Compact(slices.Sorted(slices.Values(g.Clusters)))
 	data := newPromptData(latest)
 	listed := events
 	var prompt string
@@ -272,8 +281,9 @@ func GroupContext(g Group, events []GroupEvent) string {
 		b.WriteString("\nGroup: " + strings.Join(labels, ", "))
 	}
 	if _, ok := g.Labels["cluster"]; !ok {
-		// A group across clusters says which, so the agent knows where to look.
-		var clusters []string
+		// A group across clusters says which, so the agent knows where to look: all of
+		// them, those of events not listed too (GroupTask fills g.Clusters).
+		clusters := slices.Clone(g.Clusters)
 		for _, e := range events {
 			if e.Cluster != "" && !slices.Contains(clusters, e.Cluster) {
 				clusters = append(clusters, e.Cluster)

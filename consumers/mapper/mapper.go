@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -139,6 +140,10 @@ func (m *Mapper) Run(ctx context.Context) error {
 	}
 }
 
+// streamSourceHeader is the header JetStream adds to a message a stream took from one of its
+// sources: at a hub, every event an edge forwarded.
+const streamSourceHeader = "Nats-Stream-Source"
+
 // handle maps one raw message. It returns a pending publish when the message must wait for
 // one; otherwise it has already settled the message.
 func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) {
@@ -150,6 +155,13 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", msg.Subject())))
 	defer span.End()
 	ce, err := cloudevent.Decode(msg.Data())
+	if err == nil && ce.Cluster != "" {
+		// Only khook's producers set a cluster; one that is no cluster's name could never be
+		// written to the events stream.
+		if cerr := cloudevent.CheckCluster(ce.Cluster); cerr != nil {
+			err = fmt.Errorf("cloudevent: cluster: %w", cerr)
+		}
+	}
 	if err != nil {
 		tracing.Fail(span, err)
 		m.metrics.events.WithLabelValues("invalid").Inc()
@@ -159,6 +171,15 @@ func (m *Mapper) handle(ctx context.Context, msg jetstream.Msg) (pending, bool) 
 			id = cloudevent.KeyOf(source, cloudevent.ClusterOf(source, msgID), msgID, "")
 		}
 		m.deadLetter(ctx, msg, id, "", "invalid-envelope", err)
+		return pending{}, false
+	}
+	if ce.Cluster != "" && slices.Contains(m.topo.Edges, ce.Cluster) && msg.Headers().Get(streamSourceHeader) == "" {
+		// An event that claims one of the hub's edges but was published at the hub, not
+		// sourced from that edge: whoever published it may not speak for that cluster.
+		m.metrics.events.WithLabelValues("invalid").Inc()
+		source := m.topo.Subjects().SourceOf(msg.Subject())
+		m.deadLetter(ctx, msg, cloudevent.KeyOf(source, "", msg.Headers().Get(jetstream.MsgIDHeader), ce.ID), ce.Type, "cluster-not-sourced",
+			fmt.Errorf("the event claims cluster %q, an edge of this hub, but was not sourced from that edge", ce.Cluster))
 		return pending{}, false
 	}
 	raw := mapping.RawOf(m.topo.Subjects().SourceOf(msg.Subject()), msg.Headers().Get(jetstream.MsgIDHeader), ce)

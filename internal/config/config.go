@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -216,8 +217,24 @@ func (c Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.Edge.Buffer.Validate("edge.buffer"))
-	if l := c.NATS.Embedded.Leafnodes; l.Listen != "" {
+	l := c.NATS.Embedded.Leafnodes
+	switch {
+	case l.Listen != "" && c.NATS.URL != "":
+		errs = append(errs, errors.New("nats.embedded.leafnodes: set, but nats.url is too, so no embedded server runs; configure the leaf port on the NATS servers at nats.url"))
+	case l.Listen != "":
 		errs = append(errs, l.Validate("nats.embedded.leafnodes"))
+	case l.Username != "" || l.PasswordFile != "" || l.TLS != (streams.ServerTLS{}):
+		errs = append(errs, errors.New("nats.embedded.leafnodes.listen: required with the other leafnodes settings (the port edges dial)"))
+	}
+	if d := c.NATS.Embedded.Domain; d != "" {
+		if err := cloudevent.CheckCluster(d); err != nil {
+			errs = append(errs, fmt.Errorf("nats.embedded.domain: %w", err))
+		} else if slices.Contains(c.Streams.Edges, d) {
+			errs = append(errs, fmt.Errorf("nats.embedded.domain: %q is also an edge's (clusters); the hub's domain must differ from every edge's", d))
+		}
+	}
+	if c.Cluster != "" && slices.Contains(c.Streams.Edges, c.Cluster) {
+		errs = append(errs, fmt.Errorf("cluster: %q is also listed in clusters: the hub's own events and that edge's would share their keys", c.Cluster))
 	}
 	seen := map[string]bool{}
 	for i, cl := range c.Clusters {
@@ -384,8 +401,15 @@ func (c Config) ValidateEdge() error {
 		if h.URL == "" {
 			break
 		}
-		if u, err := url.Parse(strings.TrimSpace(one)); err != nil || u.Host == "" || u.User != nil {
-			errs = append(errs, fmt.Errorf("edge.hub.url: %q is not a URL like nats-leaf://hub:7422 without credentials (they come from edge.hub.password_file or credentials_file)", one))
+		u, err := url.Parse(strings.TrimSpace(one))
+		switch {
+		case err != nil || u.Host == "":
+			errs = append(errs, fmt.Errorf("edge.hub.url: %q is not a URL like nats-leaf://hub:7422", redactURL(one)))
+		case u.User != nil:
+			// Never echoed whole: the password would land in the pod's log.
+			errs = append(errs, fmt.Errorf("edge.hub.url: %s carries credentials; give them in edge.hub.password_file or credentials_file", u.Redacted()))
+		case !slices.Contains([]string{"nats-leaf", "nats", "tls", "ws", "wss"}, u.Scheme):
+			errs = append(errs, fmt.Errorf("edge.hub.url: %s: want a nats-leaf://, tls://, ws:// or wss:// URL of the hub's leaf node port", u.Redacted()))
 		}
 	}
 	if h.Username != "" && h.PasswordFile == "" {
@@ -397,6 +421,9 @@ func (c Config) ValidateEdge() error {
 	if (h.TLS.CertFile == "") != (h.TLS.KeyFile == "") {
 		errs = append(errs, errors.New("edge.hub.tls: cert_file and key_file must be set together"))
 	}
+	if h.PasswordFile != "" && h.CredentialsFile != "" {
+		errs = append(errs, errors.New("edge.hub: password_file and credentials_file are two ways to authenticate; set one"))
+	}
 	if c.NATS.URL != "" {
 		errs = append(errs, errors.New("nats.url: must be empty for khook edge, which runs its own NATS server (the hub's leaf node)"))
 	}
@@ -404,4 +431,15 @@ func (c Config) ValidateEdge() error {
 		errs = append(errs, errors.New("nats.embedded.leafnodes.listen: an edge accepts no leaf nodes; only the hub does"))
 	}
 	return errors.Join(errs...)
+}
+
+// redactURL is a URL as written, with any password replaced, for an error message.
+func redactURL(s string) string {
+	if u, err := url.Parse(strings.TrimSpace(s)); err == nil {
+		return u.Redacted()
+	}
+	if at := strings.LastIndex(s, "@"); at >= 0 {
+		return "…" + s[at:]
+	}
+	return s
 }

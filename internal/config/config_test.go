@@ -333,7 +333,7 @@ func TestClusterSettings(t *testing.T) {
 	cfg, err = Load(writeFile(t, "cluster: eu-1\nedge:\n  hub:\n    url: nats-leaf://edge:pw@hub:7422\n    username: edge\n"), nil, nil)
 	require.NoError(t, err)
 	err = cfg.ValidateEdge()
-	require.ErrorContains(t, err, "without credentials")
+	require.ErrorContains(t, err, "carries credentials")
 	require.ErrorContains(t, err, "edge.hub.password_file: required with edge.hub.username")
 
 	cfg, err = Load(writeFile(t, "cluster: eu-1\nedge:\n  hub:\n    url: nats-leaf://hub:7422\n"), []string{"KHOOK_EDGE_BUFFER_MAX_BYTES=2097152"}, nil)
@@ -342,4 +342,24 @@ func TestClusterSettings(t *testing.T) {
 	require.Equal(t, int64(2097152), cfg.Edge.Buffer.MaxBytes)
 	_, err = Load(writeFile(t, "edge:\n  buffer:\n    max_bytes: 10\n"), nil, nil)
 	require.ErrorContains(t, err, "edge.buffer.max_bytes: must be at least 1 MiB")
+
+	// Mistakes that would load and then never work.
+	_, err = Load(writeFile(t, "cluster: eu-1\nclusters:\n  - name: eu-1\nnats:\n  url: nats://n:4222\n  embedded:\n    domain: my.hub\n    leafnodes:\n      listen: 0.0.0.0:7422\n"), nil, nil)
+	require.Error(t, err)
+	for _, want := range []string{"cluster: \"eu-1\" is also listed in clusters", "nats.embedded.domain:",
+		"nats.embedded.leafnodes: set, but nats.url is too"} {
+		require.ErrorContains(t, err, want)
+	}
+	_, err = Load(writeFile(t, "clusters:\n  - name: eu-1\nnats:\n  embedded:\n    domain: eu-1\n    leafnodes:\n      username: edge\n"), nil, nil)
+	require.ErrorContains(t, err, "the hub's domain must differ from every edge's")
+	require.ErrorContains(t, err, "nats.embedded.leafnodes.listen: required")
+
+	cfg, err = Load(writeFile(t, "cluster: eu-1\nedge:\n  hub:\n    url: http://edge:s3cr3t-pw@hub:7422\n    password_file: a\n    credentials_file: b\n    username: edge\n"), nil, nil)
+	require.NoError(t, err)
+	err = cfg.ValidateEdge()
+	require.ErrorContains(t, err, "set one")
+	require.ErrorContains(t, err, "carries credentials")
+	require.NotContains(t, err.Error(), "s3cr3t-pw", "a password is never echoed")
+	cfg.Edge.Hub.URL = "http://hub:7422"
+	require.ErrorContains(t, cfg.ValidateEdge(), "want a nats-leaf://")
 }

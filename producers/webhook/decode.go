@@ -233,9 +233,20 @@ func decodeStructuredBatch(body []byte) ([]incoming, error) {
 // match on.
 const SenderSourceExtension = "sendersource"
 
+// SenderClusterExtension keeps a sender's own "cluster" attribute. The raw event's cluster
+// is khook's (the producer's cluster: setting), which a sender cannot choose.
+const SenderClusterExtension = "sendercluster"
+
 func fromCloudEvent(ce *cloudevent.Event, body []byte) incoming {
-	return incoming{ceType: ce.Type, ceID: ce.ID, ceSource: ce.Source, subject: ce.Subject, time: ce.Time, data: ce.Data,
+	it := incoming{ceType: ce.Type, ceID: ce.ID, ceSource: ce.Source, subject: ce.Subject, time: ce.Time, data: ce.Data,
 		extensions: cloudevent.DecodeExtensions(body)}
+	if ce.Cluster != "" {
+		if it.extensions == nil {
+			it.extensions = map[string]string{}
+		}
+		it.extensions[SenderClusterExtension] = ce.Cluster
+	}
+	return it
 }
 
 // decodeBinary reads a CloudEvent in binary mode: attributes in ce-* headers, data in the
@@ -263,6 +274,9 @@ func decodeBinary(h http.Header, body []byte) ([]incoming, error) {
 	// Binary mode carries extensions as ce-<name> headers.
 	for k, v := range h {
 		name := strings.ToLower(strings.TrimPrefix(k, "Ce-"))
+		if name == "cluster" {
+			name = SenderClusterExtension
+		}
 		if strings.HasPrefix(k, "Ce-") && len(v) > 0 && !binaryCore[name] && cloudevent.ValidExtensionName(name) {
 			if it.extensions == nil {
 				it.extensions = map[string]string{}

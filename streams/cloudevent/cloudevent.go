@@ -49,8 +49,17 @@ const maxIDLength = 256
 
 // Validate reports every required attribute that is missing or malformed, and data that is
 // not valid JSON.
+//
+// A cluster is checked here, when khook writes an event, and not by Decode: a sender's
+// "cluster" attribute is the sender's to choose (the webhook keeps it as "sendercluster"),
+// and the mapper dead-letters a raw event whose cluster is not a cluster name.
 func (e *Event) Validate() error {
 	err := e.validateAttributes()
+	if e.Cluster != "" {
+		if cerr := CheckCluster(e.Cluster); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("cluster: %w", cerr))
+		}
+	}
 	if len(e.Data) > 0 && !jsonscan.Valid(e.Data) {
 		err = errors.Join(err, errors.New("data: not valid JSON"))
 	}
@@ -72,11 +81,6 @@ func (e *Event) validateAttributes() error {
 	}
 	if e.Type == "" {
 		errs = append(errs, errors.New("type: required"))
-	}
-	if e.Cluster != "" {
-		if err := CheckCluster(e.Cluster); err != nil {
-			errs = append(errs, fmt.Errorf("cluster: %w", err))
-		}
 	}
 	for name := range e.Extensions {
 		if !ValidExtensionName(name) {
@@ -198,6 +202,9 @@ func Decode(b []byte) (*Event, error) {
 		case "datacontenttype":
 			field = &e.DataContentType
 		case "cluster":
+			if jsonscan.KindOf(v) != jsonscan.String {
+				return nil // a sender's cluster of another type: not khook's, and not a name
+			}
 			field = &e.Cluster
 		case "time":
 			e.Time = time.Time{}

@@ -65,8 +65,22 @@ func TestTheClusterAttribute(t *testing.T) {
 
 	_, err = Encode(&Event{ID: "1", Source: "webhook", Type: "t", Cluster: "EU 1"})
 	require.ErrorContains(t, err, "cluster:")
-	_, err = Decode([]byte(`{"specversion":"1.0","id":"1","source":"s","type":"t","cluster":"a.b"}`))
+	// A sender's cluster is read as it is; only khook's own writes are held to the rule.
+	bad, err := Decode([]byte(`{"specversion":"1.0","id":"1","source":"s","type":"t","cluster":"a.b"}`))
+	require.NoError(t, err)
+	require.Equal(t, "a.b", bad.Cluster)
+	_, err = Encode(bad)
 	require.ErrorContains(t, err, "cluster:")
 	_, err = Encode(&Event{ID: "1", Source: "webhook", Type: "t", Extensions: map[string]string{"cluster": "x"}})
 	require.Error(t, err, "cluster may not be set as an extension")
+}
+
+// An id of one cluster that begins with "@" never lands in a named cluster's scope: it is
+// escaped, and the escaped key is taken back as it is.
+func TestIDsBeginningWithAtStayInTheirScope(t *testing.T) {
+	k := Key("cron", "", "@eu-1/daily")
+	require.Equal(t, "cron/%40eu-1/daily", k)
+	require.Empty(t, ClusterOf("cron", k))
+	require.Equal(t, k, KeyOf("cron", "", k, ""))
+	require.NotEqual(t, InCluster("eu-1", Key("cron", "", "daily")), k)
 }

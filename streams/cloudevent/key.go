@@ -22,10 +22,16 @@ const MaxKeyLength = 200
 // source is khook's source token (the subject's <source>), which NATS permissions tie to the
 // publisher; scope is where id is unique within that source (a sender's CloudEvents source,
 // a webhook endpoint for an Idempotency-Key), empty when the source itself is the scope.
-// The result starts with source + "/", which the mapper checks against the subject.
+// The result starts with source + "/", which the mapper checks against the subject, and
+// never with source + "/@", which begins the keys of a named cluster.
 func Key(source, scope, id string) string {
 	var k string
 	if scope == "" {
+		// "<source>/@" begins a cluster's keys (InCluster): an id of one cluster that
+		// begins with "@" is escaped, so that no event takes a key in another's scope.
+		if rest, ok := strings.CutPrefix(id, "@"); ok {
+			id = "%40" + rest
+		}
 		k = source + "/" + id
 	} else {
 		k = source + "/" + shortHash(scope) + "/" + id

@@ -43,7 +43,7 @@ var (
 	Stages  = []string{"mapper", "dispatcher"}
 	Reasons = []string{
 		// mapper
-		"invalid-envelope", "unmapped",
+		"invalid-envelope", "unmapped", "cluster-not-sourced",
 		// both
 		"invalid-event", "too-large",
 		// dispatcher

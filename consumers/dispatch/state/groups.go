@@ -43,13 +43,16 @@ type GroupRecord struct {
 	LastSeen    time.Time `json:"lastSeen"`
 	// Due is when the pending events are sent: groupWait after the first of them, and never
 	// before groupInterval has passed since the last task.
-	Due      time.Time         `json:"due"`
-	Notified time.Time         `json:"notified,omitzero"`
-	Sent     int               `json:"sent"`
-	Total    int               `json:"total"`
-	Pending  int               `json:"pending"`
-	Omitted  int               `json:"omitted,omitempty"`
-	Events   []hook.GroupEvent `json:"events,omitempty"`
+	Due      time.Time `json:"due"`
+	Notified time.Time `json:"notified,omitzero"`
+	Sent     int       `json:"sent"`
+	Total    int       `json:"total"`
+	Pending  int       `json:"pending"`
+	Omitted  int       `json:"omitted,omitempty"`
+	// OmittedClusters are the clusters of the omitted events, so that a task across
+	// clusters names them all (at most maxOmittedClusters).
+	OmittedClusters []string          `json:"omittedClusters,omitempty"`
+	Events          []hook.GroupEvent `json:"events,omitempty"`
 	// Counted holds the raw-stream sequences of every event this incarnation counted, so
 	// that each is counted once: a redelivery and a replayed copy carry the sequence of the
 	// raw event they came from. Recent holds the ids of the last events that carried no
@@ -179,9 +182,15 @@ func (r *GroupRecord) add(a Arrival, now time.Time, index map[string]int, full b
 		r.Events = append(r.Events, hook.GroupEvent{Event: e, Count: 1, FirstSeen: now})
 	} else {
 		r.Omitted++
+		if ev.Cluster != "" && !slices.Contains(r.OmittedClusters, ev.Cluster) && len(r.OmittedClusters) < maxOmittedClusters {
+			r.OmittedClusters = append(r.OmittedClusters, ev.Cluster)
+		}
 	}
 	return true
 }
+
+// maxOmittedClusters bounds the clusters a group remembers of the events it did not keep.
+const maxOmittedClusters = 64
 
 // lease marks the group as being sent by holder until until, covering what is pending now.
 // A lease that lapsed (its replica died) is taken over with the coverage it had: its task,
@@ -214,6 +223,9 @@ func (r *GroupRecord) sent(now time.Time) {
 	l := r.Lease
 	r.Pending = max(0, r.Pending-l.Pending)
 	r.Omitted = max(0, r.Omitted-l.Omitted)
+	if r.Omitted == 0 {
+		r.OmittedClusters = nil
+	}
 	kept := r.Events[:0]
 	for _, e := range r.Events {
 		e.Count -= l.Counts[hook.KeyOf(&e.Event).Hash()]
@@ -235,7 +247,7 @@ func (r *GroupRecord) sent(now time.Time) {
 // Group returns what the task's prompt sees as .Group.
 func (r *GroupRecord) Group(key string) hook.Group {
 	return hook.Group{Key: key, Labels: r.Labels, Count: r.Pending, Total: r.Total, Omitted: r.Omitted,
-		Resources: len(r.Events), FirstSeen: r.FirstSeen, LastSeen: r.LastSeen, Sent: r.Sent, Incarnation: r.Incarnation}
+		Clusters: slices.Clone(r.OmittedClusters), Resources: len(r.Events), FirstSeen: r.FirstSeen, LastSeen: r.LastSeen, Sent: r.Sent, Incarnation: r.Incarnation}
 }
 
 func severityRank(s string) int { return slices.Index(mapping.Severities, s) }
