@@ -21,7 +21,7 @@ func TestBenchHarnessSmoke(t *testing.T) {
 	build := exec.Command("go", "build", "-o", bin, "github.com/khook/khook/cmd/khook-bench")
 	out, err := build.CombinedOutput()
 	require.NoError(t, err, string(out))
-	cmd := exec.Command(bin, "--events", "300", "--storm", "1000", "--rates", "200", "--rate-duration", "1s", "--timeout", "60s",
+	cmd := exec.Command(bin, "--events", "300", "--storm", "1000", "--rates", "200", "--rate-duration", "1s", "--timeout", "60s", "--fanin-mib", "1",
 		"--out", dir, "--khook", bins.khook(), "--nats-server", bins.natsServer())
 	out, err = cmd.CombinedOutput()
 	require.NoError(t, err, string(out))
@@ -42,7 +42,12 @@ func TestBenchHarnessSmoke(t *testing.T) {
 			} `json:"latency"`
 			PeakRSSMiB map[string]float64 `json:"peakRssMiB"`
 			AgentCalls int                `json:"agentCalls"`
-			Scale      []struct {
+			FanIn      *struct {
+				BacklogEvents  int     `json:"backlogEventsPerEdge"`
+				CatchUpSeconds float64 `json:"catchUpSeconds"`
+				LiveEvents     int     `json:"liveEventsPerEdge"`
+			} `json:"fanIn"`
+			Scale []struct {
 				Stage        string  `json:"stage"`
 				Replicas     int     `json:"replicas"`
 				Events       int     `json:"events"`
@@ -94,6 +99,14 @@ func TestBenchHarnessSmoke(t *testing.T) {
 			require.Equal(t, 300, r.Events)
 			require.Empty(t, r.Latency)
 			continue
+		case "fan-in":
+			// Three edges' 1 MiB backlogs caught up, then 300 events from each (no speed asserted).
+			require.NotNil(t, r.FanIn)
+			require.Equal(t, 1024, r.FanIn.BacklogEvents)
+			require.Positive(t, r.FanIn.CatchUpSeconds)
+			require.Equal(t, 300, r.FanIn.LiveEvents)
+			require.Equal(t, 900, r.Events)
+			continue
 		}
 		require.Equal(t, 300, r.Events, r.Name)
 		want := 1
@@ -108,7 +121,7 @@ func TestBenchHarnessSmoke(t *testing.T) {
 		}
 	}
 	require.Equal(t, []string{"raw-publish", "raw-ingress", "raw-relay", "raw-call", "raw-call-16", "raw-two-stage", "raw-two-stage-call",
-		"webhook", "webhook-batch", "mapper", "dispatcher", "storm", "storm-grouped", "end-to-end", "scale"}, names)
+		"webhook", "webhook-batch", "mapper", "dispatcher", "storm", "storm-grouped", "end-to-end", "scale", "fan-in"}, names)
 	for _, f := range []string{"results.md", "results.png", "results-scale.png"} {
 		st, err := os.Stat(filepath.Join(dir, f))
 		require.NoError(t, err)

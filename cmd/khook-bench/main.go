@@ -42,8 +42,10 @@ type benchConfig struct {
 	profiles     string // when set, a directory for each khook stage's CPU profile
 	khookBin     string
 	natsBin      string
-	self         string
-	workDir      string
+	// fanInMiB is the fan-in scenario's backlog per edge.
+	fanInMiB float64
+	self     string
+	workDir  string
 }
 
 // Latency is one fixed-load run: events offered at Rate per second; percentiles in ms from
@@ -90,7 +92,9 @@ type Result struct {
 	TaskSeconds float64 `json:"taskSeconds,omitempty"`
 	// Scale is the scale scenario's runs, one per stage and replica count.
 	Scale []ScalePoint `json:"scale,omitempty"`
-	Error string       `json:"error,omitempty"`
+	// FanIn is the fan-in scenario's catch-up and live figures.
+	FanIn *FanIn `json:"fanIn,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 // Report is one run of the suite.
@@ -129,6 +133,7 @@ var scenarios = []scenario{
 	{"storm-grouped", "khook", "raw-two-stage", "the storm with the hook grouping by namespace (groupWait 5s + 1s per 1,000 events): one task for the whole incident", khookStormGrouped, ""},
 	{"end-to-end", "khook", "raw-two-stage", "POST to agent receipt through producer, mapper and dispatcher processes", khookEndToEnd, "raw-two-stage-call"},
 	{"scale", "khook", "", "1, 2 and 4 dispatcher replicas against a 50 ms agent; 1, 2 and 4 mapper replicas at a fixed offered load", khookScale, ""},
+	{"fan-in", "khook", "raw-publish", "a hub's raw stream sourcing 3 edges over leaf nodes: the catch-up of a backlog per edge (--fanin-mib), then every edge publishing at once", fanIn, ""},
 }
 
 // relativeTo is the scenario whose capacity sets the relative load, and relativeScenarios
@@ -164,6 +169,7 @@ func run(args []string, stdout io.Writer) error {
 	relative := fs.Float64("relative", 0.5, "also measure end-to-end latency at this fraction of raw-two-stage-call's capacity")
 	khookBin := fs.String("khook", "", "khook binary (default: built from ./cmd/khook)")
 	natsBin := fs.String("nats-server", "", "nats-server binary (default: built from the module khook uses)")
+	fanInMiB := fs.Float64("fanin-mib", 100, "the fan-in scenario's backlog per edge, in MiB")
 	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -175,7 +181,7 @@ func run(args []string, stdout io.Writer) error {
 		fs.Usage()
 		return err
 	}
-	cfg := &benchConfig{events: *events, rateDuration: *rateDuration, timeout: *timeout, out: *out, only: map[string]bool{}, relative: *relative, storm: *storm, profiles: *profiles}
+	cfg := &benchConfig{events: *events, rateDuration: *rateDuration, timeout: *timeout, out: *out, only: map[string]bool{}, relative: *relative, storm: *storm, profiles: *profiles, fanInMiB: *fanInMiB}
 	for _, r := range strings.Split(*rates, ",") {
 		if r = strings.TrimSpace(r); r != "" {
 			n, err := strconv.Atoi(r)
@@ -428,6 +434,14 @@ func markdown(rep *Report) string {
 		if len(r.Scale) > 0 {
 			b.WriteString(scaleMarkdown(r))
 			b.WriteString("\n![events/s per replica count](results-scale.png)\n")
+		}
+		if f := r.FanIn; f != nil {
+			fmt.Fprintf(&b, "\n## Many clusters (`fan-in`)\n\nA hub's raw stream sourcing %d edges over leaf node connections (nats-server processes "+
+				"configured as `khook edge` and a hub configure theirs).\n\n| figure | value |\n|---|---:|\n"+
+				"| backlog per edge, stored before the hub sourced it | %.1f MiB (%d events) |\n"+
+				"| catch-up: the hub storing all %d backlogs | %.1f s, %.1f MiB/s |\n"+
+				"| live: every edge publishing %d events at once, stored at the hub | %.0f events/s (%s) |\n",
+				f.Edges, f.BacklogMiB, f.BacklogEvents, f.Edges, f.CatchUpSeconds, f.CatchUpMiBPerSec, f.LiveEvents, r.EventsPerSec, fmtRatio(r))
 		}
 	}
 	return b.String()
