@@ -2,7 +2,15 @@ package streams_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"net/url"
 	"os"
@@ -300,4 +308,70 @@ func TestFullEdgeRefusesAndKeepsWhatItStored(t *testing.T) {
 	require.Equal(t, uint64(1), info.State.FirstSeq, "nothing stored was dropped for room")
 	require.Equal(t, uint64(stored), info.State.Msgs)
 	require.Error(t, (streams.EdgeBuffer{MaxAge: time.Hour, MaxBytes: 1000}).Validate("edge.buffer"))
+}
+
+// writeCert writes a self-signed certificate for localhost and its key into dir.
+func writeCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"},
+		DNSNames: []string{"localhost"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600))
+	return certFile, keyFile
+}
+
+// A hub's leaf port with TLS: an edge that trusts the hub's certificate connects, and its
+// events reach the hub's raw stream.
+func TestEdgeReachesTheHubOverTLS(t *testing.T) {
+	ctx := context.Background()
+	topo := streams.Default()
+	certFile, keyFile := writeCert(t, t.TempDir())
+	_, port, err := net.SplitHostPort(freeAddr(t))
+	require.NoError(t, err)
+	hub, hubOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(),
+		Leafnodes: streams.Leafnodes{Listen: "127.0.0.1:" + port, Username: "edge", PasswordFile: secretFile(t, "pw"),
+			TLS: streams.ServerTLS{CertFile: certFile, KeyFile: keyFile}}}, topo.Subjects())
+	require.NoError(t, err)
+	t.Cleanup(hub.Shutdown)
+	pemBytes, err := os.ReadFile(certFile)
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(pemBytes))
+	u, err := url.Parse("tls://edge:pw@localhost:" + port)
+	require.NoError(t, err)
+	edge, edgeOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(), Domain: "eu-1",
+		Remote: &streams.LeafRemote{URLs: []*url.URL{u}, Deny: topo.LeafDeny(),
+			TLS: &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}}}, topo.Subjects())
+	require.NoError(t, err)
+	t.Cleanup(edge.Shutdown)
+	require.Eventually(t, func() bool { return hub.NumLeafNodes() == 1 }, 10*time.Second, 20*time.Millisecond, "the edge connects over TLS")
+
+	hnc, err := nats.Connect(hub.ClientURL(), append(hubOpts, nats.InProcessServer(hub))...)
+	require.NoError(t, err)
+	t.Cleanup(hnc.Close)
+	enc, err := nats.Connect(edge.ClientURL(), append(edgeOpts, nats.InProcessServer(edge))...)
+	require.NoError(t, err)
+	t.Cleanup(enc.Close)
+	hjs, _ := jetstream.New(hnc)
+	ejs, _ := jetstream.New(enc)
+	_, err = streams.ApplyEdge(ctx, ejs, topo, streams.DefaultEdgeBuffer())
+	require.NoError(t, err)
+	topo.Edges = []string{"eu-1"}
+	_, err = streams.Apply(ctx, hjs, topo)
+	require.NoError(t, err)
+	m := nats.NewMsg("khook.raw.webhook.t")
+	m.Data = []byte(`{}`)
+	_, err = ejs.PublishMsg(ctx, m)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		st, err := streams.Edges(ctx, hjs, topo)
+		return err == nil && st[0].Forwarded == 1
+	}, time.Minute, 50*time.Millisecond, "the event reaches the hub")
 }

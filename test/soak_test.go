@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -124,30 +125,59 @@ func TestSoakGuarantees(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 
-	// Half the seeds run the producer as one cluster of many (cluster: set): every event's
-	// key, suppression window, group and delivery id is then scoped by the cluster, and the
-	// same guarantees must hold.
-	clusterConfig := ""
+	// Half the seeds run the producer as the edge of a cluster of many (khook edge, cluster
+	// soak-eu): the events are stored at the edge, forwarded over a leaf connection to the
+	// NATS server the other stages use (the hub), and every key, suppression window, group
+	// and delivery id is scoped by the cluster. The same guarantees must hold, through the
+	// edge's restarts and the hub's.
+	cluster := ""
 	if rng.IntN(2) == 0 {
-		clusterConfig = "cluster: soak-eu\n"
+		cluster = "soak-eu"
 	}
-	t.Logf("cluster: %q", strings.TrimSpace(strings.TrimPrefix(clusterConfig, "cluster:")))
+	t.Logf("cluster: %q", cluster)
 
 	// NATS, and the stages as processes.
 	dir := t.TempDir()
 	natsPort := freePort(t)
 	natsArgs := []string{"-js", "-a", "127.0.0.1", "-p", strconv.Itoa(natsPort), "-sd", dir + "/nats"}
+	leafPort := freePort(t)
+	if cluster != "" {
+		conf := filepath.Join(dir, "hub.conf")
+		require.NoError(t, os.WriteFile(conf, []byte(fmt.Sprintf(
+			"jetstream { store_dir: %q, domain: hub }\nleafnodes { listen: 127.0.0.1:%d, no_advertise: true, authorization { user: edge, password: soak } }\n",
+			dir+"/nats", leafPort)), 0o600))
+		natsArgs = []string{"-a", "127.0.0.1", "-p", strconv.Itoa(natsPort), "-c", conf}
+	}
 	natsProc, natsURL := startNATSArgs(t, natsPort, natsArgs...)
+	hubConfig := ""
+	if cluster != "" {
+		hubConfig = "clusters:\n  - name: " + cluster + "\n"
+	}
 	base := pipelineFiles{dir: dir, natsURL: natsURL, agentURL: srv.URL, webhook: freePort(t), metrics: freePort(t), probes: freePort(t),
 		mapperAckWait: "2s", dispatcherAckWait: "4s", kubeconfig: c.Kubeconfig,
 		extraMappings: "  - eventSource: webhook\n    eventType: pod-restart\n    severity: warning\n" +
 			"  - eventSource: webhook\n    eventType: incident\n    severity: error\n" +
 			"  - eventSource: webhook\n    eventType: disk-full\n    severity: critical\n",
-		extraConfig: clusterConfig + "dispatcher:\n  budgets:\n" +
+		extraConfig: hubConfig + "dispatcher:\n  budgets:\n" +
 			"    - {agent: kagent/grouped, max_concurrent_tasks: 2, max_tasks_per_hour: 10000}\n" +
 			"    - {agent: kagent/disks, max_concurrent_tasks: 1}\n" + os.Getenv("SOAK_EXTRA_CONFIG")}
 	runOnce(t, "streams", "apply", "--config", base.write(t))
-	producers := newStageSet(t, "producer", base, 1)
+	var producers *stageSet
+	var edgeURL string
+	if cluster == "" {
+		producers = newStageSet(t, "producer", base, 1)
+	} else {
+		// The producer is the cluster's edge: its own NATS server, a leaf of the hub's.
+		edge := base
+		edge.natsURL, edge.storeDir = "", dir+"/edge"
+		edge.embeddedListen = "127.0.0.1:" + strconv.Itoa(freePort(t))
+		edgeURL = "nats://" + edge.embeddedListen
+		password := filepath.Join(dir, "leaf-password")
+		require.NoError(t, os.WriteFile(password, []byte("soak\n"), 0o600))
+		edge.extraConfig = fmt.Sprintf("cluster: %s\nedge:\n  hub:\n    url: nats-leaf://127.0.0.1:%d\n    username: edge\n    password_file: %s\n",
+			cluster, leafPort, password)
+		producers = newStageSet(t, "edge", edge, 1)
+	}
 	mappers := newStageSet(t, "mapper", base, 3)
 	dispatchers := newStageSet(t, "dispatcher", base, 3)
 
@@ -277,10 +307,25 @@ drive:
 	mode.Store(agentNormal)
 	sending := time.Since(began)
 
-	// Everything settles: the raw stream through the mappers, the events through the
-	// dispatchers.
+	// Everything settles: what the edge stored to the hub, the raw stream through the
+	// mappers, the events through the dispatchers.
 	js := connectJS(t, natsURL)
 	topo := streams.Default()
+	if cluster != "" {
+		edgeJS := connectJS(t, edgeURL)
+		hubTopo := topo
+		hubTopo.Edges = []string{cluster}
+		forwarding := time.Now()
+		require.Eventually(t, func() bool {
+			st, err := edgeJS.Stream(context.Background(), topo.Raw.Name)
+			if err != nil {
+				return false
+			}
+			edges, err := streams.Edges(context.Background(), js, hubTopo)
+			return err == nil && edges[0].Forwarded == st.CachedInfo().State.LastSeq && edges[0].Lag == 0
+		}, 5*time.Minute, 100*time.Millisecond, "the hub has every event the edge stored")
+		t.Logf("the hub had every event of the edge %s after the senders and faults stopped", time.Since(forwarding).Round(time.Millisecond))
+	}
 	for _, s := range []struct{ stream, durable string }{{topo.Raw.Name, topo.Mapper.Durable}, {topo.Events.Name, topo.Dispatcher.Durable}} {
 		st, err := js.Stream(context.Background(), s.stream)
 		require.NoError(t, err)
@@ -420,7 +465,7 @@ drive:
 		}
 	}
 	require.Empty(t, lost, "events accepted with 202 and neither delivered nor dead-lettered")
-	checkDescribed(t, js, topo, rng, &accepted, byEvent, dead, strings.TrimSpace(strings.TrimPrefix(clusterConfig, "cluster:")))
+	checkDescribed(t, js, topo, rng, &accepted, byEvent, dead, cluster)
 	require.Zero(t, unexplained, "duplicate calls outside the documented windows")
 	for path, limit := range limits {
 		require.LessOrEqual(t, peaks[path], limit, "calls in flight at once to %s, whose budget is %d", path, limit)
