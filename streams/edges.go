@@ -240,3 +240,90 @@ func TrimEdges(ctx context.Context, nc *nats.Conn, topo Config, now time.Time) (
 	}
 	return removed, errors.Join(errs...)
 }
+
+// RestartStaleAfter is how long a source must have been silent, while its edge answers,
+// before the hub restarts it (RestartStaleSources).
+const RestartStaleAfter = 20 * time.Second
+
+// RestartStaleSources restarts the source of every edge that answers the hub's JetStream API
+// requests (its leaf connection is up) although the source has not heard from it for
+// staleAfter (RestartStaleAfter). NATS retries a failed source on a backoff of up to 2 minutes, and a
+// retry that was waiting on the cut link when it healed still runs out its timeout first;
+// removing the source and adding it back sets it up at once, from the last event the hub
+// stored from that edge (the server finds it in the stream). since holds when each edge was
+// last restarted, so that one is restarted at most once per staleAfter. It returns the
+// edges it restarted.
+func RestartStaleSources(ctx context.Context, nc *nats.Conn, topo Config, staleAfter time.Duration, since map[string]time.Time,
+	now time.Time) ([]string, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	states, err := Edges(ctx, js, topo)
+	if err != nil {
+		return nil, err
+	}
+	var restarted []string
+	var errs []error
+	for _, e := range states {
+		if !e.Sourced || (e.Active >= 0 && e.Active < staleAfter) || now.Sub(since[e.Cluster]) < staleAfter {
+			continue
+		}
+		ejs, err := jetstream.NewWithDomain(nc, e.Cluster)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if _, err := ejs.AccountInfo(ctx); err != nil {
+			continue // the edge is away: its source is right to wait
+		}
+		since[e.Cluster] = now
+		if err := restartSource(ctx, js, topo, e.Cluster); err != nil {
+			errs = append(errs, fmt.Errorf("edge %s: restarting its source: %w", e.Cluster, err))
+			continue
+		}
+		restarted = append(restarted, e.Cluster)
+	}
+	return restarted, errors.Join(errs...)
+}
+
+// restartSource removes edge's source from the raw stream and adds it back. Another replica
+// doing the same at once is harmless: each ends by adding the source if it is missing.
+func restartSource(ctx context.Context, js jetstream.JetStream, topo Config, edge string) error {
+	st, err := js.Stream(ctx, topo.Raw.Name)
+	if err != nil {
+		return err
+	}
+	cfg := st.CachedInfo().Config
+	var src *jetstream.StreamSource
+	kept := cfg.Sources[:0:0]
+	for _, s := range cfg.Sources {
+		if isEdgeSource(cfg, s) && edgeOf(s) == edge {
+			src = s
+			continue
+		}
+		kept = append(kept, s)
+	}
+	if src == nil {
+		return nil // no longer sourced: nothing to restart
+	}
+	without := cfg
+	without.Sources = kept
+	if _, err := js.UpdateStream(ctx, without); err != nil {
+		return err
+	}
+	// Added back to what the stream holds now, so that a concurrent change is kept.
+	st, err = js.Stream(ctx, topo.Raw.Name)
+	if err != nil {
+		return err
+	}
+	cfg = st.CachedInfo().Config
+	for _, s := range cfg.Sources {
+		if s.Name == src.Name && edgeOf(s) == edge {
+			return nil
+		}
+	}
+	cfg.Sources = append(cfg.Sources, &jetstream.StreamSource{Name: src.Name, External: src.External})
+	_, err = js.UpdateStream(ctx, cfg)
+	return err
+}

@@ -375,3 +375,81 @@ func TestEdgeReachesTheHubOverTLS(t *testing.T) {
 		return err == nil && st[0].Forwarded == 1
 	}, time.Minute, 50*time.Millisecond, "the event reaches the hub")
 }
+
+// An edge's server restarted on its store: its leaf connection is back at once, and the
+// hub restarts the silent source rather than wait out NATS's backoff, from where it was:
+// the hub stores the new events, and none of the old ones again.
+func TestHubRestartsASilentSourceFromWhereItWas(t *testing.T) {
+	ctx := context.Background()
+	topo := streams.Default()
+	leaf := freeAddr(t)
+	hub, hubOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(),
+		Leafnodes: streams.Leafnodes{Listen: leaf, Username: "edge", PasswordFile: secretFile(t, "pw")}}, topo.Subjects())
+	require.NoError(t, err)
+	t.Cleanup(hub.Shutdown)
+	hnc, err := nats.Connect(hub.ClientURL(), append(hubOpts, nats.InProcessServer(hub))...)
+	require.NoError(t, err)
+	t.Cleanup(hnc.Close)
+	hjs, _ := jetstream.New(hnc)
+	u, err := url.Parse("nats-leaf://edge:pw@" + leaf)
+	require.NoError(t, err)
+	store := t.TempDir()
+	startEdge := func() (jetstream.JetStream, func()) {
+		edge, opts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: store, Domain: "eu-1",
+			Remote: &streams.LeafRemote{URLs: []*url.URL{u}, Deny: topo.LeafDeny()}}, topo.Subjects())
+		require.NoError(t, err)
+		t.Cleanup(edge.Shutdown)
+		nc, err := nats.Connect(edge.ClientURL(), append(opts, nats.InProcessServer(edge))...)
+		require.NoError(t, err)
+		t.Cleanup(nc.Close)
+		js, _ := jetstream.New(nc)
+		_, err = streams.ApplyEdge(ctx, js, topo, streams.DefaultEdgeBuffer())
+		require.NoError(t, err)
+		return js, func() {
+			nc.Close()
+			edge.Shutdown()
+			edge.WaitForShutdown()
+		}
+	}
+	publish := func(js jetstream.JetStream, n int) {
+		for range n {
+			// No message id: a source that started over would store these twice.
+			_, err := js.Publish(ctx, "khook.raw.webhook.t", []byte(`{}`))
+			require.NoError(t, err)
+		}
+	}
+	hubMsgs := func() uint64 {
+		st, err := hjs.Stream(ctx, topo.Raw.Name)
+		require.NoError(t, err)
+		return st.CachedInfo().State.Msgs
+	}
+	ejs, stop := startEdge()
+	require.Eventually(t, func() bool { return hub.NumLeafNodes() == 1 }, 10*time.Second, 20*time.Millisecond)
+	topo.Edges = []string{"eu-1"}
+	_, err = streams.Apply(ctx, hjs, topo)
+	require.NoError(t, err)
+	publish(ejs, 5)
+	require.Eventually(t, func() bool { return hubMsgs() == 5 }, time.Minute, 20*time.Millisecond)
+
+	stop()
+	require.Eventually(t, func() bool { return hub.NumLeafNodes() == 0 }, 10*time.Second, 20*time.Millisecond)
+	ejs, _ = startEdge()
+	require.Eventually(t, func() bool { return hub.NumLeafNodes() == 1 }, 10*time.Second, 20*time.Millisecond)
+	publish(ejs, 5)
+
+	since := map[string]time.Time{}
+	var restarted []string
+	require.Eventually(t, func() bool {
+		restarted, err = streams.RestartStaleSources(ctx, hnc, topo, time.Second, since, time.Now())
+		return err == nil && len(restarted) == 1
+	}, time.Minute, 100*time.Millisecond, "the silent source of an edge that answers is restarted")
+	require.Equal(t, []string{"eu-1"}, restarted)
+	require.Eventually(t, func() bool { return hubMsgs() == 10 }, time.Minute, 20*time.Millisecond)
+	states, err := streams.Edges(ctx, hjs, topo)
+	require.NoError(t, err)
+	require.Equal(t, uint64(10), states[0].Forwarded)
+	require.Equal(t, uint64(10), hubMsgs(), "nothing stored twice")
+	restarted, err = streams.RestartStaleSources(ctx, hnc, topo, time.Second, since, time.Now())
+	require.NoError(t, err)
+	require.Empty(t, restarted, "a source that hears from its edge is left alone")
+}

@@ -109,6 +109,7 @@ type edgeProc struct {
 	cfg     string
 	p       *proc
 	probes  int
+	metrics int
 	webhook int
 	nats    string
 	link    *linkProxy
@@ -191,7 +192,7 @@ kubernetes:
 `, list.String(), f.dir, hubPort, leaf, password, agentURL, f.hubMetr, f.hubProbe))
 	f.startHub()
 	for _, c := range clusters {
-		e := &edgeProc{name: c, probes: freePort(t), webhook: freePort(t)}
+		e := &edgeProc{name: c, probes: freePort(t), metrics: freePort(t), webhook: freePort(t)}
 		e.link = newLinkProxy(t, fmt.Sprintf("127.0.0.1:%d", leaf))
 		natsPort := freePort(t)
 		e.nats = fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
@@ -211,7 +212,7 @@ files:
 server:
   metrics_addr: 127.0.0.1:%d
   probes_addr: 127.0.0.1:%d
-`, c, e.link.addr, password, f.dir, c, natsPort, c, freePort(t), e.probes))
+`, c, e.link.addr, password, f.dir, c, natsPort, c, e.metrics, e.probes))
 		f.edges[c] = e
 		f.startEdge(c)
 	}
