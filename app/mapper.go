@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -55,48 +54,37 @@ func (m *mapperStage) add(g *group, js jetstream.JetStream, cfg config.Config, r
 			Name: "khook_edge_trimmed_messages_total",
 			Help: "Events removed from an edge's stream once the hub had stored them, so that the edge's buffer holds only what the hub does not have.",
 		}, []string{"cluster"})
-		restarts := prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "khook_edge_source_restarts_total",
-			Help: "Times the hub restarted its source on an edge that answered while the source stayed silent, rather than wait out NATS's retry backoff.",
-		}, []string{"cluster"})
-		reg.MustRegister(trimmed, restarts)
-		g.add("edge tender", func(ctx context.Context) error {
-			return tendEdges(ctx, js.Conn(), cfg, trimmed, restarts, logger.Named("edges"))
+		reg.MustRegister(trimmed)
+		g.add("edge trimmer", func(ctx context.Context) error {
+			return trimEdges(ctx, js.Conn(), cfg, trimmed, logger.Named("edges"))
 		})
 	}
 }
 
-// edgeTendInterval is how often the hub tends its edges: restarts stale sources and trims
-// what it has stored from the edges' streams.
-const edgeTendInterval = 10 * time.Second
+// edgeTrimInterval is how often the hub trims what it has stored from its edges' streams.
+const edgeTrimInterval = 10 * time.Second
 
-// tendEdges runs streams.RestartStaleSources and streams.TrimEdges every edgeTendInterval
-// until ctx ends. The mapper runs it because it is the stage that reads what the edges
-// forward; replicas doing it at once restart or purge the same things, which is harmless.
-func tendEdges(ctx context.Context, nc *nats.Conn, cfg config.Config, trimmed, restarts *prometheus.CounterVec, logger *zap.Logger) error {
-	tick := time.NewTicker(edgeTendInterval)
+// trimEdges runs streams.TrimEdges every edgeTrimInterval until ctx ends. The mapper runs it
+// because it is the stage that reads what the edges forward; replicas trimming at once
+// purge the same sequences, which is harmless.
+func trimEdges(ctx context.Context, nc *nats.Conn, cfg config.Config, trimmed *prometheus.CounterVec, logger *zap.Logger) error {
+	tick := time.NewTicker(edgeTrimInterval)
 	defer tick.Stop()
-	restarted := map[string]time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		}
-		tctx, cancel := context.WithTimeout(ctx, edgeTendInterval)
-		edges, err := streams.RestartStaleSources(tctx, nc, cfg.Streams, streams.RestartStaleAfter, restarted, time.Now())
-		for _, edge := range edges {
-			restarts.WithLabelValues(edge).Inc()
-			logger.Info("edge answers but its source was silent: restarted the source", zap.String("cluster", edge))
-		}
-		removed, terr := streams.TrimEdges(tctx, nc, cfg.Streams, time.Now())
+		tctx, cancel := context.WithTimeout(ctx, edgeTrimInterval)
+		removed, err := streams.TrimEdges(tctx, nc, cfg.Streams, streams.TrimAfter)
 		cancel()
 		for edge, n := range removed {
 			trimmed.WithLabelValues(edge).Add(float64(n))
 		}
-		if err = errors.Join(err, terr); err != nil && ctx.Err() == nil {
-			// Housekeeping: what cannot be done now is tried again at the next tick.
-			logger.Debug("edges not tended", zap.Error(err))
+		if err != nil && ctx.Err() == nil {
+			// Housekeeping: an edge that cannot be trimmed now is tried at the next tick.
+			logger.Debug("edges not trimmed", zap.Error(err))
 		}
 	}
 }

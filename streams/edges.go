@@ -80,8 +80,15 @@ func (c Config) edgeSources() []*jetstream.StreamSource {
 	var out []*jetstream.StreamSource
 	for _, edge := range c.Edges {
 		out = append(out, &jetstream.StreamSource{
-			Name:     c.Raw.Name,
-			External: &jetstream.ExternalStream{APIPrefix: DomainAPIPrefix(edge)},
+			Name: c.Raw.Name,
+			// Used by the server only when its stream holds nothing of this edge (a new
+			// edge, or its events aged out at the hub) or the edge's stream was re-created:
+			// then from the edge's first event, which is all the edge still holds (the hub
+			// trims what it has). Without it the server would start at the time of the
+			// hub's last message, skipping what the edge buffered before, and the trim
+			// would then delete it.
+			OptStartSeq: 1,
+			External:    &jetstream.ExternalStream{APIPrefix: DomainAPIPrefix(edge)},
 		})
 	}
 	return out
@@ -132,12 +139,17 @@ func isEdgeSource(c jetstream.StreamConfig, src *jetstream.StreamSource) bool {
 	return src.Name == c.Name && edgeOf(src) != "" && slices.Contains(managedEdges(c), edgeOf(src))
 }
 
-// edgeSourceNames are the edges a stream sources that khook manages, sorted.
+// edgeSourceNames are the edges a stream sources that khook manages, sorted; one whose
+// source does not start from the edge's first event is marked, so that apply corrects it.
 func edgeSourceNames(c jetstream.StreamConfig) []string {
 	var out []string
 	for _, src := range c.Sources {
 		if isEdgeSource(c, src) {
-			out = append(out, edgeOf(src))
+			name := edgeOf(src)
+			if src.OptStartSeq != 1 {
+				name += " (not from its first event)"
+			}
+			out = append(out, name)
 		}
 	}
 	slices.Sort(out)
@@ -181,20 +193,21 @@ func (c Config) rawStream() jetstream.StreamConfig {
 	return s
 }
 
-// trimAfter is how long after an edge's stream was created the hub trusts its source's
+// TrimAfter is how long after an edge's stream was created the hub trusts its source's
 // position to be about that stream. A stream deleted and re-created at the edge starts its
 // sequences again; until the hub's source has reconnected to the new stream, its position
 // is the old stream's, and trimming by it would delete events the hub has not taken. The
 // margin also covers clock skew between the edge's server and the hub's.
-const trimAfter = 30 * time.Second
+const TrimAfter = 30 * time.Second
 
 // TrimEdges removes from each connected edge's stream the events the hub has stored, so
 // that an edge's buffer (edge.buffer) holds only what the hub does not have yet: a healthy,
 // connected edge never fills up with events it forwarded long ago. It trims an edge only
 // while the hub hears from it, up to the sequence the hub's source has stored, and only
-// when that sequence is of the edge's current stream (trimAfter). It returns how many
-// events it removed, per edge.
-func TrimEdges(ctx context.Context, nc *nats.Conn, topo Config, now time.Time) (map[string]uint64, error) {
+// when that sequence is of the edge's current stream: the hub heard from the edge at least
+// minAge (TrimAfter) after the stream was created. It returns how many events it removed,
+// per edge.
+func TrimEdges(ctx context.Context, nc *nats.Conn, topo Config, minAge time.Duration) (map[string]uint64, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
@@ -220,13 +233,18 @@ func TrimEdges(ctx context.Context, nc *nats.Conn, topo Config, now time.Time) (
 			continue
 		}
 		info := st.CachedInfo()
-		lastContact := now.Add(-e.Active)
+		// When the hub last heard from the edge, on the edge's clock (the edge's answer
+		// carries its own time), so that clock skew between them cannot make a stream
+		// created after that contact look older than it is.
+		lastContact := info.TimeStamp.Add(-e.Active)
 		switch {
+		case info.TimeStamp.IsZero():
+			continue
 		case info.State.LastSeq < e.Forwarded:
 			// Fewer events than the hub says it took: a stream re-created since. Wait for
 			// the source to find it.
 			continue
-		case lastContact.Before(info.Created.Add(trimAfter)):
+		case lastContact.Before(info.Created.Add(minAge)):
 			continue
 		case info.State.FirstSeq > e.Forwarded || info.State.Msgs == 0:
 			continue // nothing forwarded is left
@@ -239,91 +257,4 @@ func TrimEdges(ctx context.Context, nc *nats.Conn, topo Config, now time.Time) (
 		removed[e.Cluster] = n
 	}
 	return removed, errors.Join(errs...)
-}
-
-// RestartStaleAfter is how long a source must have been silent, while its edge answers,
-// before the hub restarts it (RestartStaleSources).
-const RestartStaleAfter = 20 * time.Second
-
-// RestartStaleSources restarts the source of every edge that answers the hub's JetStream API
-// requests (its leaf connection is up) although the source has not heard from it for
-// staleAfter (RestartStaleAfter). NATS retries a failed source on a backoff of up to 2 minutes, and a
-// retry that was waiting on the cut link when it healed still runs out its timeout first;
-// removing the source and adding it back sets it up at once, from the last event the hub
-// stored from that edge (the server finds it in the stream). since holds when each edge was
-// last restarted, so that one is restarted at most once per staleAfter. It returns the
-// edges it restarted.
-func RestartStaleSources(ctx context.Context, nc *nats.Conn, topo Config, staleAfter time.Duration, since map[string]time.Time,
-	now time.Time) ([]string, error) {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, err
-	}
-	states, err := Edges(ctx, js, topo)
-	if err != nil {
-		return nil, err
-	}
-	var restarted []string
-	var errs []error
-	for _, e := range states {
-		if !e.Sourced || (e.Active >= 0 && e.Active < staleAfter) || now.Sub(since[e.Cluster]) < staleAfter {
-			continue
-		}
-		ejs, err := jetstream.NewWithDomain(nc, e.Cluster)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if _, err := ejs.AccountInfo(ctx); err != nil {
-			continue // the edge is away: its source is right to wait
-		}
-		since[e.Cluster] = now
-		if err := restartSource(ctx, js, topo, e.Cluster); err != nil {
-			errs = append(errs, fmt.Errorf("edge %s: restarting its source: %w", e.Cluster, err))
-			continue
-		}
-		restarted = append(restarted, e.Cluster)
-	}
-	return restarted, errors.Join(errs...)
-}
-
-// restartSource removes edge's source from the raw stream and adds it back. Another replica
-// doing the same at once is harmless: each ends by adding the source if it is missing.
-func restartSource(ctx context.Context, js jetstream.JetStream, topo Config, edge string) error {
-	st, err := js.Stream(ctx, topo.Raw.Name)
-	if err != nil {
-		return err
-	}
-	cfg := st.CachedInfo().Config
-	var src *jetstream.StreamSource
-	kept := cfg.Sources[:0:0]
-	for _, s := range cfg.Sources {
-		if isEdgeSource(cfg, s) && edgeOf(s) == edge {
-			src = s
-			continue
-		}
-		kept = append(kept, s)
-	}
-	if src == nil {
-		return nil // no longer sourced: nothing to restart
-	}
-	without := cfg
-	without.Sources = kept
-	if _, err := js.UpdateStream(ctx, without); err != nil {
-		return err
-	}
-	// Added back to what the stream holds now, so that a concurrent change is kept.
-	st, err = js.Stream(ctx, topo.Raw.Name)
-	if err != nil {
-		return err
-	}
-	cfg = st.CachedInfo().Config
-	for _, s := range cfg.Sources {
-		if s.Name == src.Name && edgeOf(s) == edge {
-			return nil
-		}
-	}
-	cfg.Sources = append(cfg.Sources, &jetstream.StreamSource{Name: src.Name, External: src.External})
-	_, err = js.UpdateStream(ctx, cfg)
-	return err
 }
