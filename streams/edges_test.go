@@ -102,6 +102,35 @@ func TestApplyManagesEdgeSources(t *testing.T) {
 	require.Equal(t, streams.Unchanged, again[0].Action, again[0].String())
 }
 
+// startLeafPair starts a hub with a leaf port and an edge in domain eu-1 that dials it, as
+// khook's embedded servers are set up, waits for the leaf connection, and returns a
+// JetStream client of each.
+func startLeafPair(t *testing.T, topo streams.Config) (hub, edge jetstream.JetStream) {
+	t.Helper()
+	ctx := context.Background()
+	leaf := freeAddr(t)
+	hs, hubOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(),
+		Leafnodes: streams.Leafnodes{Listen: leaf, Username: "edge", PasswordFile: secretFile(t, "pw\n")}}, topo.Subjects())
+	require.NoError(t, err)
+	t.Cleanup(hs.Shutdown)
+	u, err := url.Parse("nats-leaf://edge:pw@" + leaf)
+	require.NoError(t, err)
+	es, edgeOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(), Domain: "eu-1",
+		Remote: &streams.LeafRemote{URLs: []*url.URL{u}, Deny: topo.LeafDeny()}}, topo.Subjects())
+	require.NoError(t, err)
+	t.Cleanup(es.Shutdown)
+	require.Eventually(t, func() bool { return hs.NumLeafNodes() == 1 }, 10*time.Second, 20*time.Millisecond)
+	connect := func(srv interface{ ClientURL() string }, opts []nats.Option) jetstream.JetStream {
+		nc, err := nats.Connect(srv.ClientURL(), opts...)
+		require.NoError(t, err)
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		require.NoError(t, err)
+		return js
+	}
+	return connect(hs, append(hubOpts, nats.InProcessServer(hs))), connect(es, append(edgeOpts, nats.InProcessServer(es)))
+}
+
 func freeAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -123,31 +152,8 @@ func secretFile(t *testing.T, content string) string {
 func TestEdgeForwardsEachEventOnceThroughItsLeaf(t *testing.T) {
 	ctx := context.Background()
 	topo := streams.Default()
-	leaf := freeAddr(t)
-	password := secretFile(t, "pw\n")
-	hub, hubOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(),
-		Leafnodes: streams.Leafnodes{Listen: leaf, Username: "edge", PasswordFile: password}}, topo.Subjects())
-	require.NoError(t, err)
-	t.Cleanup(hub.Shutdown)
-	u, err := url.Parse("nats-leaf://edge:pw@" + leaf)
-	require.NoError(t, err)
-	edge, edgeOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(), Domain: "eu-1",
-		Remote: &streams.LeafRemote{URLs: []*url.URL{u}, Deny: topo.LeafDeny()}}, topo.Subjects())
-	require.NoError(t, err)
-	t.Cleanup(edge.Shutdown)
-	require.Eventually(t, func() bool { return hub.NumLeafNodes() == 1 }, 10*time.Second, 20*time.Millisecond)
-
-	connect := func(opts []nats.Option, srv interface{ ClientURL() string }) jetstream.JetStream {
-		nc, err := nats.Connect(srv.ClientURL(), opts...)
-		require.NoError(t, err)
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		require.NoError(t, err)
-		return js
-	}
-	hjs := connect(append(hubOpts, nats.InProcessServer(hub)), hub)
-	ejs := connect(append(edgeOpts, nats.InProcessServer(edge)), edge)
-	_, err = streams.ApplyEdge(ctx, ejs, topo, streams.DefaultEdgeBuffer())
+	hjs, ejs := startLeafPair(t, topo)
+	_, err := streams.ApplyEdge(ctx, ejs, topo, streams.DefaultEdgeBuffer())
 	require.NoError(t, err)
 	topo.Edges = []string{"eu-1"}
 	_, err = streams.Apply(ctx, hjs, topo)
@@ -217,27 +223,9 @@ func TestEdgeForwardsEachEventOnceThroughItsLeaf(t *testing.T) {
 func TestTrimmedEdgeNeverFillsUp(t *testing.T) {
 	ctx := context.Background()
 	topo := streams.Default()
-	leaf := freeAddr(t)
-	hub, hubOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(),
-		Leafnodes: streams.Leafnodes{Listen: leaf, Username: "edge", PasswordFile: secretFile(t, "pw")}}, topo.Subjects())
-	require.NoError(t, err)
-	t.Cleanup(hub.Shutdown)
-	u, err := url.Parse("nats-leaf://edge:pw@" + leaf)
-	require.NoError(t, err)
-	edge, edgeOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(), Domain: "eu-1",
-		Remote: &streams.LeafRemote{URLs: []*url.URL{u}, Deny: topo.LeafDeny()}}, topo.Subjects())
-	require.NoError(t, err)
-	t.Cleanup(edge.Shutdown)
-	require.Eventually(t, func() bool { return hub.NumLeafNodes() == 1 }, 10*time.Second, 20*time.Millisecond)
-	hnc, err := nats.Connect(hub.ClientURL(), append(hubOpts, nats.InProcessServer(hub))...)
-	require.NoError(t, err)
-	t.Cleanup(hnc.Close)
-	enc, err := nats.Connect(edge.ClientURL(), append(edgeOpts, nats.InProcessServer(edge))...)
-	require.NoError(t, err)
-	t.Cleanup(enc.Close)
-	hjs, _ := jetstream.New(hnc)
-	ejs, _ := jetstream.New(enc)
-	_, err = streams.ApplyEdge(ctx, ejs, topo, streams.EdgeBuffer{MaxAge: time.Hour, MaxBytes: 1 << 20})
+	hjs, ejs := startLeafPair(t, topo)
+	hnc := hjs.Conn()
+	_, err := streams.ApplyEdge(ctx, ejs, topo, streams.EdgeBuffer{MaxAge: time.Hour, MaxBytes: 1 << 20})
 	require.NoError(t, err)
 	topo.Edges = []string{"eu-1"}
 	_, err = streams.Apply(ctx, hjs, topo)
@@ -382,31 +370,12 @@ func TestEdgeReachesTheHubOverTLS(t *testing.T) {
 func TestNewEdgeIsSourcedFromItsFirstEvent(t *testing.T) {
 	ctx := context.Background()
 	topo := streams.Default()
-	leaf := freeAddr(t)
-	hub, hubOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(),
-		Leafnodes: streams.Leafnodes{Listen: leaf, Username: "edge", PasswordFile: secretFile(t, "pw")}}, topo.Subjects())
-	require.NoError(t, err)
-	t.Cleanup(hub.Shutdown)
-	u, err := url.Parse("nats-leaf://edge:pw@" + leaf)
-	require.NoError(t, err)
-	edge, edgeOpts, err := streams.StartEmbedded(ctx, streams.EmbeddedConfig{StoreDir: t.TempDir(), Domain: "eu-1",
-		Remote: &streams.LeafRemote{URLs: []*url.URL{u}, Deny: topo.LeafDeny()}}, topo.Subjects())
-	require.NoError(t, err)
-	t.Cleanup(edge.Shutdown)
-	require.Eventually(t, func() bool { return hub.NumLeafNodes() == 1 }, 10*time.Second, 20*time.Millisecond)
-	hnc, err := nats.Connect(hub.ClientURL(), append(hubOpts, nats.InProcessServer(hub))...)
-	require.NoError(t, err)
-	t.Cleanup(hnc.Close)
-	enc, err := nats.Connect(edge.ClientURL(), append(edgeOpts, nats.InProcessServer(edge))...)
-	require.NoError(t, err)
-	t.Cleanup(enc.Close)
-	hjs, _ := jetstream.New(hnc)
-	ejs, _ := jetstream.New(enc)
+	hjs, ejs := startLeafPair(t, topo)
 
 	// The edge buffers five events; then the hub, still without the edge, stores and loses
 	// three of its own, so its stream's first sequence is past 1 and its last message is
 	// newer than the edge's events.
-	_, err = streams.ApplyEdge(ctx, ejs, topo, streams.DefaultEdgeBuffer())
+	_, err := streams.ApplyEdge(ctx, ejs, topo, streams.DefaultEdgeBuffer())
 	require.NoError(t, err)
 	for i := range 5 {
 		_, err := ejs.Publish(ctx, "khook.raw.webhook.t", []byte(fmt.Sprint(i)))

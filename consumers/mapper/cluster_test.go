@@ -16,6 +16,16 @@ import (
 	"github.com/khook/khook/streams/streamstest"
 )
 
+// clusterEvent is a raw deploy-failed envelope with id and cluster, as an edge's producer
+// writes it.
+func clusterEvent(t *testing.T, id, cluster string) []byte {
+	t.Helper()
+	b, err := json.Marshal(map[string]any{"specversion": "1.0", "id": id, "source": "webhook", "type": "deploy-failed",
+		"cluster": cluster, "data": map[string]any{"namespace": "shop", "resourceName": "cart"}})
+	require.NoError(t, err)
+	return b
+}
+
 // A raw event from a cluster keeps it and its cluster-scoped id through the mapper; one whose
 // cluster is not a cluster's name, which no khook producer writes, is dead-lettered with the
 // reason instead of failing the event's encoding forever.
@@ -27,12 +37,7 @@ func TestMapperKeepsTheClusterAndRefusesABadOne(t *testing.T) {
 	require.NoError(t, err)
 	rules, err := mapping.Parse([]byte("mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n"))
 	require.NoError(t, err)
-	raw := func(id, cluster string) []byte {
-		b, err := json.Marshal(map[string]any{"specversion": "1.0", "id": id, "source": "webhook", "type": "deploy-failed",
-			"cluster": cluster, "data": map[string]any{"namespace": "shop", "resourceName": "cart"}})
-		require.NoError(t, err)
-		return b
-	}
+	raw := func(id, cluster string) []byte { return clusterEvent(t, id, cluster) }
 	publishRaw(t, js, "khook.raw.webhook.deploy-failed", "webhook/@eu-1/a", raw("webhook/@eu-1/a", "eu-1"))
 	publishRaw(t, js, "khook.raw.webhook.deploy-failed", "webhook/@Bad.One/b", raw("webhook/@Bad.One/b", "Bad.One"))
 	mapAll(t, New(js, topo, rules, prometheus.NewRegistry(), zaptest.NewLogger(t)), js, topo, 2)
@@ -69,12 +74,7 @@ func TestHubRefusesALocalEventClaimingAnEdge(t *testing.T) {
 	topo.Edges = []string{"eu-1"}
 	rules, err := mapping.Parse([]byte("mappings:\n  - eventSource: webhook\n    eventType: deploy-failed\n    severity: error\n"))
 	require.NoError(t, err)
-	raw := func(id, cluster string) []byte {
-		b, err := json.Marshal(map[string]any{"specversion": "1.0", "id": id, "source": "webhook", "type": "deploy-failed",
-			"cluster": cluster, "data": map[string]any{"namespace": "shop", "resourceName": "cart"}})
-		require.NoError(t, err)
-		return b
-	}
+	raw := func(id, cluster string) []byte { return clusterEvent(t, id, cluster) }
 	publishRaw(t, js, "khook.raw.webhook.deploy-failed", "webhook/@eu-1/forged", raw("webhook/@eu-1/forged", "eu-1"))
 	publishRaw(t, js, "khook.raw.webhook.deploy-failed", "webhook/@hub-1/own", raw("webhook/@hub-1/own", "hub-1"))
 	mapAll(t, New(js, topo, rules, prometheus.NewRegistry(), zaptest.NewLogger(t)), js, topo, 2)
